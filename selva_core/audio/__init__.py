@@ -1,0 +1,1 @@
+"""Audio front end: log-mel conversion and audio file helpers."""

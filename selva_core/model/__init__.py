@@ -1,0 +1,1 @@
+"""Networks of the SelVA system (generator, TextSynch, VAE, vocoder, text encoders, LoRA)."""
