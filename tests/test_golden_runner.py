@@ -1,0 +1,72 @@
+"""The generic golden runner (`python -m tests.golden FOLDER`) passes good cases and fails bad ones."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import GOLDEN_DIR, ROOT
+from tests.golden import discover_cases
+from tests.golden.__main__ import main
+
+CHEAP_CASES = ["mel_16k", "sync_upsample_index", "vae_16k"]
+
+
+def _copy_cases(names, dst):
+    for name in names:
+        spec = json.loads((GOLDEN_DIR / f"{name}.json").read_text())
+        shutil.copy(GOLDEN_DIR / f"{name}.json", dst)
+        shutil.copy(GOLDEN_DIR / spec["file"], dst)
+    shutil.copy(GOLDEN_DIR / "seeded_weights.py", dst)
+
+
+def test_runner_discovers_every_bundled_case():
+    names = {p.stem for p in discover_cases(GOLDEN_DIR)}
+    assert {"gen_small_16k_forward", "video_enc_2seg", "bigvgan_v2_44k", "mel_44k"} <= names
+    assert "README" not in names
+
+
+def test_runner_passes_cases_copied_to_another_folder(tmp_path, capsys):
+    _copy_cases(CHEAP_CASES, tmp_path)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 passed, 0 failed" in out
+    assert "output.log_mel" in out
+
+
+def test_runner_fails_when_an_output_is_perturbed(tmp_path, capsys):
+    _copy_cases(["mel_16k"], tmp_path)
+    tensors = load_file(str(tmp_path / "mel_16k.safetensors"))
+    tensors["output.log_mel"] = tensors["output.log_mel"] + 1e-3
+    save_file(tensors, str(tmp_path / "mel_16k.safetensors"))
+    assert main([str(tmp_path)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_runner_fails_when_the_manifest_is_missing(tmp_path, capsys, monkeypatch):
+    _copy_cases(["vae_16k"], tmp_path)
+    spec = json.loads((tmp_path / "vae_16k.json").read_text())
+    spec["manifest"] = "reference/no_such_manifest.json"
+    (tmp_path / "vae_16k.json").write_text(json.dumps(spec))
+    assert main([str(tmp_path)]) == 1
+    assert "no_such_manifest" in capsys.readouterr().out
+
+
+def test_runner_command_line_exits_nonzero_on_an_empty_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tests.golden", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "no golden cases" in proc.stderr
+
+
+@pytest.mark.parametrize("name", CHEAP_CASES)
+def test_bundled_cheap_case_matches_reference(name):
+    from tests.golden import load_case, run_case
+
+    result = run_case(load_case(GOLDEN_DIR / f"{name}.json"))
+    assert result.ok, (result.error, [(c.name, c.max_error, c.atol) for c in result.checks])
+    assert torch.isfinite(torch.tensor([c.max_error for c in result.checks])).all()
