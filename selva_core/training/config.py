@@ -1,0 +1,329 @@
+"""The trainer's one configuration object and the command line generated from it.
+
+Every flag of ``train_lora.py`` is a field of :class:`TrainConfig`; its help text, choices and
+option strings live in the field's metadata, so the dataclass, the CLI and ``config.json``
+in the output folder can never disagree. Flag names follow the closest existing tool
+(ComfyUI-SelVA's ``train_lora.py``: ``--data_dir``, ``--rank``, ``--lr`` ...), with the
+dashed spellings the issue asks for accepted as aliases.
+
+Defaults come from evidence, not taste (see ``/work/shared/research/LORA_METHODS.md``):
+rank 16 with alpha = rank (scale 1; rsLoRA off), AdamW lr 1e-4 with weight decay 0, gradient
+clipping 1.0, logit-normal timesteps and 0.1 null-condition dropout exactly as MMAudio and
+SelVA were pre-trained, a 100-step warm-up then cosine decay counted in optimiser steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
+
+TIMESTEP_MODES = ("logit_normal", "uniform")
+LR_SCHEDULES = ("cosine", "constant")
+INIT_MODES = ("standard", "gaussian", "pissa")
+WINDOW_POLICIES = ("first", "all")
+BAD_CLIP_POLICIES = ("skip", "stop")
+PRECISIONS = ("auto", "bf16", "fp32")
+DEFAULT_TARGETS = ("attn.qkv",)
+
+
+def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
+         metavar: str | None = None, group: str = "training") -> dict[str, Any]:
+    """Field metadata read by :func:`build_arg_parser` (help, extra option strings, choices)."""
+    return {"help": help_text, "flags": flags, "choices": choices, "metavar": metavar,
+            "group": group}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.json`` next to the adapter."""
+
+    # --- data -------------------------------------------------------------------------------
+    data_dir: str | None = field(default=None, metadata=_opt(
+        "Folder of training clips: videos (.mp4/.mov/.mkv/.webm/.avi) with their sound, "
+        "optionally a same-stem audio file (.wav/.flac/...) to use instead, and an optional "
+        "prompts.txt with lines 'stem: prompt'. Required unless --demo.", group="data"))
+    output_dir: str = field(default="lora_output", metadata=_opt(
+        "Where the run writes everything: adapter_final.safetensors, checkpoints/, samples/, "
+        "train_log.jsonl, curves, reports.", group="data"))
+    cache_dir: str | None = field(default=None, metadata=_opt(
+        "Feature cache folder (default: OUTPUT_DIR/feature_cache). Reused across runs: a clip "
+        "is re-extracted only when its file, prompt or the settings change.", group="data"))
+    duration: float = field(default=TRAIN_DURATION_S, metadata=_opt(
+        f"Training window in seconds (the official generators were trained at "
+        f"{TRAIN_DURATION_S:g} s; minimum {min_duration():.2f} s). Shorter clips are padded "
+        "with the model's empty sync tokens.", group="data"))
+    window: str = field(default="first", metadata=_opt(
+        "Which windows of a clip longer than --duration to train on: 'first' (one window per "
+        "clip) or 'all' (consecutive windows, each its own example).",
+        choices=WINDOW_POLICIES, group="data"))
+    on_bad_clip: str = field(default="skip", metadata=_opt(
+        "What to do with an unreadable or unusable clip: 'skip' it with a warning, or 'stop' "
+        "with an error naming the file.", "--on-bad-clip", choices=BAD_CLIP_POLICIES,
+        group="data"))
+    val_fraction: float = field(default=0.1, metadata=_opt(
+        "Share of the clips held out for validation (split by clip, never by window; at least "
+        "one clip once the dataset has 4 or more). Ignored when --val_clips is given.",
+        "--val-fraction", group="data"))
+    val_clips: int | None = field(default=None, metadata=_opt(
+        "Exact number of clips held out for validation (0 disables validation, and with it "
+        "the surgery decision).", "--val-clips", metavar="N", group="data"))
+
+    # --- model and adapter -------------------------------------------------------------------
+    variant: str = field(default=DEFAULT_VARIANT, metadata=_opt(
+        "Model variant to adapt; the adapter only loads on the same variant.",
+        choices=tuple(VARIANTS), group="model"))
+    models_dir: str | None = field(default=None, metadata=_opt(
+        "Folder holding (or receiving) the model weights (default: the pipeline's models "
+        "folder, e.g. ComfyUI's models/selva).", group="model"))
+    rank: int = field(default=16, metadata=_opt(
+        "LoRA rank r (16 is the common default; higher ranks help only with larger datasets).",
+        group="model"))
+    alpha: float | None = field(default=None, metadata=_opt(
+        "LoRA alpha; the update is scaled by alpha/rank (alpha/sqrt(rank) with --rsLoRA). "
+        "Default: alpha = rank, i.e. scale 1.", group="model"))
+    target: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata=_opt(
+        "Layers to adapt: module-name patterns or presets of the LoRA library (several "
+        "allowed, e.g. --target attn.qkv linear1).", metavar="PATTERN", group="model"))
+    init: str = field(default="standard", metadata=_opt(
+        "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "
+        "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
+        "--lr).", choices=INIT_MODES, group="model"))
+    rslora: bool = field(default=False, metadata=_opt(
+        "Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank. Keep alpha fixed "
+        "when you change the rank; do not combine with alpha = 2*rank.",
+        "--rsLoRA", "--use_rslora", group="model"))
+
+    # --- optimisation -------------------------------------------------------------------------
+    lr: float = field(default=1e-4, metadata=_opt("Peak learning rate of AdamW."))
+    lora_plus_ratio: float = field(default=1.0, metadata=_opt(
+        "LoRA+: learning rate of the B matrices = lr * ratio (1 = plain LoRA; the LoRA+ paper "
+        "uses 4-16)."))
+    weight_decay: float = field(default=0.0, metadata=_opt(
+        "AdamW weight decay (0: decay would pull PiSSA adapters toward zero and with them "
+        "the pre-trained principal components)."))
+    steps: int = field(default=2000, metadata=_opt(
+        "Number of OPTIMISER steps (each consumes batch_size x grad_accum x GPUs clips)."))
+    warmup_steps: int = field(default=100, metadata=_opt(
+        "Linear warm-up length in optimiser steps."))
+    lr_schedule: str = field(default="cosine", metadata=_opt(
+        "After warm-up: 'cosine' decay to 0 at --steps, or 'constant'.",
+        "--lr-schedule", choices=LR_SCHEDULES))
+    batch_size: int = field(default=4, metadata=_opt(
+        "Clips per forward pass on each GPU/process."))
+    grad_accum: int = field(default=1, metadata=_opt(
+        "Micro-batches accumulated per optimiser step (effective batch = batch_size x "
+        "grad_accum x processes)."))
+    grad_clip: float = field(default=1.0, metadata=_opt(
+        "Clip the global gradient norm of the adapter to this value (0 disables)."))
+    timestep_mode: str = field(default="logit_normal", metadata=_opt(
+        "Distribution of the flow time t: 'logit_normal' (sigmoid of N(0, 1), as SelVA was "
+        "trained) or 'uniform'.", choices=TIMESTEP_MODES))
+    cond_dropout: float = field(default=0.1, metadata=_opt(
+        "Probability of replacing the video (and, independently, the text) condition by the "
+        "model's empty condition; keeps classifier-free guidance working (pre-training used "
+        "0.1)."))
+    precision: str = field(default="auto", metadata=_opt(
+        "'auto' = bf16 autocast on a GPU that supports it, fp32 on CPU; 'bf16' or 'fp32' to "
+        "force. Adapter weights are always kept in fp32.", choices=PRECISIONS))
+    seed: int = field(default=42, metadata=_opt(
+        "Seed of everything random (adapter init, clip order, noise, t); the same seed and "
+        "data give the same adapter."))
+    device: str = field(default="auto", metadata=_opt(
+        "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'. Under torchrun each process "
+        "uses its LOCAL_RANK GPU."))
+
+    # --- checkpoints, validation, samples -----------------------------------------------------
+    save_every: int = field(default=500, metadata=_opt(
+        "Save a resumable checkpoint (adapter + training state) every N optimiser steps.",
+        group="checkpoints"))
+    keep_checkpoints: int = field(default=0, metadata=_opt(
+        "Keep only the newest N step checkpoints (0 keeps all).", group="checkpoints"))
+    resume: bool = field(default=False, metadata=_opt(
+        "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (bit-identical to an "
+        "uninterrupted run on the same machine).", group="checkpoints"))
+    resume_from: int | None = field(default=None, metadata=_opt(
+        "Continue from the checkpoint of this optimiser step.", "--resume-from",
+        metavar="STEP", group="checkpoints"))
+    val_every: int = field(default=250, metadata=_opt(
+        "Compute the deterministic validation loss every N optimiser steps (and at every "
+        "checkpoint).", "--val-every", group="checkpoints"))
+    sample_steps: int = field(default=25, metadata=_opt(
+        "Euler steps of the audio samples written at each checkpoint.", group="checkpoints"))
+    cfg_strength: float = field(default=4.5, metadata=_opt(
+        "Classifier-free guidance of the checkpoint samples (SelVA's default 4.5).",
+        group="checkpoints"))
+    surgery: bool = field(default=True, metadata=_opt(
+        "After training, try spectral surgery on the adapter and keep it only if the "
+        "validation loss does not get worse (--no-surgery to skip).", group="checkpoints"))
+
+    # --- run modes -----------------------------------------------------------------------------
+    demo: bool = field(default=False, metadata=_opt(
+        "Self-contained demo: make a synthetic dataset, build the tiny random model (no "
+        "downloads) and train end to end in a couple of minutes on a CPU.", group="run"))
+    quiet: bool = field(default=False, metadata=_opt(
+        "Only warnings and the final summary on the console.", group="run"))
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def effective_alpha(self) -> float:
+        """alpha, defaulting to the rank (scale 1)."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else self.output_path / "feature_cache"
+
+    def validate(self) -> TrainConfig:
+        """Raise one clear ``ValueError`` for the first impossible setting; return self."""
+        problems: list[str] = []
+        if not self.demo and not self.data_dir:
+            problems.append("--data_dir is required (or use --demo for the synthetic demo)")
+        if self.variant not in VARIANTS:
+            problems.append(f"--variant {self.variant!r} is unknown; choose one of "
+                            f"{', '.join(VARIANTS)}")
+        positive_ints = ("rank", "steps", "batch_size", "grad_accum", "save_every",
+                         "val_every", "sample_steps")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"--{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                problems.append(f"--{name} must be >= 0, got {getattr(self, name)!r}")
+        if isinstance(self.steps, int) and self.warmup_steps >= self.steps > 0:
+            problems.append(f"--warmup_steps ({self.warmup_steps}) must be smaller than "
+                            f"--steps ({self.steps})")
+        for name in ("lr", "lora_plus_ratio"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"--{name} must be a positive number, got {value!r}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            problems.append(f"--alpha must be a positive number, got {self.alpha!r}")
+        for name in ("weight_decay", "grad_clip", "cfg_strength"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"--{name} must be >= 0, got {value!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            problems.append(f"--cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"--val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.val_clips is not None and self.val_clips < 0:
+            problems.append(f"--val_clips must be >= 0, got {self.val_clips!r}")
+        if not (math.isfinite(self.duration) and self.duration >= min_duration()):
+            problems.append(f"--duration must be at least {min_duration():.2f} s (one sync "
+                            f"window), got {self.duration!r}")
+        if self.resume_from is not None and self.resume_from < 0:
+            problems.append(f"--resume-from must be a step >= 0, got {self.resume_from!r}")
+        if not self.target:
+            problems.append("--target needs at least one module pattern or preset")
+        for name, allowed in (("timestep_mode", TIMESTEP_MODES), ("lr_schedule", LR_SCHEDULES),
+                              ("init", INIT_MODES), ("window", WINDOW_POLICIES),
+                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"--{name} {getattr(self, name)!r} is not one of "
+                                f"{', '.join(allowed)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from ``to_dict`` output; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+# Fields that define the adapter's shape and meaning: a checkpoint can only be resumed when all
+# of them match the current run.
+ADAPTER_IDENTITY_FIELDS = ("variant", "rank", "alpha", "target", "init", "rslora", "duration")
+
+_GROUP_TITLES = {
+    "data": "data",
+    "model": "model and adapter",
+    "training": "optimisation",
+    "checkpoints": "checkpoints, validation, samples and surgery",
+    "run": "run modes",
+}
+
+
+def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
+    """The CLI: one option per :class:`TrainConfig` field, help text from its metadata."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Train a LoRA adapter for SelVA (text-steered video-to-audio) on a folder of clips. "
+            "Writes OUTPUT_DIR/adapter_final.safetensors, loadable in ComfyUI with the SelVA "
+            "LoRA loader. Multi-GPU: torchrun --nproc_per_node N train_lora.py ..."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flags = [f"--{f.name}", *meta["flags"]]
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
+        default = getattr(defaults, f.name)
+        if f.type in ("bool", bool):
+            if f.name == "surgery":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["action"] = "store_true"
+            kwargs["default"] = default
+        else:
+            kwargs["default"] = default
+            kwargs["type"] = _arg_type(f)
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kwargs["metavar"] = meta["metavar"]
+            if f.name == "target":
+                kwargs["nargs"] = "+"
+        groups[meta["group"]].add_argument(*flags, **kwargs)
+    return parser
+
+
+def _arg_type(f: dataclasses.Field):
+    text = str(f.type)
+    if "list[str]" in text or text.startswith("str"):
+        return str
+    if text.startswith("int"):
+        return int
+    if text.startswith("float"):
+        return float
+    raise TypeError(f"no CLI type for field {f.name} ({text})")
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse the command line into a validated :class:`TrainConfig` (errors exit with usage)."""
+    parser = build_arg_parser()
+    ns = parser.parse_args(argv)
+    cfg = TrainConfig(**vars(ns))
+    try:
+        return cfg.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,287 @@
+"""Unit tests of the trainer's building blocks: config/CLI, LR schedule, data order,
+checkpoint files (optimiser + RNG state round trips, atomic writes), logs and plots."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from selva_core.training import checkpoint as ckpt
+from selva_core.training.config import TrainConfig, build_arg_parser, config_from_args
+from selva_core.training.data_order import DataOrder, example_seed
+from selva_core.training.report import (
+    JsonlLog,
+    plot_curves,
+    read_jsonl,
+    save_spectrogram_png,
+    write_wav,
+)
+from selva_core.training.schedule import LRSchedule
+
+
+# --- config / CLI --------------------------------------------------------------------------
+def test_every_cli_flag_has_help_text():
+    parser = build_arg_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and len(action.help) > 20, action.dest
+
+
+def test_cli_accepts_issue_flag_spellings():
+    cfg = config_from_args([
+        "--data_dir", "clips", "--rsLoRA", "--no-surgery", "--resume-from", "7",
+        "--on-bad-clip", "stop", "--val-clips", "2", "--lr-schedule", "constant",
+        "--target", "attn.qkv", "linear1", "--timestep_mode", "uniform", "--init", "pissa",
+        "--window", "all", "--lora_plus_ratio", "4",
+    ])
+    assert cfg.rslora and not cfg.surgery and cfg.resume_from == 7
+    assert cfg.on_bad_clip == "stop" and cfg.val_clips == 2 and cfg.lr_schedule == "constant"
+    assert cfg.target == ["attn.qkv", "linear1"] and cfg.timestep_mode == "uniform"
+    assert cfg.init == "pissa" and cfg.window == "all" and cfg.lora_plus_ratio == 4.0
+
+
+def test_default_alpha_equals_rank_so_scale_is_one():
+    cfg = TrainConfig(data_dir="x", rank=32)
+    assert cfg.effective_alpha == 32.0
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--lr", "0"], "--lr"),
+    (["--warmup_steps", "10", "--steps", "10"], "--warmup_steps"),
+    (["--duration", "0.3"], "--duration"),
+    (["--rank", "0"], "--rank"),
+    (["--val_fraction", "1.5"], "--val_fraction"),
+])
+def test_bad_flag_values_exit_with_a_message_naming_the_flag(flags, fragment, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--data_dir", "x", *flags])
+    assert fragment in capsys.readouterr().err
+
+
+def test_missing_data_dir_is_an_error_unless_demo():
+    with pytest.raises(ValueError, match="--data_dir is required"):
+        TrainConfig().validate()
+    TrainConfig(demo=True).validate()
+
+
+def test_config_json_round_trip():
+    cfg = TrainConfig(data_dir="d", rank=8, target=["a", "b"], val_clips=3)
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"nope": 1})
+
+
+# --- schedule --------------------------------------------------------------------------------
+def test_warmup_is_linear_then_cosine_reaches_zero_at_the_last_step():
+    s = LRSchedule(total_steps=110, warmup_steps=10, kind="cosine")
+    assert [s.factor(i) for i in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert s.factor(9) == pytest.approx(1.0)
+    assert s.factor(10) == pytest.approx(1.0)
+    assert s.factor(60) == pytest.approx(0.5)
+    assert s.factor(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert s.factor(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule_holds_after_warmup():
+    s = LRSchedule(total_steps=50, warmup_steps=4, kind="constant")
+    assert s.factor(1) == pytest.approx(0.5)
+    assert all(s.factor(i) == 1.0 for i in range(4, 50))
+
+
+def test_schedule_apply_keeps_the_lora_plus_ratio_between_groups():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [a], "base_lr": 1e-3},
+                             {"params": [b], "base_lr": 16e-3}], lr=1e-3)
+    s = LRSchedule(total_steps=10, warmup_steps=4)
+    s.apply(opt, 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(16.0)
+
+
+# --- data order ------------------------------------------------------------------------------
+def test_each_epoch_is_a_fresh_permutation_that_depends_on_the_seed():
+    order = DataOrder(10, seed=3)
+    e0, e1 = order.permutation(0), order.permutation(1)
+    assert sorted(e0) == list(range(10)) and sorted(e1) == list(range(10))
+    assert e0 != e1
+    assert DataOrder(10, seed=3).permutation(0) == e0
+    assert DataOrder(10, seed=4).permutation(0) != e0
+    assert [order.example_at(k) for k in range(10, 20)] == e1
+
+
+def test_two_process_shards_rebuild_the_single_process_global_batch():
+    order = DataOrder(7, seed=0)
+    single = order.micro_batch(stream_pos=12, micro=0, batch_size=4)
+    shards = [order.micro_batch(12, 0, 2, world_size=2, rank=r) for r in range(2)]
+    assert shards[0] + shards[1] == single
+    # grad accumulation: micro-batch 1 continues where micro-batch 0 of all ranks ended
+    assert order.micro_batch(12, 1, 2, world_size=2, rank=0)[0][0] == 16
+
+
+def test_example_seeds_differ_between_positions_and_runs():
+    seeds = {example_seed(42, k) for k in range(1000)}
+    assert len(seeds) == 1000
+    assert example_seed(42, 5) != example_seed(43, 5)
+
+
+# --- checkpoint state ----------------------------------------------------------------------
+def _trained_optimizer():
+    torch.manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    q = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([{"params": [p], "base_lr": 1e-2}, {"params": [q], "base_lr": 2e-2}],
+                            lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    for _ in range(3):
+        (p.square().sum() + q.sum()).backward()
+        opt.step()
+        opt.zero_grad()
+    return p, q, opt
+
+
+def test_optimizer_state_survives_flattening_exactly():
+    p, q, opt = _trained_optimizer()
+    tensors, meta = ckpt.flatten_optimizer_state(opt.state_dict())
+    json.dumps(meta)  # metadata is plain JSON
+    restored = ckpt.unflatten_optimizer_state(tensors, json.loads(json.dumps(meta)))
+    p2, q2 = torch.nn.Parameter(p.detach().clone()), torch.nn.Parameter(q.detach().clone())
+    opt2 = torch.optim.AdamW([{"params": [p2]}, {"params": [q2]}], lr=1.0)
+    opt2.load_state_dict(restored)
+    for o in (opt, opt2):
+        for group in o.param_groups:
+            for param in group["params"]:
+                param.grad = torch.ones_like(param)
+        o.step()
+    assert torch.equal(p, p2) and torch.equal(q, q2)
+
+
+def test_rng_states_round_trip():
+    tensors, meta = ckpt.capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(7), random.random()
+    ckpt.restore_rng_state(tensors, json.loads(json.dumps(meta)))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def _state(step: int, value: float = 0.0) -> ckpt.TrainingState:
+    _, _, opt = _trained_optimizer()
+    rng_t, rng_m = ckpt.capture_rng_state()
+    return ckpt.TrainingState(
+        step=step, stream_pos=step * 4, epoch=0, permutation=[2, 0, 1],
+        params={"blocks.0.lora_A": torch.full((2, 3), value)}, optimizer=opt.state_dict(),
+        identity={"variant": "tiny_16k", "rank": 2}, train_loss=0.5, val_loss=0.4,
+        rng_tensors=rng_t, rng_meta=rng_m,
+    )
+
+
+def _write_adapter(path):
+    ckpt.write_safetensors_atomic({"w": torch.ones(1)}, path)
+
+
+def test_training_state_file_round_trips_through_safetensors(tmp_path):
+    state = _state(7, value=3.0)
+    state.save(tmp_path / "s.safetensors")
+    back = ckpt.TrainingState.load(tmp_path / "s.safetensors")
+    assert back.step == 7 and back.stream_pos == 28 and back.permutation == [2, 0, 1]
+    assert torch.equal(back.params["blocks.0.lora_A"], state.params["blocks.0.lora_A"])
+    assert back.identity == state.identity and back.val_loss == 0.4
+    assert torch.equal(back.optimizer["state"][0]["exp_avg"],
+                       state.optimizer["state"][0]["exp_avg"])
+
+
+def test_manifest_lists_checkpoints_and_finds_latest_or_a_given_step(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path / "checkpoints")
+    for step in (5, 10):
+        mgr.save(_state(step), _write_adapter)
+    manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [5, 10]
+    assert {"val_loss", "time", "adapter", "state"} <= set(manifest["checkpoints"][0])
+    assert mgr.find().step == 10 and mgr.find(5).step == 5
+    with pytest.raises(ckpt.CheckpointError, match="available steps: 5, 10"):
+        mgr.find(7)
+
+
+def test_keep_last_prunes_old_checkpoint_folders(tmp_path):
+    mgr = ckpt.CheckpointManager(tmp_path, keep_last=2)
+    for step in (1, 2, 3):
+        mgr.save(_state(step), _write_adapter)
+    assert [e.step for e in mgr.entries()] == [2, 3]
+    assert not (tmp_path / "step_000001").exists()
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    mgr = ckpt.CheckpointManager(tmp_path)
+    mgr.save(_state(5, value=1.0), _write_adapter)
+    before = (tmp_path / "manifest.json").read_text()
+
+    def full_disk(tensors, path, metadata):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_save_file", full_disk)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"step 5.*intact.*disk is full"):
+        mgr.save(_state(10, value=2.0), _write_adapter)
+    monkeypatch.undo()
+    assert (tmp_path / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "step_000005"]
+    back = mgr.load_state(mgr.find())
+    assert back.step == 5 and torch.equal(back.params["blocks.0.lora_A"], torch.ones(2, 3))
+
+
+def test_identity_mismatch_names_every_differing_field(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match=r"rank: checkpoint 16 vs this run 8.*"
+                                                   r"variant: checkpoint 'small_16k'"):
+        ckpt.check_identity({"variant": "small_16k", "rank": 16},
+                            {"variant": "tiny_16k", "rank": 8}, tmp_path / "x")
+
+
+def test_corrupt_state_file_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "training_state.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ckpt.CheckpointError, match="unreadable"):
+        ckpt.TrainingState.load(bad)
+    ckpt.write_safetensors_atomic({"x": torch.zeros(1)}, bad, {"format": "other"})
+    with pytest.raises(ckpt.CheckpointError, match="not a SelVA LoRA training state"):
+        ckpt.TrainingState.load(bad)
+
+
+def test_no_manifest_means_nothing_to_resume(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="run without --resume"):
+        ckpt.CheckpointManager(tmp_path).find()
+
+
+# --- logs and plots ------------------------------------------------------------------------
+def test_jsonl_log_skips_a_torn_last_line_and_truncates_on_resume(tmp_path):
+    log = JsonlLog(tmp_path / "train_log.jsonl")
+    for step in range(1, 6):
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step, "lr": 1e-4})
+    with open(log.path, "a") as fh:
+        fh.write('{"kind": "tra')
+    assert [r["step"] for r in read_jsonl(log.path)] == [1, 2, 3, 4, 5]
+    log.truncate_after(3)
+    assert [r["step"] for r in log.read()] == [1, 2, 3]
+    JsonlLog(tmp_path / "other.jsonl", enabled=False).write({"step": 1})
+    assert not (tmp_path / "other.jsonl").exists()
+
+
+def test_curve_spectrogram_and_wav_files_are_written(tmp_path):
+    records = [{"kind": "train", "step": s, "loss": 1 / s, "lr": 1e-4} for s in range(1, 20)]
+    records += [{"kind": "val", "step": 10, "val_loss": 0.2}]
+    plot_curves(records, tmp_path / "loss_curve.png")
+    wav = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
+    save_spectrogram_png(wav, 16000, tmp_path / "s.png")
+    write_wav(wav * 3, 16000, tmp_path / "s.wav")
+    for name in ("loss_curve.png", "s.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import soundfile as sf
+
+    audio, sr = sf.read(tmp_path / "s.wav")
+    assert sr == 16000 and audio.shape == (16000,) and np.abs(audio).max() <= 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loss_curve.png", "s.png", "s.wav"]
