@@ -357,9 +357,29 @@ def state_dict_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+class _SkipMetaRandomInit(torch.overrides.TorchFunctionMode):
+    """Skip in-place random initialisation of meta tensors while a module is built for shapes.
+
+    ``normal_`` on a meta tensor goes through torch's Python reference implementation, whose
+    first use costs seconds of imports; the values are meaningless on meta anyway.
+    """
+
+    _SKIP = {torch.Tensor.normal_, torch.Tensor.uniform_} | {
+        f for n, f in vars(nn.init).items() if n.endswith("_") and not n.startswith("_")
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._SKIP:
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
 @functools.lru_cache(maxsize=64)
 def _variant_shapes(component: str, variant_name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipMetaRandomInit():
         module = build_component(component, get_variant(variant_name))
     return tuple(sorted(state_dict_shapes(module).items()))
 

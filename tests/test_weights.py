@@ -1,0 +1,359 @@
+"""Weight files: models folder, download + md5, safe reading and strict checked loading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from selva_core import weights
+from selva_core.variants import CheckpointFile, get_variant
+from selva_core.weights import (
+    CheckpointError,
+    ensure_checkpoint,
+    load_checked,
+    read_state_dict,
+    resolve_models_dir,
+)
+
+PAYLOAD = b"selva test weights \x00\x01\x02" * 100
+PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
+
+
+class Toy(nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(width, 3)
+        self.norm = nn.LayerNorm(3)
+        self.register_buffer("scale", torch.ones(3))
+
+
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _assert_unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = module.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{k} was modified by a failing load"
+
+
+def _toy_sd(width: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=g) for k, v in Toy(width).state_dict().items()}
+
+
+# --- models folder -------------------------------------------------------------------------------
+def test_models_dir_explicit_argument_beats_env_which_beats_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("SELVA_MODELS_DIR", raising=False)
+    assert resolve_models_dir() == Path("models") / "selva"
+    monkeypatch.setenv("SELVA_MODELS_DIR", str(tmp_path / "env"))
+    assert resolve_models_dir() == tmp_path / "env"
+    assert resolve_models_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_models_dir(str(tmp_path / "arg")) == tmp_path / "arg"
+
+
+# --- md5 ------------------------------------------------------------------------------------------
+def _file(md5: str | None = PAYLOAD_MD5) -> CheckpointFile:
+    return CheckpointFile("someone/repo", "weights/thing.pth", md5)
+
+
+def test_present_file_with_right_md5_is_verified_once_then_trusted(tmp_path, monkeypatch):
+    (tmp_path / "thing.pth").write_bytes(PAYLOAD)
+    assert ensure_checkpoint(_file(), tmp_path) == tmp_path / "thing.pth"
+    assert (tmp_path / "thing.pth.md5ok").is_file()
+
+    def no_hashing(*a, **k):
+        raise AssertionError("an unchanged verified file must not be hashed again")
+
+    monkeypatch.setattr(weights, "file_md5", no_hashing)
+    assert ensure_checkpoint(_file(), tmp_path) == tmp_path / "thing.pth"
+
+
+def test_present_file_with_wrong_md5_raises_naming_the_file(tmp_path):
+    (tmp_path / "thing.pth").write_bytes(PAYLOAD + b"x")
+    with pytest.raises(CheckpointError, match=r"checksum mismatch.*thing\.pth"):
+        ensure_checkpoint(_file(), tmp_path)
+    assert not (tmp_path / "thing.pth.md5ok").exists()
+    # verification can be skipped on purpose
+    assert ensure_checkpoint(_file(), tmp_path, verify=False) == tmp_path / "thing.pth"
+
+
+def test_file_changed_after_verification_is_checked_again(tmp_path):
+    path = tmp_path / "thing.pth"
+    path.write_bytes(PAYLOAD)
+    ensure_checkpoint(_file(), tmp_path)
+    path.write_bytes(PAYLOAD[:-1] + b"!")  # same size, new content and mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        ensure_checkpoint(_file(), tmp_path)
+
+
+# --- download -------------------------------------------------------------------------------------
+def _fake_hub(payload: bytes, calls: list):
+    def hf_hub_download(repo_id, filename, *, local_dir=None, **kwargs):
+        calls.append((repo_id, filename, Path(local_dir)))
+        out = Path(local_dir) / filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(payload)
+        return str(out)
+
+    return hf_hub_download
+
+
+def test_download_lands_under_the_local_name_after_md5_check(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(PAYLOAD, calls))
+    path = ensure_checkpoint(_file(), tmp_path / "models")
+    assert path == tmp_path / "models" / "thing.pth"
+    assert path.read_bytes() == PAYLOAD
+    (repo, filename, local_dir), = calls
+    assert (repo, filename) == ("someone/repo", "weights/thing.pth")
+    assert local_dir.parent == tmp_path / "models" and local_dir != path  # temporary name
+    leftovers = {p.name for p in (tmp_path / "models").iterdir()}
+    assert leftovers == {"thing.pth", "thing.pth.md5ok"}
+
+
+def test_downloaded_file_with_wrong_md5_is_discarded(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(b"garbage", []))
+    with pytest.raises(CheckpointError, match="md5"):
+        ensure_checkpoint(_file(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_missing_file_error_names_file_repo_and_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    with pytest.raises(CheckpointError) as info:
+        ensure_checkpoint(_file(), tmp_path / "models")
+    msg = str(info.value)
+    assert "weights/thing.pth" in msg and "someone/repo" in msg
+    assert str(tmp_path / "models" / "thing.pth") in msg
+    assert not (tmp_path / "models" / "thing.pth").exists()
+    assert list((tmp_path / "models").iterdir()) == []  # temporary folder removed
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "download=False"])
+def test_no_download_allowed_never_calls_the_hub(tmp_path, monkeypatch, how):
+    import huggingface_hub
+
+    def forbidden(*a, **k):
+        raise AssertionError("the hub must not be contacted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", forbidden)
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        kwargs = {}
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        kwargs = {"download": False}
+    with pytest.raises(CheckpointError, match=r"thing\.pth") as info:
+        ensure_checkpoint(_file(), tmp_path, **kwargs)
+    assert str(tmp_path) in str(info.value) and "someone/repo" in str(info.value)
+
+
+# --- reading --------------------------------------------------------------------------------------
+def test_reads_safetensors_and_pickles_with_subkey(tmp_path):
+    sd = _toy_sd()
+    save_file(sd, tmp_path / "a.safetensors")
+    torch.save({"generator": sd, "steps": 3}, tmp_path / "b.pt")
+    torch.save(sd, tmp_path / "c.pth", _use_new_zipfile_serialization=False)  # legacy: no mmap
+    for got in (
+        read_state_dict(tmp_path / "a.safetensors"),
+        read_state_dict(tmp_path / "b.pt", subkey="generator"),
+        read_state_dict(tmp_path / "c.pth"),
+    ):
+        assert got.keys() == sd.keys()
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+def test_missing_subkey_and_wrapper_files_are_explained(tmp_path):
+    torch.save({"generator": _toy_sd()}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"no entry 'model'.*'generator'"):
+        read_state_dict(tmp_path / "w.pt", subkey="model")
+    with pytest.raises(CheckpointError, match="nested state dicts"):
+        read_state_dict(tmp_path / "w.pt")
+
+
+def test_non_dict_content_is_rejected(tmp_path):
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt holds a list, not a state dict"):
+        read_state_dict(tmp_path / "list.pt")
+
+
+def test_empty_file_is_rejected(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pth is empty"):
+        read_state_dict(tmp_path / "empty.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_file_is_rejected_as_corrupt(tmp_path, suffix):
+    full = tmp_path / f"full{suffix}"
+    if suffix == ".pth":
+        torch.save(_toy_sd(), full)
+    else:
+        save_file(_toy_sd(), full)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) - 40])
+    with pytest.raises(CheckpointError, match=r"cut\.\w+ is truncated or corrupt"):
+        read_state_dict(cut)
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_pickle_that_would_execute_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"proj.weight": _RunsCode(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refusing to unpickle arbitrary code") as info:
+        read_state_dict(tmp_path / "evil.pth")
+    assert "system" in str(info.value)
+    assert not marker.exists()
+
+
+# --- strict checked loading -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda sd: sd.pop("proj.bias"), r"missing 1 keys: 'proj\.bias'"),
+        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(2)), r"unexpected 1 keys"),
+        (
+            lambda sd: sd.__setitem__("proj.weight", torch.zeros(3, 5)),
+            r"1 keys with the wrong shape: 'proj\.weight' file \(3, 5\) vs model \(3, 4\)",
+        ),
+    ],
+    ids=["missing", "unexpected", "wrong_shape"],
+)
+def test_bad_state_dict_raises_one_error_and_leaves_model_untouched(corrupt, expected):
+    model = Toy()
+    before = _snapshot(model)
+    sd = _toy_sd()
+    corrupt(sd)
+    with pytest.raises(CheckpointError, match=expected) as info:
+        load_checked(model, sd, component="toy", variant="toy_v", candidates={})
+    assert "the model is unchanged" in str(info.value)
+    _assert_unchanged(model, before)
+
+
+def test_all_problems_are_listed_together_with_counts():
+    model = Toy()
+    before = _snapshot(model)
+    sd = _toy_sd()
+    del sd["norm.weight"], sd["norm.bias"]
+    sd["proj.weight"] = torch.zeros(1)
+    for i in range(7):
+        sd[f"junk.{i}"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        load_checked(model, sd, component="toy", variant="toy_v", source="x.pth", candidates={})
+    msg = str(info.value)
+    assert "x.pth" in msg and "missing 2 keys" in msg and "unexpected 7 keys" in msg
+    assert "(7 in all)" in msg and "1 keys with the wrong shape" in msg
+    _assert_unchanged(model, before)
+
+
+def test_good_state_dict_loads_and_is_cast_to_model_dtype():
+    model = Toy()
+    sd = {k: v.double() for k, v in _toy_sd().items()}
+    load_checked(model, sd, component="toy", variant="toy_v")
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32
+        assert torch.equal(v, sd[k].float())
+
+
+def test_obsolete_generator_keys_are_dropped_before_the_strict_load():
+    model = Toy()
+    sd = _toy_sd()
+    sd.update({"t_embed.freqs": torch.zeros(128), "latent_rot": torch.zeros(1, 2, 3)})
+    load_checked(model, sd, component="generator", variant="toy_v")
+    assert torch.equal(model.proj.weight, sd["proj.weight"])
+    with pytest.raises(CheckpointError, match="latent_rot"):  # only dropped for the generator
+        load_checked(Toy(), sd, component="vae", variant="toy_v", candidates={})
+
+
+def test_transform_runs_before_the_comparison():
+    model = Toy()
+    sd = {f"old.{k}": v for k, v in _toy_sd().items()}
+    load_checked(
+        model, sd, component="toy", variant="toy_v",
+        transform=lambda d: {k.removeprefix("old."): v for k, v in d.items()},
+    )
+    assert torch.equal(model.norm.bias, sd["old.norm.bias"])
+
+
+def test_file_of_another_variant_is_named():
+    model = Toy(width=4)
+    before = _snapshot(model)
+    candidates = {"wide_v": {k: tuple(v.shape) for k, v in Toy(8).state_dict().items()},
+                  "other_v": {"something.else": (1,)}}
+    with pytest.raises(CheckpointError, match="looks like variant wide_v, not toy_v"):
+        load_checked(model, _toy_sd(width=8), component="toy", variant="toy_v",
+                     candidates=candidates)
+    _assert_unchanged(model, before)
+
+
+def _meta_generator_sd(variant: str) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        return weights.build_component("generator", get_variant(variant)).state_dict()
+
+
+@pytest.mark.parametrize(
+    "file_variant, model_variant",
+    [("small_44k", "small_16k"), ("large_44k", "medium_44k"), ("small_16k", "large_44k_v2")],
+)
+def test_real_generator_file_of_another_variant_is_recognised(file_variant, model_variant):
+    """Shapes only: both the 'file' and the model live on the meta device (no memory)."""
+    pytest.importorskip("selva_core.model.generator")
+    with torch.device("meta"):
+        model = weights.build_component("generator", get_variant(model_variant))
+    sd = _meta_generator_sd(file_variant)
+    with pytest.raises(CheckpointError) as info:
+        load_checked(model, sd, component="generator", variant=model_variant)
+    assert f"looks like variant {file_variant}, not {model_variant}" in str(info.value)
+
+
+def test_legacy_weight_norm_vocoder_keys_load_through_the_conversion():
+    bigvgan = pytest.importorskip("selva_core.model.bigvgan")
+    cfg = replace(get_variant("tiny_16k").vocoder, upsample_initial_channel=64)
+    model = bigvgan.BigVGAN(cfg)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    legacy = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v + 0.5
+        for k, v in sd.items()
+    }
+    assert any(k.endswith("weight_g") for k in legacy)
+    before = _snapshot(model)
+    with pytest.raises(CheckpointError, match="weight_g"):
+        load_checked(model, legacy, component="vocoder", variant="tiny_16k", candidates={})
+    _assert_unchanged(model, before)
+    load_checked(model, legacy, component="vocoder", variant="tiny_16k",
+                 transform=bigvgan.convert_legacy_weight_norm_keys)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k] + 0.5), k
