@@ -301,6 +301,18 @@ class TextSynch(nn.Module):
         self.synch_text_cross_blocks = nn.ModuleList(
             TextCrossAttentionBlock(dim, cfg.num_heads) for _ in range(cfg.xattn_depth)
         )
+        self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        """Small random learned tokens (ViT convention, std 0.02) instead of zeros.
+
+        Real use loads a checkpoint over everything; this only keeps a randomly built
+        encoder (tests, the tiny demo) from having identical CLS/position/SUP tokens.
+        """
+        mf = self.vfeat_extractor
+        for p in (mf.cls_token, mf.pos_embed, mf.temp_embed, mf.spatial_attn_agg.cls_token,
+                  self.sup_text_feat, self.empty_string_feat):
+            nn.init.trunc_normal_(p, std=0.02)
 
     # --- construction helpers -------------------------------------------------------------
     @staticmethod
