@@ -1,0 +1,315 @@
+"""``LoRALinear`` / ``LoRAConv1d``: wrappers holding any number of named adapters.
+
+A wrapper replaces the target module in its parent (same qualified name) and keeps the original
+module, untouched and frozen, as ``base_layer``. Each adapter is an :class:`AdapterState` in
+``adapters[name]`` with its factors in peft's shapes:
+
+* Linear: A (r, in), B (out, r);
+* Conv1d: A (r, in, k) is a conv with the base kernel, stride, padding and dilation, B
+  (out, r, 1) a 1x1 conv. ``ChannelLastConv1d`` (``channel_last = True``) takes and returns
+  (B, N, C); the adapter path honours that layout.
+
+Forward: ``y = base(x)``; then for each adapter with strength != 0, its variant adds
+``strength * change``. Merged mode runs the plain base forward on merged weights (zero overhead);
+the original weight is kept and copied back on unmerge, so unmerging is bit-exact.
+
+PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r delta
+``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .variant import get_variant
+
+
+class AdapterState(nn.Module):
+    """Tensors and settings of one named adapter on one wrapped layer.
+
+    ``scale``: s of ``s B A``; ``strength``: runtime multiplier of the learned change;
+    ``init``: how the factors were made (``standard``, ``pissa``, ``loaded``, ``edited``...);
+    ``spec``: the model-level description shared by all layers of the adapter.
+    """
+
+    def __init__(
+        self,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        *,
+        scale: float,
+        variant: str = "lora",
+        init: str = "standard",
+        strength: float = 1.0,
+        dropout: float = 0.0,
+        A0: torch.Tensor | None = None,
+        B0: torch.Tensor | None = None,
+        spec=None,
+    ):
+        super().__init__()
+        if (A0 is None) != (B0 is None):
+            raise ValueError("PiSSA init factors A0 and B0 come together")
+        self.lora_A = nn.Parameter(A)
+        self.lora_B = nn.Parameter(B)
+        self.register_buffer("lora_A0", A0)
+        self.register_buffer("lora_B0", B0)
+        self.variant = variant
+        self.impl = get_variant(variant)
+        self.scale = float(scale)
+        self.strength = float(strength)
+        self.dropout = float(dropout)
+        self.init = init
+        self.spec = spec
+
+    @property
+    def rank(self) -> int:
+        """Rank of the trainable factors (a PiSSA delta has twice this rank)."""
+        return self.lora_A.shape[0]
+
+    @property
+    def is_pissa(self) -> bool:
+        return self.lora_A0 is not None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of the learned change ``s B A`` in layer shapes; PiSSA: [A; A0], [B, -B0]."""
+        if self.lora_A0 is None:
+            return self.lora_A, self.lora_B
+        return (
+            torch.cat([self.lora_A, self.lora_A0], 0),
+            torch.cat([self.lora_B, self.lora_B0.neg()], 1),
+        )
+
+    def factors2d(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A) as matrices (out, R) and (R, in*k) with change ``s B A``."""
+        A, B = self.factors()
+        return B.reshape(B.shape[0], B.shape[1]), A.reshape(A.shape[0], -1)
+
+    @torch.no_grad()
+    def set_plain_factors(self, B2d: torch.Tensor, A2d: torch.Tensor, init: str) -> None:
+        """Replace the change by ``s B2d A2d`` (a plain delta; drops PiSSA's A0/B0).
+
+        Reuses the parameter objects when the rank is unchanged (optimizer references stay
+        valid), otherwise creates new ones with the same ``requires_grad``.
+        """
+        a_shape = (A2d.shape[0], *self.lora_A.shape[1:])
+        b_shape = (B2d.shape[0], B2d.shape[1], *self.lora_B.shape[2:])
+        dev, dt = self.lora_A.device, self.lora_A.dtype
+        A_new, B_new = A2d.reshape(a_shape).to(dev, dt), B2d.reshape(b_shape).to(dev, dt)
+        if tuple(a_shape) == tuple(self.lora_A.shape):
+            self.lora_A.copy_(A_new)
+            self.lora_B.copy_(B_new)
+        else:
+            grad = self.lora_A.requires_grad
+            self.lora_A = nn.Parameter(A_new.clone(), requires_grad=grad)
+            self.lora_B = nn.Parameter(B_new.clone(), requires_grad=grad)
+        self.lora_A0 = None
+        self.lora_B0 = None
+        self.init = init
+
+    def extra_repr(self) -> str:
+        return (
+            f"variant={self.variant}, init={self.init}, rank={self.rank}, scale={self.scale:g}, "
+            f"strength={self.strength:g}"
+        )
+
+
+class LoRALayer(nn.Module):
+    """Common runtime of the Linear and Conv1d wrappers (see the module docstring)."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.merged = False
+        self.register_buffer("_original_weight", None, persistent=False)
+        self._base_requires_grad = {
+            n: p.requires_grad for n, p in base_layer.named_parameters()
+        }
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    # -- hooks used by the variants -------------------------------------------------------
+    def apply_a(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def add_b(
+        self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-output-channel vector ``v`` shaped to broadcast over output ``y``."""
+        return v
+
+    def weight2d(self) -> torch.Tensor:
+        """The base weight as an (out, in*k) view (merged weights while merged)."""
+        w = self.base_layer.weight
+        return w.reshape(w.shape[0], -1)
+
+    def original_weight2d(self) -> torch.Tensor:
+        """The original base weight (out, in*k), also while merged."""
+        w = self._original_weight if self.merged else self.base_layer.weight
+        return w.reshape(w.shape[0], -1)
+
+    def base_bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight (for code that inspects ``.weight``; adapters not included)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    # -- runtime ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged:
+            return y
+        for adapter in self.adapters.values():
+            if adapter.strength != 0.0:
+                y = adapter.impl.forward(self, adapter, x, y)
+        return y
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add every active adapter (at its strength) into the base weight; keep the original."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        total = None
+        for adapter in self.adapters.values():
+            if adapter.strength != 0.0:
+                d = adapter.impl.delta_weight(self, adapter) * adapter.strength
+                total = d if total is None else total + d
+        self._original_weight = w.detach().clone()
+        if total is not None:
+            merged = self.weight2d().float() + total.to(w.device)
+            w.copy_(merged.reshape(w.shape).to(w.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Copy the original base weight back (bit-exact)."""
+        if not self.merged:
+            return
+        self.base_layer.weight.copy_(self._original_weight)
+        self._original_weight = None
+        self.merged = False
+
+    def unwrap(self) -> nn.Module:
+        """Unmerge, restore the base parameters' ``requires_grad`` and return the base layer."""
+        self.unmerge()
+        for n, p in self.base_layer.named_parameters():
+            p.requires_grad_(self._base_requires_grad.get(n, p.requires_grad))
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"merged={self.merged}"
+
+
+class LoRALinear(LoRALayer):
+    """LoRA wrapper of an ``nn.Linear``: ``y = W x + b + sum_a strength_a * change_a(x)``."""
+
+    def __init__(self, base_layer: nn.Linear):
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        super().__init__(base_layer)
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def apply_a(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, A)
+
+    def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
+        if y.is_contiguous() and h.is_contiguous():
+            # one fused kernel for matmul, scale and add
+            out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), B.t(),
+                              alpha=coef)
+            return out.view(y.shape)
+        return torch.add(y, F.linear(h, B), alpha=coef)
+
+
+class LoRAConv1d(LoRALayer):
+    """LoRA wrapper of an ``nn.Conv1d`` (A: conv with the base kernel, B: 1x1 conv).
+
+    Honours ``channel_last`` (``ChannelLastConv1d``): input and output are (B, N, C).
+    """
+
+    def __init__(self, base_layer: nn.Conv1d):
+        if not isinstance(base_layer, nn.Conv1d):
+            raise TypeError(f"LoRAConv1d wraps nn.Conv1d, got {type(base_layer).__name__}")
+        check_wrappable(base_layer)
+        super().__init__(base_layer)
+        self.channel_last = bool(getattr(base_layer, "channel_last", False))
+
+    def apply_a(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """(B, r, N') channel-first rank-space activations."""
+        if x.dim() != 3:
+            raise ValueError(
+                f"LoRAConv1d expects a batched 3-D input, got shape {tuple(x.shape)}"
+            )
+        b = self.base_layer
+        xc = x.transpose(1, 2) if self.channel_last else x
+        return F.conv1d(xc, A, None, b.stride, b.padding, b.dilation)
+
+    def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
+        yc = y.transpose(1, 2) if self.channel_last else y
+        Bm = B.reshape(B.shape[0], B.shape[1]).expand(h.shape[0], -1, -1)
+        out = torch.baddbmm(yc, Bm, h, alpha=coef)
+        return out.transpose(1, 2) if self.channel_last else out
+
+    def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return v if self.channel_last else v.reshape(-1, 1)
+
+
+def check_wrappable(module: nn.Module, path: str = "") -> None:
+    """Raise the clear error a wrapper would raise for ``module``, without building one."""
+    where = f" ({path})" if path else ""
+    if isinstance(module, LoRALayer) or isinstance(module, nn.Linear):
+        return
+    if isinstance(module, nn.Conv1d):
+        if module.groups != 1:
+            raise ValueError(
+                f"LoRAConv1d supports groups=1 convolutions only, got groups={module.groups}"
+                f"{where}; exclude this layer from the targets"
+            )
+        if module.padding_mode != "zeros":
+            raise ValueError(
+                f"LoRAConv1d supports padding_mode='zeros' only, got {module.padding_mode!r}"
+                f"{where}; exclude this layer from the targets"
+            )
+        return
+    raise ValueError(
+        f"LoRA adapts nn.Linear and nn.Conv1d only, got {type(module).__name__}{where}"
+    )
+
+
+def factor_shapes(module: nn.Module, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes (A, B) of a rank-``rank`` adapter on ``module`` (a base layer or a wrapper)."""
+    base = module.base_layer if isinstance(module, LoRALayer) else module
+    w = base.weight
+    return (rank, *w.shape[1:]), (w.shape[0], rank, *([1] * (w.dim() - 2)))
+
+
+def wrap_module(module: nn.Module) -> LoRALayer:
+    """The right wrapper for ``module`` (Linear or Conv1d)."""
+    if isinstance(module, LoRALayer):
+        return module
+    if isinstance(module, nn.Linear):
+        return LoRALinear(module)
+    if isinstance(module, nn.Conv1d):
+        return LoRAConv1d(module)
+    raise TypeError(
+        f"LoRA adapts nn.Linear and nn.Conv1d only, got {type(module).__name__}"
+    )
