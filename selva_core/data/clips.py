@@ -1,0 +1,222 @@
+"""Dataset discovery: which clips a data folder holds, with which audio and which prompt.
+
+A data folder is flat (sub-folders are not searched). Per stem it may hold:
+
+* a video (``.mp4 .mov .mkv .webm .avi``) -- its audio comes from a same-stem audio file
+  (``.wav .flac .mp3 .ogg .aiff .aif``) when one exists, else from the video's own track;
+* or a feature ``.npz`` (ComfyUI-SelVA format) with a same-stem audio file.
+
+A video and an ``.npz`` of the same stem: the video is used. Prompts: ``prompts.txt`` >
+prompt stored in the ``.npz`` > the folder name. Scanning opens every file cheaply (headers
+only) so unreadable or unusable clips are reported before any model work; the audio content
+itself (silence, NaN, exact length) is checked when it is decoded for the feature cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from selva_core.data.audio import AUDIO_EXTENSIONS, check_audio_format, probe_audio_file
+from selva_core.data.errors import (
+    BadClipError,
+    EmptyDatasetError,
+    SkipReport,
+    check_on_bad_clip,
+    handle_bad_clip,
+)
+from selva_core.data.npz_import import NPZ_EXTENSION, read_feature_npz
+from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_prompts
+from selva_core.data.video import VIDEO_EXTENSIONS, probe_video
+from selva_core.variants import min_duration
+
+log = logging.getLogger(__name__)
+
+KNOWN_EXTENSIONS: tuple[str, ...] = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS + (NPZ_EXTENSION,)
+EXPECTED_LAYOUT = (
+    f"expected video files ({' '.join(VIDEO_EXTENSIONS)}), optionally each with a same-stem "
+    f"audio file ({' '.join(AUDIO_EXTENSIONS)}), or .npz feature files each with a same-stem "
+    f"audio file, plus an optional {PROMPTS_FILENAME}"
+)
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """One clip of the dataset. Exactly one of ``video_path`` / ``npz_path`` is set.
+
+    ``audio_path`` is None when the audio comes from the video's own track.
+    ``prompt_source`` says where the prompt came from: ``prompts.txt``, ``npz`` or ``folder``.
+    """
+
+    name: str
+    video_path: Path | None
+    audio_path: Path | None
+    prompt: str
+    npz_path: Path | None = None
+    prompt_source: str = "prompts.txt"
+
+    @property
+    def main_path(self) -> Path:
+        """The file that defines the clip (video or npz), used in messages."""
+        path = self.video_path if self.video_path is not None else self.npz_path
+        assert path is not None
+        return path
+
+    @property
+    def audio_from_video(self) -> bool:
+        return self.audio_path is None
+
+    def files(self) -> list[Path]:
+        """Every file whose bytes the clip's features depend on."""
+        return [p for p in (self.video_path, self.npz_path, self.audio_path) if p is not None]
+
+
+@dataclass
+class _Group:
+    videos: list[Path]
+    audios: list[Path]
+    npzs: list[Path]
+
+
+def _group_files(data_dir: Path) -> dict[str, _Group]:
+    groups: dict[str, _Group] = {}
+    for path in sorted(data_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in VIDEO_EXTENSIONS:
+            kind = "videos"
+        elif suffix in AUDIO_EXTENSIONS:
+            kind = "audios"
+        elif suffix == NPZ_EXTENSION:
+            kind = "npzs"
+        else:
+            if path.name != PROMPTS_FILENAME:
+                log.debug("ignoring %s (not a clip file)", path)
+            continue
+        group = groups.setdefault(path.stem, _Group([], [], []))
+        getattr(group, kind).append(path)
+    return groups
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(p.name for p in paths)
+
+
+def _check_length(path: Path, length: float | None, what: str) -> None:
+    if length is not None and length + 1e-3 < min_duration():
+        raise BadClipError(
+            path,
+            f"the {what} is only {length:.2f} s long; SelVA needs at least "
+            f"{min_duration():.2f} s (one 16-frame sync window)",
+            "use a longer clip or remove it",
+        )
+
+
+def _probe_clip(
+    stem: str, group: _Group
+) -> tuple[Path | None, Path | None, Path | None, str | None]:
+    """Pair and probe one stem's files -> (video, audio, npz, npz prompt); raise if unusable."""
+    if len(group.videos) > 1:
+        raise BadClipError(group.videos[0], f"several videos share the name {stem!r} "
+                           f"({_names(group.videos)})", "rename or remove all but one")
+    if len(group.audios) > 1:
+        raise BadClipError(group.audios[0], f"several audio files share the name {stem!r} "
+                           f"({_names(group.audios)})", "rename or remove all but one")
+    if len(group.npzs) > 1:  # cannot happen on case-sensitive names with one suffix; kept safe
+        raise BadClipError(group.npzs[0], f"several .npz files share the name {stem!r}",
+                           "rename or remove all but one")
+    audio = group.audios[0] if group.audios else None
+    if audio is not None:
+        info = probe_audio_file(audio)
+        check_audio_format(audio, info.sample_rate, info.channels)
+        _check_length(audio, info.duration, "audio")
+    if group.videos:
+        video = group.videos[0]
+        if group.npzs:
+            log.info("%s: %s is used; %s is ignored", stem, video.name, group.npzs[0].name)
+        vinfo = probe_video(video)
+        if audio is None:
+            if not vinfo.has_audio:
+                raise BadClipError(
+                    video, "the video has no audio track and there is no same-stem audio file",
+                    f"add {stem}.wav (or .flac .mp3 .ogg .aiff) next to it, or remove the video")
+            check_audio_format(video, vinfo.audio_sample_rate, vinfo.audio_channels)
+            _check_length(video, vinfo.audio_duration, "audio track")
+        _check_length(video, vinfo.duration, "video")
+        return video, audio, None, None
+    if group.npzs:
+        npz = group.npzs[0]
+        if audio is None:
+            raise BadClipError(
+                npz, "a feature .npz needs a same-stem audio file and none was found",
+                f"add {stem}.wav (or .flac .mp3 .ogg .aiff) next to it, or remove the .npz")
+        features = read_feature_npz(npz)
+        return None, audio, npz, features.prompt
+    assert audio is not None
+    raise BadClipError(audio, "an audio file without a same-stem video or .npz",
+                       f"add {stem}.mp4 (or another video) or remove the audio file")
+
+
+def scan_dataset(
+    data_dir: str | Path,
+    *,
+    on_bad_clip: str = "skip",
+    report: SkipReport | None = None,
+    prompts_file: str = PROMPTS_FILENAME,
+) -> list[ClipSource]:
+    """Find the clips of ``data_dir``, pair their audio, resolve prompts, probe every file.
+
+    ``on_bad_clip='skip'`` logs and records (in ``report``) each unusable clip or malformed
+    ``prompts.txt`` line and goes on; ``'stop'`` raises BadClipError at the first one. A folder
+    without any usable clip always raises EmptyDatasetError. Clips come sorted by name.
+    """
+    check_on_bad_clip(on_bad_clip)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise EmptyDatasetError(
+            data_dir, f"{data_dir} is not a folder", f"point it at a folder; {EXPECTED_LAYOUT}"
+        )
+    groups = _group_files(data_dir)
+
+    prompts = {}
+    prompts_path = data_dir / prompts_file
+    if prompts_path.is_file():
+        prompts, errors = parse_prompts(prompts_path, KNOWN_EXTENSIONS)
+        for error in errors:
+            handle_bad_clip(error, on_bad_clip, report)
+        for key, entry in prompts.items():
+            group = groups.get(key)
+            if group is None or not (group.videos or group.npzs):
+                handle_bad_clip(BadClipError(
+                    prompts_path,
+                    f"line {entry.line} gives a prompt for {entry.name!r} but the folder has no "
+                    f"video or .npz named {key!r}",
+                    "fix the name or remove the line"), on_bad_clip, report)
+
+    if not groups:
+        raise EmptyDatasetError(data_dir, f"no clips found in {data_dir}", EXPECTED_LAYOUT)
+
+    fallback = folder_prompt(data_dir)
+    clips: list[ClipSource] = []
+    for stem, group in groups.items():
+        try:
+            video, audio, npz, npz_prompt = _probe_clip(stem, group)
+        except BadClipError as error:
+            handle_bad_clip(error, on_bad_clip, report)
+            continue
+        if stem in prompts:
+            prompt, source = prompts[stem].prompt, "prompts.txt"
+        elif npz_prompt:
+            prompt, source = npz_prompt, "npz"
+        else:
+            prompt, source = fallback, "folder"
+        clips.append(ClipSource(stem, video, audio, prompt, npz, source))
+
+    if not clips:
+        raise EmptyDatasetError(
+            data_dir, f"no usable clips in {data_dir}: all {len(groups)} were skipped "
+            "(reasons logged above)", EXPECTED_LAYOUT)
+    log.info("found %d clip(s) in %s", len(clips), data_dir)
+    return clips

@@ -1,0 +1,263 @@
+"""A synthetic demo dataset of moving shapes with matching sounds, and a small clip writer.
+
+Two classes whose sound follows the picture, so a model can learn the link:
+
+* ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
+  (decaying 2 kHz burst) at the exact moment of every wall hit.
+* ``hum``: a square glides up and down; the audio is a tone whose pitch follows the shape's
+  height (higher on screen = higher pitch), phase-continuous.
+
+Everything is drawn from ``numpy.random.default_rng((seed, class, clip))`` so the dataset is
+deterministic given the seed (byte for byte). Clips are MPEG-4 Part 2 ``.mp4`` files with
+the audio muxed in as AAC, plus a ``prompts.txt``. :func:`write_video` and
+:func:`write_tone_clip` are also what the tests use to make small clips of any layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+
+from selva_core.data.prompts import PROMPTS_FILENAME
+
+log = logging.getLogger(__name__)
+
+CLASS_PROMPTS: dict[str, str] = {
+    "bounce": "a ball bouncing off the walls, with a sharp click at every hit",
+    "hum": "a square gliding up and down with a humming tone that rises as it climbs",
+}
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+_INT_FORMATS = {"s16": np.int16, "s32": np.int32}
+_CONTAINER_AUDIO = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".avi": "pcm_s16le",
+                    ".webm": "libopus"}
+
+
+def _video_codec(suffix: str) -> str:
+    # MPEG-4 Part 2 everywhere but WebM: in every FFmpeg build, fast, and byte-for-byte
+    # deterministic (libx264 output was seen to vary between runs at identical input).
+    return "libvpx" if suffix == ".webm" else "mpeg4"
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    *,
+    fps: float = 25,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    audio_codec: str | None = None,
+) -> Path:
+    """Encode ``frames`` (uint8 ``(T, H, W, 3)``) and optional ``audio`` (float
+    ``(channels, samples)`` or ``(samples,)``) into ``path``; the container follows the suffix.
+
+    Written to a hidden temporary name and renamed into place (atomic).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _CONTAINER_AUDIO:
+        raise ValueError(f"{path}: cannot write a {suffix!r} video; use one of "
+                         f"{', '.join(_CONTAINER_AUDIO)}")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+    rate = round(fps) if float(fps).is_integer() else Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(tmp), mode="w", format=None) as container:
+            vstream = container.add_stream(_video_codec(suffix), rate=rate)
+            vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+            vstream.pix_fmt = "yuv420p"
+            time_base = 1 / Fraction(rate)
+            vstream.codec_context.time_base = time_base
+            vstream.bit_rate = 4_000_000  # near-lossless at demo sizes; files stay small
+            astream = None
+            if audio is not None:
+                audio = np.asarray(audio, dtype=np.float32)
+                audio = audio[None] if audio.ndim == 1 else audio
+                layout = _LAYOUTS[audio.shape[0]]
+                codec = audio_codec or _CONTAINER_AUDIO[suffix]
+                astream = container.add_stream(codec, rate=sample_rate, layout=layout)
+                if codec == "aac":  # the default two-loop coder is ~10x slower for no gain here
+                    astream.codec_context.options = {"aac_coder": "fast"}
+            for index, image in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                # explicit timestamps: some muxers (AVI) mis-guess them otherwise
+                frame.pts = index
+                frame.time_base = time_base
+                for packet in vstream.encode(frame):
+                    container.mux(packet)
+            for packet in vstream.encode(None):
+                container.mux(packet)
+            if astream is not None:
+                fmt = astream.codec_context.format.name
+                data = np.ascontiguousarray(audio)
+                if fmt.rstrip("p") in _INT_FORMATS:
+                    dtype = _INT_FORMATS[fmt.rstrip("p")]
+                    data = (np.clip(data, -1, 1) * np.iinfo(dtype).max).astype(dtype)
+                elif fmt.rstrip("p") == "dbl":
+                    data = data.astype(np.float64)
+                if not fmt.endswith("p"):  # packed formats take one (1, samples*channels) row
+                    data = np.ascontiguousarray(data.T).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+                frame.sample_rate = sample_rate
+                frame.pts = 0
+                for packet in astream.encode(frame):
+                    container.mux(packet)
+                for packet in astream.encode(None):
+                    container.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _triangle(u: np.ndarray) -> np.ndarray:
+    """Unfolded coordinate in wall-widths -> position in [0, 1] after reflections."""
+    frac = np.mod(u, 2.0)
+    return np.where(frac <= 1.0, frac, 2.0 - frac)
+
+
+def _bounce_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    radius = size * rng.uniform(0.08, 0.14)
+    span = size - 2 * radius
+    speed = rng.uniform(0.6, 1.4, size=2) * rng.choice([-1, 1], size=2)  # wall-widths / s
+    u0 = rng.uniform(0, 1, size=2)
+    t_frames = np.arange(n_frames) / fps
+    pos = radius + span * _triangle(u0[None] + speed[None] * t_frames[:, None])  # (T, 2) x, y
+    hits: list[float] = []
+    duration = n_samples / sample_rate
+    for axis in range(2):  # wall hits: the unfolded coordinate crosses an integer
+        v = speed[axis]
+        first = math.floor(u0[axis]) + 1 if v > 0 else math.ceil(u0[axis]) - 1
+        k = first
+        while True:
+            t = (k - u0[axis]) / v
+            if t >= duration:
+                break
+            hits.append(t)
+            k += 1 if v > 0 else -1
+    audio = np.zeros(n_samples, np.float32)
+    click_len = int(0.03 * sample_rate)
+    tt = np.arange(click_len) / sample_rate
+    click = (np.sin(2 * np.pi * 2000 * tt) * np.exp(-tt / 0.006)).astype(np.float32)
+    for t in hits:
+        i = int(round(t * sample_rate))
+        n = min(click_len, n_samples - i)
+        audio[i: i + n] += 0.6 * click[:n]
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for i, (x, y) in enumerate(pos):
+        mask = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
+        frames[i] = np.where(mask[..., None], fg, bg)
+    return frames, audio
+
+
+def _hum_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    half = size * rng.uniform(0.08, 0.12)
+    rate_hz = rng.uniform(0.3, 0.8)
+    phase = rng.uniform(0, 2 * np.pi)
+    x_c = rng.uniform(half, size - half)
+    low, high = half, size - half
+
+    def height(t):  # y of the square's centre (pixels from the top)
+        return low + (high - low) * 0.5 * (1 + np.sin(2 * np.pi * rate_hz * t + phase))
+
+    t_audio = np.arange(n_samples) / sample_rate
+    up = 1.0 - (height(t_audio) - low) / (high - low)  # 1 at the top, 0 at the bottom
+    freq = 200.0 + 600.0 * up
+    ph = 2 * np.pi * np.cumsum(freq) / sample_rate
+    audio = (0.3 * np.sin(ph) + 0.08 * np.sin(2 * ph)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for i, y in enumerate(height(np.arange(n_frames) / fps)):
+        mask = (np.abs(xx - x_c) <= half) & (np.abs(yy - y) <= half)
+        frames[i] = np.where(mask[..., None], fg, bg)
+    return frames, audio
+
+
+_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip}
+
+
+def make_synthetic_dataset(
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str] = ("bounce", "hum"),
+    clips_per_class: int = 4,
+    duration: float = 2.0,
+    seed: int = 0,
+    fps: int = 25,
+    size: int = 64,
+    sample_rate: int = 16000,
+    write_wav: bool = False,
+) -> list[Path]:
+    """Write ``clips_per_class`` clips per class as ``<class>_<nnn>.mp4`` plus ``prompts.txt``.
+
+    ``write_wav`` also writes the exact audio as a same-stem ``.wav`` (which then takes
+    priority over the muxed AAC track). Returns the video paths, sorted by name.
+    """
+    unknown = [c for c in classes if c not in _MAKERS]
+    if unknown:
+        raise ValueError(f"unknown synthetic classes {unknown}; choose from {sorted(_MAKERS)}")
+    if clips_per_class < 1 or duration <= 0 or size < 16 or size % 2:
+        raise ValueError("need clips_per_class >= 1, duration > 0 and an even size >= 16")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_frames = max(1, round(duration * fps))
+    n_samples = round(duration * sample_rate)
+    paths: list[Path] = []
+    lines = ["# synthetic SelVA demo dataset: clip name: prompt"]
+    for class_index, name in enumerate(classes):
+        for clip in range(clips_per_class):
+            rng = np.random.default_rng((seed, class_index, clip))
+            frames, audio = _MAKERS[name](rng, n_frames, fps, size, n_samples, sample_rate)
+            path = out_dir / f"{name}_{clip:03d}.mp4"
+            write_video(path, frames, fps=fps, audio=audio, sample_rate=sample_rate)
+            if write_wav:
+                tmp = out_dir / f".{path.stem}.tmp.wav"
+                sf.write(str(tmp), audio, sample_rate, subtype="PCM_16")
+                os.replace(tmp, path.with_suffix(".wav"))
+            lines.append(f"{path.name}: {CLASS_PROMPTS[name]}")
+            paths.append(path)
+    tmp = out_dir / f".{PROMPTS_FILENAME}.tmp"
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / PROMPTS_FILENAME)
+    log.info("wrote %d synthetic clips to %s", len(paths), out_dir)
+    return sorted(paths)
+
+
+def write_tone_clip(
+    path: str | Path,
+    *,
+    duration: float,
+    fps: float = 25,
+    size: int = 32,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    freq: float = 440.0,
+    amplitude: float = 0.3,
+    with_audio: bool = True,
+) -> Path:
+    """A minimal test clip: frame ``i`` is flat grey of level ``(8 i) % 256`` (so decoded
+    frames can be identified), audio a sine of ``freq`` Hz on every channel (channel ``c``
+    scaled by ``(c + 1) / channels``), muxed into the video when ``with_audio``."""
+    n_frames = max(1, round(duration * fps))
+    levels = (8 * np.arange(n_frames)) % 256
+    frames = np.broadcast_to(levels[:, None, None, None], (n_frames, size, size, 3))
+    audio = None
+    if with_audio:
+        t = np.arange(round(duration * sample_rate)) / sample_rate
+        tone = amplitude * np.sin(2 * np.pi * freq * t)
+        audio = np.stack([tone * (c + 1) / channels for c in range(channels)]).astype(np.float32)
+    return write_video(path, frames.astype(np.uint8), fps=fps, audio=audio,
+                       sample_rate=sample_rate)
