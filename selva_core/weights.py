@@ -357,29 +357,40 @@ def state_dict_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-class _SkipMetaRandomInit(torch.overrides.TorchFunctionMode):
-    """Skip in-place random initialisation of meta tensors while a module is built for shapes.
-
-    ``normal_`` on a meta tensor goes through torch's Python reference implementation, whose
-    first use costs seconds of imports; the values are meaningless on meta anyway.
-    """
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Skip in-place random initialisation (``nn.init.*``, ``Tensor.normal_/uniform_``)."""
 
     _SKIP = {torch.Tensor.normal_, torch.Tensor.uniform_} | {
         f for n, f in vars(nn.init).items() if n.endswith("_") and not n.startswith("_")
     }
 
+    def __init__(self, meta_only: bool):
+        super().__init__()
+        self.meta_only = meta_only
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self._SKIP:
             target = args[0] if args else kwargs.get("tensor")
-            if isinstance(target, torch.Tensor) and target.is_meta:
+            if isinstance(target, torch.Tensor) and (target.is_meta or not self.meta_only):
                 return target
         return func(*args, **kwargs)
 
 
+def skip_random_init(meta_only: bool = False) -> _SkipRandomInit:
+    """Context manager: build modules without their random initialisation.
+
+    For networks whose every persistent tensor is about to be overwritten by a checked strict
+    load (saves seconds on the big generators), and for meta-device shape builds
+    (``meta_only=True``), where ``normal_`` would otherwise pull in torch's slow reference
+    kernels. Deterministic, non-random set-up (RoPE tables, filters) still runs.
+    """
+    return _SkipRandomInit(meta_only)
+
+
 @functools.lru_cache(maxsize=64)
 def _variant_shapes(component: str, variant_name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"), _SkipMetaRandomInit():
+    with torch.device("meta"), skip_random_init(meta_only=True):
         module = build_component(component, get_variant(variant_name))
     return tuple(sorted(state_dict_shapes(module).items()))
 
