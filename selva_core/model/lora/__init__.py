@@ -7,7 +7,20 @@ diagnostic. See the module docstrings for the math and the reasons behind each d
 """
 
 from .config import LoRAConfig, compute_scale
+from .intruders import IntruderReport, LayerIntruders, intruder_report, reduce_intruders
+from .io import (
+    adapter_metadata,
+    adapter_state_dict,
+    base_fingerprint,
+    load_adapter,
+    load_training_state_dict,
+    read_adapter_file,
+    save_adapter,
+    training_state_dict,
+)
 from .layers import AdapterState, LoRAConv1d, LoRALayer, LoRALinear
+from .lowrank import delta_svd, lowrank_svd
+from .peft_io import export_peft, import_peft
 from .runtime import (
     AdapterHandle,
     AdapterSpec,
@@ -23,6 +36,14 @@ from .runtime import (
     set_strength,
     trainable_parameters,
     unmerge_adapters,
+)
+from .surgery import (
+    SurgeryConfig,
+    SurgeryOutcome,
+    SurgeryResult,
+    reweight,
+    spectral_surgery,
+    surgery_with_validation,
 )
 from .targets import PRESETS, adaptable_modules, resolve_targets
 from .variant import get_variant, register_variant, variant_names

@@ -87,26 +87,46 @@ class AdapterState(nn.Module):
         return B.reshape(B.shape[0], B.shape[1]), A.reshape(A.shape[0], -1)
 
     @torch.no_grad()
-    def set_plain_factors(self, B2d: torch.Tensor, A2d: torch.Tensor, init: str) -> None:
-        """Replace the change by ``s B2d A2d`` (a plain delta; drops PiSSA's A0/B0).
-
-        Reuses the parameter objects when the rank is unchanged (optimizer references stay
-        valid), otherwise creates new ones with the same ``requires_grad``.
-        """
-        a_shape = (A2d.shape[0], *self.lora_A.shape[1:])
-        b_shape = (B2d.shape[0], B2d.shape[1], *self.lora_B.shape[2:])
+    def load_factors(
+        self,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        A0: torch.Tensor | None = None,
+        B0: torch.Tensor | None = None,
+        init: str | None = None,
+    ) -> None:
+        """Replace the factors (layer shapes). Reuses the parameter objects when the shapes are
+        unchanged (optimizer references stay valid), otherwise makes new ones with the same
+        ``requires_grad``."""
         dev, dt = self.lora_A.device, self.lora_A.dtype
-        A_new, B_new = A2d.reshape(a_shape).to(dev, dt), B2d.reshape(b_shape).to(dev, dt)
-        if tuple(a_shape) == tuple(self.lora_A.shape):
-            self.lora_A.copy_(A_new)
-            self.lora_B.copy_(B_new)
+        A, B = A.to(dev, dt), B.to(dev, dt)
+        if A.shape == self.lora_A.shape and B.shape == self.lora_B.shape:
+            self.lora_A.copy_(A)
+            self.lora_B.copy_(B)
         else:
             grad = self.lora_A.requires_grad
-            self.lora_A = nn.Parameter(A_new.clone(), requires_grad=grad)
-            self.lora_B = nn.Parameter(B_new.clone(), requires_grad=grad)
-        self.lora_A0 = None
-        self.lora_B0 = None
-        self.init = init
+            self.lora_A = nn.Parameter(A.clone(), requires_grad=grad)
+            self.lora_B = nn.Parameter(B.clone(), requires_grad=grad)
+        self.lora_A0 = None if A0 is None else A0.to(dev, dt).clone()
+        self.lora_B0 = None if B0 is None else B0.to(dev, dt).clone()
+        if init is not None:
+            self.init = init
+
+    def set_plain_factors(self, B2d: torch.Tensor, A2d: torch.Tensor, init: str) -> None:
+        """Replace the change by ``s B2d A2d`` (a plain delta; drops PiSSA's A0/B0)."""
+        a_shape = (A2d.shape[0], *self.lora_A.shape[1:])
+        b_shape = (B2d.shape[0], B2d.shape[1], *self.lora_B.shape[2:])
+        self.load_factors(A2d.reshape(a_shape), B2d.reshape(b_shape), init=init)
+
+    def snapshot(self) -> dict:
+        """Copies of the factors and init label, for :meth:`load_factors` (undo)."""
+        def c(t):
+            return None if t is None else t.detach().clone()
+
+        return {
+            "A": c(self.lora_A), "B": c(self.lora_B), "A0": c(self.lora_A0),
+            "B0": c(self.lora_B0), "init": self.init,
+        }
 
     def extra_repr(self) -> str:
         return (
