@@ -59,8 +59,9 @@ def check_audio_format(path: Path, sample_rate: int | None, channels: int | None
 
 
 def _unreadable(path: Path, error: Exception) -> BadClipError:
+    reason = getattr(error, "strerror", None) or str(error)
     return BadClipError(
-        path, f"cannot read the audio ({error})", "convert it to WAV or FLAC, or remove it"
+        path, f"cannot read the audio ({reason})", "convert it to WAV or FLAC, or remove it"
     )
 
 

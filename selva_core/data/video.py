@@ -54,11 +54,16 @@ def _stream_duration(stream, container) -> float | None:
     return None
 
 
+def _reason(error: Exception) -> str:
+    """FFmpeg's short reason without the repeated file name."""
+    return getattr(error, "strerror", None) or str(error)
+
+
 def _open(path: Path):
     try:
         return av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise BadClipError(path, f"cannot read the video ({e})", REENCODE_HINT) from None
+        raise BadClipError(path, f"cannot read the video ({_reason(e)})", REENCODE_HINT) from None
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -132,7 +137,7 @@ def decode_frames(
                 if num_frames is not None and k >= num_frames:
                     break
     except av.error.FFmpegError as e:
-        raise BadClipError(path, f"decoding failed ({e})", REENCODE_HINT) from None
+        raise BadClipError(path, f"decoding failed ({_reason(e)})", REENCODE_HINT) from None
     if num_frames is not None and frames and 0 < num_frames - len(frames) <= pad_tail:
         frames.extend([frames[-1]] * (num_frames - len(frames)))
     if not frames:

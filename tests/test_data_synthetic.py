@@ -1,0 +1,94 @@
+"""Synthetic demo dataset: deterministic given the seed, and its sounds follow its pictures."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from selva_core.data import scan_dataset
+from selva_core.data.audio import load_mono
+from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset
+from selva_core.data.video import decode_frames, probe_video
+
+SR = 16000
+
+
+def digest(paths):
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+def centroids(path):
+    """(T, 2) x, y centre of the bright shape in each decoded 25 fps frame."""
+    frames = decode_frames(path).float().mean(dim=1).numpy()  # (T, H, W) grey
+    out = []
+    for f in frames:
+        mask = f > (f.max() + f.min()) / 2
+        ys, xs = np.nonzero(mask)
+        out.append((xs.mean() + 0.5, ys.mean() + 0.5))
+    return np.array(out)
+
+
+def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", clips_per_class=2, duration=1.0, seed=7)
+    b = make_synthetic_dataset(tmp_path / "b", clips_per_class=2, duration=1.0, seed=7)
+    c = make_synthetic_dataset(tmp_path / "c", clips_per_class=2, duration=1.0, seed=8)
+    assert [p.name for p in a] == ["bounce_000.mp4", "bounce_001.mp4", "hum_000.mp4",
+                                   "hum_001.mp4"]
+    assert digest(a) == digest(b)
+    assert (tmp_path / "a/prompts.txt").read_text() == (tmp_path / "b/prompts.txt").read_text()
+    assert all(x != y for x, y in zip(digest(a), digest(c)))
+
+
+def test_dataset_scans_with_class_prompts_and_requested_format(tmp_path):
+    make_synthetic_dataset(tmp_path, clips_per_class=1, duration=1.2, seed=0, size=48)
+    clips = scan_dataset(tmp_path, on_bad_clip="stop")
+    assert {c.name: c.prompt for c in clips} == {
+        "bounce_000": CLASS_PROMPTS["bounce"], "hum_000": CLASS_PROMPTS["hum"]}
+    info = probe_video(clips[0].video_path)
+    assert (info.width, info.height, info.fps) == (48, 48, 25.0)
+    assert info.duration == pytest.approx(1.2, abs=0.05) and info.audio_sample_rate == SR
+
+
+def test_bounce_clicks_happen_exactly_when_the_ball_hits_a_wall(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("bounce",), clips_per_class=1,
+                                     duration=3.0, seed=1)
+    pos = centroids(path)
+    velocity = np.diff(pos, axis=0)
+    flips = np.nonzero((np.sign(velocity[1:]) != np.sign(velocity[:-1])).any(axis=1))[0] + 1
+    hit_times = flips / 25.0  # a direction flip happens between frames flip-1 and flip+1
+    assert len(hit_times) >= 2
+
+    audio = load_mono(path, SR, from_video=True)
+    frame = SR // 100  # 10 ms energy envelope
+    energy = np.array([np.sum(audio[i:i + frame] ** 2) for i in range(0, len(audio), frame)])
+    loud = energy > 0.05 * energy.max()
+    onsets = np.nonzero(loud & ~np.r_[False, loud[:-1]])[0] * 0.01
+    for t in hit_times:  # every hit has a click within two frames
+        assert np.min(np.abs(onsets - t)) < 0.08, (t, onsets)
+    for t in onsets:  # every click belongs to a hit (or one just at the clip edge)
+        assert np.min(np.abs(hit_times - t)) < 0.08 or t > 2.9, (t, hit_times)
+
+
+def test_hum_pitch_rises_as_the_square_climbs(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("hum",), clips_per_class=1,
+                                     duration=3.0, seed=2, write_wav=True)
+    height = -centroids(path)[:, 1]  # up = larger
+    audio = load_mono(path.with_suffix(".wav"), SR)
+    win = 1024
+    pitch = []
+    for k in range(len(height)):
+        centre = int(k / 25 * SR)
+        seg = audio[max(0, centre - win // 2): max(0, centre - win // 2) + win]
+        seg = np.pad(seg, (0, win - len(seg))) * np.hanning(win)
+        spec = np.abs(np.fft.rfft(seg, 8 * win))
+        pitch.append(np.argmax(spec) * SR / (8 * win))
+    corr = np.corrcoef(height, pitch)[0, 1]
+    assert corr > 0.95
+    assert 190 < min(pitch) and max(pitch) < 810
+
+
+def test_unknown_class_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic classes"):
+        make_synthetic_dataset(tmp_path, classes=("bounce", "roar"), clips_per_class=1)
