@@ -174,6 +174,8 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 16, 3, 64, 64), text, mask)
     with pytest.raises(ValueError, match="t5_states must be"):
         model(torch.zeros(1, 16, 3, 32, 32), torch.zeros(1, 4, 7), None)
+    with pytest.raises(ValueError, match="segment_batch"):
+        model(torch.zeros(1, 16, 3, 32, 32), text, mask, segment_batch=0)
 
 
 def test_checkpoint_loading_ignores_foreign_keys_and_requires_every_encoder_key():

@@ -430,11 +430,15 @@ class TextSynch(nn.Module):
         """
         cfg = self.cfg
         segments = self._check_inputs(frames, text_with_sup, mask_with_sup)
+        if segment_batch is not None and segment_batch < 1:
+            raise ValueError(f"segment_batch must be a positive number of windows or None, "
+                             f"got {segment_batch!r}")
+        chunk = segment_batch or segments
+        device = self.vfeat_extractor.pos_embed.device
         dtype = self.vfeat_extractor.pos_embed.dtype
         b = frames.shape[0]
-        context = self.text_proj(text_with_sup.to(dtype))
-        mask = mask_with_sup.to(device=context.device, dtype=torch.bool)
-        chunk = segments if not segment_batch or segment_batch < 1 else segment_batch
+        context = self.text_proj(text_with_sup.to(device=device, dtype=dtype))
+        mask = mask_with_sup.to(device=device, dtype=torch.bool)
 
         outputs = []
         for s0 in range(0, segments, chunk):
@@ -442,7 +446,7 @@ class TextSynch(nn.Module):
             start = s0 * cfg.segment_step
             stop = (s1 - 1) * cfg.segment_step + cfg.segment_frames
             # unfold: (B, n, 3, H, W, F) windows -> (B * n, 3, F, H, W) for the tubelet conv
-            windows = frames[:, start:stop].to(dtype)
+            windows = frames[:, start:stop].to(device=device, dtype=dtype)
             windows = windows.unfold(1, cfg.segment_frames, cfg.segment_step)
             n = windows.shape[1]
             windows = windows.permute(0, 1, 2, 5, 3, 4).reshape(
