@@ -175,8 +175,15 @@ def save_adapter(
 
 
 def _refuse_pickle(path: Path) -> None:
+    """Refuse pickles / torch zip files by their header, before any parser sees them.
+
+    A safetensors file starts with an 8-byte little-endian header length followed by ``{``.
+    """
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) == 9 and head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8:
+        return
     if head[:1] == b"\x80" or head[:2] == b"PK":
         raise ValueError(
             f"{path} is a pickle / torch.save file; adapters are only read from safetensors "
@@ -291,10 +298,10 @@ def load_adapter(
         init=meta.get("init", "loaded"), source=str(path),
     )
     try:
-        fp_now = base_fingerprint(model, layers)
         handle = attach_adapter_states(model, spec, states, freeze_base=freeze_base)
-    except (ValueError, AttributeError) as e:
+    except ValueError as e:
         raise ValueError(f"cannot load {path}: {e}") from None
+    fp_now = base_fingerprint(model, layers)
     if meta.get("base_fingerprint") and meta["base_fingerprint"] != fp_now:
         logger.warning(
             "%s was trained on different base weights (fingerprint %s, model %s); its effect "
