@@ -192,7 +192,11 @@ def test_tiny_t5_tokenizer_truncates_keeping_eos():
 
 
 def test_t5_loads_from_a_local_transformers_folder(tmp_path):
+    import transformers
     from transformers import T5Tokenizer
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("building a T5 tokenizer from a vocab list needs transformers >= 5")
 
     source = T5TextEncoder.tiny(seed=2)
     words = ["▁a", "▁dog", "▁cat", "▁rain", "▁bark", "ing", "▁", "a", "d", "o", "g", "c", "t"]
