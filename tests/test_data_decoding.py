@@ -163,3 +163,17 @@ def test_to_mono_of_mono_is_unchanged():
     x = np.linspace(-1, 1, 11, dtype=np.float32)
     np.testing.assert_array_equal(to_mono(x), x)
     np.testing.assert_array_equal(to_mono(x[None]), x)
+
+
+def test_transform_runs_per_chunk_and_equals_transforming_the_whole_clip(tmp_path):
+    path = write_tone_clip(tmp_path / "a.mp4", duration=2.0)  # 50 frames
+    sizes = []
+
+    def shrink(block):
+        sizes.append(block.shape[0])
+        return block[:, :, ::2, ::2].float() / 255
+
+    out = decode_frames(path, transform=shrink, chunk=16, num_frames=52)
+    assert sizes == [16, 16, 16, 2]
+    whole = decode_frames(path, num_frames=52)[:, :, ::2, ::2].float() / 255
+    assert out.shape == (52, 3, 16, 16) and torch.equal(out, whole)

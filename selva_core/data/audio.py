@@ -90,15 +90,17 @@ def probe_audio_file(path: str | Path) -> AudioInfo:
         raise _unreadable(path, e) from None
 
 
-def _read_with_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _read_with_pyav(path: Path, from_video: bool) -> tuple[np.ndarray, int]:
     """First audio stream of any container PyAV opens, as float32 ``(channels, samples)``."""
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.audio:
-                raise BadClipError(
-                    path, "the file has no audio track and no same-stem audio file was found",
-                    "add an audio file with the same name (e.g. .wav) or remove the clip",
-                )
+                if from_video:
+                    raise BadClipError(
+                        path, "the video has no audio track and there is no same-stem audio "
+                        "file", "add an audio file with the same name (e.g. .wav) or remove it")
+                raise BadClipError(path, "the file holds no audio stream",
+                                   "convert it to WAV or FLAC, or remove it")
             stream = container.streams.audio[0]
             sample_rate = int(stream.codec_context.sample_rate or 0)
             channels = int(stream.codec_context.channels or 0)
@@ -125,14 +127,14 @@ def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
         log.debug("soundfile cannot read %s (%s); using PyAV", path, sf_error)
-        return _read_with_pyav(path)
+        return _read_with_pyav(path, from_video=False)
     check_audio_format(path, int(sample_rate), data.shape[1])
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
 def read_video_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """The first audio track of a video file as float32 ``(channels, samples)``."""
-    return _read_with_pyav(Path(path))
+    return _read_with_pyav(Path(path), from_video=True)
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,16 +100,29 @@ def decode_frames(
     start: float = 0.0,
     num_frames: int | None = None,
     pad_tail: int = 3,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk: int = 32,
 ) -> torch.Tensor:
     """Decode frames at ``fps`` by sample-and-hold from ``start`` seconds.
 
     Returns uint8 ``(T, 3, H, W)`` RGB with ``T <= num_frames`` (all remaining frames when
-    ``num_frames`` is None). Raises BadClipError when the file cannot be decoded.
+    ``num_frames`` is None). ``transform`` (e.g. the encoder's resize) is applied to every
+    ``chunk`` frames as they are decoded, so full-resolution frames of a long window are never
+    all in memory at once; the result is then the concatenation of its outputs. Raises
+    BadClipError when the file cannot be decoded.
     """
     path = Path(path)
     if num_frames is not None and num_frames <= 0:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
     frames: list[np.ndarray] = []
+    done: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if frames:
+            block = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+            done.append(transform(block) if transform is not None else block)
+            frames.clear()
+
     try:
         with _open(path) as container:
             if not container.streams.video:
@@ -132,14 +146,19 @@ def decode_frames(
                         image = frame.to_ndarray(format="rgb24")
                     frames.append(image)
                     k += 1
+                    if len(frames) >= chunk:
+                        flush()
                     if num_frames is not None and k >= num_frames:
                         break
                 if num_frames is not None and k >= num_frames:
                     break
     except av.error.FFmpegError as e:
         raise BadClipError(path, f"decoding failed ({_reason(e)})", REENCODE_HINT) from None
-    if num_frames is not None and frames and 0 < num_frames - len(frames) <= pad_tail:
-        frames.extend([frames[-1]] * (num_frames - len(frames)))
-    if not frames:
+    flush()
+    if not done:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+    out = torch.cat(done)
+    missing = 0 if num_frames is None else num_frames - out.shape[0]
+    if 0 < missing <= pad_tail:
+        out = torch.cat([out, out[-1:].expand(missing, *out.shape[1:])])
+    return out

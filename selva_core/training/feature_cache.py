@@ -260,6 +260,18 @@ def _fit_sync(
     return out, mask
 
 
+def _resizer(pipeline):
+    """Chunk transform: uint8 frames -> the encoder's size as float [0, 1] (bounds memory).
+
+    Uses the pipeline's own ``prepare_sync_frames`` (its [-1, 1] output mapped back to
+    [0, 1], which ``extract_features`` accepts unchanged); None when the pipeline has none.
+    """
+    prepare = getattr(pipeline, "prepare_sync_frames", None)
+    if prepare is None:
+        return None
+    return lambda chunk: ((prepare(chunk).float().cpu() + 1.0) * 0.5).clamp_(0.0, 1.0)
+
+
 def _content_frames(seconds: float) -> int:
     return max(0, math.floor(seconds * SYNC_FPS + _EPS))
 
@@ -318,7 +330,7 @@ def _extract_window(
     else:
         assert clip.video_path is not None
         frames = decode_frames(clip.video_path, fps=SYNC_FPS, start=window.start,
-                               num_frames=want_frames)
+                               num_frames=want_frames, transform=_resizer(pipeline))
         if frames.shape[0] < SYNC_SEGMENT_FRAMES:
             raise BadClipError(
                 clip.video_path,
