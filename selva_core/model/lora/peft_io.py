@@ -13,9 +13,9 @@ peft's scale equals ours; layers whose rank differs get exact ``rank_pattern`` /
 ``alpha_pattern`` entries. Import reads such a folder; per-layer scales that differ from the
 first layer's are folded into B, so one adapter keeps one scale.
 
-Note: peft's own Conv1d layer applies ``lora_A`` to channel-first input; a model whose convs
-are ``ChannelLastConv1d`` therefore needs a channel-last peft layer (registered with
-``LoraConfig._register_custom_module``) to *run* under peft, but the file layout is the same.
+Note: peft builds its conv ``lora_A``/``lora_B`` with ``type(base_layer)``, so on a
+``ChannelLastConv1d`` they are channel-last convs too and plain peft LoRA runs correctly on
+SelVA's generator; peft's DoRA conv path broadcasts the magnitude over dim 1 and does not.
 """
 
 from __future__ import annotations
@@ -212,4 +212,5 @@ def import_peft(
         raise ValueError(f"cannot import {peft_dir}: {e}") from None
     logger.info("imported PEFT adapter %s as %r: %d layers", peft_dir, name, len(layers))
     return handle
+
 
