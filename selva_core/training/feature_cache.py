@@ -14,6 +14,10 @@ For each clip window (see :mod:`selva_core.data.windows`) the frozen encoders pr
 * ``text_clip_f`` ``(77, text_dim)``: CLIP-text features of the prompt;
 * ``audio_valid_samples`` (0-d int64): real (not padded) audio samples in the window;
 
+Within a window, sync tokens are valid only where both picture and sound exist (the clip's
+usable length); the audio is the real recording up to its own end and silence after it (when
+a separate audio file outlasts the video, that audio is kept, with the sync flagged invalid).
+
 plus metadata strings (name, prompt, source file, window index/start, duration, variant,
 cache key, format version). One ``.safetensors`` file per window, written atomically.
 
@@ -37,7 +41,7 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +190,6 @@ class CacheStats:
     skipped_clips: int = 0
     seconds_used: float = 0.0
     seconds_left_out: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 # --- hashing ----------------------------------------------------------------------------------
