@@ -33,6 +33,7 @@ keys first. For inference call :meth:`BigVGAN.remove_weight_norm` once after loa
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -72,11 +73,12 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> to
         beta = 0.5842 * (attenuation - 21.0) ** 0.4 + 0.07886 * (attenuation - 21.0)
     else:
         beta = 0.0
-    window = torch.kaiser_window(kernel_size, periodic=False, beta=beta, dtype=torch.float64)
+    f64, cpu = torch.float64, torch.device("cpu")  # design on the CPU whatever the context
+    window = torch.kaiser_window(kernel_size, periodic=False, beta=beta, dtype=f64, device=cpu)
     if kernel_size % 2 == 0:
-        t = torch.arange(-half, half, dtype=torch.float64) + 0.5
+        t = torch.arange(-half, half, dtype=f64, device=cpu) + 0.5
     else:
-        t = torch.arange(kernel_size, dtype=torch.float64) - half
+        t = torch.arange(kernel_size, dtype=f64, device=cpu) - half
     taps = 2 * cutoff * window * torch.sinc(2 * cutoff * t)
     taps = taps / taps.sum()
     return taps.to(torch.float32).view(1, 1, kernel_size)
@@ -89,9 +91,14 @@ def _replicate_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _default_taps_cpu() -> torch.Tensor:
+    return kaiser_sinc_filter(0.5 / ALIAS_RATIO, 0.6 / ALIAS_RATIO, ALIAS_KERNEL)
+
+
 def _default_taps() -> torch.Tensor:
-    taps = kaiser_sinc_filter(0.5 / ALIAS_RATIO, 0.6 / ALIAS_RATIO, ALIAS_KERNEL)
-    return taps.to(torch.empty(0).device)  # honour a `with torch.device(...)` context
+    """A fresh copy of the default taps on the current default device (meta builds too)."""
+    return _default_taps_cpu().to(torch.empty(0).device, copy=True)
 
 
 class UpSample1d(nn.Module):
@@ -181,8 +188,13 @@ class Activation1d(nn.Module):
 # --- generator ---------------------------------------------------------------------------
 def _wn_conv(*args, **kwargs) -> nn.Conv1d:
     conv = nn.Conv1d(*args, **kwargs)
-    nn.init.normal_(conv.weight, 0.0, CONV_INIT_STD)
+    _init_normal(conv.weight)
     return weight_norm(conv)
+
+
+def _init_normal(weight: torch.Tensor) -> None:
+    if not weight.is_meta:  # meta builds only need shapes
+        nn.init.normal_(weight, 0.0, CONV_INIT_STD)
 
 
 def _same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -213,6 +225,15 @@ class AMPBlock1(nn.Module):
         return x
 
 
+def _stage_channels(initial: int, stage: int) -> int:
+    """Width after ``stage`` upsamplers: halves each time (reference rule), never below 1.
+
+    The floor only matters for tiny test configs (e.g. 32 channels over 6 stages), where the
+    reference rule would reach 0 channels; real configs (1536 / 2**6 = 24) are unaffected.
+    """
+    return max(initial // 2**stage, 1)
+
+
 class BigVGAN(nn.Module):
     """BigVGAN generator (v1 or v2 by config flags); see the module docstring."""
 
@@ -229,12 +250,8 @@ class BigVGAN(nn.Module):
             )
         if not cfg.snake_logscale:
             raise ValueError("BigVGANConfig.snake_logscale=False is not supported (no checkpoint)")
-        stages = len(cfg.upsample_rates)
-        if cfg.upsample_initial_channel % (2**stages):
-            raise ValueError(
-                f"upsample_initial_channel {cfg.upsample_initial_channel} must be divisible by "
-                f"2**{stages} (it halves at every stage)"
-            )
+        if cfg.upsample_initial_channel < 1:
+            raise ValueError("BigVGANConfig.upsample_initial_channel must be positive")
         self.cfg = cfg
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         ch = cfg.upsample_initial_channel
@@ -242,13 +259,13 @@ class BigVGAN(nn.Module):
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()
         for i, (rate, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
-            c_in, c_out = ch // 2**i, ch // 2 ** (i + 1)
+            c_in, c_out = _stage_channels(ch, i), _stage_channels(ch, i + 1)
             up = nn.ConvTranspose1d(c_in, c_out, k, rate, padding=(k - rate) // 2)
-            nn.init.normal_(up.weight, 0.0, CONV_INIT_STD)
+            _init_normal(up.weight)
             self.ups.append(nn.ModuleList([weight_norm(up)]))
             for rk, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
                 self.resblocks.append(AMPBlock1(c_out, rk, tuple(dil)))
-        c_final = ch // 2**stages
+        c_final = _stage_channels(ch, len(cfg.upsample_rates))
         self.activation_post = Activation1d(c_final)
         self.conv_post = _wn_conv(c_final, 1, 7, padding=3, bias=cfg.use_bias_at_final)
 
