@@ -41,7 +41,8 @@ def _to_legacy_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def golden(request):
     """(case, seeded parametrised-style state dict) for each vocoder case."""
     case = load_case(GOLDEN_DIR / f"{request.param}.json")
-    return case, seeded_state_dict(case)
+    # fingerprint skipped for speed (`python -m tests.golden` checks it)
+    return case, seeded_state_dict(case, check_fingerprint=False)
 
 
 def _meta_model(cfg) -> BigVGAN:

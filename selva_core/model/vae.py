@@ -25,9 +25,10 @@ Checkpoints (and the golden seeded weights) store **raw** MP-conv weights. After
 ``load_state_dict`` the loader must call :meth:`MelVAE.normalize_weights_` once: every weight
 row becomes ``w_o / (1e-4 * sqrt(fan_in) + ||w_o||)`` (float32 maths), after which the forward
 pass uses the weights as they are (times ``learnable_gain + 1`` for the two ``conv_out``). A
-fresh model is built already normalised. Loading weights (any state dict that holds MP-conv
-weights) marks the model as raw again, and :meth:`encode` / :meth:`decode` refuse to run on raw
-weights, so the step can be neither forgotten nor applied twice by accident. Note that
+freshly built random model (tests, the tiny demo) normalises itself on first use. Loading
+weights (any state dict that holds MP-conv weights) marks the model as raw, and
+:meth:`encode` / :meth:`decode` refuse to run on loaded raw weights, so the step can be neither
+forgotten nor applied twice by accident. Note that
 ``state_dict()`` of a normalised model holds normalised weights; do not feed it back as if it
 were a checkpoint.
 
@@ -78,7 +79,8 @@ class MPConv1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size))
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
+        nn.init.normal_(self.weight)  # EDM2 init: N(0, 1), made unit-norm by normalize_
 
     @property
     def fan_in(self) -> int:
@@ -283,7 +285,9 @@ class MelVAE(nn.Module):
         self.encoder: Encoder | None = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self._weights_normalized = False
-        self.normalize_weights_()  # a fresh model is ready to use
+        # A fresh random model normalises itself on first use (no cost for models whose
+        # weights are about to be loaded); loaded weights need an explicit call.
+        self._auto_normalize = True
         self.register_load_state_dict_pre_hook(_mark_raw_on_load)
 
     # -- weights ---------------------------------------------------------------------------
@@ -350,7 +354,11 @@ class MelVAE(nn.Module):
         return self.decode(self.encode(mel).mean)
 
     def _check_ready(self) -> None:
-        if not self._weights_normalized:
+        if self._weights_normalized:
+            return
+        if self._auto_normalize:
+            self.normalize_weights_()
+        else:
             raise RuntimeError(
                 "MelVAE holds raw (checkpoint) MP-conv weights: call normalize_weights_() once "
                 "after load_state_dict"
@@ -370,3 +378,4 @@ def _mark_raw_on_load(module: MelVAE, state_dict, prefix, *args) -> None:
     """Loading MP-conv weights replaces normalised weights by raw ones: reset the flag."""
     if any(k.startswith(prefix) and k.endswith(".weight") for k in state_dict):
         module._weights_normalized = False
+        module._auto_normalize = False
