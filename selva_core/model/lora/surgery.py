@@ -17,6 +17,7 @@ Tian et al., "Spectral Surgery" (arXiv 2603.03995; authors' code TTtianTT/lora-s
    ``gd``: ``sigma * exp(-(2.0 relu(g) - 0.2 relu(-g)))`` (shrink directions that raise the
    loss, grow the ones that lower it); ``random_index``: abs_select's counts at random indices
    (the control).
+   A layer whose sensitivities are all 0 (it does not reach the loss) is left unchanged.
 4. Clamp ``sigma' >= 0`` and rescale so that ``sum sigma' = sum sigma`` (L1, default) or the
    L2 norm is kept.
 5. Re-factor ``B' = U sqrt(sigma'/s)``, ``A' = sqrt(sigma'/s) V^T``: a plain delta on the
@@ -123,6 +124,8 @@ def reweight(sigma: torch.Tensor, g: torch.Tensor, cfg: SurgeryConfig) -> torch.
     """New singular values from ``sigma`` and raw sensitivities ``g`` (float64)."""
     sigma, g = sigma.double(), g.double()
     r = sigma.numel()
+    if not bool((g != 0).any()):
+        return sigma.clone()  # no signal (layer does not reach the loss): leave it alone
     gn = _normalize(g, cfg.grad_norm)
     if cfg.policy == "abs_select":
         gate = _select_gate(torch.argsort(gn.abs(), descending=True, stable=True), r, cfg)
