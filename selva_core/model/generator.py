@@ -64,6 +64,16 @@ def sync_upsample_index(n_in: int, n_out: int) -> torch.Tensor:
     return _sync_index_cpu(int(n_in), int(n_out)).clone()
 
 
+def upsample_sync(x: torch.Tensor, n_out: int) -> torch.Tensor:
+    """Nearest-exact upsampling of tokens (B, n_in, D) -> (B, n_out, D) along the sequence.
+
+    Equal to ``F.interpolate(x.transpose(1, 2), size=n_out, mode='nearest-exact')`` on
+    float32 for every dtype (see :func:`sync_upsample_index`); differentiable (a gather).
+    """
+    index = _sync_index_cpu(int(x.shape[1]), int(n_out)).to(x.device, non_blocking=True)
+    return x.index_select(1, index)
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -179,7 +189,9 @@ class SelfAttention(nn.Module):
         """(B, L, D) -> q, k, v each (B, heads, L, head_dim)."""
         b, n, _ = x.shape
         qkv = self.qkv(x).view(b, n, self.num_heads, self.head_dim, 3)
-        q, k, v = qkv.permute(4, 0, 2, 1, 3).unbind(0)
+        # One copy to (3, B, heads, L, head_dim): contiguous q/k/v let SDPA use its fused
+        # kernels (a strided v sends CPU SDPA to the slow math path).
+        q, k, v = qkv.permute(4, 0, 2, 1, 3).contiguous().unbind(0)
         q = self.q_norm(q)
         k = self.k_norm(k)
         if rope is not None:
@@ -465,8 +477,7 @@ class SelvaGenerator(nn.Module):
         clip = self.clip_input_proj(clip_f)
         sync = self.sync_input_proj(sync_f)
         text = self.text_input_proj(text_f)
-        index = _sync_index_cpu(sync.shape[1], seq.latent).to(sync.device, non_blocking=True)
-        sync = sync.index_select(1, index)
+        sync = upsample_sync(sync, seq.latent)
 
         clip_c = self.clip_cond_proj(clip.mean(dim=1))
         text_c = self.text_cond_proj(text.mean(dim=1))
