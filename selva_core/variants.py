@@ -383,7 +383,7 @@ _register(ModelVariant(
     ),
     mel=MEL_16K,
     vae=VAEConfig(data_dim=80, embed_dim=8, hidden_dim=32),
-    vocoder=replace(BIGVGAN_V1_16K, upsample_initial_channel=32),
+    vocoder=replace(BIGVGAN_V1_16K, upsample_initial_channel=64),
     video_encoder=TextSynchConfig(
         embed_dim=TINY_SYNC_DIM, depth=1, num_heads=1, mlp_hidden=128, frame_size=32,
         patch_size=16, text_dim=TINY_T5_DIM,

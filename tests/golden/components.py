@@ -19,12 +19,11 @@ from selva_core.variants import (
     VAEConfig,
     sequence_lengths,
 )
+from selva_core.weights import load_checked, skip_random_init
 from tests.golden import GoldenCase, seeded_state_dict
 
 
 def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    from selva_core.weights import load_checked
-
     load_checked(module, sd, component=type(module).__name__, variant="golden")
 
 
@@ -47,7 +46,7 @@ def _generator(case: GoldenCase):
 
     cfg = GeneratorConfig.from_dict(case.config)
     sd = seeded_state_dict(case)
-    with torch.device("meta"):
+    with torch.device("meta"), skip_random_init(meta_only=True):
         model = SelvaGenerator(cfg, _sequence_from_config(case.config))
     model.load_state_dict(sd, strict=True, assign=True)
     model.update_seq_lengths(model.seq)  # rebuild RoPE tables off the meta device
@@ -98,7 +97,8 @@ def run_video_encoder(case: GoldenCase) -> dict[str, torch.Tensor]:
         segment_step=int(c.get("step_size", variants.SYNC_STEP_FRAMES)),
         frame_size=int(c.get("frame_size", 224)),
     )
-    model = TextSynch(cfg).eval()
+    with skip_random_init():
+        model = TextSynch(cfg).eval()
     _load_strict(model, seeded_state_dict(case))
     x = case.inputs()
     text, mask = model.prepend_sup(x["text_f"], x["text_mask"])
@@ -127,7 +127,8 @@ def run_mel(case: GoldenCase) -> dict[str, torch.Tensor]:
 def run_vae(case: GoldenCase) -> dict[str, torch.Tensor]:
     from selva_core.model.vae import MelVAE
 
-    model = MelVAE(VAEConfig.from_dict(case.config)).eval()
+    with skip_random_init():
+        model = MelVAE(VAEConfig.from_dict(case.config)).eval()
     _load_strict(model, seeded_state_dict(case))
     model.normalize_weights_()
     x = case.inputs()
@@ -143,7 +144,8 @@ def run_vae(case: GoldenCase) -> dict[str, torch.Tensor]:
 def run_bigvgan(case: GoldenCase) -> dict[str, torch.Tensor]:
     from selva_core.model.bigvgan import BigVGAN
 
-    model = BigVGAN(BigVGANConfig.from_dict(case.config)).eval()
+    with skip_random_init():
+        model = BigVGAN(BigVGANConfig.from_dict(case.config)).eval()
     _load_strict(model, seeded_state_dict(case))
     return {"output.waveform": model(case.inputs()["mel"])}
 
