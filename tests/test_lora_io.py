@@ -204,3 +204,17 @@ def test_loaded_adapter_is_trainable_and_uses_clean_wrappers(tmp_path, good_file
     states = adapter_layers(model, "style")
     assert all(st.strength == 0.5 and st.lora_A.requires_grad for st in states.values())
     assert all(isinstance(model.get_submodule(p), LoRALayer) for p in states)
+
+
+def test_half_precision_pissa_file_is_half_the_size_and_keeps_the_change(tmp_path):
+    model = _trained(init="pissa", targets=("all",))
+    x, t = make_inputs()
+    y0, y = make_model()(x, t), model(x, t)
+    full = save_adapter(model, tmp_path / "full.safetensors")
+    half = save_adapter(model, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    fresh = make_model()
+    load_adapter(fresh, half)
+    assert rel_err(fresh(x, t) - y0, y - y0) <= 2e-3
+    with safe_open(str(half), "pt") as f:
+        assert f.metadata()["storage_dtype"] == "float16"
