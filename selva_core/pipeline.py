@@ -48,6 +48,7 @@ from .weights import (
     ensure_checkpoint,
     load_checked,
     read_state_dict,
+    resolve_models_dir,
     skip_random_init,
 )
 
@@ -119,6 +120,15 @@ def _as_prompts(prompt: str | Sequence[str], batch: int | None = None) -> list[s
     return prompts
 
 
+def _local_text_encoder(models_dir: str | os.PathLike | None, hub_id: str) -> str | None:
+    """``<models_dir>/<repo name>`` when that folder exists (offline text encoders)."""
+    folder = resolve_models_dir(models_dir) / hub_id.rstrip("/").rsplit("/", 1)[-1]
+    if folder.is_dir():
+        logger.info("using the local text encoder folder %s", folder)
+        return str(folder)
+    return None
+
+
 class SelvaPipeline:
     """Every network of one SelVA variant plus the steps that connect them.
 
@@ -174,8 +184,10 @@ class SelvaPipeline:
         one :class:`~selva_core.weights.CheckpointError`). The VAE is re-normalised once and
         its encoder dropped unless ``need_vae_encoder`` (training needs it); the vocoder's
         legacy weight-norm keys are converted and the weight norm folded. ``clip_source`` /
-        ``t5_source``: hub id or local folder of the text encoders (default: the variant's
-        hub ids). ``verify``: md5-check files already present (once; remembered).
+        ``t5_source``: hub id or local folder of the text encoders; by default a folder named
+        after the hub repository inside ``models_dir`` (``DFN5B-CLIP-ViT-H-14-384``,
+        ``flan-t5-base``) when it exists, so a complete models folder works offline, else the
+        variant's hub ids. ``verify``: md5-check files already present (once; remembered).
         """
         v = get_variant(variant)
         files = v.checkpoint_files()
@@ -212,7 +224,10 @@ class SelvaPipeline:
         vocoder.remove_weight_norm()
         target = torch.device(device) if device is not None else _default_device()
         clip_text, t5 = load_text_encoders(
-            v.text_encoders, clip_source=clip_source, t5_source=t5_source, device="cpu"
+            v.text_encoders,
+            clip_source=clip_source or _local_text_encoder(models_dir, v.text_encoders.clip_hub_id),
+            t5_source=t5_source or _local_text_encoder(models_dir, v.text_encoders.t5_hub_id),
+            device="cpu",
         )
         return cls(
             v, generator=generator, vae=vae, vocoder=vocoder, video_encoder=video_encoder,

@@ -269,6 +269,10 @@ def _describe_keys(keys: Iterable[str]) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _LIST_LIMIT else "")
 
 
+def _keys(count: int) -> str:
+    return f"{count} key" if count == 1 else f"{count} keys"
+
+
 def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[str, torch.Tensor]:
     """Read a flat ``{name: tensor}`` state dict from ``.safetensors`` or a torch pickle.
 
@@ -388,18 +392,6 @@ def skip_random_init(meta_only: bool = False) -> _SkipRandomInit:
     return _SkipRandomInit(meta_only)
 
 
-@functools.lru_cache(maxsize=64)
-def _variant_shapes(component: str, variant_name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"), skip_random_init(meta_only=True):
-        module = build_component(component, get_variant(variant_name))
-    return tuple(sorted(state_dict_shapes(module).items()))
-
-
-def expected_shapes(component: str, variant_name: str) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes ``component`` of a registered variant has (built on the meta device)."""
-    return dict(_variant_shapes(component, variant_name))
-
-
 def _component_config(component: str, variant: ModelVariant):
     return {
         "generator": variant.generator,
@@ -407,6 +399,27 @@ def _component_config(component: str, variant: ModelVariant):
         "vae": variant.vae,
         "vocoder": variant.vocoder,
     }.get(component)
+
+
+@functools.lru_cache(maxsize=64)
+def _config_shapes(component: str, config, variant_name: str):
+    # Keyed by the (frozen, hashable) component config: variants sharing a VAE, vocoder or
+    # video encoder are built once. ``variant_name`` only supplies the rest of the variant.
+    with torch.device("meta"), skip_random_init(meta_only=True):
+        module = build_component(component, get_variant(variant_name))
+    return tuple(sorted(state_dict_shapes(module).items()))
+
+
+def expected_shapes(component: str, variant_name: str) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes ``component`` of a registered variant has (built on the meta device)."""
+    variant = get_variant(variant_name)
+    config = _component_config(component, variant)
+    if config is None:
+        raise ValueError(
+            f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}"
+        )
+    first = next(n for n, v in VARIANTS.items() if _component_config(component, v) == config)
+    return dict(_config_shapes(component, config, first))
 
 
 def _registered_candidates(component: str, variant_name: str) -> dict[str, Shapes]:
@@ -491,9 +504,10 @@ def load_checked(
             )
             exact, partial = _guess_variants(shapes, cands)
             if exact:
+                shared = f" (they share this {component})" if len(exact) > 1 else ""
                 lines.append(
-                    f"  this file looks like variant {' or '.join(exact)}, not {variant}: "
-                    f"choose the matching variant or the {variant} file."
+                    f"  this file looks like variant {' or '.join(exact)}{shared}, not "
+                    f"{variant}: choose the matching variant or the {variant} file."
                 )
             elif partial:
                 lines.append(
@@ -501,14 +515,14 @@ def load_checked(
                     f"not {variant}."
                 )
         if missing:
-            lines.append(f"  missing {len(missing)} keys: {_describe_keys(missing)}")
+            lines.append(f"  missing {_keys(len(missing))}: {_describe_keys(missing)}")
         if unexpected:
-            lines.append(f"  unexpected {len(unexpected)} keys: {_describe_keys(unexpected)}")
+            lines.append(f"  unexpected {_keys(len(unexpected))}: {_describe_keys(unexpected)}")
         if wrong:
             shown = [f"{k!r} file {shapes[k]} vs model {tuple(target[k].shape)}" for k in wrong]
             more = f", ... ({len(wrong)} in all)" if len(wrong) > _LIST_LIMIT else ""
             lines.append(
-                f"  {len(wrong)} keys with the wrong shape: "
+                f"  {_keys(len(wrong))} with the wrong shape: "
                 + "; ".join(shown[:_LIST_LIMIT])
                 + more
             )

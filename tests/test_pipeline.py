@@ -301,3 +301,14 @@ def test_encode_audio_without_the_vae_encoder_says_how_to_get_it():
     pipe.vae.drop_encoder()
     with pytest.raises(RuntimeError, match="need_vae_encoder=True"):
         pipe.encode_audio(torch.zeros(16000), 16000)
+
+
+def test_text_encoders_are_taken_from_the_models_folder_when_present(tmp_path):
+    from selva_core.pipeline import _local_text_encoder
+
+    assert _local_text_encoder(tmp_path, "google/flan-t5-base") is None
+    (tmp_path / "flan-t5-base").mkdir()
+    (tmp_path / "DFN5B-CLIP-ViT-H-14-384").mkdir()
+    assert _local_text_encoder(tmp_path, "google/flan-t5-base") == str(tmp_path / "flan-t5-base")
+    clip = _local_text_encoder(tmp_path, "hf-hub:apple/DFN5B-CLIP-ViT-H-14-384")
+    assert clip == str(tmp_path / "DFN5B-CLIP-ViT-H-14-384")

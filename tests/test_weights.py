@@ -240,11 +240,14 @@ def test_pickle_that_would_execute_code_is_refused_and_not_run(tmp_path):
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda sd: sd.pop("proj.bias"), r"missing 1 keys: 'proj\.bias'"),
-        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(2)), r"unexpected 1 keys"),
+        (lambda sd: sd.pop("proj.bias"), r"missing 1 key: 'proj\.bias'"),
+        (
+            lambda sd: sd.__setitem__("extra.weight", torch.zeros(2)),
+            r"unexpected 1 key: 'extra\.weight'",
+        ),
         (
             lambda sd: sd.__setitem__("proj.weight", torch.zeros(3, 5)),
-            r"1 keys with the wrong shape: 'proj\.weight' file \(3, 5\) vs model \(3, 4\)",
+            r"1 key with the wrong shape: 'proj\.weight' file \(3, 5\) vs model \(3, 4\)",
         ),
     ],
     ids=["missing", "unexpected", "wrong_shape"],
@@ -272,7 +275,7 @@ def test_all_problems_are_listed_together_with_counts():
         load_checked(model, sd, component="toy", variant="toy_v", source="x.pth", candidates={})
     msg = str(info.value)
     assert "x.pth" in msg and "missing 2 keys" in msg and "unexpected 7 keys" in msg
-    assert "(7 in all)" in msg and "1 keys with the wrong shape" in msg
+    assert "(7 in all)" in msg and "1 key with the wrong shape" in msg
     _assert_unchanged(model, before)
 
 
@@ -316,24 +319,28 @@ def test_file_of_another_variant_is_named():
     _assert_unchanged(model, before)
 
 
-def _meta_generator_sd(variant: str) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return weights.build_component("generator", get_variant(variant)).state_dict()
-
-
 @pytest.mark.parametrize(
-    "file_variant, model_variant",
-    [("small_44k", "small_16k"), ("large_44k", "medium_44k"), ("small_16k", "large_44k_v2")],
+    "component, file_variant, model_variant",
+    [
+        ("generator", "small_44k", "small_16k"),
+        ("generator", "large_44k", "medium_44k"),
+        ("generator", "small_16k", "large_44k_v2"),
+        ("vae", "small_16k", "small_44k"),
+        ("vocoder", "small_44k", "small_16k"),
+    ],
 )
-def test_real_generator_file_of_another_variant_is_recognised(file_variant, model_variant):
+def test_real_file_of_another_variant_is_recognised(component, file_variant, model_variant):
     """Shapes only: both the 'file' and the model live on the meta device (no memory)."""
-    pytest.importorskip("selva_core.model.generator")
-    with torch.device("meta"):
-        model = weights.build_component("generator", get_variant(model_variant))
-    sd = _meta_generator_sd(file_variant)
+    module = {"generator": "generator", "vae": "vae", "vocoder": "bigvgan"}[component]
+    pytest.importorskip(f"selva_core.model.{module}")
+    with torch.device("meta"), weights.skip_random_init(meta_only=True):
+        model = weights.build_component(component, get_variant(model_variant))
+    sd = {k: torch.empty(s, device="meta")
+          for k, s in weights.expected_shapes(component, file_variant).items()}
     with pytest.raises(CheckpointError) as info:
-        load_checked(model, sd, component="generator", variant=model_variant)
-    assert f"looks like variant {file_variant}, not {model_variant}" in str(info.value)
+        load_checked(model, sd, component=component, variant=model_variant)
+    assert f"looks like variant {file_variant}" in str(info.value)
+    assert f"not {model_variant}" in str(info.value)
 
 
 def test_legacy_weight_norm_vocoder_keys_load_through_the_conversion():
