@@ -309,3 +309,16 @@ def test_small_16k_sampling_with_negative_text_matches_reference():
     for key, atol in case.spec["tolerance_atol"].items():
         err = (got[key] - case.tensors[key]).abs().max().item()
         assert err <= atol, f"{key}: max error {err:.3g} > atol {atol}"
+
+
+def test_a_model_cast_to_bfloat16_samples_from_bfloat16_noise():
+    model = SelvaGenerator.from_variant("tiny_16k", duration=1.0).eval()
+    x0, clip_f, sync_f, text_f = _features(model, 1)
+    with torch.inference_mode():
+        ref = euler_sample(model, x0, clip_f, sync_f, text_f, num_steps=3)
+        model.to(torch.bfloat16)
+        low = euler_sample(model, x0.bfloat16(), clip_f.bfloat16(), sync_f.bfloat16(),
+                           text_f.bfloat16(), num_steps=3)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()
+    rel = (low.float() - ref).norm() / ref.norm()
+    assert rel < 0.05, rel

@@ -352,7 +352,9 @@ def test_preprocessed_conditions_concat_expand_and_repeat_along_batch():
 def test_time_embedding_uses_t_in_unit_range_cosine_first():
     emb = TimestepEmbedder(dim=8, freq_dim=4, max_period=10000.0)
     torch.testing.assert_close(emb.freqs, torch.tensor([1.0, 0.01]))
-    emb.mlp = nn.Identity()  # look at the sinusoid itself
-    out = emb(torch.tensor([0.5]))
+    seen = []  # the sinusoid entering the MLP
+    emb.mlp[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    emb(torch.tensor([0.5]))
+    out = seen[0]
     want = torch.tensor([[math.cos(0.5), math.cos(0.005), math.sin(0.5), math.sin(0.005)]])
     torch.testing.assert_close(out, want)

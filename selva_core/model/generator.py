@@ -161,9 +161,11 @@ class TimestepEmbedder(nn.Module):
         return self
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # The sinusoid is computed in float32 and handed to the MLP in its weight dtype, so a
+        # float32 t works with a model cast to bf16 (under autocast the weights stay float32).
         args = t[:, None].float() * self.freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)
-        return self.mlp(emb)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
 class SelfAttention(nn.Module):
