@@ -235,6 +235,17 @@ def test_rope_and_time_tables_stay_float32_after_casting_the_model_to_bfloat16()
     assert model.fused_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
 
 
+def test_to_empty_on_a_meta_built_model_leaves_real_rope_and_time_tables():
+    real = SelvaGenerator.from_variant("tiny_16k", duration=1.0)
+    with torch.device("meta"):
+        model = SelvaGenerator.from_variant("tiny_16k", duration=1.0)
+    model.to_empty(device="cpu")
+    assert model.fused_blocks[0].attn.qkv.weight.device.type == "cpu"
+    assert torch.equal(model.latent_rope_cos, real.latent_rope_cos)
+    assert torch.equal(model.clip_rope_sin, real.clip_rope_sin)
+    assert torch.equal(model.t_embed.freqs, real.t_embed.freqs)
+
+
 def test_wrong_condition_length_raises_and_names_update_seq_lengths():
     model = SelvaGenerator.from_variant("tiny_16k", duration=2.0)
     cfg = model.cfg
