@@ -160,6 +160,9 @@ class TrainConfig:
     cfg_strength: float = field(default=4.5, metadata=_opt(
         "Classifier-free guidance of the checkpoint samples (SelVA's default 4.5).",
         group="checkpoints"))
+    samples: bool = field(default=True, metadata=_opt(
+        "Write a generated validation clip (WAV + spectrogram PNG) at every checkpoint and at "
+        "the end (--no-samples to save the time).", group="checkpoints"))
     surgery: bool = field(default=True, metadata=_opt(
         "After training, try spectral surgery on the adapter and keep it only if the "
         "validation loss does not get worse (--no-surgery to skip).", group="checkpoints"))
@@ -168,6 +171,10 @@ class TrainConfig:
     demo: bool = field(default=False, metadata=_opt(
         "Self-contained demo: make a synthetic dataset, build the tiny random model (no "
         "downloads) and train end to end in a couple of minutes on a CPU.", group="run"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "Start a new run in an OUTPUT_DIR that already holds one: its checkpoints, log, "
+        "samples, curves and adapter are deleted (the feature cache is kept). Without it such "
+        "a folder needs --resume.", group="run"))
     quiet: bool = field(default=False, metadata=_opt(
         "Only warnings and the final summary on the console.", group="run"))
 
@@ -288,7 +295,7 @@ def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
         default = getattr(defaults, f.name)
         if f.type in ("bool", bool):
-            if f.name == "surgery":
+            if f.name in ("surgery", "samples"):
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
                 kwargs["action"] = "store_true"

@@ -85,7 +85,7 @@ def _new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=80)
     FigureCanvasAgg(fig)
     return fig
 
@@ -117,6 +117,7 @@ def plot_curves(records: Iterable[dict[str, Any]], path: Path, title: str = "") 
     train = [r for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
     val = [r for r in records if r.get("kind") == "val" and _finite(r.get("val_loss"))]
     fig = _new_figure(9, 6)
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.94, bottom=0.09, hspace=0.08)
     ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if train:
         steps = [r["step"] for r in train]
@@ -135,7 +136,6 @@ def plot_curves(records: Iterable[dict[str, Any]], path: Path, title: str = "") 
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimiser step")
     ax_lr.grid(alpha=0.3)
-    fig.tight_layout()
     _save_figure(fig, path)
 
 
@@ -155,15 +155,15 @@ def save_spectrogram_png(waveform: torch.Tensor | np.ndarray, sample_rate: int, 
     db = 20 * torch.log10(spec.clamp_min(1e-5))
     db = db.clamp_min(db.max() - 80.0).numpy()
     fig = _new_figure(8, 3.5)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.15)
     ax = fig.subplots()
     dur = wav.numel() / sample_rate
-    image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma",
+    image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
                       extent=(0.0, dur, 0.0, sample_rate / 2000.0))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (kHz)")
     ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="dB")
-    fig.tight_layout()
+    fig.colorbar(image, ax=ax, label="dB", pad=0.01)
     _save_figure(fig, path)
 
 

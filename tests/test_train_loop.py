@@ -1,0 +1,313 @@
+"""Acceptance tests of the training loop on the tiny model and generated clips.
+
+One synthetic dataset (4 'bounce' + 4 'hum' clips of 1 s) and one tiny pipeline are built per
+module; every run trains a fresh copy of the tiny generator from a warm feature cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selva_core.data.synthetic import make_synthetic_dataset
+from selva_core.model.lora import load_adapter, trainable_parameters
+from selva_core.pipeline import SelvaPipeline
+from selva_core.training import checkpoint as ckpt
+from selva_core.training.config import TrainConfig
+from selva_core.training.feature_cache import FeatureCacheSettings, build_feature_cache
+from selva_core.training.run import run_training
+from selva_core.training.schedule import LRSchedule
+from selva_core.training.trainer import TrainHooks, TrainingDivergedError
+
+DURATION = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: one thread is faster and immune to other processes' load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(pipeline, data_dir, cache_dir): a generated dataset with a warm feature cache."""
+    root = tmp_path_factory.mktemp("train_loop")
+    data_dir, cache_dir = root / "clips", root / "cache"
+    make_synthetic_dataset(data_dir, clips_per_class=4, duration=DURATION, seed=0)
+    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
+    from selva_core.data import scan_dataset
+
+    settings = FeatureCacheSettings(variant="tiny_16k", duration=DURATION,
+                                    window_policy="first", model_tag="tiny seed 0")
+    build_feature_cache(scan_dataset(data_dir), pipe, cache_dir, settings, progress=False)
+    return pipe, data_dir, cache_dir
+
+
+def fresh(pipe):
+    """A pipeline sharing the frozen networks but owning a fresh copy of the generator."""
+    p = copy.copy(pipe)
+    p.generator = copy.deepcopy(pipe.generator)
+    return p
+
+
+def make_cfg(tiny, out, **kw) -> TrainConfig:
+    _, data_dir, cache_dir = tiny
+    base = dict(data_dir=str(data_dir), output_dir=str(out), cache_dir=str(cache_dir),
+                variant="tiny_16k", duration=DURATION, steps=6, warmup_steps=2,
+                batch_size=2, grad_accum=2, save_every=2, val_every=2, rank=4, lr=2e-3,
+                sample_steps=2, val_clips=2, quiet=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train(tiny, out, hooks=None, **kw):
+    kw.setdefault("samples", False)
+    return run_training(make_cfg(tiny, out, **kw), pipeline=fresh(tiny[0]), hooks=hooks)
+
+
+class Killed(Exception):
+    """Stands for the process dying: nothing is saved on the way out."""
+
+
+@pytest.fixture(scope="module")
+def straight(tiny, tmp_path_factory):
+    """An uninterrupted 6-step run (the reference for the resume tests)."""
+    out = tmp_path_factory.mktemp("straight")
+    result = train(tiny, out, samples=True)
+    return out, result
+
+
+def state_at(out, step):
+    return ckpt.TrainingState.load(out / "checkpoints" / f"step_{step:06d}" / ckpt.STATE_FILE)
+
+
+def assert_same_run(out_a, out_b, final=False):
+    """Bit-identical adapter (checkpoint of the last step; with ``final`` also the finished
+    adapter after surgery) and optimiser state."""
+    names = ["checkpoints/step_000006/adapter.safetensors"]
+    names += ["adapter_final.safetensors"] if final else []
+    for name in names:
+        a, b = load_file(str(out_a / name)), load_file(str(out_b / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    sa, sb = state_at(out_a, 6), state_at(out_b, 6)
+    for k in sa.params:
+        assert torch.equal(sa.params[k], sb.params[k]), k
+    for idx, slots in sa.optimizer["state"].items():
+        for slot, value in slots.items():
+            assert torch.equal(value, sb.optimizer["state"][idx][slot]), (idx, slot)
+
+
+def train_records(out):
+    return [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())
+            if r["kind"] == "train"]
+
+
+# --- the main job -------------------------------------------------------------------------
+def test_run_writes_every_artefact(straight):
+    out, result = straight
+    assert result.completed and result.steps_done == 6
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for required in ("adapter_final.safetensors", "train_log.jsonl", "loss_curve.png",
+                     "summary.json", "config.json", "intruders.json", "intruders.png",
+                     "surgery.json", "checkpoints/manifest.json",
+                     "checkpoints/step_000002/adapter.safetensors",
+                     "checkpoints/step_000006/training_state.safetensors",
+                     "samples/step_000000_base.wav", "samples/step_000002.wav",
+                     "samples/step_000002.png", "samples/final.wav"):
+        assert required in names, required
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 4, 6]
+    assert all(c["val_loss"] is not None and c["time"] for c in manifest["checkpoints"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["surgery"]["decision"] in ("kept", "reverted")
+    assert summary["val_loss_final"] < summary["val_loss_base"]
+
+
+def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, tiny):
+    out, _ = straight
+    gen = copy.deepcopy(tiny[0].generator)
+    handle = load_adapter(gen, out / "adapter_final.safetensors", expected_variant="tiny_16k")
+    assert len(handle.layers) > 0
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_final.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    user = json.loads(meta["user"])
+    assert user["steps"] == 6 and user["config"]["rank"] == 4
+    assert user["surgery"]["decision"] in ("kept", "reverted")
+    assert meta["base_variant"] == "tiny_16k"
+
+
+def test_validation_loss_is_deterministic_and_logged_per_t(straight):
+    out, _ = straight
+    vals = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    vals = [r for r in vals if r["kind"] == "val"]
+    assert [r["step"] for r in vals][:4] == [0, 2, 4, 6]
+    assert all(len(r["per_t"]) == 8 and r["val_examples"] == 2 for r in vals)
+    # the end-of-run validation without surgery repeats the step-6 value exactly
+    summary = json.loads((out / "summary.json").read_text())
+    if summary["surgery"]["decision"] == "reverted":
+        assert vals[-1]["val_loss"] == vals[3]["val_loss"]
+
+
+# --- exact resume ----------------------------------------------------------------------------
+def test_resume_after_a_kill_mid_step_is_bit_identical(straight, tiny, tmp_path):
+    def kill(trainer, step, micro):
+        if step == 3 and micro == 1:  # dies half-way through the 4th optimiser step
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(tiny, tmp_path, hooks=TrainHooks(after_micro_step=kill))
+    assert ckpt.CheckpointManager(tmp_path / "checkpoints").find().step == 2
+    result = train(tiny, tmp_path, resume=True)
+    assert result.completed and result.steps_done == 6
+    assert_same_run(straight[0], tmp_path, final=True)
+    assert [r["loss"] for r in train_records(tmp_path)] == \
+        [r["loss"] for r in train_records(straight[0])]
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(straight, tiny, tmp_path):
+    def ctrl_c(trainer, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(tiny, tmp_path, hooks=TrainHooks(after_step=ctrl_c))
+    assert result.status == "interrupted" and result.steps_done == 3
+    entry = ckpt.CheckpointManager(tmp_path / "checkpoints").find()
+    assert entry.step == 3 and entry.reason == "interrupt"
+    assert "--resume" in result.summary["status"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    train(tiny, tmp_path, resume=True, surgery=False)
+    assert_same_run(straight[0], tmp_path)
+
+
+def test_keyboard_interrupt_inside_a_step_saves_the_last_completed_step(straight, tiny,
+                                                                       tmp_path):
+    def interrupt(trainer, step, micro):
+        if step == 4 and micro == 0:
+            raise KeyboardInterrupt
+
+    result = train(tiny, tmp_path, hooks=TrainHooks(after_micro_step=interrupt))
+    assert result.status == "interrupted" and result.steps_done == 4
+    assert ckpt.CheckpointManager(tmp_path / "checkpoints").find().step == 4
+    train(tiny, tmp_path, resume_from=4, surgery=False)
+    assert_same_run(straight[0], tmp_path)
+
+
+def test_resume_from_an_earlier_step_replays_to_the_same_adapter(straight, tiny, tmp_path):
+    train(tiny, tmp_path, surgery=False)
+    train(tiny, tmp_path, resume_from=2, surgery=False)
+    assert_same_run(straight[0], tmp_path)
+    manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 4, 6]
+
+
+# --- bad input / failures -----------------------------------------------------------------
+def test_resume_with_another_rank_is_one_clear_error(straight, tiny, tmp_path):
+    train(tiny, tmp_path, steps=4, surgery=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"rank: checkpoint 4 vs this run 8"):
+        train(tiny, tmp_path, steps=4, rank=8, resume=True)
+
+
+def test_resume_from_another_variant_is_one_clear_error(tiny, tmp_path):
+    train(tiny, tmp_path, steps=4, surgery=False)
+    path = tmp_path / "checkpoints" / "step_000004" / ckpt.STATE_FILE
+    state = ckpt.TrainingState.load(path)
+    state.identity["variant"] = "small_16k"
+    state.save(path)
+    with pytest.raises(ckpt.CheckpointError,
+                       match=r"different adapter \(variant: checkpoint 'small_16k' vs this run "
+                             r"'tiny_16k'\)"):
+        train(tiny, tmp_path, steps=4, resume=True)
+
+
+def test_resume_without_checkpoints_says_to_run_without_resume(tiny, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="run without --resume"):
+        train(tiny, tmp_path, resume=True)
+
+
+def test_a_fresh_run_does_not_overwrite_an_existing_run_unless_asked(straight, tiny, tmp_path):
+    train(tiny, tmp_path, steps=3, surgery=False)
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(tiny, tmp_path, steps=3)
+    result = train(tiny, tmp_path, steps=3, overwrite=True, surgery=False)
+    assert result.completed
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny,
+                                                                              tmp_path):
+    def diverge(trainer, step):
+        if step == 3:  # the adapter blows up after step 3
+            with torch.no_grad():
+                trainable_parameters(trainer.gen)[0].fill_(float("nan"))
+
+    with pytest.raises(TrainingDivergedError,
+                       match=r"optimiser step 4: the loss is nan.*last good checkpoint is "
+                             r"step 2.*--lr"):
+        train(tiny, tmp_path, hooks=TrainHooks(after_step=diverge))
+    entries = ckpt.CheckpointManager(tmp_path / "checkpoints").entries()
+    assert [e.step for e in entries] == [2]
+    good = load_file(str(tmp_path / "checkpoints" / "step_000002" / "adapter.safetensors"))
+    assert all(torch.isfinite(t).all() for t in good.values())
+    errors = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().split("\n")
+              if '"error"' in line]
+    assert errors and errors[0]["step"] == 4
+
+
+def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_previous_one(
+        straight, tiny, tmp_path, monkeypatch):
+    real = ckpt._save_file
+    calls = []
+
+    def fill_up(tensors, path, metadata):
+        calls.append(path)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tensors, path, metadata)
+
+    monkeypatch.setattr(ckpt, "_save_file", fill_up)
+    with pytest.raises(ckpt.CheckpointWriteError,
+                       match=r"step 4.*previous checkpoint \(step 2.*intact.*disk is full"):
+        train(tiny, tmp_path)
+    monkeypatch.setattr(ckpt, "_save_file", real)
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert folders == ["manifest.json", "step_000002"]
+    train(tiny, tmp_path, resume=True, surgery=False)
+    assert_same_run(straight[0], tmp_path)
+
+
+# --- the schedule under gradient accumulation ----------------------------------------------
+def test_lr_schedule_counts_optimiser_steps_under_gradient_accumulation(tiny, tmp_path):
+    seen: list[tuple[int, int, float, float]] = []
+
+    def record(trainer, step, micro):
+        groups = trainer.optimizer.param_groups
+        seen.append((step, micro, groups[0]["lr"], groups[1]["lr"]))
+
+    train(tiny, tmp_path, hooks=TrainHooks(after_micro_step=record), steps=6, warmup_steps=2,
+          grad_accum=3, lr=1e-3, lora_plus_ratio=4.0, save_every=100, val_every=100,
+          surgery=False)
+    schedule = LRSchedule(total_steps=6, warmup_steps=2, kind="cosine")
+    assert len(seen) == 18  # 6 optimiser steps x 3 micro-batches
+    for step, _, lr_a, lr_b in seen:
+        assert lr_a == pytest.approx(1e-3 * schedule.factor(step))
+        assert lr_b == pytest.approx(4.0 * lr_a)  # LoRA+: B at ratio x lr
+    records = train_records(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r["lr"] for r in records] == pytest.approx(
+        [1e-3 * schedule.factor(s) for s in range(6)])
+    state = state_at(tmp_path, 6)
+    assert all(float(s["step"]) == 6.0 for s in state.optimizer["state"].values())
+    assert state.stream_pos == 6 * 2 * 3
