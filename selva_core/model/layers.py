@@ -66,4 +66,6 @@ class HeadRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, eps=torch.finfo(x.dtype).eps)
+        # The weight follows the activation dtype so bf16 autocast keeps the fused kernel.
+        weight = self.weight.to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps=torch.finfo(x.dtype).eps)
