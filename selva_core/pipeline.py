@@ -15,6 +15,10 @@ so the ComfyUI nodes, ``train_lora.py`` and ``eval_adapters.py`` all call the sa
 :meth:`SelvaPipeline.from_pretrained` downloads / verifies / strictly loads the official
 weights (:mod:`selva_core.weights`); :meth:`SelvaPipeline.tiny` builds the ``tiny_16k``
 variant at random (tests and the demo; no downloads).
+
+The steps run under ``torch.no_grad`` (not ``inference_mode``): their outputs, and the RoPE
+tables the generator rebuilds for a new duration, stay ordinary tensors that a trainer
+sharing the generator can use in autograd afterwards.
 """
 
 from __future__ import annotations
@@ -315,7 +319,7 @@ class SelvaPipeline:
         return module
 
     # --- text -------------------------------------------------------------------------------
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_prompt(
         self, prompts: str | Sequence[str]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -388,7 +392,7 @@ class SelvaPipeline:
             frames = torch.cat([frames, pad], dim=1)
         return frames[:, :needed], seq.duration
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def extract_features(
         self,
         frames: torch.Tensor,
@@ -443,7 +447,7 @@ class SelvaPipeline:
         text = features.text_clip_f.to(self._device, self.dtype)
         return out.get("clip_f"), out["sync_f"], text
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(
         self,
         features: ConditionFeatures,
@@ -473,7 +477,8 @@ class SelvaPipeline:
         ):
             negative_text_f = self.encode_prompt(_as_prompts(negative_prompt, batch))[0]
 
-        self.generator.update_seq_lengths(seq)
+        if self.generator.seq != seq:
+            self.generator.update_seq_lengths(seq)
         noise_rng = torch.Generator(device="cpu").manual_seed(int(seed))
         x0 = torch.randn(
             (batch, seq.latent, self._variant.generator.latent_dim), generator=noise_rng
@@ -485,7 +490,7 @@ class SelvaPipeline:
         )
         return self.generator.unnormalize(latent)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Un-normalised latent (B, N, C) -> waveform (B, N * 2 * hop) float32 in [-1, 1]."""
         latent_dim = self._variant.generator.latent_dim
@@ -495,7 +500,7 @@ class SelvaPipeline:
         wave = self.vocoder(mel.to(self.dtype))
         return wave.squeeze(1).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def generate(
         self,
         frames: torch.Tensor,
@@ -547,7 +552,7 @@ class SelvaPipeline:
             )
         return wave
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_audio(
         self,
         waveform: torch.Tensor | np.ndarray,

@@ -187,6 +187,20 @@ def test_sampling_a_shorter_duration_uses_the_first_tokens(pipe):
         pipe.sample(feats, seed=0, num_steps=1, duration=3.0)
 
 
+def test_generator_stays_trainable_after_sampling_another_duration(pipe):
+    feats = pipe.extract_features(_frames(50), "rain", duration=2.0)
+    latent = pipe.sample(feats, seed=0, num_steps=1)  # rebuilds RoPE tables for 2 s
+    assert not latent.is_inference() and not feats.sync_f.is_inference()
+    gen = pipe.generator
+    seq = gen.seq
+    x = torch.randn(1, seq.latent, 8)
+    clip0, sync0, _ = gen.empty_conditions(1)
+    flow = gen(x, clip0, sync0, feats.text_clip_f, torch.tensor([0.5]))
+    flow.square().mean().backward()  # would fail on inference-mode RoPE tables
+    assert gen.final_layer.conv.weight.grad is not None
+    gen.zero_grad(set_to_none=True)
+
+
 # --- audio -> latent ------------------------------------------------------------------------------
 def test_encode_audio_gives_latent_moments_of_the_generator_length(pipe):
     seq = get_variant("tiny_16k").sequence_lengths(DURATION)
