@@ -156,9 +156,10 @@ def ensure_checkpoint(
     """Path of ``file`` inside the models folder, downloading it first when it is missing.
 
     ``download=False`` (or ``HF_HUB_OFFLINE=1``) never touches the network. A download goes to
-    a temporary name in the same folder, is md5-checked when the md5 is known, and is then
-    renamed into place, so an interrupted download never leaves a half file under the real
-    name. ``verify`` checks the md5 of a file already present (once; see :func:`verify_md5`).
+    the staging folder ``.download-<name>`` beside the target (kept after an interruption, so
+    the next attempt resumes), is md5-checked when the md5 is known, and is then renamed into
+    place: a half file never appears under the real name. ``verify`` checks the md5 of a file
+    already present (once; see :func:`verify_md5`).
     """
     folder = resolve_models_dir(models_dir)
     target = folder / file.local_name
@@ -182,16 +183,21 @@ def ensure_checkpoint(
     from huggingface_hub import hf_hub_download
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=folder, prefix=f".download-{file.local_name}-"))
+    # A fixed staging folder: an interrupted download resumes from its partial file next time.
+    staging = folder / f".download-{file.local_name}"
+    logger.info("downloading %s from %s into %s", file.filename, file.repo_id, folder)
     try:
-        logger.info("downloading %s from %s into %s", file.filename, file.repo_id, folder)
-        try:
-            fetched = Path(hf_hub_download(file.repo_id, file.filename, local_dir=tmp_dir))
-        except Exception as exc:  # offline, DNS, HTTP, 404, gated repo ... one clear message
-            raise CheckpointError(
-                f"could not download weight file {file.filename} from hub repo "
-                f"{file.repo_id!r} ({type(exc).__name__}: {exc}). {where}."
-            ) from exc
+        fetched = Path(hf_hub_download(file.repo_id, file.filename, local_dir=staging))
+    except Exception as exc:  # offline, DNS, HTTP, 404, gated repo ... one clear message
+        if not any(p.is_file() for p in staging.rglob("*")):
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            logger.info("partial download kept in %s; the next attempt resumes it", staging)
+        raise CheckpointError(
+            f"could not download weight file {file.filename} from hub repo "
+            f"{file.repo_id!r} ({type(exc).__name__}: {exc}). {where}."
+        ) from exc
+    try:
         if file.md5:
             actual = file_md5(fetched)
             if actual != file.md5.lower():
@@ -203,11 +209,11 @@ def ensure_checkpoint(
         if file.md5:
             with contextlib.suppress(OSError):
                 _atomic_write_text(
-                    _sidecar_path(target), json.dumps({"md5": file.md5.lower(),
-                                                       **_file_identity(target)})
+                    _sidecar_path(target),
+                    json.dumps({"md5": file.md5.lower(), **_file_identity(target)}),
                 )
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved %s", target)
     return target
 

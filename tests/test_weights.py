@@ -151,6 +151,30 @@ def test_offline_missing_file_error_names_file_repo_and_folder(tmp_path, monkeyp
     assert list((tmp_path / "models").iterdir()) == []  # temporary folder removed
 
 
+def test_interrupted_download_is_resumed_from_the_same_staging_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def interrupted(repo_id, filename, *, local_dir=None, **kwargs):
+        calls.append(Path(local_dir))
+        partial = Path(local_dir) / ".cache" / "huggingface" / "download" / "x.incomplete"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(PAYLOAD[:10])
+        raise ConnectionError("connection reset")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", interrupted)
+    with pytest.raises(CheckpointError, match="could not download"):
+        ensure_checkpoint(_file(), tmp_path)
+    assert calls[0].is_dir() and not (tmp_path / "thing.pth").exists()  # partial kept
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(PAYLOAD, calls))
+    assert ensure_checkpoint(_file(), tmp_path).read_bytes() == PAYLOAD
+    assert calls[1][2] == calls[0]  # same staging folder: the hub client resumes there
+    assert not calls[0].exists()
+
+
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "download=False"])
 def test_no_download_allowed_never_calls_the_hub(tmp_path, monkeypatch, how):
     import huggingface_hub
