@@ -128,6 +128,17 @@ def test_prompt_steers_the_features(pipe):
     assert (a.text_clip_f - b.text_clip_f).abs().max() > 1e-4
 
 
+def test_a_batch_of_clips_matches_clips_one_by_one(pipe):
+    frames = torch.stack([_frames(seed=1), _frames(seed=2)])
+    prompts = ["a dog barks", "heavy rain falls on a metal roof at night"]  # T5 pads row 0
+    batch = pipe.extract_features(frames, prompts)
+    assert batch.prompts == prompts and batch.sync_f.shape[0] == 2
+    for i in range(2):
+        one = pipe.extract_features(frames[i], prompts[i])
+        assert torch.allclose(batch.sync_f[i], one.sync_f[0], atol=1e-5)
+        assert torch.allclose(batch.text_clip_f[i], one.text_clip_f[0], atol=1e-6)
+
+
 def test_progress_callback_sees_every_step(pipe, features):
     seen = []
     pipe.sample(features, seed=0, num_steps=3, progress_callback=lambda i, n: seen.append((i, n)))
