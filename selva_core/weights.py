@@ -44,11 +44,17 @@ MD5_SIDECAR_SUFFIX = ".md5ok"
 _MD5_CHUNK = 8 * 1024 * 1024
 _LIST_LIMIT = 5  # names shown per problem category in an error message
 
-# Keys the reference deletes before its strict load: non-persistent buffers that old
-# checkpoints still contain.
-OBSOLETE_KEYS: dict[str, tuple[str, ...]] = {
-    "generator": ("t_embed.freqs", "latent_rot", "clip_rot"),
-}
+def obsolete_keys(component: str) -> tuple[str, ...]:
+    """Keys the reference deletes before its strict load (buffers old checkpoints still hold).
+
+    The generator owns the list (``SelvaGenerator.OBSOLETE_KEYS``); other components have none.
+    """
+    if component == "generator":
+        from .model.generator import SelvaGenerator
+
+        return tuple(SelvaGenerator.OBSOLETE_KEYS)
+    return ()
+
 
 COMPONENTS = ("generator", "video_encoder", "vae", "vocoder")
 
@@ -489,7 +495,7 @@ def load_checked(
     """
     where = f" from {source}" if source is not None else ""
     sd = dict(state_dict)
-    dropped = [k for k in (*OBSOLETE_KEYS.get(component, ()), *drop_keys) if k in sd]
+    dropped = [k for k in (*obsolete_keys(component), *drop_keys) if k in sd]
     for k in dropped:
         del sd[k]
     if dropped:
