@@ -111,18 +111,25 @@ def seeded_weights_module(case: GoldenCase) -> ModuleType:
     return module
 
 
+def _is_manifest(path: pathlib.Path) -> bool:
+    # Case JSONs and manifests can share a file name (vae_16k.json); a manifest has param_count.
+    try:
+        return "param_count" in json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def manifest_path(case: GoldenCase) -> pathlib.Path:
     """Resolve the case's manifest (relative to ``shared/``) with sensible fallbacks."""
     rel = pathlib.Path(case.spec["manifest"])
-    return _first_existing(
-        [
-            case.folder.parent.parent / rel,  # FOLDER = shared/reference/golden
-            case.folder.parent / rel.name,
-            case.folder / rel.name,
-            BUNDLED_REFERENCE / rel.name,
-        ],
-        f"manifest {rel}",
-    )
+    candidates = [
+        case.folder.parent.parent / rel,  # FOLDER = shared/reference/golden
+        case.folder.parent / rel.name,
+        case.folder / rel.name,
+        BUNDLED_REFERENCE / rel.name,
+    ]
+    return _first_existing([c for c in candidates if c.is_file() and _is_manifest(c)]
+                           or candidates[:1], f"manifest {rel}")
 
 
 def seeded_state_dict(case: GoldenCase, check_fingerprint: bool = True) -> dict[str, torch.Tensor]:
