@@ -10,6 +10,7 @@ import copy
 import errno
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -207,7 +208,7 @@ def test_keyboard_interrupt_inside_a_step_saves_the_last_completed_step(straight
 
 
 def test_resume_from_an_earlier_step_replays_to_the_same_adapter(straight, tiny, tmp_path):
-    train(tiny, tmp_path, surgery=False)
+    shutil.copytree(straight[0], tmp_path, dirs_exist_ok=True)
     train(tiny, tmp_path, resume_from=2, surgery=False)
     assert_same_run(straight[0], tmp_path)
     manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
@@ -216,21 +217,21 @@ def test_resume_from_an_earlier_step_replays_to_the_same_adapter(straight, tiny,
 
 # --- bad input / failures -----------------------------------------------------------------
 def test_resume_with_another_rank_is_one_clear_error(straight, tiny, tmp_path):
-    train(tiny, tmp_path, steps=4, surgery=False)
+    shutil.copytree(straight[0], tmp_path, dirs_exist_ok=True)
     with pytest.raises(ckpt.CheckpointError, match=r"rank: checkpoint 4 vs this run 8"):
-        train(tiny, tmp_path, steps=4, rank=8, resume=True)
+        train(tiny, tmp_path, rank=8, resume=True)
 
 
-def test_resume_from_another_variant_is_one_clear_error(tiny, tmp_path):
-    train(tiny, tmp_path, steps=4, surgery=False)
-    path = tmp_path / "checkpoints" / "step_000004" / ckpt.STATE_FILE
+def test_resume_from_another_variant_is_one_clear_error(straight, tiny, tmp_path):
+    shutil.copytree(straight[0], tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "checkpoints" / "step_000006" / ckpt.STATE_FILE
     state = ckpt.TrainingState.load(path)
     state.identity["variant"] = "small_16k"
     state.save(path)
     with pytest.raises(ckpt.CheckpointError,
                        match=r"different adapter \(variant: checkpoint 'small_16k' vs this run "
                              r"'tiny_16k'\)"):
-        train(tiny, tmp_path, steps=4, resume=True)
+        train(tiny, tmp_path, resume=True)
 
 
 def test_resume_without_checkpoints_says_to_run_without_resume(tiny, tmp_path):
@@ -239,11 +240,14 @@ def test_resume_without_checkpoints_says_to_run_without_resume(tiny, tmp_path):
 
 
 def test_a_fresh_run_does_not_overwrite_an_existing_run_unless_asked(straight, tiny, tmp_path):
-    train(tiny, tmp_path, steps=3, surgery=False)
+    shutil.copytree(straight[0], tmp_path, dirs_exist_ok=True)
     with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
-        train(tiny, tmp_path, steps=3)
+        train(tiny, tmp_path)
     result = train(tiny, tmp_path, steps=3, overwrite=True, surgery=False)
     assert result.completed
+    manifest = json.loads((tmp_path / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2, 3]
+    assert not (tmp_path / "samples").exists() or not any((tmp_path / "samples").iterdir())
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny,
@@ -284,8 +288,12 @@ def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_previous_one(
     monkeypatch.setattr(ckpt, "_save_file", real)
     folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert folders == ["manifest.json", "step_000002"]
-    train(tiny, tmp_path, resume=True, surgery=False)
-    assert_same_run(straight[0], tmp_path)
+    kept = ckpt.CheckpointManager(tmp_path / "checkpoints")
+    state = kept.load_state(kept.find())
+    reference = state_at(straight[0], 2)
+    assert state.step == 2
+    for k in state.params:
+        assert torch.equal(state.params[k], reference.params[k])
 
 
 # --- the schedule under gradient accumulation ----------------------------------------------

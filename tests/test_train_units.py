@@ -47,9 +47,13 @@ def test_cli_accepts_issue_flag_spellings():
     assert cfg.init == "pissa" and cfg.window == "all" and cfg.lora_plus_ratio == 4.0
 
 
-def test_default_alpha_equals_rank_so_scale_is_one():
-    cfg = TrainConfig(data_dir="x", rank=32)
-    assert cfg.effective_alpha == 32.0
+def test_default_alpha_is_the_lora_library_fixed_alpha_for_each_scaling_rule():
+    from selva_core.model.lora import LoRAConfig
+
+    for rslora in (False, True):
+        cfg = TrainConfig(data_dir="x", rank=32, rslora=rslora)
+        assert cfg.effective_alpha == LoRAConfig(rank=32, use_rslora=rslora).effective_alpha
+    assert TrainConfig(data_dir="x", alpha=5.0).effective_alpha == 5.0
 
 
 @pytest.mark.parametrize("flags, fragment", [

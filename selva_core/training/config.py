@@ -7,7 +7,8 @@ in the output folder can never disagree. Flag names follow the closest existing 
 dashed spellings the issue asks for accepted as aliases.
 
 Defaults come from evidence, not taste (see ``/work/shared/research/LORA_METHODS.md``):
-rank 16 with alpha = rank (scale 1; rsLoRA off), AdamW lr 1e-4 with weight decay 0, gradient
+rank 16 with the LoRA library's fixed alpha 32 (alpha/r = 2; rsLoRA off) on the attention
+projections incl. the kernel-3 conv ``linear1``, AdamW lr 1e-4 with weight decay 0, gradient
 clipping 1.0, logit-normal timesteps and 0.1 null-condition dropout exactly as MMAudio and
 SelVA were pre-trained, a 100-step warm-up then cosine decay counted in optimiser steps.
 """
@@ -31,7 +32,7 @@ INIT_MODES = ("standard", "gaussian", "pissa")
 WINDOW_POLICIES = ("first", "all")
 BAD_CLIP_POLICIES = ("skip", "stop")
 PRECISIONS = ("auto", "bf16", "fp32")
-DEFAULT_TARGETS = ("attn.qkv",)
+DEFAULT_TARGETS = ("attn",)
 
 
 def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
@@ -88,10 +89,13 @@ class TrainConfig:
         group="model"))
     alpha: float | None = field(default=None, metadata=_opt(
         "LoRA alpha; the update is scaled by alpha/rank (alpha/sqrt(rank) with --rsLoRA). "
-        "Default: alpha = rank, i.e. scale 1.", group="model"))
+        "Default: the LoRA library's fixed alpha, 32 (scale 2 at rank 16; the learning rate "
+        "then carries over between ranks), or 8 with --rsLoRA.", group="model"))
     target: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata=_opt(
-        "Layers to adapt: module-name patterns or presets of the LoRA library (several "
-        "allowed, e.g. --target attn.qkv linear1).", metavar="PATTERN", group="model"))
+        "Layers to adapt: presets of the LoRA library (qkv, attn = qkv + linear1, ffn, "
+        "attn+ffn, all) or module-name patterns (a dotted suffix such as attn.qkv, a glob, or "
+        "re:REGEX); several allowed, e.g. --target attn ffn.", metavar="PATTERN",
+        group="model"))
     init: str = field(default="standard", metadata=_opt(
         "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "
         "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
@@ -181,8 +185,12 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------
     @property
     def effective_alpha(self) -> float:
-        """alpha, defaulting to the rank (scale 1)."""
-        return float(self.rank if self.alpha is None else self.alpha)
+        """alpha, or the LoRA library's documented default for the scaling rule."""
+        from selva_core.model.lora.config import DEFAULT_ALPHA, DEFAULT_ALPHA_RSLORA
+
+        if self.alpha is not None:
+            return float(self.alpha)
+        return DEFAULT_ALPHA_RSLORA if self.rslora else DEFAULT_ALPHA
 
     @property
     def output_path(self) -> Path:
