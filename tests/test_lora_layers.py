@@ -339,3 +339,12 @@ def test_lora_plus_groups_put_b_and_magnitudes_at_ratio_times_lr():
     n = len(adapter_layers(model, "default"))
     assert len(ga["params"]) == n and len(gb["params"]) == 2 * n
     assert len(trainable_parameters(model, "default")) == 3 * n
+
+
+@pytest.mark.parametrize("k,pad,dil", [(3, 1, 1), (7, 3, 1), (3, 2, 2), (3, 0, 1), (1, 0, 1)])
+def test_channel_last_conv_adapter_path_equals_the_a_convolution(k, pad, dil):
+    torch.manual_seed(0)
+    layer = LoRAConv1d(ChannelLastConv1d(6, 5, k, padding=pad, dilation=dil))
+    A, x = torch.randn(4, 6, k), torch.randn(2, 11, 6)
+    expected = F.conv1d(x.transpose(1, 2), A, None, 1, pad, dil)
+    assert torch.allclose(layer.apply_a(x, A), expected, atol=1e-5)
