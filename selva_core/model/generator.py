@@ -45,6 +45,12 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each (L, head_dim / 2) f
 
 @functools.lru_cache(maxsize=64)
 def _sync_index_cpu(n_in: int, n_out: int) -> torch.Tensor:
+    # Cached across calls, so never an inference tensor (autograd may save it later).
+    with torch.inference_mode(False):
+        return _interpolated_index(n_in, n_out)
+
+
+def _interpolated_index(n_in: int, n_out: int) -> torch.Tensor:
     positions = torch.arange(n_in, dtype=torch.float32, device="cpu").view(1, 1, n_in)
     picked = F.interpolate(positions, size=n_out, mode="nearest-exact")
     return picked.view(n_out).long()
