@@ -11,8 +11,9 @@ duration that yields at least one 16-frame sync window works.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 # --- fixed rates of the conditioning streams (MMAudio / SelVA) -------------------------------
 CLIP_FPS = 8  # CLIP-visual frames per second (one token per frame)
@@ -149,7 +150,7 @@ class GeneratorConfig:
         return self.hidden_dim // self.num_heads
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GeneratorConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
         return _from_mapping(cls, data)
 
 
@@ -179,7 +180,7 @@ class TextSynchConfig:
         return self.segment_frames // self.tubelet
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TextSynchConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TextSynchConfig:
         return _from_mapping(cls, data)
 
 
@@ -201,7 +202,7 @@ class VAEConfig:
     logvar_clamp: tuple[float, float] = (-30.0, 20.0)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "VAEConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> VAEConfig:
         return _from_mapping(cls, data)
 
 
@@ -224,7 +225,7 @@ class BigVGANConfig:
         return math.prod(self.upsample_rates)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BigVGANConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> BigVGANConfig:
         return _from_mapping(cls, data)
 
 
@@ -256,8 +257,12 @@ class CheckpointFile:
 VIDEO_ENCODER_FILE = CheckpointFile(
     SELVA_REPO, "weights/video_enc_sup_5.pth", "ff09a6dc36148536ee4db97eba081d05"
 )
-VAE_16K_FILE = CheckpointFile(SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7")
-VAE_44K_FILE = CheckpointFile(SELVA_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600")
+VAE_16K_FILE = CheckpointFile(
+    SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"
+)
+VAE_44K_FILE = CheckpointFile(
+    SELVA_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600"
+)
 BIGVGAN_16K_FILE = CheckpointFile(
     SELVA_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292", subkey="generator"
 )

@@ -1,4 +1,4 @@
-"""The generic golden runner (`python -m tests.golden FOLDER`) passes good cases and fails bad ones."""
+"""The generic golden runner (`python -m tests.golden FOLDER`): good cases pass, bad ones fail."""
 
 import json
 import shutil

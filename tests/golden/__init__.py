@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
