@@ -21,7 +21,13 @@ from selva_core.model.lora import (
     unmerge_adapters,
 )
 from selva_core.variants import get_variant
-from tests.test_lora_common import perturb, rel_err, same_state, state_bits
+from tests.test_lora_common import (
+    lora_single_thread,  # noqa: F401  (autouse fixture)
+    perturb,
+    rel_err,
+    same_state,
+    state_bits,
+)
 
 VARIANT = "tiny_16k"
 DURATION = 1.0

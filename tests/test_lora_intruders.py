@@ -14,7 +14,11 @@ from selva_core.model.lora import (
     intruder_report,
     reduce_intruders,
 )
-from tests.test_lora_common import make_model, perturb
+from tests.test_lora_common import (
+    lora_single_thread,  # noqa: F401  (autouse fixture)
+    make_model,
+    perturb,
+)
 
 
 def test_no_change_means_no_intruders_at_any_threshold():

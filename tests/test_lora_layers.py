@@ -27,6 +27,7 @@ from selva_core.model.lora import (
     unmerge_adapters,
 )
 from tests.test_lora_common import (
+    lora_single_thread,  # noqa: F401  (autouse fixture)
     make_inputs,
     make_model,
     perturb,
@@ -348,3 +349,18 @@ def test_channel_last_conv_adapter_path_equals_the_a_convolution(k, pad, dil):
     A, x = torch.randn(4, 6, k), torch.randn(2, 11, 6)
     expected = F.conv1d(x.transpose(1, 2), A, None, 1, pad, dil)
     assert torch.allclose(layer.apply_a(x, A), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_autocast_training_keeps_fp32_adapter_gradients(variant):
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=4, init="pissa", variant=variant, targets=("all",)))
+    perturb(model)
+    x, t = make_inputs()
+    ref = model(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x, t)
+    assert y.dtype == torch.bfloat16 and (y.float() - ref).abs().max() < 0.05
+    y.float().pow(2).mean().backward()
+    st = adapter_layers(model, "default")["fused_blocks.0.linear1"]
+    assert st.lora_A.grad.dtype == torch.float32 and st.lora_B.grad.abs().sum() > 0

@@ -18,7 +18,13 @@ from selva_core.model.lora import (
     spectral_surgery,
     surgery_with_validation,
 )
-from tests.test_lora_common import make_inputs, make_model, perturb, rel_err
+from tests.test_lora_common import (
+    lora_single_thread,  # noqa: F401  (autouse fixture)
+    make_inputs,
+    make_model,
+    perturb,
+    rel_err,
+)
 
 UNIT = SurgeryConfig(amp_factor=1.0, sup_factor=1.0, mid_factor=1.0)
 
