@@ -15,6 +15,7 @@ from selva_core.model.lora import (
     attach_lora,
     load_adapter,
     merge_adapters,
+    read_adapter_file,
     remove_all_adapters,
     resolve_targets,
     save_adapter,
@@ -91,12 +92,13 @@ def test_generator_file_round_trip_merge_and_exact_restore_on_all_block_layers(t
     x = _inputs()
     base_bits = state_bits(gen)
     y0 = gen(*x)
-    attach_lora(gen, LoRAConfig(rank=4, targets=("all",)), variant_name=VARIANT)
+    attach_lora(gen, LoRAConfig(rank=4, targets=("all",)))  # variant found from gen.cfg
     assert torch.equal(gen(*x), y0)
     perturb(gen, std=0.02)
     y = gen(*x)
     assert rel_err(y, y0) > 1e-3
     path = save_adapter(gen, tmp_path / "g.safetensors")
+    assert read_adapter_file(path)[1]["base_variant"] == VARIANT
     fresh = _generator()
     load_adapter(fresh, path, expected_variant=VARIANT)
     assert torch.equal(fresh(*x), y)

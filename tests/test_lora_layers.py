@@ -364,3 +364,14 @@ def test_bf16_autocast_training_keeps_fp32_adapter_gradients(variant):
     y.float().pow(2).mean().backward()
     st = adapter_layers(model, "default")["fused_blocks.0.linear1"]
     assert st.lora_A.grad.dtype == torch.float32 and st.lora_B.grad.abs().sum() > 0
+
+
+def test_base_state_dict_gives_the_original_keys_and_weights_while_adapted_and_merged():
+    from selva_core.model.lora import base_state_dict
+
+    model = make_model()
+    before = state_bits(model)
+    attach_lora(model, LoRAConfig(rank=4, targets=("all",)))
+    perturb(model)
+    merge_adapters(model)
+    assert same_state(base_state_dict(model), before)

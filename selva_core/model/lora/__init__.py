@@ -27,6 +27,7 @@ from .runtime import (
     adapter_layers,
     adapter_names,
     attach_lora,
+    base_state_dict,
     get_strength,
     iter_lora_layers,
     lora_plus_param_groups,

@@ -82,17 +82,12 @@ class IntruderReport:
 
     def plot(self, path: str | os.PathLike) -> Path:
         """PNG: intruders per layer at ``threshold`` and totals per threshold."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
 
         names = [layer.layer for layer in self.layers]
         key = _key(self.threshold)
-        fig, (ax1, ax2) = plt.subplots(
-            1, 2, figsize=(max(8.0, 0.25 * len(names) + 5), 4.5),
-            gridspec_kw={"width_ratios": [3, 1]},
-        )
+        fig = Figure(figsize=(max(8.0, 0.25 * len(names) + 5), 4.5))
+        ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
         ax1.bar(range(len(names)), [layer.counts[key] for layer in self.layers], color="#c0504d")
         ax1.set_xticks(range(len(names)))
         ax1.set_xticklabels(names, rotation=90, fontsize=6)
@@ -103,10 +98,7 @@ class IntruderReport:
         ax2.set_ylabel("total intruders")
         ax2.grid(alpha=0.3)
         fig.tight_layout()
-        try:
-            return atomic_savefig(fig, path, dpi=120)
-        finally:
-            plt.close(fig)
+        return atomic_savefig(fig, path, dpi=120)
 
 
 def _key(eps: float) -> str:

@@ -73,9 +73,18 @@ def base_fingerprint(model: nn.Module, layers: list[str]) -> str:
 
 
 def model_variant_name(model: nn.Module) -> str | None:
-    """The base variant recorded on the model (``variant_name`` attribute), if any."""
+    """The model's base variant: its ``variant_name`` attribute, else the one registered
+    variant whose generator config equals ``model.cfg`` (SelvaGenerator), else None."""
     name = getattr(model, "variant_name", None)
-    return name if isinstance(name, str) else None
+    if isinstance(name, str):
+        return name
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return None
+    from ...variants import VARIANTS
+
+    matches = [n for n, v in VARIANTS.items() if v.generator == cfg]
+    return matches[0] if len(matches) == 1 else None
 
 
 # -- state dicts -------------------------------------------------------------------------------

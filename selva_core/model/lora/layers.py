@@ -10,8 +10,9 @@ module, untouched and frozen, as ``base_layer``. Each adapter is an :class:`Adap
   (B, N, C); the adapter path honours that layout.
 
 Forward: ``y = base(x)``; then for each adapter with strength != 0, its variant adds
-``strength * change`` (without autograd, in place into the fresh base output, saving a copy). Merged mode runs the plain base forward on merged weights (zero overhead);
-the original weight is kept and copied back on unmerge, so unmerging is bit-exact.
+``strength * change`` (without autograd: in place into the fresh base output, saving a copy).
+Merged mode runs the plain base forward on merged weights (zero overhead); the original
+weight is kept and copied back on unmerge, so unmerging is bit-exact.
 
 PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r delta
 ``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``).

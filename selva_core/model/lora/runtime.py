@@ -309,6 +309,23 @@ def remove_all_adapters(model: nn.Module) -> None:
     _restore_requires_grad(model)
 
 
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's own state dict (original keys and original weights, also while
+    merged) of a model with adapters attached; adapter tensors left out."""
+    out: dict[str, torch.Tensor] = {}
+    originals = {
+        f"{path}.base_layer.weight": layer._original_weight
+        for path, layer in iter_lora_layers(model)
+        if layer.merged
+    }
+    for key, value in model.state_dict().items():
+        if ".adapters." in f".{key}":
+            continue
+        value = originals.get(key, value)
+        out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
 def merge_adapters(model: nn.Module) -> None:
     """Fold all active adapters (at their strengths) into the base weights; forward = base."""
     for _, layer in iter_lora_layers(model):
