@@ -219,3 +219,10 @@ def test_half_precision_pissa_file_is_half_the_size_and_keeps_the_change(tmp_pat
     assert rel_err(fresh(x, t) - y0, y - y0) <= 2e-3
     with safe_open(str(half), "pt") as f:
         assert f.metadata()["storage_dtype"] == "float16"
+
+
+def test_missing_metadata_fields_are_named(tmp_path, good_file):
+    _, tensors, meta = good_file
+    del meta["scale"]
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(path, r"lacks the required fields \['scale'\]")

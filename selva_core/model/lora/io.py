@@ -303,7 +303,10 @@ def load_adapter(
     """
     path = Path(path)
     tensors, meta = read_adapter_file(path)
-    variant = meta.get("variant", "")
+    missing = [k for k in ("variant", "scale", "alpha", "layers") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: metadata lacks the required fields {missing}")
+    variant = meta["variant"]
     impl = get_variant(variant)
     layers = _load_json(meta, "layers", path)
     if not isinstance(layers, list) or not layers:
