@@ -1,9 +1,19 @@
 """LoRA library for SelVA's generator: adapters on ``nn.Linear`` and ``nn.Conv1d``.
 
-Variants (``lora``, ``dora``), inits (standard, gaussian, PiSSA exact / randomized), alpha/r or
-rsLoRA scaling, named stacked adapters with runtime strength, bit-exact merge/unmerge/remove,
-safetensors files with metadata, PEFT import/export, spectral surgery and the intruder-dimension
-diagnostic. See the module docstrings for the math and the reasons behind each default.
+Variants ``lora`` and ``dora`` (``variants/``), inits standard / gaussian / PiSSA exact or
+randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
+(``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
+with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),
+safetensors files with metadata and strict loading (``io.py``), PEFT folders both ways
+(``peft_io.py``), spectral surgery (``surgery.py``) and the intruder-dimension diagnostic
+(``intruders.py``). Each module's docstring gives the math and the reasons for its defaults.
+
+Typical use::
+
+    handle = attach_lora(gen, LoRAConfig(rank=16, targets=("qkv+linear1",)))
+    ...train trainable_parameters(gen) (or lora_plus_param_groups(gen, lr, ratio))...
+    save_adapter(gen, "style.safetensors", metadata={"steps": 2000})
+    load_adapter(other_gen, "style.safetensors", name="style", strength=0.8)
 """
 
 from .config import LoRAConfig, compute_scale

@@ -15,7 +15,12 @@ Merged mode runs the plain base forward on merged weights (zero overhead); the o
 weight is kept and copied back on unmerge, so unmerging is bit-exact.
 
 PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r delta
-``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``).
+``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``). Chosen over rewriting
+the base weight to W_res (and keeping a copy of the original for exact restoration) because
+it is exact by construction, costs r (in + out) extra numbers per layer instead of an
+(out, in) copy, lets strength / stacking act on the learned change only, and measured the
+same speed: training step / frozen floor 1.06 for PiSSA and for standard LoRA (r = 16 on
+qkv + linear1 of small_16k, CPU; ``benchmarks/bench_lora.py``).
 """
 
 from __future__ import annotations
