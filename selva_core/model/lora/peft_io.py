@@ -212,5 +212,3 @@ def import_peft(
         raise ValueError(f"cannot import {peft_dir}: {e}") from None
     logger.info("imported PEFT adapter %s as %r: %d layers", peft_dir, name, len(layers))
     return handle
-
-
