@@ -12,6 +12,11 @@ REFERENCE_DIR = ROOT / "tests" / "reference"
 GOLDEN_DIR = REFERENCE_DIR / "golden"
 
 
+# One intra-op thread: most tests run tiny networks, where threading costs more than it gives,
+# and several tests spawn worker processes that would otherwise oversubscribe the cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
