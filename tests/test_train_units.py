@@ -289,3 +289,122 @@ def test_curve_spectrogram_and_wav_files_are_written(tmp_path):
     audio, sr = sf.read(tmp_path / "s.wav")
     assert sr == 16000 and audio.shape == (16000,) and np.abs(audio).max() <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loss_curve.png", "s.png", "s.wav"]
+
+
+# --- objective and validation ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_generator():
+    from selva_core.model.generator import SelvaGenerator
+
+    torch.manual_seed(0)
+    return SelvaGenerator.from_variant("tiny_16k", duration=1.0)
+
+
+def _fake_batch(gen, batch=3, invalid_from=10):
+    from selva_core.training.objective import FeatureBatch
+
+    seq, cfg = gen.seq, gen.cfg
+    g = torch.Generator().manual_seed(1)
+    valid = torch.ones(batch, seq.sync, dtype=torch.bool)
+    valid[0, invalid_from:] = False
+    return FeatureBatch(
+        latent_mean=torch.randn(batch, seq.latent, cfg.latent_dim, generator=g),
+        latent_std=torch.rand(batch, seq.latent, cfg.latent_dim, generator=g),
+        sync_f=torch.randn(batch, seq.sync, cfg.sync_dim, generator=g), sync_valid=valid,
+        text_f=torch.randn(batch, cfg.text_seq_len, cfg.text_dim, generator=g),
+        names=[f"c{i}" for i in range(batch)])
+
+
+def test_invalid_sync_positions_get_the_learned_empty_sync_feature(tiny_generator):
+    from selva_core.training.objective import conditions
+
+    gen = tiny_generator
+    batch = _fake_batch(gen, invalid_from=10)
+    clip, sync, text = conditions(gen, batch)
+    empty = gen.empty_sync_feat[0]
+    assert torch.equal(sync[0, 10:], empty.expand_as(sync[0, 10:]))
+    assert torch.equal(sync[0, :10], batch.sync_f[0, :10])
+    assert torch.equal(sync[1:], batch.sync_f[1:])
+    assert torch.equal(clip, gen.empty_clip_feat.expand_as(clip))  # SelVA: never CLIP-visual
+    dropped = conditions(gen, batch, drop_video=torch.tensor([False, True, False]),
+                         drop_text=torch.tensor([True, False, False]))
+    assert torch.equal(dropped[1][1], empty.expand_as(dropped[1][1]))
+    assert torch.equal(dropped[2][0], gen.empty_string_feat)
+    assert torch.equal(dropped[2][1:], batch.text_f[1:])
+
+
+def test_target_latent_is_normalised_by_the_generator_statistics(tiny_generator):
+    from selva_core.training.objective import target_latent
+
+    gen = tiny_generator
+    batch = _fake_batch(gen)
+    eps = torch.randn_like(batch.latent_mean)
+    with torch.no_grad():
+        gen.latent_mean.fill_(0.5)
+        gen.latent_std.fill_(2.0)
+    try:
+        x1 = target_latent(gen, batch, eps)
+        assert torch.allclose(x1, (batch.latent_mean + batch.latent_std * eps - 0.5) / 2.0)
+    finally:
+        with torch.no_grad():
+            gen.latent_mean.zero_()
+            gen.latent_std.fill_(1.0)
+
+
+def test_per_example_draws_do_not_depend_on_the_batch_they_are_in():
+    from selva_core.training.objective import draw_examples
+
+    together = draw_examples([11, 22, 33], (5, 4), "logit_normal", 0.5)
+    alone = draw_examples([22], (5, 4), "logit_normal", 0.5)
+    assert torch.equal(together.eps[1], alone.eps[0]) and torch.equal(together.x0[1], alone.x0[0])
+    assert together.t[1] == alone.t[0] and bool(together.drop_video[1]) == bool(alone.drop_video[0])
+    assert not torch.equal(together.eps[0], together.eps[1])
+    uniform = draw_examples(list(range(2000)), (1, 1), "uniform", 0.1)
+    assert 0.07 < uniform.drop_video.float().mean() < 0.13
+    assert 0.07 < uniform.drop_text.float().mean() < 0.13
+    assert abs(float(uniform.t.mean()) - 0.5) < 0.03
+    logit = draw_examples(list(range(2000)), (1, 1), "logit_normal", 0.1)
+    assert abs(float(torch.logit(logit.t).std()) - 1.0) < 0.06  # t = sigmoid(N(0, 1))
+
+
+class _Ex:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_validation_split_keeps_a_clips_windows_together_and_ignores_order():
+    from selva_core.training.validation import split_examples
+
+    examples = [_Ex(f"clip{i}#w{w}") for i in range(10) for w in range(3)]
+    train, val = split_examples(examples, val_fraction=0.2)
+    val_clips = {e.name.split("#")[0] for e in val}
+    assert len(val_clips) == 2 and len(val) == 6 and len(train) == 24
+    assert not val_clips & {e.name.split("#")[0] for e in train}
+    _, val_reversed = split_examples(examples[::-1], val_fraction=0.2)
+    assert {e.name for e in val_reversed} == {e.name for e in val}
+    assert val_clips != {"clip0", "clip1"}  # not just the alphabetically first clips
+
+
+@pytest.mark.parametrize("clips, fraction, expected", [(3, 0.1, 0), (4, 0.1, 1), (10, 0.1, 1),
+                                                       (40, 0.1, 4), (10, 0.0, 0)])
+def test_default_validation_size(clips, fraction, expected):
+    from selva_core.training.validation import default_val_count
+
+    assert default_val_count(clips, fraction) == expected
+
+
+def test_asking_for_every_clip_as_validation_is_an_error():
+    from selva_core.training.validation import split_examples
+
+    with pytest.raises(ValueError, match="--val_clips 3 leaves no training clip"):
+        split_examples([_Ex(f"c{i}") for i in range(3)], val_clips=3)
+
+
+def test_validation_t_grid_is_the_quantiles_of_the_training_distribution():
+    from selva_core.training.validation import t_grid
+
+    t = t_grid("logit_normal", 8)
+    assert t.shape == (8,) and torch.all(t[1:] > t[:-1])
+    assert torch.allclose(t + t.flip(0), torch.ones(8), atol=1e-6)  # symmetric around 0.5
+    assert float(t[0]) == pytest.approx(torch.sigmoid(torch.tensor(-1.5341)).item(), abs=1e-3)
+    assert torch.allclose(t_grid("uniform", 4), torch.tensor([0.125, 0.375, 0.625, 0.875]))

@@ -414,7 +414,8 @@ class LoRATrainer:
 
     # --- validation / samples / checkpoints -------------------------------------------------
     def validate(self) -> ValidationResult | None:
-        if not len(self.validator):
+        """Deterministic validation loss (process 0 only: the others have nothing to log)."""
+        if not len(self.validator) or not self.is_main:
             return None
         result = self.validator.evaluate(self.gen, self.gen, self.device)
         self.last_val = result

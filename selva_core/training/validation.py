@@ -2,8 +2,9 @@
 
 Split. Examples are grouped by *clip* (the name before ``#``: all windows of a clip stay on
 one side, so no validation audio leaks into training). Clips are ordered by a hash of their
-name, which keeps each clip's side stable when clips are added or the seed changes; the first
-``n_val`` clips are held out. Default ``n_val``: ``round(fraction * clips)``, at least one once
+name and the first ``n_val`` are held out: the split depends only on the clip names (not on
+``--seed``, the file order or the window policy), and is not simply the alphabetically first
+clips (which are often one class). Default ``n_val``: ``round(fraction * clips)``, at least one once
 there are 4 or more clips, none below that (too little data to spare).
 
 Loss. Every validation example is evaluated at the same fixed grid of flow times — the
