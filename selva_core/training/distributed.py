@@ -10,6 +10,7 @@ data sharding itself lives in :mod:`selva_core.training.data_order`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -114,4 +115,9 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # The generator's buffers (RoPE tables) are computed identically on every process, so
+    # they need no syncing at each forward (newer torch: forward_sync_buffers).
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+            else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=ids, **sync)
