@@ -108,7 +108,7 @@ def test_lora_on_a_new_class_moves_the_model_toward_it(tmp_path):
     assert base_loss["A"] < base_loss["B"]  # the base knows class A
     assert base_dist["A"] < base_dist["B"]  # and its B-prompted samples sound like A
 
-    cfg = TrainConfig(data_dir="unused", output_dir=str(tmp_path / "run"), variant="tiny_16k",
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), variant="tiny_16k",
                       duration=DURATION, steps=60, warmup_steps=5, lr=8e-3, rank=8,
                       batch_size=4, save_every=1000, val_every=1000, samples=False,
                       surgery=False, quiet=True)

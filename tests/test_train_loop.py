@@ -319,3 +319,29 @@ def test_lr_schedule_counts_optimiser_steps_under_gradient_accumulation(tiny, tm
     state = state_at(tmp_path, 6)
     assert all(float(s["step"]) == 6.0 for s in state.optimizer["state"].values())
     assert state.stream_pos == 6 * 2 * 3
+
+
+def test_every_adapter_option_resumes_exactly_pissa_rslora_lora_plus(tiny, tmp_path):
+    options = dict(init="pissa", rslora=True, alpha=4.0, lora_plus_ratio=4.0,
+                   timestep_mode="uniform", lr_schedule="constant", target=["attn", "ffn"],
+                   steps=4, save_every=2, val_every=2, surgery=False)
+    straight_run = train(tiny, tmp_path / "straight", **options)
+    assert straight_run.summary["init"] == "pissa"
+
+    def ctrl_c(trainer, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = train(tiny, tmp_path / "resumed", hooks=TrainHooks(after_step=ctrl_c), **options)
+    assert stopped.status == "interrupted" and stopped.steps_done == 1
+    train(tiny, tmp_path / "resumed", resume=True, **options)
+    for name in ("adapter_final.safetensors", "checkpoints/step_000004/adapter.safetensors"):
+        a = load_file(str(tmp_path / "straight" / name))
+        b = load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # PiSSA adapters are stored as a plain rank-2r delta on the untouched base weight
+    state = state_at(tmp_path / "resumed", 4)
+    assert any(k.endswith("lora_A0") for k in state.params)
+    final = load_file(str(tmp_path / "resumed" / "adapter_final.safetensors"))
+    key = next(k for k in final if k.endswith("lora_A"))
+    assert final[key].shape[0] == 2 * 4

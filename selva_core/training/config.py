@@ -200,10 +200,13 @@ class TrainConfig:
     def cache_path(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else self.output_path / "feature_cache"
 
-    def validate(self) -> TrainConfig:
-        """Raise one clear ``ValueError`` for the first impossible setting; return self."""
+    def validate(self, require_data: bool = True) -> TrainConfig:
+        """Raise one clear ``ValueError`` listing every impossible setting; return self.
+
+        ``require_data=False`` for library use with examples given directly (no data_dir).
+        """
         problems: list[str] = []
-        if not self.demo and not self.data_dir:
+        if require_data and not self.demo and not self.data_dir:
             problems.append("--data_dir is required (or use --demo for the synthetic demo)")
         if self.variant not in VARIANTS:
             problems.append(f"--variant {self.variant!r} is unknown; choose one of "

@@ -176,7 +176,7 @@ class LoRATrainer:
                  val_examples: Sequence = (), *, pipeline=None,
                  dist: DistContext | None = None, hooks: TrainHooks | None = None,
                  data_info: dict[str, Any] | None = None):
-        cfg.validate()
+        cfg.validate(require_data=False)
         self.cfg = cfg
         self.dist = dist or DistContext()
         self.hooks = hooks or TrainHooks()
