@@ -323,7 +323,7 @@ def test_lr_schedule_counts_optimiser_steps_under_gradient_accumulation(tiny, tm
 
 def test_every_adapter_option_resumes_exactly_pissa_rslora_lora_plus(tiny, tmp_path):
     options = dict(init="pissa", rslora=True, alpha=4.0, lora_plus_ratio=4.0,
-                   timestep_mode="uniform", lr_schedule="constant", target=["attn", "ffn"],
+                   timestep_mode="uniform", lr_schedule="constant", target=["qkv", "ffn.w2"],
                    steps=4, save_every=2, val_every=2, surgery=False)
     straight_run = train(tiny, tmp_path / "straight", **options)
     assert straight_run.summary["init"] == "pissa"
