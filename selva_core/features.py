@@ -7,15 +7,15 @@ can be cached on disk (``.safetensors`` with metadata) and the encoders freed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+
+from .atomic import save_safetensors_atomic
 
 FORMAT_NAME = "selva.condition_features"
 FORMAT_VERSION = 1
@@ -96,7 +96,6 @@ class ConditionFeatures:
     # --- file format ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write the features as ``.safetensors`` (atomically); metadata holds the rest."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         tensors = {"text_clip_f": self.text_clip_f, "sync_f": self.sync_f}
@@ -112,17 +111,7 @@ class ConditionFeatures:
             "prompt": self.prompt,
             "extra": json.dumps(self.extra, ensure_ascii=False),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return save_safetensors_atomic(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu"):

@@ -26,7 +26,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import write_text_atomic
 from .variants import VARIANTS, CheckpointFile, ModelVariant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -100,18 +100,6 @@ def _file_identity(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def verify_md5(path: str | os.PathLike, expected: str, *, use_sidecar: bool = True) -> None:
     """Check ``path`` against ``expected`` md5; raise :class:`CheckpointError` on mismatch.
 
@@ -139,7 +127,7 @@ def verify_md5(path: str | os.PathLike, expected: str, *, use_sidecar: bool = Tr
         )
     if use_sidecar:
         try:
-            _atomic_write_text(sidecar, json.dumps({"md5": expected, **identity}))
+            write_text_atomic(sidecar, json.dumps({"md5": expected, **identity}))
         except OSError as exc:  # a read-only models folder is fine, just slower next time
             logger.debug("could not write %s: %s", sidecar, exc)
 
@@ -214,7 +202,7 @@ def ensure_checkpoint(
         os.replace(fetched, target)
         if file.md5:
             with contextlib.suppress(OSError):
-                _atomic_write_text(
+                write_text_atomic(
                     _sidecar_path(target),
                     json.dumps({"md5": file.md5.lower(), **_file_identity(target)}),
                 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +25,7 @@ import av
 import numpy as np
 import soundfile as sf
 
+from selva_core.atomic import atomic_path, write_text_atomic
 from selva_core.data.prompts import PROMPTS_FILENAME
 
 log = logging.getLogger(__name__)
@@ -68,55 +68,49 @@ def write_video(
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
     rate = round(fps) if float(fps).is_integer() else Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), mode="w", format=None) as container:
-            vstream = container.add_stream(_video_codec(suffix), rate=rate)
-            vstream.width, vstream.height = frames.shape[2], frames.shape[1]
-            vstream.pix_fmt = "yuv420p"
-            time_base = 1 / Fraction(rate)
-            vstream.codec_context.time_base = time_base
-            vstream.bit_rate = 4_000_000  # near-lossless at demo sizes; files stay small
-            astream = None
-            if audio is not None:
-                audio = np.asarray(audio, dtype=np.float32)
-                audio = audio[None] if audio.ndim == 1 else audio
-                layout = _LAYOUTS[audio.shape[0]]
-                codec = audio_codec or _CONTAINER_AUDIO[suffix]
-                astream = container.add_stream(codec, rate=sample_rate, layout=layout)
-                if codec == "aac":  # the default two-loop coder is ~10x slower for no gain here
-                    astream.codec_context.options = {"aac_coder": "fast"}
-            for index, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-                # explicit timestamps: some muxers (AVI) mis-guess them otherwise
-                frame.pts = index
-                frame.time_base = time_base
-                for packet in vstream.encode(frame):
-                    container.mux(packet)
-            for packet in vstream.encode(None):
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format=None) as container:
+        vstream = container.add_stream(_video_codec(suffix), rate=rate)
+        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
+        vstream.pix_fmt = "yuv420p"
+        time_base = 1 / Fraction(rate)
+        vstream.codec_context.time_base = time_base
+        vstream.bit_rate = 4_000_000  # near-lossless at demo sizes; files stay small
+        astream = None
+        if audio is not None:
+            audio = np.asarray(audio, dtype=np.float32)
+            audio = audio[None] if audio.ndim == 1 else audio
+            layout = _LAYOUTS[audio.shape[0]]
+            codec = audio_codec or _CONTAINER_AUDIO[suffix]
+            astream = container.add_stream(codec, rate=sample_rate, layout=layout)
+            if codec == "aac":  # the default two-loop coder is ~10x slower for no gain here
+                astream.codec_context.options = {"aac_coder": "fast"}
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            # explicit timestamps: some muxers (AVI) mis-guess them otherwise
+            frame.pts = index
+            frame.time_base = time_base
+            for packet in vstream.encode(frame):
                 container.mux(packet)
-            if astream is not None:
-                fmt = astream.codec_context.format.name
-                data = np.ascontiguousarray(audio)
-                if fmt.rstrip("p") in _INT_FORMATS:
-                    dtype = _INT_FORMATS[fmt.rstrip("p")]
-                    data = (np.clip(data, -1, 1) * np.iinfo(dtype).max).astype(dtype)
-                elif fmt.rstrip("p") == "dbl":
-                    data = data.astype(np.float64)
-                if not fmt.endswith("p"):  # packed formats take one (1, samples*channels) row
-                    data = np.ascontiguousarray(data.T).reshape(1, -1)
-                frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
-                frame.sample_rate = sample_rate
-                frame.pts = 0
-                for packet in astream.encode(frame):
-                    container.mux(packet)
-                for packet in astream.encode(None):
-                    container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for packet in vstream.encode(None):
+            container.mux(packet)
+        if astream is not None:
+            fmt = astream.codec_context.format.name
+            data = np.ascontiguousarray(audio)
+            if fmt.rstrip("p") in _INT_FORMATS:
+                dtype = _INT_FORMATS[fmt.rstrip("p")]
+                data = (np.clip(data, -1, 1) * np.iinfo(dtype).max).astype(dtype)
+            elif fmt.rstrip("p") == "dbl":
+                data = data.astype(np.float64)
+            if not fmt.endswith("p"):  # packed formats take one (1, samples*channels) row
+                data = np.ascontiguousarray(data.T).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+            frame.sample_rate = sample_rate
+            frame.pts = 0
+            for packet in astream.encode(frame):
+                container.mux(packet)
+            for packet in astream.encode(None):
+                container.mux(packet)
     return path
 
 
@@ -224,14 +218,11 @@ def make_synthetic_dataset(
             path = out_dir / f"{name}_{clip:03d}.mp4"
             write_video(path, frames, fps=fps, audio=audio, sample_rate=sample_rate)
             if write_wav:
-                tmp = out_dir / f".{path.stem}.tmp.wav"
-                sf.write(str(tmp), audio, sample_rate, subtype="PCM_16")
-                os.replace(tmp, path.with_suffix(".wav"))
+                with atomic_path(path.with_suffix(".wav")) as tmp:
+                    sf.write(str(tmp), audio, sample_rate, subtype="PCM_16")
             lines.append(f"{path.name}: {CLASS_PROMPTS[name]}")
             paths.append(path)
-    tmp = out_dir / f".{PROMPTS_FILENAME}.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / PROMPTS_FILENAME)
+    write_text_atomic(out_dir / PROMPTS_FILENAME, "\n".join(lines) + "\n")
     log.info("wrote %d synthetic clips to %s", len(paths), out_dir)
     return sorted(paths)
 

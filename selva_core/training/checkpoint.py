@@ -36,6 +36,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from selva_core.atomic import atomic_path, write_text_atomic
+
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "selva-lora-training-state"
@@ -55,42 +57,22 @@ class CheckpointWriteError(RuntimeError):
     """Writing a checkpoint failed; the previous checkpoint is intact (named in the message)."""
 
 
-# --- low-level writers (the single place that touches the disk; tests patch these) ----------
+# --- low-level writers (the single place that touches the disk; tests patch _save_file) -----
 def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     save_file(tensors, str(path), metadata=metadata)
 
 
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_text(tmp, json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write JSON (sorted keys) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path,
                              metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write a safetensors file atomically (through :func:`_save_file`)."""
+    with atomic_path(path) as tmp:
         _save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                    metadata or {})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --- RNG state -------------------------------------------------------------------------------

@@ -33,14 +33,11 @@ The pipeline is duck-typed (``selva_core.pipeline.SelvaPipeline`` in practice) a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from selva_core.atomic import save_safetensors_atomic
 from selva_core.data.audio import load_mono
 from selva_core.data.clips import ClipSource
 from selva_core.data.errors import (
@@ -371,18 +368,6 @@ def _extract_window(
     }
 
 
-def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _reusable(path: Path, key: str) -> bool:
     """True when ``path`` is a complete cache file for ``key``; a damaged one is re-extracted."""
     if not path.is_file():
@@ -457,7 +442,7 @@ def _cache_clip(
                 "cache_key": key,
                 "settings": json.dumps(settings.to_dict(), sort_keys=True),
             }
-            _write_atomic(path, tensors, metadata)
+            save_safetensors_atomic(path, tensors, metadata)
             stats.extracted += 1
         else:
             stats.reused += 1

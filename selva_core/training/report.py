@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+
+from selva_core.atomic import atomic_path, savefig_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,8 @@ class JsonlLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [r for r in self.read() if int(r.get("step", 0)) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in kept:
-                fh.write(json.dumps(r, sort_keys=True, allow_nan=True) + "\n")
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(
+            json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in kept))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -91,15 +89,7 @@ def _new_figure(width: float, height: float):
 
 
 def _save_figure(fig, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    savefig_atomic(path, fig)
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -170,15 +160,8 @@ def save_spectrogram_png(waveform: torch.Tensor | np.ndarray, sample_rate: int, 
 def write_wav(waveform: torch.Tensor | np.ndarray, sample_rate: int, path: Path) -> None:
     """Mono 16-bit PCM WAV (clipped to [-1, 1]); atomic."""
     audio = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.wav")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), audio, int(sample_rate), subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --- the one-screen summary -----------------------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._files import atomic_savefig, atomic_write_json
+from ...atomic import savefig_atomic, write_json_atomic
 from .lowrank import lowrank_svd, refactor
 from .runtime import adapter_layers
 
@@ -78,7 +78,7 @@ class IntruderReport:
         }
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        return atomic_write_json(self.to_dict(), path)
+        return write_json_atomic(path, self.to_dict())
 
     def plot(self, path: str | os.PathLike) -> Path:
         """PNG: intruders per layer at ``threshold`` and totals per threshold."""
@@ -98,7 +98,7 @@ class IntruderReport:
         ax2.set_ylabel("total intruders")
         ax2.grid(alpha=0.3)
         fig.tight_layout()
-        return atomic_savefig(fig, path, dpi=120)
+        return savefig_atomic(path, fig, dpi=120)
 
 
 def _key(eps: float) -> str:

@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ... import __version__
-from ._files import atomic_save_safetensors
+from ...atomic import save_safetensors_atomic
 from .config import LoRAConfig
 from .layers import AdapterState, LoRALayer
 from .lowrank import lowrank_svd, refactor
@@ -217,7 +217,7 @@ def save_adapter(
     meta["storage_dtype"] = str(dtype).removeprefix("torch.")
     ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A")}
     meta["file_rank"] = str(ranks.pop()) if len(ranks) == 1 else "mixed"
-    out = atomic_save_safetensors(tensors, path, meta)
+    out = save_safetensors_atomic(path, tensors, meta)
     logger.info("saved LoRA adapter %r (%d tensors) to %s", name, len(tensors), out)
     return out
 

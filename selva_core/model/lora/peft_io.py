@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ._files import atomic_save_safetensors, atomic_write_json
+from ...atomic import save_safetensors_atomic, write_json_atomic
 from .config import LoRAConfig
 from .io import _check_extra_shapes, _model_device, adapter_state_dict
 from .layers import AdapterState
@@ -102,8 +102,8 @@ def export_peft(
         "modules_to_save": None,
         "inference_mode": True,
     }
-    atomic_save_safetensors(tensors, out_dir / PEFT_WEIGHTS, {"format": "pt"})
-    atomic_write_json(config, out_dir / PEFT_CONFIG)
+    save_safetensors_atomic(out_dir / PEFT_WEIGHTS, tensors, {"format": "pt"})
+    write_json_atomic(out_dir / PEFT_CONFIG, config)
     logger.info("exported LoRA adapter %r as a PEFT folder %s (r=%d)", name, out_dir, r)
     return out_dir
 
