@@ -23,16 +23,6 @@ from tests.golden import load_case, seeded_state_dict
 TINY_DURATION = 2.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """The test machine's 2 cores are shared by parallel jobs; one thread per process avoids
-    oversubscription (measured 5-10x faster here under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> SelvaGenerator:
     torch.manual_seed(1234)

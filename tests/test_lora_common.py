@@ -9,7 +9,6 @@ the transposes in the parent (same parameters and function), which peft can driv
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,20 +17,6 @@ from selva_core.model.layers import ChannelLastConv1d
 from selva_core.model.lora import adapter_layers
 
 D, H, N_LAT, N_TXT = 16, 32, 12, 5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def lora_single_thread():
-    """Run the LoRA tests on one intra-op thread, restored afterwards.
-
-    On a shared, oversubscribed CPU, two OpenMP threads make small SVDs/QRs and the tiny
-    generator's forward 10-30x slower (spin-waiting); one thread keeps these tests ~6x faster.
-    Test modules import this fixture to make it autouse there too.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _conv(layer: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:

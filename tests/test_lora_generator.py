@@ -23,7 +23,6 @@ from selva_core.model.lora import (
 )
 from selva_core.variants import get_variant
 from tests.test_lora_common import (
-    lora_single_thread,  # noqa: F401  (autouse fixture)
     perturb,
     rel_err,
     same_state,

@@ -15,7 +15,6 @@ from selva_core.model.lora import (
     reduce_intruders,
 )
 from tests.test_lora_common import (
-    lora_single_thread,  # noqa: F401  (autouse fixture)
     make_model,
     perturb,
 )

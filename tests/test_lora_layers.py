@@ -27,7 +27,6 @@ from selva_core.model.lora import (
     unmerge_adapters,
 )
 from tests.test_lora_common import (
-    lora_single_thread,  # noqa: F401  (autouse fixture)
     make_inputs,
     make_model,
     perturb,

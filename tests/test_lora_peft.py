@@ -20,7 +20,6 @@ from selva_core.model.lora import (  # noqa: E402
     resolve_targets,
 )
 from tests.test_lora_common import (  # noqa: E402
-    lora_single_thread,  # noqa: F401  (autouse fixture)
     make_inputs,
     make_model,
     make_twin,

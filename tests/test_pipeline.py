@@ -23,16 +23,6 @@ def _frames(num: int = 25, seed: int = 0, size: tuple[int, int] = (40, 56)) -> t
     return torch.randint(0, 256, (num, 3, *size), generator=g, dtype=torch.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads; on a shared, busy CPU extra OpenMP threads
-    only contend (measured: one Euler step 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> SelvaPipeline:
     return SelvaPipeline.tiny(seed=0, duration=DURATION)

@@ -13,35 +13,19 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from selva_core.data import scan_dataset
-from selva_core.data.synthetic import make_synthetic_dataset
-from selva_core.pipeline import SelvaPipeline
 from selva_core.training.config import TrainConfig
-from selva_core.training.feature_cache import FeatureCacheSettings, build_feature_cache
 from selva_core.training.run import run_training
+from tests.training_data import tiny_training_set
 
 DURATION = 1.0
 STEPS = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_ddp")
-    data_dir, cache_dir = root / "clips", root / "cache"
-    make_synthetic_dataset(data_dir, clips_per_class=3, duration=DURATION, seed=1)
-    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
-    settings = FeatureCacheSettings(variant="tiny_16k", duration=DURATION,
-                                    window_policy="first", model_tag="tiny seed 0")
-    build_feature_cache(scan_dataset(data_dir), pipe, cache_dir, settings, progress=False)
-    return pipe, data_dir, cache_dir
+    s = tiny_training_set(tmp_path_factory.mktemp("train_ddp"), clips_per_class=3, seed=1,
+                          duration=DURATION)
+    return s.pipe, s.data_dir, s.cache_dir
 
 
 def _cfg(tiny, out, batch_size: int) -> TrainConfig:

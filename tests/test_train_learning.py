@@ -26,15 +26,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from selva_core.data import scan_dataset
-from selva_core.data.synthetic import make_synthetic_dataset
 from selva_core.model.generator import SelvaGenerator
-from selva_core.pipeline import SelvaPipeline
 from selva_core.training.config import TrainConfig
 from selva_core.training.feature_cache import (
     CachedExample,
-    FeatureCacheSettings,
-    build_feature_cache,
 )
 from selva_core.training.learning import (
     class_centroid,
@@ -48,28 +43,16 @@ from selva_core.training.objective import ExampleStore
 from selva_core.training.trainer import LoRATrainer
 from selva_core.training.validation import Validator
 from selva_core.variants import GeneratorConfig, get_variant
+from tests.training_data import tiny_training_set
 
 DURATION = 1.0
 POSTERIOR_STD_SCALE = 0.1
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _examples(tmp_path):
-    data_dir = tmp_path / "clips"
-    make_synthetic_dataset(data_dir, clips_per_class=6, duration=DURATION, seed=0)
-    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
-    settings = FeatureCacheSettings(variant="tiny_16k", duration=DURATION,
-                                    window_policy="first", model_tag="tiny seed 0")
-    cached = build_feature_cache(scan_dataset(data_dir), pipe, tmp_path / "cache", settings,
-                                 progress=False)
+    cached = tiny_training_set(tmp_path, clips_per_class=6, seed=0,
+                               duration=DURATION).examples
     confident = tmp_path / "confident"
     confident.mkdir()
     out = []

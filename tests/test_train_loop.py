@@ -17,41 +17,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selva_core.data.synthetic import make_synthetic_dataset
 from selva_core.model.lora import load_adapter, trainable_parameters
-from selva_core.pipeline import SelvaPipeline
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
-from selva_core.training.feature_cache import FeatureCacheSettings, build_feature_cache
 from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.trainer import TrainHooks, TrainingDivergedError
+from tests.training_data import tiny_training_set
 
 DURATION = 1.0
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread is faster and immune to other processes' load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(pipeline, data_dir, cache_dir): a generated dataset with a warm feature cache."""
-    root = tmp_path_factory.mktemp("train_loop")
-    data_dir, cache_dir = root / "clips", root / "cache"
-    make_synthetic_dataset(data_dir, clips_per_class=4, duration=DURATION, seed=0)
-    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
-    from selva_core.data import scan_dataset
-
-    settings = FeatureCacheSettings(variant="tiny_16k", duration=DURATION,
-                                    window_policy="first", model_tag="tiny seed 0")
-    build_feature_cache(scan_dataset(data_dir), pipe, cache_dir, settings, progress=False)
-    return pipe, data_dir, cache_dir
+    s = tiny_training_set(tmp_path_factory.mktemp("train_loop"), clips_per_class=4, seed=0,
+                          duration=DURATION)
+    return s.pipe, s.data_dir, s.cache_dir
 
 
 def fresh(pipe):
