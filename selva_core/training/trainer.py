@@ -452,8 +452,8 @@ class LoRATrainer:
             wave = self.pipeline.decode(latent)[0].float().cpu()
         finally:
             self.gen.train(was_training)
-            # pipeline.sample rebuilds the RoPE tables under inference_mode; tensors made there
-            # cannot enter autograd, so rebuild them as ordinary tensors for training.
+            # Sampling may have set other sequence lengths (the clip's duration): restore the
+            # training lengths (a no-op when they did not change).
             self.gen.update_seq_lengths(self.variant.sequence_lengths(self.cfg.duration))
         wav_path = self.out / "samples" / f"{tag}.wav"
         sr = self.variant.sample_rate
