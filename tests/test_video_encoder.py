@@ -68,6 +68,20 @@ def test_meta_built_encoder_has_exactly_the_checkpoint_keys_and_shapes():
     assert frozen == sorted(meta["_meta"]["frozen_parameters"])
 
 
+def test_motionformer_alone_matches_the_plain_synchformer_video_manifest():
+    # MMAudio's plain Synchformer video branch is TextSynch's vfeat_extractor, unchanged.
+    with torch.device("meta"):
+        model = TextSynch(TextSynchConfig())
+    sd = {f"vfeat_extractor.{k}": v for k, v in model.vfeat_extractor.state_dict().items()}
+    data = json.loads((REFERENCE_DIR / "synchformer_video.json").read_text())
+    manifest = {k: v for k, v in data.items() if k not in ("param_count", "_meta")}
+    assert {k: list(v.shape) for k, v in sd.items()} == manifest
+    params = dict(model.vfeat_extractor.named_parameters())
+    assert sum(p.numel() for p in params.values()) == data["param_count"]
+    frozen = sorted(f"vfeat_extractor.{n}" for n, p in params.items() if not p.requires_grad)
+    assert frozen == sorted(data["_meta"]["frozen_parameters"])
+
+
 def test_tiny_variant_builds_from_the_same_class_with_config_sized_embeddings():
     model = TextSynch(TINY)
     sd = model.state_dict()
