@@ -18,6 +18,7 @@ from selva_core.flow_matching import (
 from selva_core.model.generator import PreprocessedConditions, SelvaGenerator
 from selva_core.variants import get_variant
 from tests.conftest import GOLDEN_DIR
+from tests.generator_inputs import random_generator_inputs
 from tests.golden import load_case, seeded_state_dict
 
 TINY_DURATION = 2.0
@@ -30,14 +31,7 @@ def tiny() -> SelvaGenerator:
 
 
 def _features(model: SelvaGenerator, batch: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    cfg, seq = model.cfg, model.seq
-    return (
-        torch.randn(batch, seq.latent, cfg.latent_dim, generator=g),
-        torch.randn(batch, seq.clip, cfg.clip_dim, generator=g),
-        torch.randn(batch, seq.sync, cfg.sync_dim, generator=g),
-        torch.randn(batch, 77, cfg.text_dim, generator=g),
-    )
+    return random_generator_inputs(model, batch, seed)[:4]  # (x, clip_f, sync_f, text_f)
 
 
 class _CallCounter:

@@ -20,6 +20,7 @@ from selva_core.model.generator import (
 from selva_core.model.rope import apply_rope, rope_tables
 from selva_core.variants import OFFICIAL_VARIANTS, get_variant
 from tests.conftest import GOLDEN_DIR, REFERENCE_DIR
+from tests.generator_inputs import random_generator_inputs
 from tests.golden import load_case, seeded_state_dict
 
 
@@ -251,15 +252,7 @@ def test_wrong_condition_length_raises_and_names_update_seq_lengths():
 
 
 def _tiny_inputs(model: SelvaGenerator, batch: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    cfg, seq = model.cfg, model.seq
-    return (
-        torch.randn(batch, seq.latent, cfg.latent_dim, generator=g),
-        torch.randn(batch, seq.clip, cfg.clip_dim, generator=g),
-        torch.randn(batch, seq.sync, cfg.sync_dim, generator=g),
-        torch.randn(batch, 77, cfg.text_dim, generator=g),
-        torch.rand(batch, generator=g),
-    )
+    return random_generator_inputs(model, batch, seed)
 
 
 def test_any_duration_with_one_sync_window_runs_after_update_seq_lengths():

@@ -42,6 +42,7 @@ from .runtime import (
     AdapterSpec,
     adapter_layers,
     attach_adapter_states,
+    get_layer,
     get_spec,
 )
 from .variant import get_variant
@@ -366,12 +367,7 @@ def load_adapter(
 
 
 def _model_device(model: nn.Module, path: str) -> torch.device:
-    try:
-        module = model.get_submodule(path)
-    except AttributeError:
-        raise ValueError(
-            f"adapter layer {path!r} does not exist in {type(model).__name__}"
-        ) from None
+    module = get_layer(model, path)
     w = module.weight if hasattr(module, "weight") else next(module.parameters())
     return w.device
 

@@ -115,6 +115,16 @@ def get_spec(model: nn.Module, name: str) -> AdapterSpec:
     return next(iter(adapter_layers(model, name).values())).spec
 
 
+def get_layer(model: nn.Module, path: str) -> nn.Module:
+    """The module at ``path``, or one clear error naming the missing adapter layer."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(
+            f"adapter layer {path!r} does not exist in {type(model).__name__}"
+        ) from None
+
+
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -174,12 +184,7 @@ def attach_adapter_states(
     _precheck_new_adapter(model, name)
     modules = {}
     for path, st in states.items():
-        try:
-            module = model.get_submodule(path)
-        except AttributeError:
-            raise ValueError(
-                f"adapter layer {path!r} does not exist in {type(model).__name__}"
-            ) from None
+        module = get_layer(model, path)
         check_wrappable(module, path)
         exp_a, exp_b = factor_shapes(module, st.rank)
         if tuple(st.lora_A.shape) != exp_a or tuple(st.lora_B.shape) != exp_b:
