@@ -374,3 +374,31 @@ def test_base_state_dict_gives_the_original_keys_and_weights_while_adapted_and_m
     perturb(model)
     merge_adapters(model)
     assert same_state(base_state_dict(model), before)
+
+
+@pytest.mark.parametrize("first,second", [("lora", "dora"), ("dora", "lora"), ("dora", "dora")])
+@pytest.mark.parametrize(
+    "target", ["joint_blocks.0.latent_block.linear1", "fused_blocks.0.attn.qkv"]
+)
+def test_stacked_dora_adds_its_own_change_and_merges_to_the_same_function(first, second, target):
+    # DoRA's magnitude term scales the *base* output W x, never another adapter's change
+    model = make_model()
+    lin = model.get_submodule(target)
+    h = torch.randn(2, 9, 16)
+    b0 = lin(h).detach()
+    for name, variant, seed in (("a", first, 5), ("b", second, 6)):
+        attach_lora(model, LoRAConfig(rank=3, variant=variant, targets=(target,)), name=name)
+        perturb(model, name, seed=seed, std=0.3)
+    lin = model.get_submodule(target)
+    both = lin(h) - b0
+    set_strength(model, "a", 0.0)
+    only_b = lin(h) - b0
+    set_strength(model, "a", 1.0)
+    set_strength(model, "b", 0.0)
+    only_a = lin(h) - b0
+    set_strength(model, "b", 1.0)
+    assert torch.allclose(both, only_a + only_b, atol=1e-5)
+    assert only_a.abs().max() > 1e-2 and only_b.abs().max() > 1e-2
+    unmerged = lin(h)
+    merge_adapters(model)
+    assert rel_err(lin(h), unmerged) <= 1e-5

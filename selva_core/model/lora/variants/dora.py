@@ -5,8 +5,11 @@ the detached norm). ``m`` (one magnitude per output channel, fp32, trainable) st
 ``||W||_row``; rows are output channels, the norm runs over in*k (conv weights as matrices).
 
 Forward, with f = m / ||W + s B A||_row (per output channel) and the bias b outside:
-``y' = y + strength * ((f - 1) (W x) + f s B (A x))``, i.e. the base output plus ``strength``
+``y' = y + strength * ((f - 1) (W x) + f s B (A x))``, i.e. the output so far plus ``strength``
 times the change ``W' x - W x`` (as in peft, the magnitude term uses the un-dropped input).
+``W x`` is the bias-free *base* output: taken from ``y`` when this is the layer's first active
+adapter, recomputed by the base layer when another adapter already added its change to ``y``
+(otherwise ``f - 1`` would also scale that adapter's change and stacking would not add).
 
 Identity at init: B = 0 gives ||W + s B A|| = ||W|| computed by the same expression as m, so
 f = 1 exactly and the change is exactly 0 (PiSSA: 0 up to rounding).
@@ -34,6 +37,12 @@ def _row_norm(layer, adapter) -> torch.Tensor:
         return V.pow(2).sum(1).sqrt()
 
 
+def _base_output(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``W x + b``: ``y`` itself when ``adapter`` is the first active adapter of the layer."""
+    first = next(a for a in layer.adapters.values() if a.strength != 0.0)
+    return y if first is adapter else layer.base_layer(x)
+
+
 @register_variant
 class DoRA:
     name = "dora"
@@ -49,12 +58,13 @@ class DoRA:
     def forward(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         A, B = adapter.factors()
         out_dtype = y.dtype
+        wx = _base_output(layer, adapter, x, y)
         xa = F.dropout(x, adapter.dropout, True) if adapter.dropout > 0 and layer.training else x
         if needs_fp32_path(x, A):
-            xa, y = xa.to(A.dtype), y.to(A.dtype)
+            xa, y, wx = xa.to(A.dtype), y.to(A.dtype), wx.to(A.dtype)
         f = adapter.lora_magnitude / _row_norm(layer, adapter)
         bias = layer.base_bias()
-        base = y if bias is None else y - layer.channel_view(bias.to(y.dtype), y)
+        base = wx if bias is None else wx - layer.channel_view(bias.to(wx.dtype), wx)
         st = adapter.strength
         y = y + base * layer.channel_view((st * (f - 1.0)).to(y.dtype), y)
         Bf = B * f.reshape(-1, *([1] * (B.dim() - 1)))
