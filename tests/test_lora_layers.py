@@ -177,6 +177,8 @@ def test_dora_magnitude_gradient_at_step_0_is_g_dot_wx_over_the_norm(kind):
     expected_m = (g * wx).reshape(-1, g.shape[-1]).sum(0) / norm
     assert torch.allclose(st.lora_magnitude.grad, expected_m, atol=1e-5)
     assert st.lora_B.grad.abs().sum() > 0
+    dA, dB = _expected_factor_grads(model, x, g, st.lora_A.detach(), st.lora_B.detach(), st.scale)
+    assert torch.allclose(st.lora_B.grad, dB, atol=1e-5)  # f = 1 at init: as plain LoRA
     assert torch.equal(st.lora_A.grad, torch.zeros_like(st.lora_A))
     assert all(p.grad is None for p in base.parameters())
 
@@ -188,6 +190,41 @@ def test_pissa_gradients_reach_both_factors_and_never_the_base_or_a0_b0():
     model(x).pow(2).sum().backward()
     assert st.lora_A.grad.abs().sum() > 0 and st.lora_B.grad.abs().sum() > 0
     assert not st.lora_A0.requires_grad and st.lora_A0.grad is None
+    assert all(p.grad is None for p in model[0].base_layer.parameters())
+
+
+def _expected_factor_grads(model, x, g, A, B, scale):
+    """Closed-form dL/dA and dL/dB of L = <g, y> for y = base(x) + scale * B (A x)."""
+    base = model[0].base_layer
+    r = A.shape[0]
+    if isinstance(base, nn.Conv1d):
+        xc, gc = x.transpose(1, 2), g.transpose(1, 2)  # channel-last layer -> (batch, C, N)
+        h = F.conv1d(xc, A, None, base.stride, base.padding)  # (batch, r, N)
+        dB = scale * torch.einsum("bon,brn->or", gc, h).unsqueeze(-1)
+        gh = torch.einsum("bon,or->brn", gc, B.reshape(B.shape[0], r))
+        dA = scale * torch.nn.grad.conv1d_weight(xc, A.shape, gh, base.stride, base.padding)
+        return dA, dB
+    X, G = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    return scale * (B.T @ G.T @ X), scale * (G.T @ X @ A.T)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("init", ["gaussian", "pissa"])
+def test_step_0_gradients_of_every_factor_match_the_closed_form(init, kind):
+    model, x = _one_layer(kind)
+    cfg = LoRAConfig(rank=3, alpha=6.0, init=init, targets=("0",))
+    attach_lora(model, cfg)
+    st = model[0].adapters["default"]
+    y = model(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    dA, dB = _expected_factor_grads(model, x, g, st.lora_A.detach(), st.lora_B.detach(), 2.0)
+    assert torch.allclose(st.lora_B.grad, dB, atol=1e-5) and dB.abs().sum() > 0
+    assert torch.allclose(st.lora_A.grad, dA, atol=1e-5)
+    if init == "pissa":  # both factors learn from step 0; the frozen copies never do
+        assert dA.abs().sum() > 0 and st.lora_A0.grad is None and st.lora_B0.grad is None
+    else:
+        assert not st.lora_A.grad.any()
     assert all(p.grad is None for p in model[0].base_layer.parameters())
 
 
