@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from selva_core.variants import (
+    CLIP_TEXT_HUB_ID,
     CLIP_TOKENIZER_NAME,
+    T5_HUB_ID,
     TEXT_SEQ_LEN,
     TINY_T5_DIM,
     TINY_TEXT_DIM,
@@ -52,6 +54,9 @@ CLIP_WEIGHT_NAMES = (
     "open_clip_pytorch_model.pth",
 )
 CLIP_VOCAB_SIZE = 49408
+# Where the official text encoders' files can be fetched by hand (error messages).
+_CLIP_URL = "https://huggingface.co/" + CLIP_TEXT_HUB_ID.removeprefix("hf-hub:")
+_T5_URL = "https://huggingface.co/" + T5_HUB_ID
 T5_MAX_LENGTH = 512  # flan-t5 model_max_length
 TINY_T5_VOCAB = 2048
 T5_PAD_ID, T5_EOS_ID, T5_UNK_ID = 0, 1, 2
@@ -204,8 +209,7 @@ def _resolve_clip_files(
         if not path.is_dir():
             raise TextEncoderUnavailableError(
                 f"CLIP text encoder folder {path} does not exist; put {CLIP_CONFIG_NAME} and "
-                f"one of {', '.join(CLIP_WEIGHT_NAMES)} from "
-                "https://huggingface.co/apple/DFN5B-CLIP-ViT-H-14-384 there"
+                f"one of {', '.join(CLIP_WEIGHT_NAMES)} from {_CLIP_URL} there"
             )
         missing = [n for n in (CLIP_CONFIG_NAME,) if not (path / n).is_file()]
         weights = next((path / n for n in CLIP_WEIGHT_NAMES if (path / n).is_file()), None)
@@ -213,7 +217,7 @@ def _resolve_clip_files(
             raise TextEncoderUnavailableError(
                 f"CLIP text encoder folder {path} is incomplete: it needs {CLIP_CONFIG_NAME} and "
                 f"one of {', '.join(CLIP_WEIGHT_NAMES)} (from the open_clip hub repository, e.g. "
-                "https://huggingface.co/apple/DFN5B-CLIP-ViT-H-14-384)"
+                f"{_CLIP_URL})"
             )
         return _read_clip_config(path / CLIP_CONFIG_NAME), weights
 
@@ -498,7 +502,7 @@ class T5TextEncoder(nn.Module):
             if not (path / "config.json").is_file():
                 raise TextEncoderUnavailableError(
                     f"T5 text encoder folder {path} has no config.json; put {files} from "
-                    "https://huggingface.co/google/flan-t5-base there"
+                    f"{_T5_URL} there"
                 )
             name, kwargs = str(path), {"local_files_only": True}
         else:
@@ -511,7 +515,7 @@ class T5TextEncoder(nn.Module):
             if _is_local(source):
                 raise TextEncoderUnavailableError(
                     f"cannot load a T5 encoder + tokenizer from {name} ({exc}); the folder "
-                    f"needs {files} from https://huggingface.co/google/flan-t5-base"
+                    f"needs {files} from {_T5_URL}"
                 ) from exc
             raise _unavailable("T5 text encoder", name, files, exc) from exc
         if dtype == torch.float16:
