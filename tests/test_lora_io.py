@@ -225,3 +225,32 @@ def test_missing_metadata_fields_are_named(tmp_path, good_file):
     del meta["scale"]
     path = _rewrite(tmp_path, tensors, meta)
     _assert_load_fails_and_model_unchanged(path, r"lacks the required fields \['scale'\]")
+
+
+def test_a_file_claiming_another_adapter_variant_is_refused_by_its_key_set(tmp_path, good_file):
+    _, tensors, meta = good_file
+    meta["variant"] = "dora"  # a plain LoRA file relabelled: no magnitudes
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(
+        path, r"bad\.safetensors does not match: missing keys: .*lora_magnitude"
+    )
+    meta["variant"] = "vera"
+    path = _rewrite(tmp_path, tensors, meta, name="unknown.safetensors")
+    _assert_load_fails_and_model_unchanged(path, r"unknown\.safetensors: unknown LoRA variant")
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("scale", "two", r"metadata scale='two' is not a positive number"),
+        ("alpha", "-1", r"metadata alpha='-1' is not a positive number"),
+        ("format_version", "v1", r"format_version 'v1' is not an integer"),
+        ("rank", "four", r"metadata rank 'four' is not an integer"),
+        ("use_rslora", "yes please", r"'use_rslora' is missing or not JSON"),
+    ],
+)
+def test_malformed_metadata_names_the_file_and_field(tmp_path, good_file, field, value, match):
+    _, tensors, meta = good_file
+    meta[field] = value
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(path, r"bad\.safetensors.*" + match)

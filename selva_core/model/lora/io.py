@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,12 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             f"{path} is not a {FORMAT} adapter (metadata format={meta.get('format')!r}); "
             "PEFT folders load with import_peft"
         )
-    version = int(meta.get("format_version", "0"))
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise ValueError(
+            f"{path}: metadata format_version {meta.get('format_version')!r} is not an integer"
+        ) from None
     if not 1 <= version <= FORMAT_VERSION:
         raise ValueError(
             f"{path} has adapter format version {version}; this library reads 1..{FORMAT_VERSION}"
@@ -288,6 +294,17 @@ def _load_json(meta: dict[str, str], key: str, path: Path):
         raise ValueError(f"{path}: metadata field {key!r} is missing or not JSON") from None
 
 
+def _meta_number(meta: dict[str, str], key: str, path: Path) -> float:
+    """A positive finite number from the metadata, or one error naming the file and field."""
+    try:
+        value = float(meta[key])
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{path}: metadata {key}={meta[key]!r} is not a positive number")
+    return value
+
+
 def load_adapter(
     model: nn.Module,
     path: str | os.PathLike,
@@ -303,12 +320,19 @@ def load_adapter(
     variant when both are known. A different base-weight fingerprint only logs a warning.
     """
     path = Path(path)
+    if not math.isfinite(float(strength)):
+        raise ValueError(f"strength must be finite, got {strength!r}")
     tensors, meta = read_adapter_file(path)
     missing = [k for k in ("variant", "scale", "alpha", "layers") if k not in meta]
     if missing:
         raise ValueError(f"{path}: metadata lacks the required fields {missing}")
     variant = meta["variant"]
-    impl = get_variant(variant)
+    try:
+        impl = get_variant(variant)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    scale = _meta_number(meta, "scale", path)
+    alpha = _meta_number(meta, "alpha", path)
     layers = _load_json(meta, "layers", path)
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{path}: metadata lists no adapted layers")
@@ -324,7 +348,6 @@ def load_adapter(
             f"{path} was trained for base variant {file_variant!r}, but the model is {want!r}; "
             "load it onto a matching generator"
         )
-    scale = float(meta["scale"])
     device = _model_device(model, layers[0])
     states = {}
     for p in layers:
@@ -337,14 +360,22 @@ def load_adapter(
             setattr(st, key, nn.Parameter(tensors[f"{p}.{key}"].to(device, torch.float32)))
         states[p] = st
     _check_extra_shapes(model, states, impl, path)
-    cfg = LoRAConfig(
-        rank=int(meta.get("rank", states[layers[0]].rank)),
-        alpha=float(meta["alpha"]),
-        use_rslora=json.loads(meta.get("use_rslora", "false")),
-        variant=variant,
-        targets=tuple(_load_json(meta, "targets", path)) or tuple(layers),
-        exclude=tuple(_load_json(meta, "exclude", path)),
-    )
+    try:
+        rank = int(meta.get("rank", states[layers[0]].rank))
+    except ValueError:
+        raise ValueError(f"{path}: metadata rank {meta['rank']!r} is not an integer") from None
+    try:
+        cfg = LoRAConfig(
+            rank=rank,
+            alpha=alpha,
+            use_rslora="use_rslora" in meta and bool(_load_json(meta, "use_rslora", path)),
+            variant=variant,
+            targets=tuple(_load_json(meta, "targets", path)) or tuple(layers),
+            exclude=tuple(_load_json(meta, "exclude", path)),
+        )
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        raise ValueError(msg if str(path) in msg else f"{path}: metadata: {msg}") from None
     spec = AdapterSpec(
         name=name, config=cfg, scale=scale, variant_name=file_variant or want,
         init=meta.get("init", "loaded"), source=str(path),
