@@ -439,3 +439,32 @@ def test_stacked_dora_adds_its_own_change_and_merges_to_the_same_function(first,
     unmerged = lin(h)
     merge_adapters(model)
     assert rel_err(lin(h), unmerged) <= 1e-5
+
+
+@pytest.mark.parametrize("init", ["standard", "pissa"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_channel_first_conv1d_identity_strength_merge_and_exact_removal(init, variant):
+    # the twin's convs are plain nn.Conv1d taking (B, C, N): the adapter path must follow
+    model = make_model(channel_last=False)
+    x, t = make_inputs()
+    y0 = model(x, t)
+    base_bits = state_bits(model)
+    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("all",)))
+    conv = model.fused_blocks[0].linear1
+    assert isinstance(conv, LoRAConv1d) and not conv.channel_last
+    assert rel_err(model(x, t), y0) <= 1e-6
+    perturb(model)
+    y = model(x, t)
+    assert rel_err(y, y0) > 1e-3
+    h = torch.randn(2, 16, 9)  # channel-first input of the conv alone
+    b0 = conv.base_layer(h)
+    d1 = conv(h) - b0
+    set_strength(model, "default", 0.5)
+    assert torch.allclose(conv(h) - b0, 0.5 * d1, atol=1e-5) and d1.abs().max() > 1e-3
+    set_strength(model, "default", 0.0)
+    assert torch.equal(model(x, t), y0)
+    set_strength(model, "default", 1.0)
+    merge_adapters(model)
+    assert rel_err(model(x, t), y) <= 1e-5
+    remove_all_adapters(model)
+    assert same_state(state_bits(model), base_bits)
