@@ -70,3 +70,41 @@ def test_bundled_cheap_case_matches_reference(name):
     result = run_case(load_case(GOLDEN_DIR / f"{name}.json"))
     assert result.ok, (result.error, [(c.name, c.max_error, c.atol) for c in result.checks])
     assert torch.isfinite(torch.tensor([c.max_error for c in result.checks])).all()
+
+
+def _sample_case_with(**config):
+    from tests.golden import load_case
+
+    case = load_case(GOLDEN_DIR / "gen_small_16k_sample.json")
+    case.spec = {**case.spec, "config": {**case.config, **config}}
+    return case
+
+
+def test_sampling_cases_pass_their_recorded_sampler_settings(monkeypatch):
+    """num_steps, cfg_strength and min_sigma come from the case, not from our defaults."""
+    import selva_core.flow_matching as fm
+    from tests.golden import components
+
+    seen = {}
+
+    class _Stub:
+        def unnormalize(self, x):
+            return x
+
+    def fake_euler(model, x0, *args, **kwargs):
+        seen.update(kwargs)
+        return x0
+
+    monkeypatch.setattr(components, "_generator", lambda case: _Stub())
+    monkeypatch.setattr(fm, "euler_sample", fake_euler)
+    case = _sample_case_with(num_steps=7, cfg_strength=2.5, min_sigma=0.25)
+    components.run_generator(case)
+    assert (seen["num_steps"], seen["cfg_strength"], seen["min_sigma"]) == (7, 2.5, 0.25)
+    assert seen["negative_text_f"] is not None
+
+
+def test_sampling_case_with_an_unknown_sampler_is_reported_not_run_as_euler():
+    from tests.golden import run_case
+
+    result = run_case(_sample_case_with(inference_mode="dopri5"))
+    assert not result.ok and "dopri5" in result.error

@@ -54,8 +54,11 @@ def _generator(case: GoldenCase):
 
 
 def run_generator(case: GoldenCase) -> dict[str, torch.Tensor]:
-    model = _generator(case)
     x = case.inputs()
+    mode = case.config.get("inference_mode", "euler")
+    if "x0" in x and mode != "euler":
+        raise ValueError(f"sampling case with inference_mode {mode!r}: only 'euler' exists")
+    model = _generator(case)
     if "x0" in x:  # sampling case
         from selva_core.flow_matching import euler_sample
 
@@ -64,6 +67,7 @@ def run_generator(case: GoldenCase) -> dict[str, torch.Tensor]:
             negative_text_f=x.get("negative_text_f"),
             num_steps=int(case.config["num_steps"]),
             cfg_strength=float(case.config["cfg_strength"]),
+            min_sigma=float(case.config.get("min_sigma", 0.0)),
         )
         return {"output.x1_normalized": x1, "output.x1_unnormalized": model.unnormalize(x1)}
     cond = model.preprocess_conditions(x["clip_f"], x["sync_f"], x["text_f"])
