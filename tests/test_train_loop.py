@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -327,3 +328,91 @@ def test_every_adapter_option_resumes_exactly_pissa_rslora_lora_plus(tiny, tmp_p
     final = load_file(str(tmp_path / "resumed" / "adapter_final.safetensors"))
     key = next(k for k in final if k.endswith("lora_A"))
     assert final[key].shape[0] == 2 * 4
+
+
+
+# --- the issue's optimisation settings are what the loop really uses ------------------------
+def test_the_loop_uses_dropout_0_1_clipping_1_adamw_wd_0_and_fp32_adapters(tiny, tmp_path,
+                                                                           monkeypatch):
+    import selva_core.training.trainer as trainer_mod
+
+    defaults = TrainConfig()
+    assert (defaults.cond_dropout, defaults.grad_clip, defaults.weight_decay) == (0.1, 1.0, 0.0)
+    assert defaults.precision == "auto" and defaults.timestep_mode == "logit_normal"
+    drops, clips, checked = [], [], []
+    real_draw, real_clip = trainer_mod.draw_examples, torch.nn.utils.clip_grad_norm_
+
+    def spy_draw(seeds, shape, mode, p):
+        drops.append((mode, p))
+        return real_draw(seeds, shape, mode, p)
+
+    def spy_clip(params, max_norm, *a, **k):
+        clips.append(max_norm)
+        return real_clip(params, max_norm, *a, **k)
+
+    def check(trainer, step):
+        assert trainer.autocast_dtype is None  # fp32 on CPU under --precision auto
+        assert all(p.dtype == torch.float32 for p in trainer.params)
+        opt = trainer.optimizer
+        assert isinstance(opt, torch.optim.AdamW)
+        assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+        assert {id(p) for g in opt.param_groups for p in g["params"]} == \
+            {id(p) for p in trainer.params}
+        checked.append(step)
+
+    monkeypatch.setattr(trainer_mod, "draw_examples", spy_draw)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    train(tiny, tmp_path, hooks=TrainHooks(after_step=check), steps=2, warmup_steps=1,
+          save_every=100, val_every=100, surgery=False, val_clips=0)
+    assert checked == [1, 2]
+    assert len(drops) == 2 * 2 and set(drops) == {("logit_normal", 0.1)}  # steps x grad_accum
+    assert clips == [1.0, 1.0]
+
+
+def _update_grad_norms(tiny, out, grad_clip):
+    """(norm of the gradient AdamW steps with, logged pre-clip norm) of a 2-step run."""
+    seen = []
+
+    def pre_step(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"]
+                 if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.cat([x.flatten() for x in grads]))))
+
+    def install(trainer, step, micro):
+        if step == 0 and micro == 0:
+            trainer.optimizer.register_step_pre_hook(pre_step)
+
+    train(tiny, out, hooks=TrainHooks(after_micro_step=install), steps=2, warmup_steps=1,
+          save_every=100, val_every=100, surgery=False, grad_clip=grad_clip, val_clips=0)
+    return seen, [r["grad_norm"] for r in train_records(out)]
+
+
+def test_gradient_clipping_caps_the_norm_adamw_sees(tiny, tmp_path):
+    seen, logged = _update_grad_norms(tiny, tmp_path / "clipped", grad_clip=1e-3)
+    assert len(seen) == 2 and all(n > 1e-3 for n in logged)  # clipping really had work to do
+    assert all(n == pytest.approx(1e-3, rel=1e-4) for n in seen)
+    seen, logged = _update_grad_norms(tiny, tmp_path / "unclipped", grad_clip=0.0)
+    assert seen == pytest.approx(logged, rel=1e-5)  # 0 disables clipping
+
+
+def test_bf16_autocast_keeps_fp32_adapter_weights_and_gradients(tiny, tmp_path):
+    """The GPU path (--precision auto on a bf16 GPU) forced on the CPU: bf16 compute, fp32
+    adapter parameters, gradients and optimiser state."""
+    seen = []
+
+    def check(trainer, step, micro):
+        assert trainer.autocast_dtype is torch.bfloat16
+        assert all(p.dtype == torch.float32 for p in trainer.params)
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainer.params)
+        seen.append(micro)
+
+    result = train(tiny, tmp_path, hooks=TrainHooks(after_micro_step=check), precision="bf16",
+                   steps=1, warmup_steps=0, grad_accum=1, save_every=100, val_every=100,
+                   surgery=False, val_clips=0)
+    assert seen == [0] and result.completed
+    record = train_records(tmp_path)[0]
+    assert math.isfinite(record["loss"]) and record["grad_norm"] > 0
+    state = state_at(tmp_path, 1)
+    assert all(v.dtype == torch.float32 for v in state.params.values())
+    assert all(t.dtype == torch.float32 for slots in state.optimizer["state"].values()
+               for k, t in slots.items() if k != "step")

@@ -408,3 +408,118 @@ def test_validation_t_grid_is_the_quantiles_of_the_training_distribution():
     assert torch.allclose(t + t.flip(0), torch.ones(8), atol=1e-6)  # symmetric around 0.5
     assert float(t[0]) == pytest.approx(torch.sigmoid(torch.tensor(-1.5341)).item(), abs=1e-3)
     assert torch.allclose(t_grid("uniform", 4), torch.tensor([0.125, 0.375, 0.625, 0.875]))
+
+
+# --- condition dropout reaches the model; precision; validation determinism ----------------
+class _SpyModel(torch.nn.Module):
+    """Stands for the generator's forward: records the conditions it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = None
+
+    def forward(self, xt, clip, sync, text, t):
+        self.seen = (clip.detach().clone(), sync.detach().clone(), text.detach().clone())
+        return torch.zeros_like(xt)
+
+
+def test_training_loss_feeds_dropped_rows_the_models_empty_conditions(tiny_generator):
+    from selva_core.training.objective import ExampleDraws, training_loss
+
+    gen = tiny_generator
+    batch = _fake_batch(gen, batch=3, invalid_from=10)
+    shape = batch.latent_mean.shape
+    draws = ExampleDraws(eps=torch.zeros(shape), x0=torch.zeros(shape), t=torch.full((3,), 0.5),
+                         drop_video=torch.tensor([False, True, False]),
+                         drop_text=torch.tensor([False, False, True]))
+    spy = _SpyModel()
+    loss = training_loss(spy, gen, batch, draws)
+    assert loss.shape == (3,)
+    clip, sync, text = spy.seen
+    empty_sync, empty_text = gen.empty_sync_feat[0].detach(), gen.empty_string_feat.detach()
+    assert not torch.equal(empty_sync, torch.zeros_like(empty_sync))  # learned, not zeros
+    # row 0: its own video up to the clip's end, then the learned empty sync feature
+    assert torch.equal(sync[0, :10], batch.sync_f[0, :10])
+    assert torch.equal(sync[0, 10:], empty_sync.expand_as(sync[0, 10:]))
+    assert torch.equal(text[0], batch.text_f[0])
+    # row 1: video dropped (every sync position empty), its text kept
+    assert torch.equal(sync[1], empty_sync.expand_as(sync[1]))
+    assert torch.equal(text[1], batch.text_f[1])
+    # row 2: text dropped to the empty-string features, its video kept
+    assert torch.equal(text[2], empty_text)
+    assert torch.equal(sync[2], batch.sync_f[2])
+    assert torch.equal(clip, gen.empty_clip_feat.detach().expand_as(clip))
+
+
+def test_video_and_text_dropout_coins_are_independent():
+    from selva_core.training.objective import draw_examples
+
+    d = draw_examples(list(range(4000)), (1, 1), "uniform", 0.1)
+    both = (d.drop_video & d.drop_text).float().mean()
+    assert 0.005 < float(both) < 0.02  # ~0.1 * 0.1, not 0.1 (same coin) nor 0 (exclusive)
+    none = draw_examples(list(range(200)), (1, 1), "uniform", 0.0)
+    assert not none.drop_video.any() and not none.drop_text.any()
+
+
+def test_autocast_is_bf16_only_on_a_capable_gpu_unless_forced(monkeypatch):
+    from selva_core.training.trainer import _autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _autocast_dtype("auto", cpu) is None
+    assert _autocast_dtype("fp32", cuda) is None
+    assert _autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert _autocast_dtype("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert _autocast_dtype("auto", cuda) is None
+
+
+class _StoredExample:
+    def __init__(self, name, tensors):
+        self.name, self.path, self._tensors = name, f"/mem/{name}", tensors
+
+    def load(self):
+        return dict(self._tensors)
+
+
+def _store(gen, n=2, seed=3):
+    from selva_core.training.objective import ExampleStore
+
+    seq, cfg = gen.seq, gen.cfg
+    g = torch.Generator().manual_seed(seed)
+    examples = [_StoredExample(f"v{i}", {
+        "latent_mean": torch.randn(seq.latent, cfg.latent_dim, generator=g),
+        "latent_std": torch.rand(seq.latent, cfg.latent_dim, generator=g),
+        "sync_f": torch.randn(seq.sync, cfg.sync_dim, generator=g),
+        "sync_valid": torch.ones(seq.sync, dtype=torch.bool),
+        "text_clip_f": torch.randn(cfg.text_seq_len, cfg.text_dim, generator=g),
+    }) for i in range(n)]
+    return ExampleStore(examples, gen)
+
+
+def test_validation_loss_ignores_global_rng_and_model_mode(tiny_generator):
+    from selva_core.training.validation import Validator
+
+    gen = tiny_generator
+    store = _store(gen)
+    cpu = torch.device("cpu")
+    first = Validator(store, "logit_normal").evaluate(gen, gen, cpu)
+    torch.manual_seed(1234)
+    torch.rand(100)
+    gen.train()
+    again = Validator(store, "logit_normal").evaluate(gen, gen, cpu)
+    assert gen.training  # evaluate restores the mode it found
+    gen.eval()
+    assert again.loss == first.loss and again.per_t == first.per_t
+    assert first.examples == 2 and len(first.per_t) == 8
+    assert len(set(first.per_t)) == 8  # the grid really has 8 different times
+    # and it does move when the model does
+    saved = gen.empty_clip_feat.detach().clone()
+    with torch.no_grad():
+        gen.empty_clip_feat.add_(0.5)
+    try:
+        moved = Validator(store, "logit_normal").evaluate(gen, gen, cpu)
+    finally:
+        with torch.no_grad():
+            gen.empty_clip_feat.copy_(saved)
+    assert moved.loss != first.loss
