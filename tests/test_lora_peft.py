@@ -80,11 +80,19 @@ def test_standard_init_and_scaling_match_peft_on_linear_and_conv_layers(use_rslo
     assert rel_err(model(x, t), pm(x, t)) <= 1e-5
 
 
-def test_pissa_factors_and_trained_outputs_match_peft():
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_pissa_factors_and_trained_outputs_match_peft(use_rslora):
+    # alpha 8, r 4: scale 2 (alpha/r) or 4 (rsLoRA); PiSSA pre-divides the SVD by either.
+    # Linear layers only: peft's PiSSA init does not handle convolutions.
     model = make_model()
     targets = resolve_targets(model, ["qkv"])
-    pm = _peft_model(make_twin(model), targets, r=4, lora_alpha=8, init_lora_weights="pissa")
-    attach_lora(model, LoRAConfig(rank=4, alpha=8.0, init="pissa", targets=("qkv",)))
+    pm = _peft_model(
+        make_twin(model), targets, r=4, lora_alpha=8, init_lora_weights="pissa",
+        use_rslora=use_rslora,
+    )
+    attach_lora(
+        model, LoRAConfig(rank=4, alpha=8.0, init="pissa", use_rslora=use_rslora, targets=("qkv",))
+    )
     theirs = _peft_layers(pm)
     for path, st in adapter_layers(model, "default").items():
         assert torch.allclose(st.lora_A, theirs[path].lora_A["default"].weight, atol=1e-5)
