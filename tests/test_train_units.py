@@ -523,3 +523,13 @@ def test_validation_loss_ignores_global_rng_and_model_mode(tiny_generator):
         with torch.no_grad():
             gen.empty_clip_feat.copy_(saved)
     assert moved.loss != first.loss
+
+
+def test_clip_of_strips_only_the_window_suffix():
+    from selva_core.training.validation import clip_of, split_examples
+
+    assert clip_of("dog#w1") == "dog" and clip_of("dog") == "dog"
+    assert clip_of("take#2#w0") == "take#2" and clip_of("take#2") == "take#2"
+    examples = [_Ex(f"take#{i}#w{w}") for i in range(4) for w in range(2)]
+    train, val = split_examples(examples, val_clips=1)
+    assert len(val) == 2 and len(train) == 6  # four clips, not one clip called 'take'

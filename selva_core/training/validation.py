@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,9 +33,13 @@ VAL_T_POINTS = 8
 _VAL_SEED = 0x7A11D
 
 
+_WINDOW_SUFFIX = re.compile(r"#w\d+$")
+
+
 def clip_of(name: str) -> str:
-    """The clip an example belongs to (``dog#w1`` -> ``dog``)."""
-    return name.split("#", 1)[0]
+    """The clip an example belongs to (``dog#w1`` -> ``dog``; a ``#`` in the clip's own file
+    name is kept: ``take#2#w0`` -> ``take#2``, so ``take#1`` and ``take#2`` stay two clips)."""
+    return _WINDOW_SUFFIX.sub("", name)
 
 
 def default_val_count(num_clips: int, fraction: float) -> int:
