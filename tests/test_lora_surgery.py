@@ -182,3 +182,20 @@ def test_surgery_refuses_a_loss_that_does_not_depend_on_the_model():
     attach_lora(model, LoRAConfig(rank=2))
     with pytest.raises(ValueError, match="scalar loss"):
         spectral_surgery(model, lambda i: torch.tensor(1.0), num_batches=1)
+
+
+def test_random_index_control_draws_independent_indices_per_layer():
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=4, targets=("attn",)))
+    perturb(model)
+    cfg = SurgeryConfig(policy="random_index", preserve_energy="none")
+    result = spectral_surgery(model, _loss_closure(model), num_batches=1, config=cfg)
+    gates = [
+        tuple(round(v, 4) for v in e.gates.tolist())
+        for e in result.edits.values() if e.sensitivity.any()
+    ]
+    assert len(gates) >= 5 and len(set(gates)) > 1  # not one index pattern for every layer
+    assert all(sorted(g) == [0.8, 1.0, 1.0, 1.25] for g in gates)  # abs_select's counts
+    again = spectral_surgery(model, _loss_closure(model), num_batches=1, config=cfg)
+    assert all(torch.equal(a.gates, b.gates)
+               for a, b in zip(again.edits.values(), result.edits.values()))

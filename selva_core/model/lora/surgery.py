@@ -16,7 +16,7 @@ Tian et al., "Spectral Surgery" (arXiv 2603.03995; authors' code TTtianTT/lora-s
    (noise_frac, 1 - core_frac) quantile span, mu placing the median at ``mid_factor``;
    ``gd``: ``sigma * exp(-(2.0 relu(g) - 0.2 relu(-g)))`` (shrink directions that raise the
    loss, grow the ones that lower it); ``random_index``: abs_select's counts at random indices
-   (the control).
+   (the control; layer ``i`` draws with seed ``seed + i``, so layers get independent picks).
    A layer whose sensitivities are all 0 (it does not reach the loss) is left unchanged.
 4. Clamp ``sigma' >= 0`` and rescale so that ``sum sigma' = sum sigma`` (L1, default) or the
    L2 norm is kept.
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ class SurgeryConfig:
     grad_norm: str = "mean_abs"  # "mean_abs", "l2" or "none"
     preserve_energy: str = "l1"  # "l1", "l2" or "none"
     sigma_min: float = 0.0
-    seed: int = 0  # random_index
+    seed: int = 0  # random_index: layer i of an adapter uses seed + i
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -337,10 +337,10 @@ def spectral_surgery(
         for p, f in zip(params, flags):
             p.requires_grad_(f)
     edits, originals = {}, {}
-    for path, st in states.items():
+    for i, (path, st) in enumerate(states.items()):
         U, S, V = svds[path]
         g = probes[path].g / num_batches
-        new = reweight(S, g, cfg)
+        new = reweight(S, g, replace(cfg, seed=cfg.seed + i))
         B2, A2 = refactor(U, new, V, st.scale)
         edits[path] = LayerEdit(
             layer=path, sigma=S.float().cpu(), sigma_new=new.float().cpu(),
