@@ -533,3 +533,10 @@ def test_clip_of_strips_only_the_window_suffix():
     examples = [_Ex(f"take#{i}#w{w}") for i in range(4) for w in range(2)]
     train, val = split_examples(examples, val_clips=1)
     assert len(val) == 2 and len(train) == 6  # four clips, not one clip called 'take'
+
+
+def test_usage_shows_the_issue_spellings_and_the_underscore_forms_still_work():
+    usage = build_arg_parser().format_usage()
+    assert "[--resume-from STEP]" in usage and "--on-bad-clip" in usage
+    cfg = config_from_args(["--data_dir", "d", "--resume_from", "3", "--on_bad_clip", "stop"])
+    assert cfg.resume_from == 3 and cfg.on_bad_clip == "stop"

@@ -36,10 +36,15 @@ DEFAULT_TARGETS = ("attn",)
 
 
 def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
-         metavar: str | None = None, group: str = "training") -> dict[str, Any]:
-    """Field metadata read by :func:`build_arg_parser` (help, extra option strings, choices)."""
+         metavar: str | None = None, group: str = "training",
+         primary: bool = False) -> dict[str, Any]:
+    """Field metadata read by :func:`build_arg_parser` (help, extra option strings, choices).
+
+    ``primary``: the extra spelling (the issue's, e.g. ``--resume-from``) is the one usage
+    shows; ``--field_name`` stays accepted.
+    """
     return {"help": help_text, "flags": flags, "choices": choices, "metavar": metavar,
-            "group": group}
+            "group": group, "primary": primary}
 
 
 @dataclass
@@ -68,7 +73,7 @@ class TrainConfig:
     on_bad_clip: str = field(default="skip", metadata=_opt(
         "What to do with an unreadable or unusable clip: 'skip' it with a warning, or 'stop' "
         "with an error naming the file.", "--on-bad-clip", choices=BAD_CLIP_POLICIES,
-        group="data"))
+        group="data", primary=True))
     val_fraction: float = field(default=0.1, metadata=_opt(
         "Share of the clips held out for validation (split by clip, never by window; at least "
         "one clip once the dataset has 4 or more). Ignored when --val_clips is given.",
@@ -154,8 +159,9 @@ class TrainConfig:
         "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (bit-identical to an "
         "uninterrupted run on the same machine).", group="checkpoints"))
     resume_from: int | None = field(default=None, metadata=_opt(
-        "Continue from the checkpoint of this optimiser step.", "--resume-from",
-        metavar="STEP", group="checkpoints"))
+        "Continue from the checkpoint of this optimiser step (listed in "
+        "OUTPUT_DIR/checkpoints/manifest.json); later ones are replaced as it trains on.",
+        "--resume-from", metavar="STEP", group="checkpoints", primary=True))
     val_every: int = field(default=250, metadata=_opt(
         "Compute the deterministic validation loss every N optimiser steps (and at every "
         "checkpoint).", "--val-every", group="checkpoints"))
@@ -302,7 +308,8 @@ def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
-        flags = [f"--{f.name}", *meta["flags"]]
+        flags = ([*meta["flags"], f"--{f.name}"] if meta["primary"]
+                 else [f"--{f.name}", *meta["flags"]])
         kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
         default = getattr(defaults, f.name)
         if f.type in ("bool", bool):
