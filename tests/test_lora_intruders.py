@@ -93,3 +93,13 @@ def test_reduction_scales_the_intruder_direction_by_lambda_and_keeps_the_rest():
     s_expected = torch.cat([S1[:1] * 0.5, S1[1:]]).sort(descending=True).values
     assert torch.allclose(s_new, s_expected, rtol=1e-4)
     assert st.init == "intruders_reduced" and st.rank <= 3
+
+
+def test_pissa_is_measured_on_its_learned_change_not_on_its_principal_factors():
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=4, init="pissa", targets=("attn",)))
+    report = intruder_report(model)  # at init: dW = s (B A - B0 A0) ~ 0, not s B A
+    assert report.total(0.9) == 0
+    assert all(layer.delta_rel_norm < 1e-6 for layer in report.layers)
+    perturb(model, std=0.5)
+    assert all(layer.delta_rel_norm > 1e-3 for layer in intruder_report(model).layers)
