@@ -178,7 +178,8 @@ def test_dora_magnitude_gradient_at_step_0_is_g_dot_wx_over_the_norm(kind):
     assert torch.allclose(st.lora_magnitude.grad, expected_m, atol=1e-5)
     assert st.lora_B.grad.abs().sum() > 0
     dA, dB = _expected_factor_grads(model, x, g, st.lora_A.detach(), st.lora_B.detach(), st.scale)
-    assert torch.allclose(st.lora_B.grad, dB, atol=1e-5)  # f = 1 at init: as plain LoRA
+    # f = 1 at init and the norm is detached: exactly plain LoRA's B gradient
+    assert torch.allclose(st.lora_B.grad, dB, atol=1e-5)
     assert torch.equal(st.lora_A.grad, torch.zeros_like(st.lora_A))
     assert all(p.grad is None for p in base.parameters())
 
