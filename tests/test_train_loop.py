@@ -117,6 +117,7 @@ def test_run_writes_every_artefact(straight):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["surgery"]["decision"] in ("kept", "reverted")
     assert summary["val_loss_final"] < summary["val_loss_base"]
+    assert summary["window"] == "first" and summary["audio_seconds_left_out"] >= 0.0
 
 
 def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, tiny):
@@ -352,6 +353,8 @@ def test_the_loop_uses_dropout_0_1_clipping_1_adamw_wd_0_and_fp32_adapters(tiny,
 
     def check(trainer, step):
         assert trainer.autocast_dtype is None  # fp32 on CPU under --precision auto
+        pipe = trainer.pipeline  # the feature encoders were freed before training
+        assert pipe.video_encoder is None and pipe.t5 is None and pipe.clip_text is None
         assert all(p.dtype == torch.float32 for p in trainer.params)
         opt = trainer.optimizer
         assert isinstance(opt, torch.optim.AdamW)

@@ -540,3 +540,13 @@ def test_usage_shows_the_issue_spellings_and_the_underscore_forms_still_work():
     assert "[--resume-from STEP]" in usage and "--on-bad-clip" in usage
     cfg = config_from_args(["--data_dir", "d", "--resume_from", "3", "--on_bad_clip", "stop"])
     assert cfg.resume_from == 3 and cfg.on_bad_clip == "stop"
+
+
+def test_summary_says_how_much_audio_the_windows_left_out():
+    from selva_core.training.report import format_summary
+
+    base = {"completed": True, "status": "completed", "target": ["attn"], "trainable_params": 1}
+    text = format_summary({**base, "window": "first", "audio_seconds_left_out": 12.25})
+    assert "12.2 s of clip audio beyond the windows not used (--window first; --window all " \
+           "uses it)" in text
+    assert "beyond the windows" not in format_summary({**base, "audio_seconds_left_out": 0.0})

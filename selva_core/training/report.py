@@ -184,6 +184,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"data           {summary.get('train_examples')} training examples, "
         f"{summary.get('val_examples')} validation examples "
         f"({summary.get('skipped_clips', 0)} clips skipped)",
+    ]
+    left_out = summary.get("audio_seconds_left_out") or 0.0
+    if left_out > 0:
+        lines.append(f"               {left_out:.1f} s of clip audio beyond the windows not "
+                     f"used (--window {summary.get('window', 'first')}"
+                     f"{'; --window all uses it' if summary.get('window') == 'first' else ''})")
+    lines += [
         f"steps          {summary.get('steps_done')} / {summary.get('steps')}   effective batch "
         f"{summary.get('effective_batch')}   processes {summary.get('world_size', 1)}",
         f"time           {fmt(summary.get('train_time_s'), '.1f')} s training, "

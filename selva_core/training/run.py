@@ -74,7 +74,13 @@ def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: s
         log.warning("%d clip(s) skipped:\n%s", len(report), report.format())
     info = {"clips": len(clips), "skipped_clips": len(report),
             "skipped": [str(s) for s in report], "windows": len(examples),
-            "features_reused": stats.reused, "features_extracted": stats.extracted}
+            "features_reused": stats.reused, "features_extracted": stats.extracted,
+            "window": cfg.window, "audio_seconds_used": round(stats.seconds_used, 3),
+            "audio_seconds_left_out": round(stats.seconds_left_out, 3)}
+    if stats.seconds_left_out > 0.5 and cfg.window == "first":
+        log.warning("--window first: %.1f s of the clips' audio lies beyond the first %g s "
+                    "window of each clip and is not trained on (--window all uses it)",
+                    stats.seconds_left_out, cfg.duration)
     return examples, info
 
 
