@@ -302,12 +302,15 @@ class SelvaPipeline:
         return self
 
     def free_encoders(self) -> None:
-        """Release TextSynch, FLAN-T5 and CLIP-text (features must be extracted before)."""
+        """Release TextSynch, FLAN-T5, CLIP-text and the VAE encoder (features must be extracted
+        before); the generator, VAE decoder and vocoder stay for sampling."""
         self.video_encoder = self.clip_text = self.t5 = None
+        if self.vae.encoder is not None:
+            self.vae.drop_encoder()
         gc.collect()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
-        logger.info("freed the feature encoders (TextSynch, FLAN-T5, CLIP text)")
+        logger.info("freed the feature encoders (TextSynch, FLAN-T5, CLIP text, VAE encoder)")
 
     def _require(self, name: str, purpose: str) -> nn.Module:
         module = getattr(self, name)
@@ -581,7 +584,8 @@ class SelvaPipeline:
             wave = F.pad(wave, (0, down - wave.shape[1] % down))
         if getattr(self.vae, "encoder", None) is None:
             raise RuntimeError(
-                "encode_audio needs the VAE encoder, which this pipeline dropped; load it with "
+                "encode_audio needs the VAE encoder, which this pipeline dropped (free_encoders(), "
+                "or loaded without it); encode audio before free_encoders(), or load with "
                 "SelvaPipeline.from_pretrained(..., need_vae_encoder=True)"
             )
         mel = self.mel(wave.to(self._device))

@@ -231,11 +231,14 @@ def test_free_encoders_keeps_sampling_and_explains_what_is_gone():
     feats = pipe.extract_features(_frames(), "a dog barks")
     pipe.free_encoders()
     assert pipe.video_encoder is None and pipe.clip_text is None and pipe.t5 is None
+    assert pipe.vae.encoder is None  # only the decoder is needed to listen to samples
     assert pipe.decode(pipe.sample(feats, seed=0, num_steps=1)).shape[0] == 1
     with pytest.raises(RuntimeError, match="free_encoders"):
         pipe.extract_features(_frames(), "a dog barks")
     with pytest.raises(RuntimeError, match="free_encoders"):
         pipe.sample(feats, seed=0, num_steps=1, negative_prompt="music")
+    with pytest.raises(RuntimeError, match="VAE encoder.*free_encoders"):
+        pipe.encode_audio(torch.zeros(16000), 16000)
 
 
 # --- from_pretrained ------------------------------------------------------------------------------
