@@ -24,6 +24,7 @@ from selva_core.training.config import TrainConfig
 from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.trainer import TrainHooks, TrainingDivergedError
+from tests.generator_inputs import random_generator_inputs
 from tests.training_data import tiny_training_set
 
 DURATION = 1.0
@@ -118,6 +119,34 @@ def test_run_writes_every_artefact(straight):
     assert summary["surgery"]["decision"] in ("kept", "reverted")
     assert summary["val_loss_final"] < summary["val_loss_base"]
     assert summary["window"] == "first" and summary["audio_seconds_left_out"] >= 0.0
+
+
+def test_fp16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,
+                                                                          tmp_path):
+    out32, _ = straight
+    out16 = tmp_path / "fp16"
+    # Same seed and data: the training is identical, only the final file's storage differs.
+    assert train(tiny, out16, samples=True, adapter_dtype="fp16").completed
+    f32 = load_file(str(out32 / "adapter_final.safetensors"))
+    f16 = load_file(str(out16 / "adapter_final.safetensors"))
+    assert f32.keys() == f16.keys()
+    assert all(v.dtype == torch.float16 for v in f16.values())
+    size32 = (out32 / "adapter_final.safetensors").stat().st_size
+    size16 = (out16 / "adapter_final.safetensors").stat().st_size
+    assert size16 < 0.6 * size32
+    # fp16 files hold a re-factorised change (factors may differ by sign/rotation): compare
+    # what the adapters do to the generator's output.
+    base = copy.deepcopy(tiny[0].generator).eval()
+    gen32, gen16 = copy.deepcopy(base), copy.deepcopy(base)
+    load_adapter(gen32, out32 / "adapter_final.safetensors")
+    load_adapter(gen16, out16 / "adapter_final.safetensors")
+    inputs = random_generator_inputs(base, 2, seed=5)
+    with torch.no_grad():
+        y0, y32, y16 = (g(*inputs) for g in (base, gen32, gen16))
+    effect32, effect16 = y32 - y0, y16 - y0
+    assert effect32.abs().max() > 1e-4  # the adapter does something
+    rel = ((effect16 - effect32).norm() / effect32.norm()).item()
+    assert rel < 1e-2, rel
 
 
 def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, tiny):

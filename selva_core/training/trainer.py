@@ -599,11 +599,13 @@ class LoRATrainer:
                            f"{intruders.top_k}) over {len(intruders.layers)} layers; "
                            "see intruders.json/png"}
         adapter_path = self.out / FINAL_ADAPTER
-        save_adapter(self.gen, adapter_path, ADAPTER_NAME, metadata=self.adapter_metadata({
+        metadata = self.adapter_metadata({
             "surgery": surgery, "intruders": {k: intr[k] for k in ("total", "threshold")},
             "val_loss_final": val_final.loss if val_final else None,
             "config": self.cfg.to_dict(),
-        }))
+        })
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}[self.cfg.adapter_dtype]
+        save_adapter(self.gen, adapter_path, ADAPTER_NAME, dtype=dtype, metadata=metadata)
         self.write_sample("final")
         self.write_curves()
         self.log.write({"kind": "end", "step": self.step, "time": time.time(),
