@@ -22,6 +22,7 @@ from selva_core.model.lora import (
     unmerge_adapters,
 )
 from selva_core.variants import get_variant
+from tests.generator_inputs import random_inputs
 from tests.test_lora_common import (
     perturb,
     rel_err,
@@ -39,16 +40,8 @@ def _generator(seed: int = 0) -> SelvaGenerator:
 
 
 def _inputs(batch: int = 2):
-    cfg = get_variant(VARIANT).generator
-    seq = get_variant(VARIANT).sequence_lengths(DURATION)
-    g = torch.Generator().manual_seed(5)
-    return (
-        torch.randn(batch, seq.latent, cfg.latent_dim, generator=g),
-        torch.randn(batch, seq.clip, cfg.clip_dim, generator=g),
-        torch.randn(batch, seq.sync, cfg.sync_dim, generator=g),
-        torch.randn(batch, seq.text, cfg.text_dim, generator=g),
-        torch.rand(batch, generator=g),
-    )
+    variant = get_variant(VARIANT)
+    return random_inputs(variant.generator, variant.sequence_lengths(DURATION), batch, seed=5)
 
 
 def test_presets_on_the_generator_hit_every_stream_and_honour_the_pre_only_block():

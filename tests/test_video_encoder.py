@@ -8,14 +8,13 @@ import torch
 from selva_core.model.video_encoder import TextSynch
 from selva_core.variants import TextSynchConfig, get_variant
 from tests.conftest import GOLDEN_DIR, REFERENCE_DIR
-from tests.golden import load_case, seeded_state_dict, seeded_weights_module
+from tests.golden import load_case, manifest_shapes, seeded_state_dict, seeded_weights_module
 
 TINY = get_variant("tiny_16k").video_encoder
 
 
 def _manifest() -> dict:
-    data = json.loads((REFERENCE_DIR / "video_enc.json").read_text())
-    return {k: v for k, v in data.items() if k not in ("param_count", "_meta")}
+    return manifest_shapes(REFERENCE_DIR / "video_enc.json")
 
 
 def _seeded_tiny(tmp_path, seed: int = 3, cfg: TextSynchConfig = TINY) -> TextSynch:
@@ -74,8 +73,8 @@ def test_motionformer_alone_matches_the_plain_synchformer_video_manifest():
         model = TextSynch(TextSynchConfig())
     sd = {f"vfeat_extractor.{k}": v for k, v in model.vfeat_extractor.state_dict().items()}
     data = json.loads((REFERENCE_DIR / "synchformer_video.json").read_text())
-    manifest = {k: v for k, v in data.items() if k not in ("param_count", "_meta")}
-    assert {k: list(v.shape) for k, v in sd.items()} == manifest
+    assert {k: list(v.shape) for k, v in sd.items()} == manifest_shapes(
+        REFERENCE_DIR / "synchformer_video.json")
     params = dict(model.vfeat_extractor.named_parameters())
     assert sum(p.numel() for p in params.values()) == data["param_count"]
     frozen = sorted(f"vfeat_extractor.{n}" for n, p in params.items() if not p.requires_grad)

@@ -144,6 +144,12 @@ def seeded_state_dict(case: GoldenCase, check_fingerprint: bool = True) -> dict[
     return sd
 
 
+def manifest_shapes(path: str | pathlib.Path) -> dict[str, list[int]]:
+    """``{state-dict key: shape}`` of a manifest JSON (``param_count`` / ``_meta`` left out)."""
+    data = json.loads(pathlib.Path(path).read_text())
+    return {k: v for k, v in data.items() if k not in ("param_count", "_meta")}
+
+
 def max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     if ours.shape != ref.shape:
         raise ValueError(f"shape {tuple(ours.shape)} != golden {tuple(ref.shape)}")
