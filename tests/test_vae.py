@@ -55,8 +55,8 @@ def test_golden_decoded_mel_matches(golden_model):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_meta_built_state_dict_equals_manifest(name):
-    manifest = json.loads((REFERENCE_DIR / f"{name}.json").read_text())
-    expected = manifest_shapes(REFERENCE_DIR / f"{name}.json")
+    path = REFERENCE_DIR / f"{name}.json"
+    manifest, expected = json.loads(path.read_text()), manifest_shapes(path)
     model = _meta_model(CASES[name])
     got = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert got == expected
