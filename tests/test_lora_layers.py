@@ -11,6 +11,7 @@ from torch import nn
 
 from selva_core.model.layers import ChannelLastConv1d
 from selva_core.model.lora import (
+    AdapterState,
     LoRAConfig,
     LoRAConv1d,
     LoRALinear,
@@ -26,6 +27,7 @@ from selva_core.model.lora import (
     trainable_parameters,
     unmerge_adapters,
 )
+from selva_core.model.lora.layers import factor_shapes, wrap_module
 from tests.test_lora_common import (
     make_inputs,
     make_model,
@@ -469,3 +471,52 @@ def test_channel_first_conv1d_identity_strength_merge_and_exact_removal(init, va
     assert rel_err(model(x, t), y) <= 1e-5
     remove_all_adapters(model)
     assert same_state(state_bits(model), base_bits)
+
+
+def _reference_change(base: nn.Module, x: torch.Tensor, A, B, coef: float) -> torch.Tensor:
+    """``coef * B A`` applied to ``x`` with plain functional ops, in the module's layout."""
+    if isinstance(base, nn.Linear):
+        return coef * F.linear(F.linear(x, A), B)
+    cl = getattr(base, "channel_last", False)
+    xc = x.transpose(1, 2) if cl else x
+    h = F.conv1d(xc, A, None, base.stride, base.padding, base.dilation)
+    out = coef * F.conv1d(h, B)
+    return out.transpose(1, 2) if cl else out
+
+
+@pytest.mark.parametrize("kind", ["linear3d", "linear2d", "conv_channel_last", "conv"])
+def test_in_place_adapter_paths_give_the_reference_output_and_gradients(kind):
+    torch.manual_seed(0)
+    base = {
+        "linear3d": lambda: nn.Linear(6, 5), "linear2d": lambda: nn.Linear(6, 5),
+        "conv_channel_last": lambda: ChannelLastConv1d(6, 5, 3, padding=1),
+        "conv": lambda: nn.Conv1d(6, 5, 3, padding=1),
+    }[kind]().requires_grad_(False)
+    shape = {"linear3d": (2, 7, 6), "linear2d": (7, 6), "conv_channel_last": (2, 7, 6),
+             "conv": (2, 6, 7)}[kind]
+    layer = wrap_module(base)
+    names = ("one", "two")  # two stacked adapters, random factors, different strengths
+    a_shape, b_shape = factor_shapes(base, 3)
+    for i, name in enumerate(names):
+        layer.adapters[name] = AdapterState(
+            torch.randn(a_shape), torch.randn(b_shape), scale=0.5, strength=1.0 - 0.7 * i
+        )
+    x = torch.randn(shape, requires_grad=True)
+    y = layer(x)
+    x_ref = x.detach().clone().requires_grad_(True)
+    facs = {n: (layer.adapters[n].lora_A.detach().clone().requires_grad_(True),
+                layer.adapters[n].lora_B.detach().clone().requires_grad_(True)) for n in names}
+    y_ref = base(x_ref) + sum(
+        _reference_change(base, x_ref, A, B, 0.5 * layer.adapters[n].strength)
+        for n, (A, B) in facs.items()
+    )
+    assert y.shape == y_ref.shape and torch.allclose(y, y_ref, atol=1e-5)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    for n, (A, B) in facs.items():
+        st = layer.adapters[n]
+        assert torch.allclose(st.lora_A.grad, A.grad, atol=1e-4)
+        assert torch.allclose(st.lora_B.grad, B.grad, atol=1e-4)
+    assert base.weight.grad is None

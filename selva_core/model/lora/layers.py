@@ -10,9 +10,14 @@ module, untouched and frozen, as ``base_layer``. Each adapter is an :class:`Adap
   (B, N, C); the adapter path honours that layout.
 
 Forward: ``y = base(x)``; then for each adapter with strength != 0, its variant adds
-``strength * change`` (without autograd: in place into the fresh base output, saving a copy).
-Merged mode runs the plain base forward on merged weights (zero overhead); the original
-weight is kept and copied back on unmerge, so unmerging is bit-exact.
+``strength * change``. Variants see the layer in an *internal layout* chosen so that the base
+output is a fresh, contiguous tensor that is not a view: Linear runs on (tokens, features),
+Conv1d on channel-first (B, C, N) outputs whatever the module's layout. The adapter paths then
+accumulate into that output in place, also under autograd (no wrapped layer keeps its output
+for backward): one output-sized allocation and copy fewer per layer and step, and no
+transposed copies (``benchmarks/bench_lora.py``). With no active adapter, and in merged mode
+(merged weights, zero overhead), the plain base module runs. The original weight is kept
+while merged and copied back on unmerge, so unmerging is bit-exact.
 
 PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r delta
 ``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``). Chosen over rewriting
@@ -156,7 +161,19 @@ class LoRALayer(nn.Module):
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
-    # -- hooks used by the variants -------------------------------------------------------
+    # -- hooks used by the variants (x and y in the internal layout) ------------------------
+    def to_internal(self, x: torch.Tensor) -> torch.Tensor:
+        """The module input in the layout the variants see."""
+        return x
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x + b`` of an internal-layout input, as a fresh internal-layout tensor."""
+        return self.base_layer(x)
+
+    def from_internal(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The output in the module's layout, for the original input ``x``."""
+        return y
+
     def apply_a(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -166,7 +183,7 @@ class LoRALayer(nn.Module):
         raise NotImplementedError
 
     def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-output-channel vector ``v`` shaped to broadcast over output ``y``."""
+        """Per-output-channel vector ``v`` shaped to broadcast over internal output ``y``."""
         return v
 
     def weight2d(self) -> torch.Tensor:
@@ -193,13 +210,14 @@ class LoRALayer(nn.Module):
 
     # -- runtime ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
-        if self.merged:
-            return y
-        for adapter in self.adapters.values():
-            if adapter.strength != 0.0:
-                y = adapter.impl.forward(self, adapter, x, y)
-        return y
+        active = [] if self.merged else [a for a in self.adapters.values() if a.strength != 0.0]
+        if not active:
+            return self.base_layer(x)
+        xi = self.to_internal(x)
+        y = self.base_forward(xi)
+        for adapter in active:
+            y = adapter.impl.forward(self, adapter, xi, y)
+        return self.from_internal(y, x)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -254,18 +272,19 @@ class LoRALinear(LoRALayer):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
+    def to_internal(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x
+
+    def from_internal(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y.view(*x.shape[:-1], y.shape[-1]) if x.dim() > 2 else y
+
     def apply_a(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         return F.linear(x, A)
 
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
-        if y.is_contiguous() and h.is_contiguous():
-            y2, h2 = y.view(-1, y.shape[-1]), h.reshape(-1, h.shape[-1])
-            if not (y.requires_grad or h.requires_grad or B.requires_grad):
-                # inference: accumulate into the fresh base output (no copy of y)
-                y2.addmm_(h2, B.t(), alpha=coef)
-                return y
-            return torch.addmm(y2, h2, B.t(), alpha=coef).view(y.shape)
-        return torch.add(y, F.linear(h, B), alpha=coef)
+        if y.dim() == 2 and y.is_contiguous() and not y._is_view():
+            return y.addmm_(h.to(y.dtype), B.to(y.dtype).t(), alpha=coef)
+        return torch.add(y, F.linear(h.to(y.dtype), B.to(y.dtype)), alpha=coef)
 
 
 class LoRAConv1d(LoRALayer):
@@ -308,17 +327,31 @@ class LoRAConv1d(LoRALayer):
         xc = x.transpose(1, 2) if self.channel_last else x
         return F.conv1d(xc, A, None, b.stride, b.padding, b.dilation)
 
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Channel-first ``W * x + b``, computed here so that it is a fresh tensor (the module
+        of a channel-last conv returns a transposed view). Zero padding and groups = 1 are
+        checked at wrap time."""
+        if x.dim() != 3:
+            raise ValueError(
+                f"LoRAConv1d expects a batched 3-D input, got shape {tuple(x.shape)}"
+            )
+        b = self.base_layer
+        xc = x.transpose(1, 2) if self.channel_last else x
+        return F.conv1d(xc, b.weight, b.bias, b.stride, b.padding, b.dilation)
+
+    def from_internal(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y.transpose(1, 2) if self.channel_last else y
+
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
-        yc = y.transpose(1, 2) if self.channel_last else y
-        Bm = B.reshape(B.shape[0], B.shape[1]).expand(h.shape[0], -1, -1)
-        if not (y.requires_grad or h.requires_grad or B.requires_grad):
-            yc.baddbmm_(Bm, h, alpha=coef)  # inference: accumulate into the base output
-            return y
-        out = torch.baddbmm(yc, Bm, h, alpha=coef)
-        return out.transpose(1, 2) if self.channel_last else out
+        """``y + coef * B h`` on channel-first ``y`` (B, out, N) and ``h`` (B, r, N)."""
+        Bm = B.reshape(B.shape[0], B.shape[1]).to(y.dtype).expand(h.shape[0], -1, -1)
+        h = h.to(y.dtype)
+        if y.is_contiguous() and not y._is_view():
+            return y.baddbmm_(Bm, h, alpha=coef)
+        return torch.baddbmm(y, Bm, h, alpha=coef)
 
     def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return v if self.channel_last else v.reshape(-1, 1)
+        return v.reshape(-1, 1)
 
 
 def check_wrappable(module: nn.Module, path: str = "") -> None:

@@ -4,9 +4,12 @@ A variant owns the math of one adapter on one wrapped layer; the runtime (``laye
 ``runtime.py``) owns targeting, attaching, strength, merging and files. One file per variant in
 ``variants/``, each opening with its formula, its identity-at-init argument and its paper.
 
+A variant's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
+(tokens, features); Conv1d: module-layout input, channel-first output; see ``layers.py``).
 Hooks a variant may use on the wrapped layer (``LoRALinear`` / ``LoRAConv1d``):
 ``layer.apply_a(x, A)`` (input -> rank space, channel-first for convs),
-``layer.add_b(y, h, B, coef)`` (``y + coef * B h`` in the layer's output layout),
+``layer.add_b(y, h, B, coef)`` (``y + coef * B h``; may accumulate into ``y`` in place, so pass
+a ``y`` nothing else keeps), ``layer.base_forward(x)`` (a fresh ``W x + b``),
 ``layer.weight2d()`` ((out, in*k) base weight), ``layer.channel_view(v, y)`` (broadcast a
 per-output-channel vector over ``y``), ``layer.base_bias()``.
 """

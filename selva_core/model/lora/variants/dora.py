@@ -40,7 +40,7 @@ def _row_norm(layer, adapter) -> torch.Tensor:
 def _base_output(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``W x + b``: ``y`` itself when ``adapter`` is the first active adapter of the layer."""
     first = next(a for a in layer.adapters.values() if a.strength != 0.0)
-    return y if first is adapter else layer.base_layer(x)
+    return y if first is adapter else layer.base_forward(x)
 
 
 @register_variant
