@@ -56,7 +56,7 @@ def test_pissa_file_is_a_rank_2r_delta_that_reproduces_training_on_a_clean_base(
     model = _trained(init="pissa", targets=("all",))
     x, t = make_inputs()
     y = model(x, t)
-    path = save_adapter(model, tmp_path / "p.safetensors")
+    path = save_adapter(model, tmp_path / "p.safetensors", storage="float32")
     tensors = load_file(path)
     assert all(k.endswith((".lora_A", ".lora_B")) for k in tensors)  # no base weights
     assert tensors["fused_blocks.0.linear1.lora_A"].shape == (8, 16, 3)
@@ -68,12 +68,84 @@ def test_pissa_file_is_a_rank_2r_delta_that_reproduces_training_on_a_clean_base(
     assert torch.equal(fresh(x, t), make_model()(x, t))
 
 
+def test_pissa_file_is_q16_by_default_and_still_reproduces_training_within_1e_5(tmp_path):
+    model = _trained(init="pissa", targets=("all",))
+    x, t = make_inputs()
+    y0, y = make_model()(x, t), model(x, t)
+    assert rel_err(y, y0) > 0.05  # the adapter changes the output by several per cent
+    path = save_adapter(model, tmp_path / "p.safetensors")
+    exact = save_adapter(model, tmp_path / "exact.safetensors", storage="float32")
+    tensors = load_file(path)
+    A, B = (tensors[f"fused_blocks.0.linear1.{k}"] for k in ("lora_A", "lora_B"))
+    assert A.dtype == B.dtype == torch.int16 and A.shape == (8, 16, 3) and B.shape == (16, 8, 1)
+    assert tensors["fused_blocks.0.linear1.lora_A_qscale"].shape == (8,)
+    assert all(k.endswith((".lora_A", ".lora_B", "_qscale")) for k in tensors)
+    data = sum(t.numel() * t.element_size() for t in tensors.values())
+    exact_data = sum(t.numel() * t.element_size() for t in load_file(exact).values())
+    assert data < 0.55 * exact_data
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["storage_dtype"] == "q16" and meta["format_version"] == "2"
+    fresh = make_model()
+    load_adapter(fresh, path)
+    assert rel_err(fresh(x, t), y) <= 1e-5
+
+
+@pytest.mark.parametrize("storage, bound", [("q16", 1e-4), ("float16", 2e-3)])
+def test_compact_storages_keep_the_learned_change(tmp_path, storage, bound):
+    model = _trained(init="pissa", targets=("all",))
+    x, t = make_inputs()
+    y0, y = make_model()(x, t), model(x, t)
+    path = save_adapter(model, tmp_path / "c.safetensors", storage=storage)
+    fresh = make_model()
+    load_adapter(fresh, path)
+    err = rel_err(fresh(x, t) - y0, y - y0)
+    assert 0 < err <= bound
+
+
+def test_q16_is_more_precise_than_float16_at_the_same_size(tmp_path):
+    model = _trained(init="pissa", targets=("all",))
+    x, t = make_inputs()
+    y0, y = make_model()(x, t), model(x, t)
+    errors = {}
+    for storage in ("q16", "float16"):
+        fresh = make_model()
+        load_adapter(fresh, save_adapter(model, tmp_path / f"{storage}.st", storage=storage))
+        errors[storage] = rel_err(fresh(x, t) - y0, y - y0)
+    assert errors["q16"] < errors["float16"] / 4
+
+
+def test_untrained_pissa_saved_as_q16_loads_as_the_exact_base_model(tmp_path):
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=4, init="pissa", targets=("all",)))
+    path = save_adapter(model, tmp_path / "zero.safetensors")
+    fresh = make_model()
+    load_adapter(fresh, path)
+    x, t = make_inputs()
+    assert torch.equal(fresh(x, t), make_model()(x, t))
+
+
+def test_standard_adapters_are_stored_exactly_in_float32_by_default(tmp_path):
+    path = save_adapter(_trained(), tmp_path / "s.safetensors")
+    assert all(t.dtype == torch.float32 for t in load_file(path).values())
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["storage_dtype"] == "float32"
+        assert f.metadata()["format_version"] == "1"
+
+
+def test_unknown_storage_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown adapter storage 'int4'.*q16"):
+        save_adapter(_trained(), tmp_path / "x.safetensors", storage="int4")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_file_metadata_records_scale_variant_targets_layers_and_base_identity(tmp_path):
     model = _trained(init="pissa", variant="dora", use_rslora=True, alpha=6.0)
     path = save_adapter(model, tmp_path / "m.safetensors", metadata={"steps": 120})
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "selva-lora" and meta["format_version"] == "1"
+    assert meta["format"] == "selva-lora" and meta["format_version"] == "2"
+    assert meta["storage_dtype"] == "q16"  # auto: PiSSA's rank-2r delta
     assert meta["variant"] == "dora" and meta["init"] == "pissa"
     assert meta["converted"] == "pissa->delta"
     assert meta["rank"] == "4" and meta["file_rank"] == "8"
@@ -157,6 +229,47 @@ def test_wrong_shapes_are_named(tmp_path, good_file):
     )
 
 
+@pytest.fixture
+def q16_file(tmp_path):
+    path = save_adapter(_trained(init="pissa"), tmp_path / "q16.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return path, load_file(path), meta
+
+
+def test_q16_file_with_float_factors_is_refused(tmp_path, q16_file):
+    _, tensors, meta = q16_file
+    key = "fused_blocks.0.attn.qkv.lora_B"
+    tensors[key] = tensors[key].float()
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(
+        path, r"fused_blocks\.0\.attn\.qkv\.lora_B is torch\.float32, but storage q16 stores int16"
+    )
+
+
+def test_q16_step_vector_of_the_wrong_length_is_named(tmp_path, q16_file):
+    _, tensors, meta = q16_file
+    tensors["fused_blocks.0.attn.qkv.lora_A_qscale"] = torch.ones(3)
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(
+        path, r"lora_A_qscale must be a float vector of length 8 .* got torch\.float32 \(3,\)"
+    )
+
+
+def test_q16_file_without_its_step_vectors_is_refused(tmp_path, q16_file):
+    _, tensors, meta = q16_file
+    del tensors["fused_blocks.0.attn.qkv.lora_B_qscale"]
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(path, r"missing keys: .*lora_B_qscale")
+
+
+def test_unknown_storage_in_a_file_is_named(tmp_path, good_file):
+    _, tensors, meta = good_file
+    meta["storage_dtype"] = "int4"
+    path = _rewrite(tmp_path, tensors, meta)
+    _assert_load_fails_and_model_unchanged(path, r"storage_dtype 'int4' is not one of")
+
+
 def test_a_layer_missing_from_the_model_is_named(tmp_path, good_file):
     _, tensors, meta = good_file
     tensors["nowhere.lora_A"] = torch.zeros(4, 16)
@@ -204,20 +317,6 @@ def test_loaded_adapter_is_trainable_and_uses_clean_wrappers(tmp_path, good_file
     states = adapter_layers(model, "style")
     assert all(st.strength == 0.5 and st.lora_A.requires_grad for st in states.values())
     assert all(isinstance(model.get_submodule(p), LoRALayer) for p in states)
-
-
-def test_half_precision_pissa_file_is_half_the_size_and_keeps_the_change(tmp_path):
-    model = _trained(init="pissa", targets=("all",))
-    x, t = make_inputs()
-    y0, y = make_model()(x, t), model(x, t)
-    full = save_adapter(model, tmp_path / "full.safetensors")
-    half = save_adapter(model, tmp_path / "half.safetensors", dtype=torch.float16)
-    assert half.stat().st_size < 0.6 * full.stat().st_size
-    fresh = make_model()
-    load_adapter(fresh, half)
-    assert rel_err(fresh(x, t) - y0, y - y0) <= 2e-3
-    with safe_open(str(half), "pt") as f:
-        assert f.metadata()["storage_dtype"] == "float16"
 
 
 def test_missing_metadata_fields_are_named(tmp_path, good_file):

@@ -121,20 +121,21 @@ def test_run_writes_every_artefact(straight):
     assert summary["window"] == "first" and summary["audio_seconds_left_out"] >= 0.0
 
 
-def test_fp16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,
-                                                                          tmp_path):
+def test_q16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,
+                                                                         tmp_path):
     out32, _ = straight
-    out16 = tmp_path / "fp16"
+    out16 = tmp_path / "q16"
     # Same seed and data: the training is identical, only the final file's storage differs.
-    assert train(tiny, out16, samples=True, adapter_dtype="fp16").completed
+    assert train(tiny, out16, samples=True, adapter_dtype="q16").completed
     f32 = load_file(str(out32 / "adapter_final.safetensors"))
     f16 = load_file(str(out16 / "adapter_final.safetensors"))
-    assert f32.keys() == f16.keys()
-    assert all(v.dtype == torch.float16 for v in f16.values())
+    assert all(v.dtype == torch.float32 for v in f32.values())  # auto: a plain adapter is exact
+    assert {k for k in f16 if not k.endswith("_qscale")} == f32.keys()
+    assert all(v.dtype == torch.int16 for k, v in f16.items() if k.endswith(("_A", "_B")))
     size32 = (out32 / "adapter_final.safetensors").stat().st_size
     size16 = (out16 / "adapter_final.safetensors").stat().st_size
     assert size16 < 0.6 * size32
-    # fp16 files hold a re-factorised change (factors may differ by sign/rotation): compare
+    # q16 files hold a re-factorised change (factors may differ by sign/rotation): compare
     # what the adapters do to the generator's output.
     base = copy.deepcopy(tiny[0].generator).eval()
     gen32, gen16 = copy.deepcopy(base), copy.deepcopy(base)
@@ -146,7 +147,7 @@ def test_fp16_final_adapter_halves_the_file_and_keeps_the_learned_change(straigh
     effect32, effect16 = y32 - y0, y16 - y0
     assert effect32.abs().max() > 1e-4  # the adapter does something
     rel = ((effect16 - effect32).norm() / effect32.norm()).item()
-    assert rel < 1e-2, rel
+    assert rel < 1e-3, rel
 
 
 def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, tiny):

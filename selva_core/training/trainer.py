@@ -604,8 +604,8 @@ class LoRATrainer:
             "val_loss_final": val_final.loss if val_final else None,
             "config": self.cfg.to_dict(),
         })
-        dtype = {"fp32": torch.float32, "fp16": torch.float16}[self.cfg.adapter_dtype]
-        save_adapter(self.gen, adapter_path, ADAPTER_NAME, dtype=dtype, metadata=metadata)
+        save_adapter(self.gen, adapter_path, ADAPTER_NAME, metadata=metadata,
+                     storage=self.cfg.adapter_dtype)
         self.write_sample("final")
         self.write_curves()
         self.log.write({"kind": "end", "step": self.step, "time": time.time(),

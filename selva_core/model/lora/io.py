@@ -1,22 +1,25 @@
 """Adapter files: safetensors with metadata, strict loading, training-state dicts.
 
-File layout (format ``selva-lora`` version 1): per adapted layer ``<module path>.lora_A``
-(r, in[, k]) and ``<module path>.lora_B`` (out, r[, 1]) in fp32, plus
-``<module path>.lora_magnitude`` (out,) for DoRA. The change on the *unmodified* base weight is
-``scale * B A`` with ``scale`` from the metadata. PiSSA adapters are written converted to that
-plain delta: ``A' = [A; A0]``, ``B' = [B, -B0]`` (rank 2r, same scale), so files never carry
-base weights and load onto a clean base with no SVD.
+File layout (format ``selva-lora``): per adapted layer ``<module path>.lora_A`` (R, in[, k]) and
+``<module path>.lora_B`` (out, R[, 1]), plus ``<module path>.lora_magnitude`` (out,) fp32 for
+DoRA. The change on the *unmodified* base weight is ``scale * B A`` with ``scale`` from the
+metadata. PiSSA adapters are written converted to that plain delta: ``A' = [A; A0]``,
+``B' = [B, -B0]`` (R = 2r, same scale), so files never carry base weights and load onto a clean
+base with no SVD. How the factors are stored (``storage_dtype``: exact float32, q16 fixed point
+with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by
+default plain adapters are float32 and PiSSA's rank-2r deltas q16. Version 1 files hold floats
+only; version 2 adds q16 (float files are still written as version 1).
 
 Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``variant``
 (lora/dora), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``, ``alpha``,
-``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (float32 exact by default;
-float16/bfloat16 on request, re-balanced first), ``targets``/``exclude``/``layers`` (JSON lists),
-``base_variant`` (e.g. small_16k) and ``base_fingerprint`` (hash of rounded statistics of the
-adapted base weights; a mismatch on load is a warning, the variant a hard check), ``user``
-(JSON object of caller metadata such as training steps).
+``scale``, ``use_rslora``, ``dropout``, ``storage_dtype``, ``targets``/``exclude``/``layers``
+(JSON lists), ``base_variant`` (e.g. small_16k) and ``base_fingerprint`` (hash of rounded
+statistics of the adapted base weights; a mismatch on load is a warning, the variant a hard
+check), ``user`` (JSON object of caller metadata such as training steps).
 
 Loading checks, before touching the model: safetensors (pickles are refused), format and
-version, the exact key set, tensor dtypes, the base variant, the layers and their shapes.
+version, the storage, the exact key set, tensor dtypes, the base variant, the layers and their
+shapes.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from ... import __version__
 from ...atomic import save_safetensors_atomic
 from .config import LoRAConfig
 from .layers import AdapterState, LoRALayer
-from .lowrank import lowrank_svd, refactor
 from .runtime import (
     AdapterHandle,
     AdapterSpec,
@@ -46,13 +48,21 @@ from .runtime import (
     get_layer,
     get_spec,
 )
+from .storage import (
+    FLOAT_STORAGES,
+    STORAGES,
+    check_layer_tensors,
+    decode,
+    encode,
+    file_keys,
+    resolve_storage,
+)
 from .variant import get_variant
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "selva-lora"
-FORMAT_VERSION = 1
-FILE_KEYS = ("lora_A", "lora_B")
+FORMAT_VERSION = 2  # 2 added the q16 storage; float files are still written as version 1
 
 
 # -- identity of the base model ----------------------------------------------------------------
@@ -90,42 +100,28 @@ def model_variant_name(model: nn.Module) -> str | None:
 
 
 # -- state dicts -------------------------------------------------------------------------------
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _balanced(st: AdapterState) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) in layer shapes with ``B A`` unchanged but balanced (U sqrt(S), sqrt(S) V^T).
-
-    Used before casting to half precision: PiSSA's ``[B, -B0] [A; A0]`` is a small difference
-    of large principal terms, which half precision would destroy; balanced factors are of the
-    size of the change itself.
-    """
-    B2, A2 = st.factors2d()
-    U, S, V = lowrank_svd(B2.detach(), A2.detach())
-    B, A = refactor(U, S, V, 1.0)
-    k = A.shape[0]
-    return A.reshape(k, *st.lora_A.shape[1:]), B.reshape(B.shape[0], k, *st.lora_B.shape[2:])
+def adapter_storage(model: nn.Module, name: str = "default", storage="auto") -> str:
+    """The concrete storage of adapter ``name`` (``auto``: see ``storage.resolve_storage``)."""
+    spec = get_spec(model, name)
+    file_rank = max(st.factors()[0].shape[0] for st in adapter_layers(model, name).values())
+    return resolve_storage(storage, file_rank, spec.config.rank)
 
 
 def adapter_state_dict(
-    model: nn.Module, name: str = "default", dtype: torch.dtype = torch.float32
+    model: nn.Module, name: str = "default", storage: str | torch.dtype = "float32"
 ) -> dict[str, torch.Tensor]:
     """File form of adapter ``name`` (PiSSA converted to the plain delta), detached copies.
 
-    ``dtype`` float32 (default) is exact. float16 / bfloat16 halve the size: the factors are
-    first re-balanced by an exact SVD of the low-rank change, then rounded (relative error
-    about 5e-4 / 4e-3 of the change; DoRA magnitudes stay fp32).
+    ``storage``: ``float32`` (default here: exact), ``q16``, ``float16``, ``bfloat16`` or
+    ``auto`` (see ``storage.py``; q16 holds int16 factors plus per-direction steps). DoRA
+    magnitudes are always float32.
     """
-    if dtype not in STORAGE_DTYPES.values():
-        raise ValueError(f"adapter storage dtype must be one of {list(STORAGE_DTYPES)}")
+    kind = adapter_storage(model, name, storage)
     out: dict[str, torch.Tensor] = {}
     for path, st in adapter_layers(model, name).items():
-        if dtype == torch.float32:
-            A, B = st.factors()
-        else:
-            A, B = _balanced(st)
-        out[f"{path}.lora_A"] = A.detach().to(dtype).clone()
-        out[f"{path}.lora_B"] = B.detach().to(dtype).clone()
+        A, B = st.factors()
+        for key, t in encode(A, B, kind).items():
+            out[f"{path}.{key}"] = t
         for key in st.impl.extra_keys:
             out[f"{path}.{key}"] = getattr(st, key).detach().float().clone()
     return out
@@ -182,7 +178,7 @@ def adapter_metadata(
     variant_name = spec.variant_name or model_variant_name(model) or ""
     return {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": "1",
         "library_version": __version__,
         "variant": states[0].variant,
         "init": spec.init,
@@ -207,20 +203,25 @@ def save_adapter(
     path: str | os.PathLike,
     name: str = "default",
     metadata: dict[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
+    storage: str | torch.dtype = "auto",
 ) -> Path:
     """Write adapter ``name`` to ``path`` (safetensors, atomic). ``metadata``: caller extras.
 
-    ``dtype``: float32 (exact, default) or float16 / bfloat16 (half the size, see
-    :func:`adapter_state_dict`).
+    ``storage``: ``auto`` (default: exact float32 for adapters stored at their trained rank,
+    ``q16`` for PiSSA's rank-2r delta, which keeps it at the size of a plain adapter),
+    ``float32``, ``q16``, ``float16`` or ``bfloat16`` (a torch float dtype works too); see
+    ``storage.py`` for the formats and their errors.
     """
-    tensors = adapter_state_dict(model, name, dtype)
+    kind = adapter_storage(model, name, storage)
+    tensors = adapter_state_dict(model, name, kind)
     meta = adapter_metadata(model, name, metadata)
-    meta["storage_dtype"] = str(dtype).removeprefix("torch.")
+    meta["storage_dtype"] = kind
+    if kind not in FLOAT_STORAGES:
+        meta["format_version"] = str(FORMAT_VERSION)  # readers of version 1 know floats only
     ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A")}
     meta["file_rank"] = str(ranks.pop()) if len(ranks) == 1 else "mixed"
     out = save_safetensors_atomic(path, tensors, meta)
-    logger.info("saved LoRA adapter %r (%d tensors) to %s", name, len(tensors), out)
+    logger.info("saved LoRA adapter %r (%d tensors, %s) to %s", name, len(tensors), kind, out)
     return out
 
 
@@ -336,11 +337,19 @@ def load_adapter(
     layers = _load_json(meta, "layers", path)
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{path}: metadata lists no adapted layers")
-    expected = {f"{p}.{k}" for p in layers for k in (*FILE_KEYS, *impl.extra_keys)}
-    _check_keys(set(tensors), expected, f"adapter file {path}")
-    bad = [k for k, t in tensors.items() if not t.is_floating_point()]
-    if bad:
-        raise ValueError(f"{path}: tensors {bad[:4]} are not floating point")
+    storage = meta.get("storage_dtype", "float32")
+    if storage not in STORAGES:
+        raise ValueError(
+            f"{path}: metadata storage_dtype {storage!r} is not one of {list(STORAGES)}"
+        )
+    keys = (*file_keys(storage), *impl.extra_keys)
+    _check_keys(set(tensors), {f"{p}.{k}" for p in layers for k in keys}, f"adapter file {path}")
+    for p in layers:
+        check_layer_tensors({k: tensors[f"{p}.{k}"] for k in file_keys(storage)}, storage,
+                            f"{path}: {p}")
+        for key in impl.extra_keys:
+            if not tensors[f"{p}.{key}"].is_floating_point():
+                raise ValueError(f"{path}: {p}.{key} is not floating point")
     file_variant = meta.get("base_variant") or None
     want = expected_variant or model_variant_name(model)
     if file_variant and want and file_variant != want:
@@ -351,9 +360,10 @@ def load_adapter(
     device = _model_device(model, layers[0])
     states = {}
     for p in layers:
+        A, B = decode({k: tensors[f"{p}.{k}"] for k in file_keys(storage)}, storage)
         st = AdapterState(
-            tensors[f"{p}.lora_A"].to(device, torch.float32),
-            tensors[f"{p}.lora_B"].to(device, torch.float32),
+            A.to(device, torch.float32),
+            B.to(device, torch.float32),
             scale=scale, variant=variant, init="loaded", strength=strength,
         )
         for key in impl.extra_keys:
