@@ -13,17 +13,21 @@ on a shared machine disturb far less than wall time (``--clock wall`` to change)
 * ``unmerged_over_base``: inference (no_grad) with the adapter unmerged / base. <= 1.05.
 * ``merged_over_base``: inference with the adapter merged / base. 1.00.
 * ``ours_over_peft``: our training step / peft's training step (same rank, alpha, layers, the
-  same optimizer) on the same network. <= 1.00.
+  same optimizer) on the same network. <= 1.00. ``ours_over_peft_ci95``: a 95 % bootstrap
+  interval of that median, so one run tells "faster" from "equal within noise".
 * ``pissa_train_step_over_floor``: the same for a PiSSA adapter, which runs as the rank-2r
   delta ``s [B, -B0] [A; A0]`` on the untouched base weight (bit-exact removal, strength acting
   on the learned change only) instead of rewriting the base weight to W_res.
-* ``adapter_mb_large_44k_r16``: file size of an r = 16 adapter on ``large_44k``'s qkv layers,
-  computed from the layer shapes on the meta device (fp32 factors + safetensors header).
-  PiSSA files hold the rank-2r delta; their fp32 and fp16 sizes are reported too.
+* ``adapter_mb_large_44k_r16``: size of real files written by ``save_adapter`` (default
+  ``auto`` storage) for r = 16 adapters on ``large_44k``'s qkv layers (random weights; only
+  those layers are built), the larger of the standard and the PiSSA one. PiSSA files hold the
+  rank-2r delta in q16; its exact-fp32 size and the q16 file's error after loading onto a
+  clean base (dW and layer output, worst layer; ``pissa_dw_over_w`` is the largest
+  ||dW|| / ||W|| of that stand-in training, which the output error scales with).
 
 Prints a table, then one JSON object as the last line.
 
-    python benchmarks/bench_lora.py [--duration 2] [--batch 1] [--repeats 7] [--device cpu]
+    python benchmarks/bench_lora.py [--duration 2] [--batch 1] [--repeats 15] [--device cpu]
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ import copy
 import json
 import math
 import pathlib
+import random
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -47,12 +54,16 @@ if str(ROOT) not in sys.path:
 from selva_core.model.generator import SelvaGenerator  # noqa: E402
 from selva_core.model.lora import (  # noqa: E402
     LoRAConfig,
+    adapter_layers,
     attach_lora,
+    load_adapter,
     merge_adapters,
     resolve_targets,
+    save_adapter,
     trainable_parameters,
     unmerge_adapters,
 )
+from selva_core.model.lora.runtime import get_layer  # noqa: E402
 from selva_core.variants import get_variant  # noqa: E402
 
 TARGETS = ("qkv+linear1",)
@@ -107,28 +118,82 @@ def _median(times: dict[str, list[float]], name: str) -> float:
     return statistics.median(times[name])
 
 
-def adapter_file_mb(variant: str, rank: int, targets: tuple[str, ...]) -> dict[str, float]:
-    """Sizes (MB) of adapter files from layer shapes on the meta device (no weights)."""
+def _qkv_stand_in(variant: str, seed: int = 0) -> nn.Module:
+    """The ``qkv`` layers of ``variant`` under their generator paths, random weights, nothing
+    else (a full large_44k generator would need ~4 GB for layers the adapter never touches)."""
     v = get_variant(variant)
     with torch.device("meta"):
         gen = SelvaGenerator(v.generator, v.sequence_lengths(8.0))
-    paths = resolve_targets(gen, targets)
-    per_rank = 0
-    for p in paths:
-        w = gen.get_submodule(p).weight
-        per_rank += math.prod(w.shape[1:]) + w.shape[0]  # A row + B column per rank
-    # safetensors header: ~ (key + dtype + shape + offsets) per tensor, plus our metadata
-    header = 2 * len(paths) * 120 + 200 * len(paths) + 2048
+    g = torch.Generator().manual_seed(seed)
+    root = nn.Module()
+    for path in resolve_targets(gen, ("qkv",)):
+        w = gen.get_submodule(path).weight
+        parent = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(w.shape, generator=g) / math.sqrt(w.shape[1]))
+        parent.add_module(leaf, layer.requires_grad_(False))
+    return root
 
-    def mb(r: int, bytes_per: int) -> float:
-        return (per_rank * r * bytes_per + header) / 1e6
 
-    return {
-        "layers": len(paths),
-        "standard_fp32": mb(rank, 4),
-        "pissa_fp32": mb(2 * rank, 4),
-        "pissa_fp16": mb(2 * rank, 2),
-    }
+@torch.no_grad()
+def _q16_errors(model: nn.Module, variant: str, path: pathlib.Path, g) -> dict[str, float]:
+    """Worst-layer errors of the file at ``path`` loaded onto a clean stand-in vs ``model``."""
+    clean = _qkv_stand_in(variant)
+    load_adapter(clean, path)
+    ours, theirs = adapter_layers(model, "default"), adapter_layers(clean, "default")
+    dw_err, out_err, rel = 0.0, 0.0, 0.0
+    for p, st in ours.items():
+        layer, loaded = get_layer(model, p), get_layer(clean, p)
+        dw = st.impl.delta_weight(layer, st)
+        dq = theirs[p].impl.delta_weight(loaded, theirs[p])
+        w = layer.weight2d()
+        rel = max(rel, float(dw.norm() / w.norm()))
+        dw_err = max(dw_err, float((dq - dw).norm() / dw.norm()))
+        x = torch.randn(64, dw.shape[1], generator=g)
+        out_err = max(out_err, float((x @ (dq - dw).T).norm() / (x @ (w + dw).T).norm()))
+    return {"pissa_auto_dw_rel_err": dw_err, "pissa_auto_output_rel_err": out_err,
+            "pissa_dw_over_w": rel}
+
+
+def adapter_files(variant: str, rank: int, out_dir: pathlib.Path) -> dict[str, float]:
+    """Real files written by ``save_adapter`` for rank-``rank`` adapters on ``variant``'s qkv.
+
+    Standard and PiSSA adapters (PiSSA factors moved by ~1 % as a stand-in for training), in
+    the default ``auto`` storage and, for PiSSA, exact float32 too. Also the error of the
+    default PiSSA file (q16) after loading onto a clean copy: relative Frobenius error of each
+    layer's dW and of its output change / output on random inputs (worst layer).
+    """
+    sizes: dict[str, float] = {}
+    for init in ("standard", "pissa"):
+        model = _qkv_stand_in(variant)
+        attach_lora(model, LoRAConfig(rank=rank, targets=("qkv",), init=init),
+                    variant_name=variant)
+        g = torch.Generator().manual_seed(1)
+        for st in adapter_layers(model, "default").values():
+            for t in (st.lora_A, st.lora_B):
+                t.data.add_(torch.randn(t.shape, generator=g) * 0.01 * t.std())
+        storages = ("auto", "float32") if init == "pissa" else ("auto",)
+        for storage in storages:
+            path = save_adapter(model, out_dir / f"{init}_{storage}.safetensors",
+                                storage=storage)
+            sizes[f"{init}_{storage}"] = path.stat().st_size / 1e6
+        if init == "pissa":
+            sizes.update(_q16_errors(model, variant, out_dir / "pissa_auto.safetensors", g))
+    return sizes
+
+
+def _bootstrap_ci(times: dict[str, list[float]], num: str, den: str, n: int = 2000):
+    """95 % bootstrap interval of the median per-repeat ratio (resampled repeats)."""
+    ratios = [a / b for a, b in zip(times[num], times[den])]
+    rng = random.Random(0)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
+    return [meds[int(0.025 * n)], meds[int(0.975 * n) - 1]]
 
 
 def main() -> None:
@@ -137,7 +202,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1,
@@ -211,7 +276,8 @@ def main() -> None:
                           args.warmup, device, clock)
     unmerge_adapters(ours)
 
-    sizes = adapter_file_mb("large_44k", args.rank, ("qkv",))
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = adapter_files("large_44k", args.rank, pathlib.Path(tmp))
     n_train = sum(p.numel() for p in trainable_parameters(ours))
     result = {
         "train_step_over_floor": _ratio(train, "ours", "floor"),
@@ -219,9 +285,14 @@ def main() -> None:
         "merged_over_base": _ratio(direct, "merged", "base"),
         "ours_over_peft": _ratio(train, "ours", "peft") if "peft" in train else None,
         "pissa_train_step_over_floor": _ratio(train, "pissa", "floor"),
-        "adapter_mb_large_44k_r16": sizes["standard_fp32"],
-        "adapter_mb_large_44k_r16_pissa_fp32": sizes["pissa_fp32"],
-        "adapter_mb_large_44k_r16_pissa_fp16": sizes["pissa_fp16"],
+        "ours_over_peft_ci95": _bootstrap_ci(train, "ours", "peft") if "peft" in train else None,
+        "adapter_mb_large_44k_r16": max(sizes["standard_auto"], sizes["pissa_auto"]),
+        "adapter_mb_large_44k_r16_standard": sizes["standard_auto"],
+        "adapter_mb_large_44k_r16_pissa": sizes["pissa_auto"],
+        "adapter_mb_large_44k_r16_pissa_fp32": sizes["pissa_float32"],
+        "pissa_q16_dw_rel_err": sizes["pissa_auto_dw_rel_err"],
+        "pissa_q16_output_rel_err": sizes["pissa_auto_output_rel_err"],
+        "pissa_dw_over_w": sizes["pissa_dw_over_w"],
         "floor_s": _median(train, "floor"),
         "ours_step_s": _median(train, "ours"),
         "peft_step_s": _median(train, "peft") if "peft" in train else None,
@@ -245,9 +316,11 @@ def main() -> None:
         ("merged inference / base", result["merged_over_base"], "1.00"),
         ("our step / peft step", result["ours_over_peft"], "<= 1.00"),
         ("PiSSA training step / frozen floor", result["pissa_train_step_over_floor"], "-"),
-        ("adapter MB, large_44k qkv r16 (std fp32)", sizes["standard_fp32"], "<= 12"),
-        ("adapter MB, same, PiSSA fp32 (rank 2r)", sizes["pissa_fp32"], "<= 12"),
-        ("adapter MB, same, PiSSA fp16 (rank 2r)", sizes["pissa_fp16"], "<= 12"),
+        ("adapter MB, large_44k qkv r16, standard", sizes["standard_auto"], "<= 12"),
+        ("adapter MB, same, PiSSA (rank-2r delta, q16)", sizes["pissa_auto"], "<= 12"),
+        ("adapter MB, same, PiSSA stored exact fp32", sizes["pissa_float32"], "-"),
+        ("PiSSA q16 file: dW relative error", sizes["pissa_auto_dw_rel_err"], "-"),
+        ("PiSSA q16 file: output relative error", sizes["pissa_auto_output_rel_err"], "<= 1e-5"),
     ]
     print(f"LoRA benchmark: {args.variant} {args.duration:g} s batch {args.batch}, r={args.rank} "
           f"on {TARGETS[0]} ({len(layers)} layers, {n_train / 1e6:.2f} M params), {device}, "
@@ -257,7 +330,7 @@ def main() -> None:
           f"{ms['peft_step_s']:.1f} ms | base inference {ms['base_infer_s']:.1f} ms | unmerged "
           f"{ms['unmerged_infer_s']:.1f} ms | merged {ms['merged_infer_s']:.1f} ms")
     for name, value, target in rows:
-        shown = "n/a" if value is None else f"{value:.3f}"
+        shown = "n/a" if value is None else f"{value:.3g}" if value < 0.01 else f"{value:.3f}"
         print(f"  {name:<42} {shown:>8}   target {target}")
     print(json.dumps(result))
 

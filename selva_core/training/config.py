@@ -114,7 +114,8 @@ class TrainConfig:
         "Storage of adapter_final.safetensors: 'fp32' (exact), 'q16' (half the size: 16-bit "
         "fixed point on the SVD directions of the change, ~4e-5 relative error), 'fp16' (half "
         "the size, ~3e-4), or 'auto': fp32, except q16 for PiSSA, whose file is a rank-2r delta "
-        "(r = 16 on large_44k qkv: 8 MB instead of 16 MB). Checkpoints stay fp32.",
+        "(r = 16 on large_44k qkv: 8 MB instead of 16 MB). Checkpoint adapters use auto; "
+        "training states stay fp32 for exact resume.",
         choices=ADAPTER_DTYPES, group="model"))
 
     # --- optimisation -------------------------------------------------------------------------
