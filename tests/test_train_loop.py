@@ -119,6 +119,9 @@ def test_run_writes_every_artefact(straight):
     assert summary["surgery"]["decision"] in ("kept", "reverted")
     assert summary["val_loss_final"] < summary["val_loss_base"]
     assert summary["window"] == "first" and summary["audio_seconds_left_out"] >= 0.0
+    assert summary["adapter_storage"] == "float32"  # auto: a plain adapter is stored exactly
+    size = (out / "adapter_final.safetensors").stat().st_size
+    assert summary["adapter_mb"] == pytest.approx(size / 1e6)
 
 
 def test_q16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,
@@ -341,6 +344,7 @@ def test_every_adapter_option_resumes_exactly_pissa_rslora_lora_plus(tiny, tmp_p
                    steps=4, save_every=2, val_every=2, surgery=False)
     straight_run = train(tiny, tmp_path / "straight", **options)
     assert straight_run.summary["init"] == "pissa"
+    assert straight_run.summary["adapter_storage"] == "q16"  # auto: PiSSA's rank-2r delta
 
     def ctrl_c(trainer, step):
         if step == 1:

@@ -550,3 +550,13 @@ def test_summary_says_how_much_audio_the_windows_left_out():
     assert "12.2 s of clip audio beyond the windows not used (--window first; --window all " \
            "uses it)" in text
     assert "beyond the windows" not in format_summary({**base, "audio_seconds_left_out": 0.0})
+
+
+def test_summary_shows_the_adapter_file_size_and_storage():
+    from selva_core.training.report import format_summary
+
+    base = {"completed": True, "status": "completed", "target": ["attn"], "trainable_params": 1,
+            "adapter_path": "out/adapter_final.safetensors"}
+    text = format_summary({**base, "adapter_mb": 8.0534, "adapter_storage": "q16"})
+    assert "out/adapter_final.safetensors  (8.05 MB, q16)" in text
+    assert "MB" not in format_summary(base)

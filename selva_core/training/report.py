@@ -210,7 +210,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"intruders      {intruders.get('summary', '')}")
     lines += [
         "-" * 72,
-        f"adapter        {summary.get('adapter_path')}",
+        f"adapter        {summary.get('adapter_path')}" + (
+            f"  ({summary['adapter_mb']:.2f} MB, {summary.get('adapter_storage')})"
+            if summary.get("adapter_mb") else ""),
         f"output folder  {summary.get('output_dir')}",
         "               train_log.jsonl, loss_curve.png, samples/, checkpoints/, "
         "intruders.json/png",

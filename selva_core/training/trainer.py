@@ -43,6 +43,7 @@ from selva_core.model.generator import SelvaGenerator
 from selva_core.model.lora import (
     LoRAConfig,
     SurgeryConfig,
+    adapter_storage,
     attach_lora,
     intruder_report,
     load_training_state_dict,
@@ -604,13 +605,15 @@ class LoRATrainer:
             "val_loss_final": val_final.loss if val_final else None,
             "config": self.cfg.to_dict(),
         })
-        save_adapter(self.gen, adapter_path, ADAPTER_NAME, metadata=metadata,
-                     storage=self.cfg.adapter_dtype)
+        storage = adapter_storage(self.gen, ADAPTER_NAME, self.cfg.adapter_dtype)
+        save_adapter(self.gen, adapter_path, ADAPTER_NAME, metadata=metadata, storage=storage)
         self.write_sample("final")
         self.write_curves()
         self.log.write({"kind": "end", "step": self.step, "time": time.time(),
                         "surgery": surgery.get("decision"), "intruders": total})
         return self._result("completed", adapter_path, surgery=surgery, intruders=intr,
+                            adapter_storage=storage,
+                            adapter_mb=adapter_path.stat().st_size / 1e6,
                             val_final=val_final.loss if val_final else None)
 
     def _result(self, status: str, adapter_path: Path | None, **extra) -> TrainResult:
@@ -635,6 +638,7 @@ class LoRATrainer:
                                         self.last_val.loss if self.last_val else None),
             "surgery": extra.get("surgery"), "intruders": extra.get("intruders"),
             "adapter_path": str(adapter_path) if adapter_path else None,
+            "adapter_storage": extra.get("adapter_storage"), "adapter_mb": extra.get("adapter_mb"),
             "output_dir": str(self.out),
             **self.data_info,
         }

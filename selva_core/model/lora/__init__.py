@@ -4,7 +4,8 @@ Variants ``lora`` and ``dora`` (``variants/``), inits standard / gaussian / PiSS
 randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
 (``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
 with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),
-safetensors files with metadata and strict loading (``io.py``), PEFT folders both ways
+safetensors files with metadata and strict loading (``io.py``) in exact float32 or compact q16
+storage (``storage.py``), PEFT folders both ways
 (``peft_io.py``), spectral surgery (``surgery.py``) and the intruder-dimension diagnostic
 (``intruders.py``). Each module's docstring gives the math and the reasons for its defaults.
 
@@ -21,6 +22,7 @@ from .intruders import IntruderReport, LayerIntruders, intruder_report, reduce_i
 from .io import (
     adapter_metadata,
     adapter_state_dict,
+    adapter_storage,
     base_fingerprint,
     load_adapter,
     load_training_state_dict,
@@ -48,6 +50,7 @@ from .runtime import (
     trainable_parameters,
     unmerge_adapters,
 )
+from .storage import STORAGES
 from .surgery import (
     SurgeryConfig,
     SurgeryOutcome,
