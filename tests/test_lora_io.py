@@ -237,30 +237,32 @@ def q16_file(tmp_path):
     return path, load_file(path), meta
 
 
-def test_q16_file_with_float_factors_is_refused(tmp_path, q16_file):
+_QKV = "fused_blocks.0.attn.qkv"
+
+
+def _float_factor(tensors):
+    tensors[f"{_QKV}.lora_B"] = tensors[f"{_QKV}.lora_B"].float()
+
+
+def _short_steps(tensors):
+    tensors[f"{_QKV}.lora_A_qscale"] = torch.ones(3)
+
+
+def _no_steps(tensors):
+    del tensors[f"{_QKV}.lora_B_qscale"]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (_float_factor,
+     r"fused_blocks\.0\.attn\.qkv\.lora_B is torch\.float32, but storage q16 stores int16"),
+    (_short_steps,
+     r"lora_A_qscale must be a float vector of length 8 .* got torch\.float32 \(3,\)"),
+    (_no_steps, r"missing keys: .*lora_B_qscale"),
+])
+def test_damaged_q16_files_are_refused_with_one_clear_error(tmp_path, q16_file, damage, match):
     _, tensors, meta = q16_file
-    key = "fused_blocks.0.attn.qkv.lora_B"
-    tensors[key] = tensors[key].float()
-    path = _rewrite(tmp_path, tensors, meta)
-    _assert_load_fails_and_model_unchanged(
-        path, r"fused_blocks\.0\.attn\.qkv\.lora_B is torch\.float32, but storage q16 stores int16"
-    )
-
-
-def test_q16_step_vector_of_the_wrong_length_is_named(tmp_path, q16_file):
-    _, tensors, meta = q16_file
-    tensors["fused_blocks.0.attn.qkv.lora_A_qscale"] = torch.ones(3)
-    path = _rewrite(tmp_path, tensors, meta)
-    _assert_load_fails_and_model_unchanged(
-        path, r"lora_A_qscale must be a float vector of length 8 .* got torch\.float32 \(3,\)"
-    )
-
-
-def test_q16_file_without_its_step_vectors_is_refused(tmp_path, q16_file):
-    _, tensors, meta = q16_file
-    del tensors["fused_blocks.0.attn.qkv.lora_B_qscale"]
-    path = _rewrite(tmp_path, tensors, meta)
-    _assert_load_fails_and_model_unchanged(path, r"missing keys: .*lora_B_qscale")
+    damage(tensors)
+    _assert_load_fails_and_model_unchanged(_rewrite(tmp_path, tensors, meta), match)
 
 
 def test_unknown_storage_in_a_file_is_named(tmp_path, good_file):
