@@ -23,9 +23,9 @@ PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r d
 ``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``). Chosen over rewriting
 the base weight to W_res (and keeping a copy of the original for exact restoration) because
 it is exact by construction, costs r (in + out) extra numbers per layer instead of an
-(out, in) copy, lets strength / stacking act on the learned change only, and measured the
-same speed: training step / frozen floor 1.06 for PiSSA and for standard LoRA (r = 16 on
-qkv + linear1 of small_16k, CPU; ``benchmarks/bench_lora.py``).
+(out, in) copy, lets strength / stacking act on the learned change only, and measured about
+the same speed: training step / frozen floor 1.00-1.03 for PiSSA and for standard LoRA
+(r = 16 on qkv + linear1 of small_16k, CPU; ``benchmarks/bench_lora.py``).
 """
 
 from __future__ import annotations
