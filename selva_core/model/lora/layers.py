@@ -282,9 +282,9 @@ class LoRALinear(LoRALayer):
         return F.linear(x, A)
 
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
-        if y.dim() == 2 and y.is_contiguous() and not y._is_view():
+        if y.dim() == 2:  # the internal layout: a fresh output, accumulated into in place
             return y.addmm_(h.to(y.dtype), B.to(y.dtype).t(), alpha=coef)
-        return torch.add(y, F.linear(h.to(y.dtype), B.to(y.dtype)), alpha=coef)
+        return torch.add(y, F.linear(h.to(y.dtype), B.to(y.dtype)), alpha=coef)  # 1-D input
 
 
 class LoRAConv1d(LoRALayer):
@@ -345,10 +345,7 @@ class LoRAConv1d(LoRALayer):
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
         """``y + coef * B h`` on channel-first ``y`` (B, out, N) and ``h`` (B, r, N)."""
         Bm = B.reshape(B.shape[0], B.shape[1]).to(y.dtype).expand(h.shape[0], -1, -1)
-        h = h.to(y.dtype)
-        if y.is_contiguous() and not y._is_view():
-            return y.baddbmm_(Bm, h, alpha=coef)
-        return torch.baddbmm(y, Bm, h, alpha=coef)
+        return y.baddbmm_(Bm, h.to(y.dtype), alpha=coef)
 
     def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return v.reshape(-1, 1)
