@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from selva_core.atomic import atomic_path, write_text_atomic
 
@@ -203,7 +203,7 @@ class TrainingState:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 metadata = fh.metadata() or {}
-            tensors = load_file(str(path))
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"training state {path} is unreadable ({exc}); resume from "
                                   "another step (--resume-from) or start a new run") from exc
