@@ -6,8 +6,12 @@ Convention: t = 0 is noise x0 ~ N(0, I), t = 1 is data x1 (the normalised latent
 ``x1 - (1 - min_sigma) x0``. With the default ``min_sigma = 0`` these are
 ``(1 - t) x0 + t x1`` and ``x1 - x0``.
 
+:func:`flow_matching_loss` with :func:`apply_condition_dropout` is the one training objective:
+the LoRA trainer, its validator, the learning tools and the tests all compute their loss with it.
+
 The model is any object with the :class:`~selva_core.model.generator.SelvaGenerator`
-methods ``preprocess_conditions``, ``predict_flow``, ``empty_conditions`` and ``seq``.
+methods ``forward``, ``preprocess_conditions``, ``predict_flow``, ``empty_conditions`` and
+``seq``.
 """
 
 from __future__ import annotations
@@ -106,6 +110,52 @@ class DroppedConditions(NamedTuple):
     text_dropped: torch.Tensor
 
 
+def dropout_coins(
+    batch: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Uniform draws (2, batch) deciding the video (row 0) and text (row 1) dropout of each
+    sample; :func:`dropout_masks` turns them into masks. Drawn where ``generator`` lives."""
+    u = torch.rand(2, batch, generator=generator, device=_draw_device(generator, None))
+    return u.to(device) if device is not None else u
+
+
+def dropout_masks(coins: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(video_drop, text_drop)`` bool (B,) from coins (2, B): a condition is dropped where
+    its coin is below ``p`` (the two coins of a sample are independent)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    return coins[0] < p, coins[1] < p
+
+
+def apply_condition_dropout(
+    model: SelvaGenerator,
+    clip_f: torch.Tensor | None,
+    sync_f: torch.Tensor,
+    text_f: torch.Tensor,
+    video_drop: torch.Tensor | None = None,
+    text_drop: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """THE null-condition dropout: rows where ``video_drop`` get the model's learned null
+    video (clip *and* sync tokens), rows where ``text_drop`` get its ``empty_string_feat``.
+
+    ``clip_f=None`` means "no CLIP-visual features" (SelVA): the null clip token is used.
+    Masks are bool (B,) or None (nothing dropped). Returns new tensors; gradients reach the
+    learned null tokens where they are used.
+    """
+    b = sync_f.shape[0]
+    clip0, sync0, text0 = model.empty_conditions(b)
+    clip = clip0 if clip_f is None else clip_f
+    sync, text = sync_f, text_f
+    if video_drop is not None:
+        vmask = video_drop.to(sync_f.device).view(b, 1, 1)
+        clip = torch.where(vmask, clip0.to(clip.dtype), clip)
+        sync = torch.where(vmask, sync0.to(sync.dtype), sync)
+    if text_drop is not None:
+        text = torch.where(text_drop.to(text_f.device).view(b, 1, 1), text0.to(text.dtype),
+                           text)
+    return clip, sync, text
+
+
 def drop_conditions(
     model: SelvaGenerator,
     sync_f: torch.Tensor,
@@ -114,28 +164,14 @@ def drop_conditions(
     p: float = DEFAULT_CONFIG.null_condition_probability,
     generator: torch.Generator | None = None,
 ) -> DroppedConditions:
-    """Classifier-free-guidance dropout of raw condition features, per sample.
-
-    With probability ``p`` a row's video (clip *and* sync) becomes the model's learned null
-    tokens, and independently with probability ``p`` its text becomes ``empty_string_feat``.
-    ``clip_f=None`` means "no CLIP-visual features" (SelVA): the null clip token is used.
-    Returns new tensors; gradients reach the learned null tokens where they are used.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-    b = sync_f.shape[0]
-    clip0, sync0, text0 = model.empty_conditions(b)
-    if clip_f is None:
-        clip_f = clip0
-    draw = _draw_device(generator, None)
-    u = torch.rand(2, b, generator=generator, device=draw).to(sync_f.device)
-    video_drop, text_drop = u[0] < p, u[1] < p
-    vmask = video_drop.view(b, 1, 1)
-    tmask = text_drop.view(b, 1, 1)
-    clip_out = torch.where(vmask, clip0.to(clip_f.dtype), clip_f)
-    sync_out = torch.where(vmask, sync0.to(sync_f.dtype), sync_f)
-    text_out = torch.where(tmask, text0.to(text_f.dtype), text_f)
-    return DroppedConditions(clip_out, sync_out, text_out, video_drop, text_drop)
+    """Classifier-free-guidance dropout of raw condition features, per sample: coins from
+    ``generator`` (:func:`dropout_coins`), then :func:`apply_condition_dropout` with
+    probability ``p`` for the video and, independently, for the text."""
+    coins = dropout_coins(sync_f.shape[0], generator, sync_f.device)
+    video_drop, text_drop = dropout_masks(coins, p)
+    clip, sync, text = apply_condition_dropout(model, clip_f, sync_f, text_f, video_drop,
+                                               text_drop)
+    return DroppedConditions(clip, sync, text, video_drop, text_drop)
 
 
 class FlowMatchingLoss(NamedTuple):
@@ -157,13 +193,20 @@ def flow_matching_loss(
     generator: torch.Generator | None = None,
     reduction: str = "mean",
     config: FlowMatchingConfig = DEFAULT_CONFIG,
+    *,
+    video_drop: torch.Tensor | None = None,
+    text_drop: torch.Tensor | None = None,
+    network: Callable[..., torch.Tensor] | None = None,
 ) -> FlowMatchingLoss:
-    """Velocity MSE at ``x_t`` for normalised latents ``x1`` (B, N, C).
+    """THE training objective: velocity MSE at ``x_t`` for normalised latents ``x1`` (B, N, C),
+    with the null-condition dropout of :func:`apply_condition_dropout` where the masks say.
 
     ``t`` defaults to logit-normal draws and ``x0`` to standard normal noise, both from
-    ``generator`` (pass fixed ones for a deterministic validation grid). Conditions are used
-    as given (apply :func:`drop_conditions` before, for training). ``clip_f=None`` uses the
-    null clip token. ``reduction``: ``mean``, ``sum`` or ``none`` (loss = per_sample).
+    ``generator`` (pass fixed ones for a deterministic grid). ``video_drop`` / ``text_drop``
+    (bool (B,)) drop conditions; None keeps them (draw masks with :func:`dropout_coins` and
+    :func:`dropout_masks`). ``clip_f=None`` uses the null clip token. ``network`` runs the
+    forward ``(x_t, clip, sync, text, t) -> v`` (e.g. a DistributedDataParallel wrapper of
+    ``model``); default ``model`` itself. ``reduction``: ``mean``, ``sum`` or ``none``.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -177,12 +220,11 @@ def flow_matching_loss(
         x0 = x0.to(x1.device)
     if x0.shape != x1.shape:
         raise ValueError(f"x0 shape {tuple(x0.shape)} differs from x1 shape {tuple(x1.shape)}")
-    if clip_f is None:
-        clip_f = model.empty_conditions(b)[0]
+    clip, sync, text = apply_condition_dropout(model, clip_f, sync_f, text_f, video_drop,
+                                               text_drop)
     xt = interpolate(x0, x1, t, config.min_sigma)
     target = velocity_target(x0, x1, config.min_sigma)
-    cond = model.preprocess_conditions(clip_f, sync_f, text_f)
-    pred = model.predict_flow(xt, t, cond)
+    pred = (network or model)(xt, clip, sync, text, t)
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     if reduction == "mean":
         loss = per_sample.mean()
@@ -278,6 +320,9 @@ __all__ = [
     "sample_t",
     "interpolate",
     "velocity_target",
+    "dropout_coins",
+    "dropout_masks",
+    "apply_condition_dropout",
     "drop_conditions",
     "flow_matching_loss",
     "euler_sample",

@@ -306,3 +306,53 @@ def test_a_model_cast_to_bfloat16_samples_from_bfloat16_noise():
     assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()
     rel = (low.float() - ref).norm() / ref.norm()
     assert rel < 0.05, rel
+
+
+# -- one objective ---------------------------------------------------------------------------
+def test_the_trainers_loss_is_flow_matching_loss_with_its_dropout_masks(tiny):
+    """The trainer (and validator, through flow_loss) compute exactly flow_matching_loss."""
+    from selva_core.training.objective import (
+        FeatureBatch,
+        draw_examples,
+        sync_features,
+        target_latent,
+        training_loss,
+    )
+
+    seq, cfg = tiny.seq, tiny.cfg
+    g = torch.Generator().manual_seed(4)
+    valid = torch.ones(4, seq.sync, dtype=torch.bool)
+    valid[1, 5:] = False
+    batch = FeatureBatch(
+        latent_mean=torch.randn(4, seq.latent, cfg.latent_dim, generator=g),
+        latent_std=torch.rand(4, seq.latent, cfg.latent_dim, generator=g),
+        sync_f=torch.randn(4, seq.sync, cfg.sync_dim, generator=g), sync_valid=valid,
+        text_f=torch.randn(4, cfg.text_seq_len, cfg.text_dim, generator=g),
+        names=["a", "b", "c", "d"])
+    draws = draw_examples([3, 1, 4, 1], (seq.latent, cfg.latent_dim), "logit_normal", 0.5)
+    assert draws.drop_video.any() or draws.drop_text.any()  # the masks have work to do
+    with torch.no_grad():
+        ours = training_loss(tiny, tiny, batch, draws)
+        want = flow_matching_loss(tiny, target_latent(tiny, batch, draws.eps), None,
+                                  sync_features(tiny, batch), batch.text_f, t=draws.t,
+                                  x0=draws.x0, reduction="none", video_drop=draws.drop_video,
+                                  text_drop=draws.drop_text)
+    assert torch.equal(ours, want.per_sample)
+
+
+def test_loss_with_masks_equals_the_loss_on_explicitly_dropped_conditions(tiny):
+    x1, clip_f, sync_f, text_f = _features(tiny, 4, seed=3)
+    x0, t = torch.randn_like(x1), torch.tensor([0.2, 0.4, 0.6, 0.8])
+    dropped = drop_conditions(tiny, sync_f, text_f, clip_f, p=0.5,
+                              generator=torch.Generator().manual_seed(11))
+    assert dropped.video_dropped.any() and dropped.text_dropped.any()
+    with torch.no_grad():
+        masked = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f, t=t, x0=x0,
+                                    video_drop=dropped.video_dropped,
+                                    text_drop=dropped.text_dropped, reduction="none")
+        explicit = flow_matching_loss(tiny, x1, dropped.clip_f, dropped.sync_f,
+                                      dropped.text_f, t=t, x0=x0, reduction="none")
+        kept = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f, t=t, x0=x0,
+                                  reduction="none")
+    assert torch.equal(masked.per_sample, explicit.per_sample)
+    assert not torch.equal(masked.per_sample, kept.per_sample)

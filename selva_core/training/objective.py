@@ -9,13 +9,14 @@ For one optimiser step the trainer
 2. draws everything random *per example* from a generator seeded by the example's stream
    position (:class:`ExampleDraws`): ``eps`` of the latent sample, the noise ``x0``, the flow
    time ``t`` (logit-normal or uniform) and the two condition-dropout coins;
-3. computes ``x1 = (mean + std * eps - latent_mean) / latent_std`` and the flow-matching MSE
-   ``|v(x_t, t, c) - (x1 - x0)|^2`` with video (sync) and text independently replaced by the
-   model's empty conditions with probability ``p`` (SelVA never uses CLIP-visual features: the
-   clip stream is always the learned empty token).
+3. computes ``x1 = (mean + std * eps - latent_mean) / latent_std`` and hands everything to
+   :func:`selva_core.flow_matching.flow_matching_loss`, the one objective of the project
+   (path, target, MSE and the null-condition dropout: video and text independently replaced by
+   the model's empty conditions where the coins fall below ``p``; SelVA never uses
+   CLIP-visual features, so the clip stream is always the learned empty token).
 
 The forward goes through ``model(...)`` (not ``predict_flow``) so a DistributedDataParallel
-wrapper sees it. Path and target come from :mod:`selva_core.flow_matching`.
+wrapper sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from selva_core.flow_matching import interpolate, sample_t, velocity_target
+from selva_core.flow_matching import (
+    apply_condition_dropout,
+    dropout_masks,
+    flow_matching_loss,
+    sample_t,
+)
 from selva_core.model.generator import SelvaGenerator
 
 REQUIRED_KEYS = ("latent_mean", "latent_std", "sync_f", "sync_valid", "text_clip_f")
@@ -147,11 +153,9 @@ def draw_examples(seeds: Sequence[int], latent_shape: tuple[int, int], timestep_
         coins.append(torch.rand(2, generator=g))
         eps.append(torch.randn(latent_shape, generator=g))
         x0.append(torch.randn(latent_shape, generator=g))
-    coins_t = torch.stack(coins)
-    return ExampleDraws(
-        eps=torch.stack(eps), x0=torch.stack(x0), t=torch.cat(t),
-        drop_video=coins_t[:, 0] < drop_probability, drop_text=coins_t[:, 1] < drop_probability,
-    )
+    drop_video, drop_text = dropout_masks(torch.stack(coins).T, drop_probability)
+    return ExampleDraws(eps=torch.stack(eps), x0=torch.stack(x0), t=torch.cat(t),
+                        drop_video=drop_video, drop_text=drop_text)
 
 
 def target_latent(generator: SelvaGenerator, batch: FeatureBatch,
@@ -161,19 +165,20 @@ def target_latent(generator: SelvaGenerator, batch: FeatureBatch,
     return generator.normalize(raw)
 
 
+def sync_features(generator: SelvaGenerator, batch: FeatureBatch) -> torch.Tensor:
+    """The batch's sync features with the learned empty sync token where a clip has no
+    picture (``sync_valid`` False; never zeros)."""
+    _, sync0, _ = generator.empty_conditions(batch.size)
+    return torch.where(batch.sync_valid.unsqueeze(-1), batch.sync_f, sync0.to(batch.sync_f))
+
+
 def conditions(generator: SelvaGenerator, batch: FeatureBatch,
                drop_video: torch.Tensor | None = None, drop_text: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Raw (clip, sync, text) features: empty sync where invalid, dropout where asked."""
-    b = batch.size
-    clip0, sync0, text0 = generator.empty_conditions(b)
-    sync = torch.where(batch.sync_valid.unsqueeze(-1), batch.sync_f, sync0.to(batch.sync_f))
-    text = batch.text_f
-    if drop_video is not None:
-        sync = torch.where(drop_video.view(b, 1, 1), sync0.to(sync), sync)
-    if drop_text is not None:
-        text = torch.where(drop_text.view(b, 1, 1), text0.to(text), text)
-    return clip0, sync, text
+    """Raw (clip, sync, text) features: :func:`sync_features`, then the null-condition
+    dropout where asked."""
+    return apply_condition_dropout(generator, None, sync_features(generator, batch),
+                                   batch.text_f, drop_video, drop_text)
 
 
 def flow_loss(model: nn.Module, generator: SelvaGenerator, batch: FeatureBatch,
@@ -183,11 +188,10 @@ def flow_loss(model: nn.Module, generator: SelvaGenerator, batch: FeatureBatch,
     """Per-example flow-matching MSE (B,), computed through ``model`` (the generator or its
     DDP wrapper); ``generator`` is the unwrapped module (statistics, empty conditions)."""
     x1 = target_latent(generator, batch, eps)
-    clip, sync, text = conditions(generator, batch, drop_video, drop_text)
-    xt = interpolate(x0, x1, t)
-    target = velocity_target(x0, x1)
-    pred = model(xt, clip, sync, text, t)
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    sync = sync_features(generator, batch)
+    return flow_matching_loss(generator, x1, None, sync, batch.text_f, t=t, x0=x0,
+                              reduction="none", video_drop=drop_video, text_drop=drop_text,
+                              network=model).per_sample
 
 
 def training_loss(model: nn.Module, generator: SelvaGenerator, batch: FeatureBatch,
