@@ -240,36 +240,96 @@ class TextEncoderConfig:
 
 
 # --- checkpoints -------------------------------------------------------------------------------
+HUB_URL = "https://huggingface.co"
+
+
 @dataclass(frozen=True)
 class CheckpointFile:
-    """One downloadable weight file. ``subkey``: the state dict sits under this key."""
+    """One downloadable weight file and how to check it.
+
+    ``subkey``: the state dict sits under this key. ``md5`` / ``sha256``: published checksums
+    (checked at download and on first use); where neither is published, the sha256 is recorded
+    in a sidecar at the first download and checked on later loads. ``size``: exact size in
+    bytes where published (checked on every load); ``approx_size``: a rough figure for listings
+    only. ``local_dir``: subfolder of the models folder ("" = top level).
+    """
 
     repo_id: str
     filename: str
     md5: str | None = None
     subkey: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    approx_size: int | None = None
+    local_dir: str = ""
 
     @property
     def local_name(self) -> str:
         return self.filename.rsplit("/", 1)[-1]
 
+    @property
+    def relative_path(self) -> str:
+        """Where the file lives inside the models folder (``/``-separated)."""
+        return f"{self.local_dir}/{self.local_name}" if self.local_dir else self.local_name
 
+    def url(self, endpoint: str = HUB_URL) -> str:
+        """Direct download URL on the hub (``endpoint``: the hub or a mirror)."""
+        return f"{endpoint.rstrip('/')}/{self.repo_id}/resolve/main/{self.filename}"
+
+
+_MB = 1_000_000
 VIDEO_ENCODER_FILE = CheckpointFile(
-    SELVA_REPO, "weights/video_enc_sup_5.pth", "ff09a6dc36148536ee4db97eba081d05"
+    SELVA_REPO, "weights/video_enc_sup_5.pth", "ff09a6dc36148536ee4db97eba081d05",
+    approx_size=515 * _MB,
 )
 VAE_16K_FILE = CheckpointFile(
-    SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7"
+    SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7",
+    approx_size=687 * _MB,
 )
 VAE_44K_FILE = CheckpointFile(
-    SELVA_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600"
+    SELVA_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600",
+    approx_size=1220 * _MB,
 )
 BIGVGAN_16K_FILE = CheckpointFile(
-    SELVA_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292", subkey="generator"
+    SELVA_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292", subkey="generator",
+    approx_size=449 * _MB,
 )
-# NVIDIA publishes no md5 for this file; it is checked by size/keys on load instead.
+# NVIDIA publishes no md5 for this file: its sha256 is recorded at the first download.
 BIGVGAN_44K_FILE = CheckpointFile(
     BIGVGAN_V2_44K_REPO, "bigvgan_generator.pt", None, subkey="generator"
 )
+
+
+def _repo_folder(hub_id: str) -> str:
+    """Local folder name of a text encoder: the hub repository's name."""
+    return hub_id.removeprefix("hf-hub:").rstrip("/").rsplit("/", 1)[-1]
+
+
+CLIP_TEXT_DIR = _repo_folder(CLIP_TEXT_HUB_ID)  # DFN5B-CLIP-ViT-H-14-384
+T5_DIR = _repo_folder(T5_HUB_ID)  # flan-t5-base
+_CLIP_REPO = CLIP_TEXT_HUB_ID.removeprefix("hf-hub:")
+# The open_clip repository holds the whole CLIP (the visual tower too); only the text tower's
+# tensors are read from it.
+CLIP_TEXT_FILES: dict[str, CheckpointFile] = {
+    "clip_text.config": CheckpointFile(
+        _CLIP_REPO, "open_clip_config.json", local_dir=CLIP_TEXT_DIR
+    ),
+    "clip_text.weights": CheckpointFile(
+        _CLIP_REPO, "open_clip_pytorch_model.bin", local_dir=CLIP_TEXT_DIR,
+        approx_size=3950 * _MB,
+    ),
+}
+T5_FILES: dict[str, CheckpointFile] = {
+    f"t5.{key}": CheckpointFile(T5_HUB_ID, name, local_dir=T5_DIR, approx_size=approx)
+    for key, name, approx in (
+        ("config", "config.json", None),
+        ("weights", "model.safetensors", 990 * _MB),
+        ("tokenizer", "tokenizer.json", None),
+        ("tokenizer_config", "tokenizer_config.json", None),
+        ("special_tokens_map", "special_tokens_map.json", None),
+        ("spiece", "spiece.model", None),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -308,6 +368,16 @@ class ModelVariant:
             "vocoder": self.vocoder_file,
         }
         return {k: v for k, v in files.items() if v is not None}
+
+    def text_encoder_files(self) -> dict[str, CheckpointFile]:
+        """Files of the CLIP text tower and FLAN-T5 folders (none for tiny variants)."""
+        if self.is_tiny:
+            return {}
+        return {**CLIP_TEXT_FILES, **T5_FILES}
+
+    def required_files(self) -> dict[str, CheckpointFile]:
+        """Every file this variant needs: the four networks, then the text encoders' files."""
+        return {**self.checkpoint_files(), **self.text_encoder_files()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,19 +419,25 @@ _register(ModelVariant(
     generator=GeneratorConfig(latent_dim=20, **_SMALL),
     mel=MEL_16K, vae=VAE_16K, vocoder=BIGVGAN_V1_16K,
     generator_file=CheckpointFile(
-        SELVA_REPO, "weights/generator_small_16k_sup_5.pth", "1cb0f0deec52de37f67b1fd9965337d0"
+        SELVA_REPO, "weights/generator_small_16k_sup_5.pth", "1cb0f0deec52de37f67b1fd9965337d0",
+        approx_size=601 * _MB,
     ),
     vae_file=VAE_16K_FILE, vocoder_file=BIGVGAN_16K_FILE,
     description="SelVA small, 16 kHz (the released default)",
 ))
 # The 44.1 kHz SelVA files are published without md5s; paths as reported by users of the hub.
-for _name, _hp in (("small_44k", _SMALL), ("medium_44k", _MEDIUM), ("large_44k", _LARGE)):
+for _name, _hp, _approx in (
+    ("small_44k", _SMALL, 601 * _MB), ("medium_44k", _MEDIUM, 2400 * _MB),
+    ("large_44k", _LARGE, 3900 * _MB),
+):
     _size = _name.split("_")[0]
     _register(ModelVariant(
         name=_name,
         generator=GeneratorConfig(latent_dim=40, **_hp),
         mel=MEL_44K, vae=VAE_44K, vocoder=BIGVGAN_V2_44K,
-        generator_file=CheckpointFile(SELVA_REPO, f"weights/generator_{_size}_44khz_sup_5.pth"),
+        generator_file=CheckpointFile(
+            SELVA_REPO, f"weights/generator_{_size}_44khz_sup_5.pth", approx_size=_approx
+        ),
         vae_file=VAE_44K_FILE, vocoder_file=BIGVGAN_44K_FILE,
         description=f"SelVA {_size}, 44.1 kHz",
     ))
