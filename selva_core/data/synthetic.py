@@ -1,16 +1,21 @@
 """A synthetic demo dataset of moving shapes with matching sounds, and a small clip writer.
 
-Two classes whose sound follows the picture, so a model can learn the link:
+Three classes whose sound follows the picture, so a model can learn the link:
 
 * ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
   (decaying 2 kHz burst) at the exact moment of every wall hit.
 * ``hum``: a square glides up and down; the audio is a tone whose pitch follows the shape's
   height (higher on screen = higher pitch), phase-continuous.
+* ``burst``: a disc flashes on a few times; while it is visible the audio is a hiss (band-passed
+  noise, 1-6 kHz) that starts with the flash and fades until it goes dark. The tiny base model
+  (``scripts/train_tiny_base.py``) never hears this class: the demo's LoRA teaches it.
 
-Everything is drawn from ``numpy.random.default_rng((seed, class, clip))`` so the dataset is
-deterministic given the seed (byte for byte). Clips are MPEG-4 Part 2 ``.mp4`` files with
-the audio muxed in as AAC, plus a ``prompts.txt``. :func:`write_video` and
-:func:`write_tone_clip` are also what the tests use to make small clips of any layout.
+Everything is drawn from ``numpy.random.default_rng((seed, class, clip))``, where ``class`` is
+the class's position in :data:`CLASS_PROMPTS` (so a class's clips do not depend on which other
+classes are asked for), and the dataset is deterministic given the seed (byte for byte).
+Clips are MPEG-4 Part 2 ``.mp4`` files with the audio muxed in as AAC, plus a ``prompts.txt``.
+:func:`write_video` and :func:`write_tone_clip` are also what the tests use to make small clips
+of any layout.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 CLASS_PROMPTS: dict[str, str] = {
     "bounce": "a ball bouncing off the walls, with a sharp click at every hit",
     "hum": "a square gliding up and down with a humming tone that rises as it climbs",
+    "burst": "a disc flashing on and off, with a burst of hissing noise at every flash",
 }
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 _INT_FORMATS = {"s16": np.int16, "s32": np.int32}
@@ -180,7 +186,53 @@ def _hum_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     return frames, audio
 
 
-_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip}
+def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    duration = n_samples / sample_rate
+    count = max(1, int(rng.integers(2, 5) * duration / 2.0 + 0.5))
+    slot = duration / count  # one flash per slot, placed at random inside it
+    radius = size * rng.uniform(0.15, 0.25)
+    centre = rng.uniform(radius, size - radius, size=2)
+    spectrum = np.fft.rfft(rng.standard_normal(n_samples))  # band-passed white noise
+    freqs = np.fft.rfftfreq(n_samples, 1 / sample_rate)
+    spectrum[(freqs < 1000) | (freqs > 6000)] = 0
+    noise = np.fft.irfft(spectrum, n_samples)
+    noise /= np.sqrt(np.mean(noise**2)) + 1e-12
+    envelope = np.zeros(n_samples)
+    visible = np.zeros(n_frames, bool)
+    t_frames = np.arange(n_frames) / fps
+    for k in range(count):
+        length = rng.uniform(0.12, min(0.3, 0.8 * slot))
+        start = k * slot + rng.uniform(0, slot - length)
+        i0, i1 = round(start * sample_rate), min(n_samples, round((start + length) * sample_rate))
+        tt = np.arange(i1 - i0) / sample_rate
+        envelope[i0:i1] = np.minimum(1.0, tt / 0.005) * np.exp(-tt / (0.5 * length))
+        visible |= (t_frames >= start) & (t_frames < start + length)
+    audio = (0.25 * envelope * noise).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
+    mask = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    frames[:] = bg.astype(np.uint8)
+    frames[visible] = np.where(mask[..., None], fg, bg).astype(np.uint8)
+    return frames, audio
+
+
+_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "burst": _burst_clip}
+_CLASS_INDEX = {name: i for i, name in enumerate(CLASS_PROMPTS)}
+
+
+def synthetic_clip(
+    name: str, clip: int, *, duration: float = 2.0, seed: int = 0, fps: int = 25,
+    size: int = 64, sample_rate: int = 16000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One clip of class ``name`` in memory: (frames uint8 (T, H, W, 3), audio float32 (L,)),
+    exactly what :func:`make_synthetic_dataset` encodes for ``<name>_<clip>``."""
+    if name not in _MAKERS:
+        raise ValueError(f"unknown synthetic class {name!r}; choose from {sorted(_MAKERS)}")
+    rng = np.random.default_rng((seed, _CLASS_INDEX[name], clip))
+    n_frames = max(1, round(duration * fps))
+    n_samples = round(duration * sample_rate)
+    return _MAKERS[name](rng, n_frames, fps, size, n_samples, sample_rate)
 
 
 def make_synthetic_dataset(
@@ -207,14 +259,12 @@ def make_synthetic_dataset(
         raise ValueError("need clips_per_class >= 1, duration > 0 and an even size >= 16")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_frames = max(1, round(duration * fps))
-    n_samples = round(duration * sample_rate)
     paths: list[Path] = []
     lines = ["# synthetic SelVA demo dataset: clip name: prompt"]
-    for class_index, name in enumerate(classes):
+    for name in classes:
         for clip in range(clips_per_class):
-            rng = np.random.default_rng((seed, class_index, clip))
-            frames, audio = _MAKERS[name](rng, n_frames, fps, size, n_samples, sample_rate)
+            frames, audio = synthetic_clip(name, clip, duration=duration, seed=seed, fps=fps,
+                                           size=size, sample_rate=sample_rate)
             path = out_dir / f"{name}_{clip:03d}.mp4"
             write_video(path, frames, fps=fps, audio=audio, sample_rate=sample_rate)
             if write_wav:
