@@ -1,0 +1,280 @@
+"""What every SelVA node shares: types, one-message errors, progress with interruption, memory.
+
+Used by all nodes of the pack (``nodes/evaluation.py`` too). Importing this module is cheap:
+ComfyUI's modules and ``selva_core``'s torch-heavy parts are imported inside the functions,
+when a node runs, so ComfyUI starts fast and the module also imports outside ComfyUI.
+
+* :class:`SelvaNodeError` and :func:`reported`: a library error becomes ONE message naming the
+  node, the input and the fix (``SelVA LoRA Loader: lora_name: ...``), raised without the
+  library's exception chain so ComfyUI shows the sentence, not a wall of traceback text (the
+  original traceback goes to the log at DEBUG level). Interruptions and out-of-memory errors
+  pass through unchanged: ComfyUI handles both itself.
+* :func:`progress_callback`: a ``(done, total)`` callback for the library that updates a ComfyUI
+  progress bar and raises ComfyUI's interruption exception when the user pressed Cancel;
+  :func:`stop_requested` is the non-raising check for loops that must save first (training).
+* :class:`SelvaModel` and :func:`on_device`: the ``SELVA_MODEL`` value passed between nodes,
+  and a context manager that registers the networks with ``comfy.model_management`` (a
+  ``ModelPatcher``), so ComfyUI can unload SelVA when other models need the GPU, loads them
+  for one run and afterwards, also after an interruption or an error, rests them per the
+  offload policy and empties the device cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger("selva.nodes")
+
+CATEGORY = "SelVA"
+MODEL_TYPE = "SELVA_MODEL"
+FEATURES_TYPE = "SELVA_FEATURES"
+MODEL_FOLDER = "selva"  # models/selva, registered with folder_paths at import
+LORA_FOLDER = "loras"  # ComfyUI's own models/loras
+OFFLOAD_POLICIES = ("auto", "gpu", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class SelvaNodeError(ValueError):
+    """One user-facing sentence: which node, which input, what is wrong and what to do."""
+
+
+def node_error(node: str, input_name: str | None, problem: str, fix: str = "") -> SelvaNodeError:
+    """Build the pack's error message: ``SelVA <node>: <input>: <problem>; <fix>``."""
+    where = f"SelVA {node}: " + (f"{input_name}: " if input_name else "")
+    text = problem.rstrip(". ")
+    if fix:
+        text += f"; {fix.rstrip('.')}"
+    return SelvaNodeError(where + text + ".")
+
+
+def _passthrough_types() -> tuple[type[BaseException], ...]:
+    """Exceptions ComfyUI must see as they are: its interruption and out-of-memory."""
+    kinds: list[type[BaseException]] = [SelvaNodeError, MemoryError, KeyboardInterrupt]
+    try:
+        import comfy.model_management as mm
+
+        kinds.append(mm.InterruptProcessingException)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        kinds.append(torch.cuda.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(kinds)
+
+
+def _library_error_types() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [ValueError, OSError, LookupError]
+    try:
+        from selva_core.weights import CheckpointError
+
+        kinds.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+@contextmanager
+def reported(node: str, input_name: str | None = None, fix: str = "") -> Iterator[None]:
+    """Turn a library error raised inside the block into one :class:`SelvaNodeError`.
+
+    ``input_name`` names the input the block reads (the library's message names the file or
+    value); ``fix`` is appended when the library's message has no advice of its own.
+    """
+    try:
+        yield
+    except _passthrough_types():
+        raise
+    except _library_error_types() as exc:
+        logger.debug("SelVA %s failed", node, exc_info=True)
+        message = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message} ({exc.filename})"
+        raise node_error(node, input_name, message, fix) from None
+
+
+# --- ComfyUI runtime (imported lazily) ----------------------------------------------------------
+def _model_management():
+    import comfy.model_management as mm
+
+    return mm
+
+
+def stop_requested() -> bool:
+    """True once the user pressed Cancel (does not clear the request)."""
+    return bool(_model_management().processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's interruption (and clear the request) if the user pressed Cancel."""
+    _model_management().throw_exception_if_processing_interrupted()
+
+
+def progress_callback(node_id: str | None = None) -> Callable[[int, int], None]:
+    """A library ``progress_callback(done, total)`` driving one ComfyUI progress bar.
+
+    Each call first checks for an interruption (raising ComfyUI's exception, which the library
+    lets through after restoring its state), then updates the bar; ComfyUI's progress hook is
+    an interrupt point too.
+    """
+    from comfy.utils import ProgressBar
+
+    bar: list[Any] = []
+
+    def callback(done: int, total: int) -> None:
+        raise_if_interrupted()
+        if not bar:
+            bar.append(ProgressBar(int(total), node_id=node_id))
+        bar[0].update_absolute(int(done), int(total))
+
+    return callback
+
+
+def hidden_node_id(cls) -> str | None:
+    """The running node's id (V3 ``cls.hidden.unique_id``), None outside ComfyUI's executor."""
+    hidden = getattr(cls, "hidden", None)
+    return getattr(hidden, "unique_id", None) if hidden is not None else None
+
+
+# --- the model value and its memory -----------------------------------------------------------
+@dataclass(eq=False)
+class SelvaModel:
+    """The ``SELVA_MODEL`` value: a pipeline, how it rests between runs, and a short label.
+
+    ``offload``: ``auto`` keeps the networks on the GPU after a run and lets ComfyUI unload
+    them when another model needs the memory; ``gpu`` the same (named for users coming from
+    other packs); ``cpu`` moves them back to the offload device after every run.
+    """
+
+    pipeline: Any
+    offload: str = "auto"
+    label: str = ""
+    _patcher: Any = field(default=None, repr=False)
+
+    def derived(self, pipeline: Any, label: str) -> SelvaModel:
+        """A new value for a derived pipeline (e.g. with adapters), same policy."""
+        return SelvaModel(pipeline=pipeline, offload=self.offload, label=label)
+
+    def patcher(self):
+        """The ``ModelPatcher`` through which ComfyUI loads and unloads these networks."""
+        if self._patcher is None:
+            import comfy.model_patcher
+            from torch import nn
+
+            mm = _model_management()
+            networks = nn.ModuleDict(dict(_networks(self.pipeline)))
+            self._patcher = comfy.model_patcher.ModelPatcher(
+                networks, load_device=mm.get_torch_device(),
+                offload_device=mm.unet_offload_device(),
+            )
+        return self._patcher
+
+    def __repr__(self) -> str:
+        return f"SelvaModel({self.label or self.pipeline!r}, offload={self.offload})"
+
+
+def _networks(pipeline) -> dict[str, Any]:
+    if hasattr(pipeline, "networks"):
+        return dict(pipeline.networks())
+    return dict(pipeline._modules())
+
+
+def _unload(patcher) -> None:
+    """Move one patcher's networks to its offload device and drop it from ComfyUI's list."""
+    mm = _model_management()
+    loaded = getattr(mm, "current_loaded_models", [])
+    for i in range(len(loaded) - 1, -1, -1):
+        if loaded[i].model is patcher:
+            loaded.pop(i).model_unload()
+            return
+    patcher.detach()
+
+
+def release_memory() -> None:
+    """Collect garbage and empty the device cache (after a run, an interrupt or an error)."""
+    gc.collect()
+    _model_management().soft_empty_cache()
+
+
+@contextmanager
+def on_device(model: SelvaModel) -> Iterator[Any]:
+    """Load ``model``'s networks on ComfyUI's compute device for one run; yield the pipeline.
+
+    Afterwards (also after an interruption or an error) the networks rest per the offload
+    policy and the device cache is emptied, so a cancelled run leaves no VRAM behind.
+    """
+    mm = _model_management()
+    patcher = model.patcher()
+    try:
+        mm.load_models_gpu([patcher], force_full_load=True)
+        model.pipeline.to(patcher.load_device)  # the networks may have moved under it
+        yield model.pipeline
+    finally:
+        if model.offload == "cpu":
+            _unload(patcher)
+            model.pipeline.to(patcher.offload_device)
+        release_memory()
+
+
+# --- folders ----------------------------------------------------------------------------------
+def register_model_folder() -> None:
+    """Register ``models/selva`` with folder_paths (weights only), keeping yaml-added paths."""
+    try:
+        import folder_paths
+    except ImportError:
+        return
+    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir,
+                                                                  MODEL_FOLDER))
+    paths, exts = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    if not exts:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (
+            paths, set(folder_paths.supported_pt_extensions))
+
+
+def model_folders() -> list[str]:
+    """Every ``models/selva`` folder ComfyUI knows (default first, then extra_model_paths)."""
+    import folder_paths
+
+    try:
+        return folder_paths.get_folder_paths(MODEL_FOLDER)
+    except KeyError:
+        return [os.path.join(folder_paths.models_dir, MODEL_FOLDER)]
+
+
+def list_files(folder: str) -> list[str]:
+    """Files ComfyUI lists for ``folder`` (for dropdowns; empty outside ComfyUI)."""
+    try:
+        import folder_paths
+
+        return list(folder_paths.get_filename_list(folder))
+    except (ImportError, KeyError):
+        return []
+
+
+def resolve_user_path(path: str, base: str) -> str:
+    """An absolute or ``~`` path as given; a relative one under ComfyUI's ``base`` directory
+    (``input`` or ``output``)."""
+    import folder_paths
+
+    path = os.path.expanduser(path.strip())
+    if os.path.isabs(path):
+        return path
+    root = folder_paths.get_input_directory() if base == "input" else \
+        folder_paths.get_output_directory()
+    return os.path.join(root, path)
+
+
+__all__ = [
+    "CATEGORY", "FEATURES_TYPE", "MODEL_TYPE", "SelvaModel", "SelvaNodeError", "hidden_node_id",
+    "list_files", "model_folders", "node_error", "on_device", "progress_callback",
+    "raise_if_interrupted", "register_model_folder", "release_memory", "reported",
+    "resolve_user_path", "stop_requested",
+]
