@@ -1,0 +1,394 @@
+"""The evaluation spec: which clips, which adapters, which settings (``eval_adapters.py SPEC``).
+
+A JSON object; the closest tool's fields keep their meaning::
+
+    {"name": "drums", "data_dir": "runs/drums", "output_dir": "eval/drums",
+     "steps": 25, "seed": 42,
+     "adapters": [{"id": "base", "path": ""},
+                  {"id": "r16", "path": "runs/drums/adapter_final.safetensors"},
+                  {"id": "run", "path": "runs/drums"}]}
+
+``path`` empty = the baseline without adapter (added automatically as ``baseline`` when no
+entry has an empty path: drift and the listening grid compare against it). A ``path`` that is
+a training run's folder stands for every checkpoint of the run (``checkpoints/step_*``) plus
+its final adapter, with ids ``<id>@step_000500`` ... ``<id>@final``. Further fields:
+``variant`` (default: the adapters' own, from their metadata), ``models_dir``, ``strengths``
+(default ``[1.0]``; an adapter entry may give its own), ``seeds`` (default ``[seed]``),
+``cfg`` (4.5), ``negative_prompt``, ``duration`` (seconds per render; default each clip's
+length up to 8 s), ``clips`` (names; default: the held-out clips when ``data_dir`` is a
+training run's folder, else every clip), ``batch_size`` (clips per sampler batch),
+``drift_dir`` (a folder of clips unlike the training set, rendered with and without each
+adapter to measure drift), ``desync`` and ``synchformer`` (DeSync and the Synchformer file),
+``clap_model`` (a local CLAP model folder: enables the CLAP score and the FAD-style distance),
+``mp4``, ``device`` and ``precision``.
+
+:func:`load_spec` / :meth:`EvalSpec.from_dict` check every field and raise ONE
+:class:`EvalSpecError` that lists one clear message per bad field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
+
+BASELINE_ID = "baseline"
+FINAL_ADAPTER = "adapter_final.safetensors"
+CHECKPOINT_ADAPTER = "adapter.safetensors"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class EvalSpecError(ValueError):
+    """A spec with bad fields; the message lists each one with what to do."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid evaluation spec {source}:\n{lines}")
+
+
+@dataclass
+class AdapterEntry:
+    """One column group of the grid: an adapter file (or none = baseline) and its strengths."""
+
+    id: str
+    path: str = ""
+    strengths: list[float] | None = None
+    group: str = ""  # the spec entry a run folder was expanded from ("" = itself)
+    step: int | None = None  # checkpoint step when expanded from a run folder
+
+    @property
+    def is_baseline(self) -> bool:
+        return not self.path
+
+
+@dataclass
+class EvalSpec:
+    """Every setting of one evaluation; see the module docstring for each field."""
+
+    data_dir: str
+    output_dir: str
+    name: str = "eval"
+    steps: int = 25
+    seed: int = 42
+    seeds: list[int] | None = None
+    adapters: list[AdapterEntry] = field(default_factory=list)
+    variant: str | None = None
+    models_dir: str | None = None
+    strengths: list[float] = field(default_factory=lambda: [1.0])
+    cfg: float = 4.5
+    negative_prompt: str = ""
+    duration: float | None = None
+    clips: list[str] | None = None
+    batch_size: int = 4
+    drift_dir: str | None = None
+    desync: bool = True
+    synchformer: str | None = None
+    clap_model: str | None = None
+    mp4: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def strengths_of(self, adapter: AdapterEntry) -> list[float]:
+        """Strengths rendered for ``adapter`` (one pseudo-strength 0 for the baseline)."""
+        if adapter.is_baseline:
+            return [0.0]
+        return list(adapter.strengths) if adapter.strengths else list(self.strengths)
+
+    @property
+    def baseline(self) -> AdapterEntry:
+        return next(a for a in self.adapters if a.is_baseline)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "(spec)", base_dir: str | os.PathLike | None
+                  = None) -> EvalSpec:
+        """Validate ``data``; relative paths are taken from ``base_dir`` (the spec's folder)."""
+        return _parse(data, source, Path(base_dir) if base_dir is not None else None)
+
+
+def load_spec(path_or_text: str | os.PathLike, *, base_dir: str | os.PathLike | None = None
+              ) -> EvalSpec:
+    """A spec from a JSON file or from JSON text (nodes pass either); one error if bad.
+
+    Relative paths inside a file are resolved against the file's folder; inside JSON text
+    against ``base_dir`` (default: the current folder).
+    """
+    text = str(path_or_text)
+    if text.lstrip().startswith("{"):
+        source, raw = "(JSON text)", text
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise EvalSpecError(str(path), [f"file {path} does not exist; give the path of a "
+                                            "JSON spec or the JSON text itself"])
+        source, raw = str(path), path.read_text(encoding="utf-8")
+        base_dir = path.resolve().parent if base_dir is None else base_dir
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise EvalSpecError(source, [f"not valid JSON: {exc.msg} at line {exc.lineno} column "
+                                     f"{exc.colno}"]) from None
+    return EvalSpec.from_dict(data, source, base_dir)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+_FIELDS = {
+    "name", "data_dir", "output_dir", "steps", "seed", "seeds", "adapters", "variant",
+    "models_dir", "strengths", "cfg", "negative_prompt", "duration", "clips", "batch_size",
+    "drift_dir", "desync", "synchformer", "clap_model", "mp4", "device", "precision",
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _resolve(path: str, base: Path | None) -> str:
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return str(p)
+
+
+def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
+    if not isinstance(data, dict):
+        raise EvalSpecError(source, [f"the spec must be a JSON object, got "
+                                     f"{type(data).__name__}"])
+    problems: list[str] = []
+    unknown = sorted(set(data) - _FIELDS)
+    for key in unknown:
+        problems.append(f"field {key!r} is unknown; known fields: {', '.join(sorted(_FIELDS))}")
+
+    def text(key: str, default: str | None, required: bool = False) -> str | None:
+        value = data.get(key, default)
+        if value is None:
+            if required:
+                problems.append(f"field {key!r} is required: {_HELP[key]}")
+            return None
+        if not isinstance(value, str):
+            problems.append(f"field {key!r} must be a string, got {value!r}")
+            return default
+        return value
+
+    def number(key: str, default, *, integer: bool = False, low: float | None = None,
+               low_open: bool = False):
+        value = data.get(key, default)
+        if value is None:
+            return None
+        ok = _is_int(value) if integer else _is_num(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+            problems.append(f"field {key!r} must be {kind}{bound}, got {value!r}")
+            return default
+        return value
+
+    def flag(key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            problems.append(f"field {key!r} must be true or false, got {value!r}")
+            return default
+        return value
+
+    def choice(key: str, default: str | None, allowed) -> str | None:
+        value = text(key, default)
+        if value is not None and value not in allowed and not (
+                key == "device" and value.startswith("cuda:")):
+            problems.append(f"field {key!r} is {value!r}; choose one of {', '.join(allowed)}")
+            return default
+        return value
+
+    name = text("name", "eval") or "eval"
+    if not _ID_RE.match(name):
+        problems.append(f"field 'name' {name!r} must be 1-80 letters, digits or . _ @ + - "
+                        "(it names files)")
+    data_dir = text("data_dir", None, required=True)
+    if data_dir is not None:
+        data_dir = _resolve(data_dir, base)
+        if not Path(data_dir).is_dir():
+            problems.append(f"field 'data_dir': {data_dir} is not a folder; give a folder of "
+                            "clips or a training run's output folder")
+    output_dir = text("output_dir", None)
+    output_dir = _resolve(output_dir, base) if output_dir else str(
+        (base or Path.cwd()) / "eval_output" / name)
+    steps = number("steps", 25, integer=True, low=1)
+    seed = number("seed", 42, integer=True, low=0)
+    seeds = data.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and seeds
+                                  and all(_is_int(s) and s >= 0 for s in seeds)
+                                  and len(set(seeds)) == len(seeds)):
+        problems.append(f"field 'seeds' must be a non-empty list of distinct integers >= 0, "
+                        f"got {seeds!r}")
+        seeds = None
+    strengths = _strengths(data.get("strengths", [1.0]), "field 'strengths'", problems)
+    variant = text("variant", None)
+    if variant is not None and variant not in VARIANTS:
+        problems.append(f"field 'variant' {variant!r} is unknown; choose one of "
+                        f"{', '.join(VARIANTS)} or leave it out to use the adapters' own")
+        variant = None
+    models_dir = text("models_dir", None)
+    cfg = number("cfg", 4.5, low=0.0)
+    negative_prompt = text("negative_prompt", "") or ""
+    duration = number("duration", None, low=min_duration())
+    clips = data.get("clips")
+    if clips is not None and not (isinstance(clips, list) and clips
+                                  and all(isinstance(c, str) and c for c in clips)):
+        problems.append(f"field 'clips' must be a non-empty list of clip names (file stems), "
+                        f"got {clips!r}")
+        clips = None
+    batch_size = number("batch_size", 4, integer=True, low=1)
+    drift_dir = text("drift_dir", None)
+    if drift_dir is not None:
+        drift_dir = _resolve(drift_dir, base)
+        if not Path(drift_dir).is_dir():
+            problems.append(f"field 'drift_dir': {drift_dir} is not a folder of clips")
+    synchformer = text("synchformer", None)
+    synchformer = _resolve(synchformer, base) if synchformer else None
+    clap_model = text("clap_model", None)
+    clap_model = _resolve(clap_model, base) if clap_model else None
+    adapters = _adapters(data.get("adapters"), base, problems)
+    spec = EvalSpec(
+        data_dir=data_dir or "", output_dir=output_dir, name=name, steps=steps, seed=seed,
+        seeds=seeds, adapters=adapters, variant=variant,
+        models_dir=_resolve(models_dir, base) if models_dir else None, strengths=strengths,
+        cfg=cfg, negative_prompt=negative_prompt, duration=duration, clips=clips,
+        batch_size=batch_size, drift_dir=drift_dir, desync=flag("desync", True),
+        synchformer=synchformer, clap_model=clap_model, mp4=flag("mp4", True),
+        device=choice("device", "auto", DEVICES), precision=choice("precision", "auto",
+                                                                    PRECISIONS),
+    )
+    if problems:
+        raise EvalSpecError(source, problems)
+    return spec
+
+
+_HELP = {
+    "data_dir": "a folder of clips (videos with sound) or a training run's output folder",
+}
+
+
+def _strengths(value: Any, where: str, problems: list[str]) -> list[float]:
+    if not (isinstance(value, list) and value and all(_is_num(s) for s in value)):
+        problems.append(f"{where} must be a non-empty list of finite numbers, got {value!r}")
+        return [1.0]
+    if len(set(value)) != len(value):
+        problems.append(f"{where} lists a strength twice: {value!r}")
+    return [float(s) for s in value]
+
+
+def _adapters(value: Any, base: Path | None, problems: list[str]) -> list[AdapterEntry]:
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        problems.append(f"field 'adapters' must be a list of {{\"id\", \"path\"}} objects, got "
+                        f"{value!r}")
+        return [AdapterEntry(BASELINE_ID)]
+    entries: list[AdapterEntry] = []
+    for i, item in enumerate(value):
+        where = f"adapters[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be an object with 'id' and 'path', got {item!r}")
+            continue
+        extra = sorted(set(item) - {"id", "path", "strengths"})
+        if extra:
+            problems.append(f"{where} has unknown keys {extra}; allowed: id, path, strengths")
+        ident, path = item.get("id"), item.get("path", "")
+        if not isinstance(ident, str) or not _ID_RE.match(ident):
+            problems.append(f"{where}.id {ident!r} must be 1-80 letters, digits or . _ @ + - "
+                            "starting with a letter or digit (it names folders)")
+            continue
+        if not isinstance(path, str):
+            problems.append(f"{where}.path must be a string (empty = baseline), got {path!r}")
+            continue
+        strengths = None
+        if "strengths" in item:
+            strengths = _strengths(item["strengths"], f"{where}.strengths", problems)
+        if not path:
+            entries.append(AdapterEntry(ident, "", None))
+            continue
+        resolved = Path(_resolve(path, base))
+        if resolved.is_dir():
+            found = run_folder_adapters(resolved)
+            if not found:
+                problems.append(f"{where}.path {resolved} is a folder without an adapter: give "
+                                f"a .safetensors adapter file or a training run's folder (with "
+                                f"checkpoints/step_*/{CHECKPOINT_ADAPTER} or {FINAL_ADAPTER})")
+                continue
+            for label, step, adapter_path in found:
+                entries.append(AdapterEntry(f"{ident}@{label}", str(adapter_path), strengths,
+                                            group=ident, step=step))
+        elif not resolved.exists():
+            problems.append(f"{where}.path {resolved} does not exist")
+        else:
+            entries.append(AdapterEntry(ident, str(resolved), strengths))
+    seen: set[str] = set()
+    for e in entries:
+        if e.id.lower() in seen:
+            problems.append(f"adapter id {e.id!r} is used twice; ids name output folders and "
+                            "must be unique (case-insensitively)")
+        seen.add(e.id.lower())
+    if len([e for e in entries if e.is_baseline]) > 1:
+        problems.append("more than one adapter entry has an empty path (the baseline); keep one")
+    if not any(e.is_baseline for e in entries) and BASELINE_ID not in seen:
+        entries.insert(0, AdapterEntry(BASELINE_ID, "", None))
+    elif not any(e.is_baseline for e in entries):
+        problems.append(f"no baseline entry (empty path) and the id {BASELINE_ID!r} is taken; "
+                        "add {\"id\": \"base\", \"path\": \"\"}")
+    return entries
+
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def run_folder_adapters(folder: str | os.PathLike) -> list[tuple[str, int | None, Path]]:
+    """(label, step, adapter file) of every checkpoint of a run folder, oldest first, then the
+    final adapter; ``[]`` when the folder holds none."""
+    folder = Path(folder)
+    found: list[tuple[str, int | None, Path]] = []
+    ckpt_dir = folder / "checkpoints"
+    if ckpt_dir.is_dir():
+        steps = []
+        for sub in ckpt_dir.iterdir():
+            m = _STEP_RE.match(sub.name)
+            if m and (sub / CHECKPOINT_ADAPTER).is_file():
+                steps.append((int(m.group(1)), sub))
+        for step, sub in sorted(steps):
+            found.append((sub.name, step, sub / CHECKPOINT_ADAPTER))
+    if (folder / FINAL_ADAPTER).is_file():
+        found.append(("final", None, folder / FINAL_ADAPTER))
+    return found
+
+
+def default_duration(clip_seconds: float | None, spec: EvalSpec) -> float:
+    """Seconds rendered for a clip: the spec's duration, else the clip's length up to 8 s."""
+    if spec.duration is not None:
+        return float(spec.duration)
+    if clip_seconds is None:
+        return TRAIN_DURATION_S
+    return max(min_duration(), min(TRAIN_DURATION_S, float(clip_seconds)))
+
+
+__all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "load_spec",
+           "run_folder_adapters", "default_duration"]
