@@ -17,16 +17,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..variants import CheckpointFile, ModelVariant, get_variant
+from . import hub
 from .errors import CheckpointError, MissingFile, MissingWeightsError
-from .hub import (
-    RemoteFile,
-    download_file,
-    file_url,
-    hub_endpoint,
-    hub_offline,
-    part_path,
-    probe,
-)
+from .hub import RemoteFile, file_url, hub_endpoint, hub_offline, part_path
 from .models_dir import destinations, resolve_models_dir, verify_file
 
 logger = logging.getLogger(__name__)
@@ -157,13 +150,13 @@ def ensure_files(
     # One quick reachability check: the probe of the first missing file.
     remotes: dict[str, RemoteFile] = {}
     try:
-        remotes[missing[0].key] = probe(missing[0].file)
+        remotes[missing[0].key] = hub.probe(missing[0].file)
     except Exception as exc:  # offline, DNS, proxy, timeout, HTTP error: one message
         fail(f"the hub {hub_endpoint()} cannot be reached ({type(exc).__name__}: {exc})",
              cause=exc)
     try:
         for m in missing[1:]:
-            remotes[m.key] = probe(m.file)
+            remotes[m.key] = hub.probe(m.file)
     except Exception as exc:
         fail(f"the hub did not answer for {m.file.relative_path} ({type(exc).__name__}: {exc})",
              cause=exc)
@@ -188,7 +181,7 @@ def ensure_files(
     try:
         for i, m in enumerate(missing):
             try:
-                download_file(m.file, m.destination, remotes[m.key], on_bytes)
+                hub.download_file(m.file, m.destination, remotes[m.key], on_bytes)
             except Exception as exc:
                 part = part_path(m.destination)
                 kept = part.stat().st_size if part.is_file() else 0
@@ -213,6 +206,7 @@ def preflight(
     *,
     download: bool = False,
     verify: bool = True,
+    text_encoders: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Path]:
     """Check (and with ``download`` fetch) every file ``variant`` needs; ``{role: path}``.
@@ -220,11 +214,13 @@ def preflight(
     Roles: ``generator``, ``video_encoder``, ``vae``, ``vocoder`` (files) and ``clip_text``,
     ``t5`` (the text encoders' folders), plus every individual file key of
     :meth:`~selva_core.variants.ModelVariant.required_files`. A tiny variant needs nothing
-    and returns ``{}``. Raises one :class:`MissingWeightsError` listing every missing file
-    with its URL and destination, or one :class:`CheckpointError` listing damaged files.
+    and returns ``{}``. ``text_encoders=False`` leaves the text encoders' folders out (for a
+    caller that loads them from elsewhere). Raises one :class:`MissingWeightsError` listing
+    every missing file with its URL and destination, or one :class:`CheckpointError` listing
+    damaged files.
     """
     v = get_variant(variant) if isinstance(variant, str) else variant
-    files = v.required_files()
+    files = v.required_files() if text_encoders else v.checkpoint_files()
     if not files:
         return {}
     paths = ensure_files(
