@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from selva_core.model.layers import MLP, ChannelLastConv1d, ConvMLP, HeadRMSNorm, swiglu_hidden_dim
@@ -383,6 +384,7 @@ class SelvaGenerator(nn.Module):
         self.register_buffer("clip_rope_sin", torch.empty(0), persistent=False)
         self._seq = seq
         self.update_seq_lengths(seq)
+        self.gradient_checkpointing = False
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -417,6 +419,21 @@ class SelvaGenerator(nn.Module):
         if device.type != "meta":
             self._build_rope(device)
         return self
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each MM-DiT block in the backward pass instead of keeping its activations.
+
+        Only the blocks' inputs are kept while gradients are being recorded; the backward pass
+        re-runs each block's forward (non-reentrant ``torch.utils.checkpoint``, RNG state
+        preserved), so the gradients equal the plain path's. Has no effect without autograd
+        (sampling), and no weight or output changes.
+        """
+        self.gradient_checkpointing = bool(enabled)
+
+    def _run_block(self, block: nn.Module, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def update_seq_lengths(self, seq: SequenceLengths) -> None:
         """Set the token counts (latent, clip, sync) and rebuild the RoPE tables."""
@@ -542,11 +559,11 @@ class SelvaGenerator(nn.Module):
         clip_f, text_f = cond.clip_f, cond.text_f
         latent_rope, clip_rope = self.latent_rope, self.clip_rope
         for block in self.joint_blocks:
-            x, clip_f, text_f = block(
-                x, clip_f, text_f, global_c, extended_c, latent_rope, clip_rope
+            x, clip_f, text_f = self._run_block(
+                block, x, clip_f, text_f, global_c, extended_c, latent_rope, clip_rope
             )
         for block in self.fused_blocks:
-            x = block(x, extended_c, latent_rope)
+            x = self._run_block(block, x, extended_c, latent_rope)
         return self.final_layer(x, global_c)
 
     def forward(

@@ -1,0 +1,83 @@
+"""Frozen base weights in half precision, and the peak memory of a run.
+
+Training a LoRA adapter only needs gradients for the adapter, so the frozen generator's
+matrices can be stored in bfloat16 / float16: half the bytes of the largest tensors of a
+training step. The adapter's own parameters stay float32 and every matmul runs under autocast
+in the same half dtype (what autocast would cast the fp32 weights to anyway), so the
+adapter's updates see the same arithmetic. Norms, biases and the generator's latent
+statistics stay float32.
+
+:func:`cast_frozen_weights` never changes a tensor it was given: it swaps in new parameter
+objects on the modules of ``model``, so a generator that shares its tensors with a cached
+pipeline (``SelvaPipeline.fork``) leaves the cached one in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: ``--base_dtype`` choices -> torch dtype (``auto`` is resolved by :func:`resolve_base_dtype`).
+BASE_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
+BASE_DTYPE_CHOICES = ("auto", *BASE_DTYPES)
+
+
+def resolve_base_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a CUDA GPU that supports it, fp32 elsewhere; else the named dtype."""
+    if choice == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if choice not in BASE_DTYPES:
+        raise ValueError(f"base dtype {choice!r} is unknown; choose one of {BASE_DTYPE_CHOICES}")
+    return BASE_DTYPES[choice]
+
+
+def _weight_layers(model: nn.Module):
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            yield module
+
+
+def cast_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen weight matrices of ``model``'s Linear / Conv1d layers in ``dtype``.
+
+    Only parameters with ``requires_grad=False`` are cast (adapters are trainable and stay
+    as they are); each is replaced by a new ``nn.Parameter`` on its module, so tensors shared
+    with another model are never modified. Returns the number of bytes saved.
+    """
+    if not dtype.is_floating_point:
+        raise ValueError(f"base weights need a floating dtype, got {dtype}")
+    saved = 0
+    for module in _weight_layers(model):
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.requires_grad or param.dtype == dtype or not param.is_floating_point():
+                continue
+            new = nn.Parameter(param.detach().to(dtype), requires_grad=False)
+            saved += param.numel() * (param.element_size() - new.element_size())
+            setattr(module, name, new)
+    if saved:
+        logger.info("frozen base weights stored in %s (%.1f MB less)", dtype, saved / 1e6)
+    return saved
+
+
+def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
+    """The run's peak memory and how it was measured.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors the caching allocator handed out);
+    elsewhere the process's peak resident set size (``ru_maxrss``), which includes the
+    Python interpreter and every loaded library.
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return int(rss * scale), "process peak resident memory"
