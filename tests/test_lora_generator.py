@@ -8,6 +8,7 @@ import torch
 from selva_core.model.generator import SelvaGenerator
 from selva_core.model.layers import ChannelLastConv1d
 from selva_core.model.lora import (
+    AdapterLoadError,
     LoRAConfig,
     LoRAConv1d,
     LoRALinear,
@@ -90,7 +91,7 @@ def test_generator_file_round_trip_merge_and_exact_restore_on_all_block_layers(t
     y = gen(*x)
     assert rel_err(y, y0) > 1e-3
     path = save_adapter(gen, tmp_path / "g.safetensors")
-    assert read_adapter_file(path)[1]["base_variant"] == VARIANT
+    assert read_adapter_file(path)[1]["model_variant"] == VARIANT
     fresh = _generator()
     load_adapter(fresh, path, expected_variant=VARIANT)
     assert torch.equal(fresh(*x), y)
@@ -99,5 +100,5 @@ def test_generator_file_round_trip_merge_and_exact_restore_on_all_block_layers(t
     unmerge_adapters(gen)
     remove_all_adapters(gen)
     assert same_state(state_bits(gen), base_bits)
-    with pytest.raises(ValueError, match="base variant"):
+    with pytest.raises(AdapterLoadError, match="model variant"):
         load_adapter(_generator(), path, expected_variant="small_16k")

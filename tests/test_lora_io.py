@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from selva_core.model.lora import (
+    AdapterLoadError,
     LoRAConfig,
     LoRALayer,
     adapter_layers,
@@ -33,17 +34,17 @@ from tests.test_lora_common import (
 )
 
 
-def _trained(init="standard", variant="lora", targets=("attn",), **kw):
+def _trained(init="standard", kind="lora", targets=("attn",), **kw):
     model = make_model()
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=targets, **kw),
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=targets, **kw),
                 variant_name="tiny_test")
     perturb(model)
     return model
 
 
-@pytest.mark.parametrize("variant", ["lora", "dora"])
-def test_save_then_load_on_a_fresh_model_reproduces_the_adapter_exactly(tmp_path, variant):
-    model = _trained(variant=variant, targets=("all",))
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_save_then_load_on_a_fresh_model_reproduces_the_adapter_exactly(tmp_path, kind):
+    model = _trained(kind=kind, targets=("all",))
     x, t = make_inputs()
     y = model(x, t)
     path = save_adapter(model, tmp_path / "a.safetensors")
@@ -85,7 +86,7 @@ def test_pissa_file_is_q16_by_default_and_still_reproduces_training_within_1e_5(
     assert data < 0.55 * exact_data
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["storage_dtype"] == "q16" and meta["format_version"] == "2"
+    assert meta["storage_dtype"] == "q16" and meta["format_version"] == "3"
     fresh = make_model()
     load_adapter(fresh, path)
     assert rel_err(fresh(x, t), y) <= 1e-5
@@ -130,7 +131,7 @@ def test_standard_adapters_are_stored_exactly_in_float32_by_default(tmp_path):
     assert all(t.dtype == torch.float32 for t in load_file(path).values())
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["storage_dtype"] == "float32"
-        assert f.metadata()["format_version"] == "1"
+        assert "storage_rel_error" not in f.metadata()
 
 
 def test_unknown_storage_names_the_choices(tmp_path):
@@ -139,21 +140,21 @@ def test_unknown_storage_names_the_choices(tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_file_metadata_records_scale_variant_targets_layers_and_base_identity(tmp_path):
-    model = _trained(init="pissa", variant="dora", use_rslora=True, alpha=6.0)
+def test_file_metadata_records_scale_kind_targets_layers_and_model_identity(tmp_path):
+    model = _trained(init="pissa", kind="dora", use_rslora=True, alpha=6.0)
     path = save_adapter(model, tmp_path / "m.safetensors", metadata={"steps": 120})
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "selva-lora" and meta["format_version"] == "2"
+    assert meta["format"] == "selva-lora" and meta["format_version"] == "3"
     assert meta["storage_dtype"] == "q16"  # auto: PiSSA's rank-2r delta
-    assert meta["variant"] == "dora" and meta["init"] == "pissa"
+    assert meta["lora_kind"] == "dora" and meta["init"] == "pissa" and "variant" not in meta
     assert meta["converted"] == "pissa->delta"
     assert meta["rank"] == "4" and meta["file_rank"] == "8"
     assert float(meta["alpha"]) == 6.0 and float(meta["scale"]) == 3.0
     assert json.loads(meta["use_rslora"]) is True
     assert json.loads(meta["targets"]) == ["attn"]
     assert "joint_blocks.0.latent_block.linear1" in json.loads(meta["layers"])
-    assert meta["base_variant"] == "tiny_test" and len(meta["base_fingerprint"]) == 16
+    assert meta["model_variant"] == "tiny_test" and len(meta["base_fingerprint"]) == 16
     assert json.loads(meta["user"]) == {"steps": 120}
 
 
@@ -213,10 +214,10 @@ def test_extra_key_is_named(tmp_path, good_file):
     _assert_load_fails_and_model_unchanged(path, r"unexpected keys: final\.lora_A")
 
 
-def test_another_base_variant_is_refused(tmp_path, good_file):
+def test_another_model_variant_is_refused(tmp_path, good_file):
     path, _, _ = good_file
     _assert_load_fails_and_model_unchanged(
-        path, "trained for base variant 'tiny_test'.*'large_44k'", expected_variant="large_44k"
+        path, "trained for model variant 'tiny_test'.*'large_44k'", expected_variant="large_44k"
     )
 
 
@@ -328,16 +329,18 @@ def test_missing_metadata_fields_are_named(tmp_path, good_file):
     _assert_load_fails_and_model_unchanged(path, r"lacks the required fields \['scale'\]")
 
 
-def test_a_file_claiming_another_adapter_variant_is_refused_by_its_key_set(tmp_path, good_file):
+def test_a_file_claiming_another_lora_kind_is_refused_by_its_key_set(tmp_path, good_file):
     _, tensors, meta = good_file
-    meta["variant"] = "dora"  # a plain LoRA file relabelled: no magnitudes
+    meta["lora_kind"] = "dora"  # a plain LoRA file relabelled: no magnitudes
     path = _rewrite(tmp_path, tensors, meta)
     _assert_load_fails_and_model_unchanged(
         path, r"bad\.safetensors does not match: missing keys: .*lora_magnitude"
     )
-    meta["variant"] = "vera"
+    meta["lora_kind"] = "vera"
     path = _rewrite(tmp_path, tensors, meta, name="unknown.safetensors")
-    _assert_load_fails_and_model_unchanged(path, r"unknown\.safetensors: unknown LoRA variant")
+    _assert_load_fails_and_model_unchanged(
+        path, r"unknown\.safetensors: metadata lora_kind='vera' is not a known LoRA kind"
+    )
 
 
 @pytest.mark.parametrize(
@@ -346,8 +349,8 @@ def test_a_file_claiming_another_adapter_variant_is_refused_by_its_key_set(tmp_p
         ("scale", "two", r"metadata scale='two' is not a positive number"),
         ("alpha", "-1", r"metadata alpha='-1' is not a positive number"),
         ("format_version", "v1", r"format_version 'v1' is not an integer"),
-        ("rank", "four", r"metadata rank 'four' is not an integer"),
-        ("use_rslora", "yes please", r"'use_rslora' is missing or not JSON"),
+        ("rank", "four", r"metadata rank='four' is not a positive integer"),
+        ("use_rslora", "yes please", r"metadata use_rslora='yes please' is not JSON true or false"),
     ],
 )
 def test_malformed_metadata_names_the_file_and_field(tmp_path, good_file, field, value, match):
@@ -355,3 +358,29 @@ def test_malformed_metadata_names_the_file_and_field(tmp_path, good_file, field,
     meta[field] = value
     path = _rewrite(tmp_path, tensors, meta)
     _assert_load_fails_and_model_unchanged(path, r"bad\.safetensors.*" + match)
+
+
+def _as_old_format(meta: dict[str, str], version: str) -> dict[str, str]:
+    """Metadata as format 1 / 2 wrote it: the LoRA kind under ``variant``, ``base_variant``."""
+    old = {k: v for k, v in meta.items() if k not in ("lora_kind", "model_variant")}
+    return {**old, "format_version": version, "variant": meta["lora_kind"],
+            "base_variant": meta["model_variant"]}
+
+
+@pytest.mark.parametrize("kind,init,version", [
+    ("lora", "standard", "1"), ("dora", "standard", "1"), ("lora", "pissa", "2"),
+])
+def test_files_written_with_the_old_variant_metadata_still_load(tmp_path, kind, init, version):
+    model = _trained(init=init, kind=kind)
+    x, t = make_inputs()
+    path = save_adapter(model, tmp_path / "new.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    old = _rewrite(tmp_path, load_file(path), _as_old_format(meta, version), "old.safetensors")
+    fresh, again = make_model(), make_model()
+    load_adapter(fresh, path)
+    handle = load_adapter(again, old, expected_variant="tiny_test")
+    assert torch.equal(again(x, t), fresh(x, t))
+    assert handle.spec.config.kind == kind and handle.spec.variant_name == "tiny_test"
+    with pytest.raises(AdapterLoadError, match="trained for model variant 'tiny_test'"):
+        load_adapter(make_model(), old, expected_variant="large_44k")

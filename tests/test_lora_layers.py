@@ -38,7 +38,7 @@ from tests.test_lora_common import (
 )
 
 INITS = ["standard", "gaussian", "pissa", "pissa_niter_3"]
-VARIANTS = ["lora", "dora"]
+KINDS = ["lora", "dora"]
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -104,13 +104,13 @@ def test_attach_logs_the_effective_scale(caplog):
 
 
 # -- identity at init ---------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("init", INITS)
-def test_wrapped_model_equals_base_at_init(init, variant):
+def test_wrapped_model_equals_base_at_init(init, kind):
     model = make_model()
     x, t = make_inputs()
     y0 = model(x, t)
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("all",), seed=0))
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=("all",), seed=0))
     y = model(x, t)
     if init.startswith("pissa"):
         assert rel_err(y, y0) <= 1e-6
@@ -170,7 +170,7 @@ def test_dora_magnitude_gradient_at_step_0_is_g_dot_wx_over_the_norm(kind):
     model, x = _one_layer(kind)
     base = model[0]
     wx = base(x).detach() - base.bias.detach()  # bias-free base output
-    attach_lora(model, LoRAConfig(rank=3, variant="dora", targets=("0",)))
+    attach_lora(model, LoRAConfig(rank=3, kind="dora", targets=("0",)))
     st = model[0].adapters["default"]
     y = model(x)
     g = torch.randn_like(y)
@@ -244,12 +244,12 @@ def test_attach_freezes_the_base_model_and_remove_all_restores_the_flags():
 
 # -- strength and stacking ----------------------------------------------------------------------
 @pytest.mark.parametrize("init", ["standard", "pissa"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_strength_zero_is_the_base_model_exactly_and_strength_scales_the_change(init, variant):
+@pytest.mark.parametrize("kind", KINDS)
+def test_strength_zero_is_the_base_model_exactly_and_strength_scales_the_change(init, kind):
     model = make_model()
     x, t = make_inputs()
     y0 = model(x, t)
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("qkv",)))
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=("qkv",)))
     perturb(model)
     set_strength(model, "default", 0.0)
     assert torch.equal(model(x, t), y0)
@@ -291,12 +291,12 @@ def test_stacked_adapters_add_and_removing_one_keeps_the_other():
 
 # -- merge / unmerge / remove -------------------------------------------------------------------
 @pytest.mark.parametrize("init", ["standard", "pissa"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_merge_equals_unmerged_forward_and_unmerge_restores_weights_bit_exactly(init, variant):
+@pytest.mark.parametrize("kind", KINDS)
+def test_merge_equals_unmerged_forward_and_unmerge_restores_weights_bit_exactly(init, kind):
     model = make_model()
     x, t = make_inputs()
     base_bits = state_bits(model)
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("all",)))
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=("all",)))
     perturb(model)
     set_strength(model, "default", 0.7)
     y_unmerged = model(x, t)
@@ -373,7 +373,7 @@ def test_dropout_acts_only_in_training_mode():
 
 def test_lora_plus_groups_put_b_and_magnitudes_at_ratio_times_lr():
     model = make_model()
-    attach_lora(model, LoRAConfig(rank=2, variant="dora", targets=("qkv",)))
+    attach_lora(model, LoRAConfig(rank=2, kind="dora", targets=("qkv",)))
     ga, gb = lora_plus_param_groups(model, lr=1e-4, ratio=16)
     assert ga["lr"] == 1e-4 and gb["lr"] == pytest.approx(1.6e-3)
     n = len(adapter_layers(model, "default"))
@@ -390,10 +390,10 @@ def test_channel_last_conv_adapter_path_equals_the_a_convolution(k, pad, dil):
     assert torch.allclose(layer.apply_a(x, A), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_bf16_autocast_training_keeps_fp32_adapter_gradients(variant):
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_training_keeps_fp32_adapter_gradients(kind):
     model = make_model()
-    attach_lora(model, LoRAConfig(rank=4, init="pissa", variant=variant, targets=("all",)))
+    attach_lora(model, LoRAConfig(rank=4, init="pissa", kind=kind, targets=("all",)))
     perturb(model)
     x, t = make_inputs()
     ref = model(x, t)
@@ -426,8 +426,8 @@ def test_stacked_dora_adds_its_own_change_and_merges_to_the_same_function(first,
     lin = model.get_submodule(target)
     h = torch.randn(2, 9, 16)
     b0 = lin(h).detach()
-    for name, variant, seed in (("a", first, 5), ("b", second, 6)):
-        attach_lora(model, LoRAConfig(rank=3, variant=variant, targets=(target,)), name=name)
+    for name, kind, seed in (("a", first, 5), ("b", second, 6)):
+        attach_lora(model, LoRAConfig(rank=3, kind=kind, targets=(target,)), name=name)
         perturb(model, name, seed=seed, std=0.3)
     lin = model.get_submodule(target)
     both = lin(h) - b0
@@ -445,14 +445,14 @@ def test_stacked_dora_adds_its_own_change_and_merges_to_the_same_function(first,
 
 
 @pytest.mark.parametrize("init", ["standard", "pissa"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_channel_first_conv1d_identity_strength_merge_and_exact_removal(init, variant):
+@pytest.mark.parametrize("kind", KINDS)
+def test_channel_first_conv1d_identity_strength_merge_and_exact_removal(init, kind):
     # the twin's convs are plain nn.Conv1d taking (B, C, N): the adapter path must follow
     model = make_model(channel_last=False)
     x, t = make_inputs()
     y0 = model(x, t)
     base_bits = state_bits(model)
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("all",)))
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=("all",)))
     conv = model.fused_blocks[0].linear1
     assert isinstance(conv, LoRAConv1d) and not conv.channel_last
     assert rel_err(model(x, t), y0) <= 1e-6

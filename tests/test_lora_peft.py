@@ -108,16 +108,16 @@ def _load_into_peft(base, folder):
 
 
 @pytest.mark.parametrize(
-    "init,variant", [("standard", "lora"), ("pissa", "lora"), ("standard", "dora")]
+    "init,kind", [("standard", "lora"), ("pissa", "lora"), ("standard", "dora")]
 )
-def test_our_peft_export_loads_into_peft_and_gives_the_same_outputs(tmp_path, init, variant):
+def test_our_peft_export_loads_into_peft_and_gives_the_same_outputs(tmp_path, init, kind):
     model = make_model()
     twin = make_twin(model)
-    attach_lora(model, LoRAConfig(rank=4, init=init, variant=variant, targets=("attn",)))
+    attach_lora(model, LoRAConfig(rank=4, init=init, kind=kind, targets=("attn",)))
     perturb(model)
     folder = export_peft(model, tmp_path / "peft")
     cfg = json.loads((folder / "adapter_config.json").read_text())
-    assert cfg["r"] == (8 if init == "pissa" else 4) and cfg["use_dora"] == (variant == "dora")
+    assert cfg["r"] == (8 if init == "pissa" else 4) and cfg["use_dora"] == (kind == "dora")
     x, t = make_inputs()
     assert rel_err(_load_into_peft(twin, folder)(x, t), model(x, t)) <= 1e-5
 

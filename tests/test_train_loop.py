@@ -165,7 +165,7 @@ def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, ti
     user = json.loads(meta["user"])
     assert user["steps"] == 6 and user["config"]["rank"] == 4
     assert user["surgery"]["decision"] in ("kept", "reverted")
-    assert meta["base_variant"] == "tiny_16k"
+    assert meta["model_variant"] == "tiny_16k" and meta["lora_kind"] == "lora"
 
 
 def test_validation_loss_is_deterministic_and_logged_per_t(straight):

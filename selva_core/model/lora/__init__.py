@@ -1,6 +1,6 @@
 """LoRA library for SelVA's generator: adapters on ``nn.Linear`` and ``nn.Conv1d``.
 
-Variants ``lora`` and ``dora`` (``variants/``), inits standard / gaussian / PiSSA exact or
+Kinds ``lora`` and ``dora`` (``kinds/``), inits standard / gaussian / PiSSA exact or
 randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
 (``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
 with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),
@@ -20,19 +20,25 @@ Typical use::
 from .config import LoRAConfig, compute_scale
 from .intruders import IntruderReport, LayerIntruders, intruder_report, reduce_intruders
 from .io import (
+    AdapterFileInfo,
+    AdapterLoadError,
+    AdapterNotFoundError,
     adapter_metadata,
     adapter_state_dict,
     adapter_storage,
     base_fingerprint,
     load_adapter,
+    load_adapter_tensors,
     load_training_state_dict,
+    parse_adapter_metadata,
     read_adapter_file,
     save_adapter,
     training_state_dict,
 )
+from .kind import get_kind, kind_names, register_kind
 from .layers import AdapterState, LoRAConv1d, LoRALayer, LoRALinear
 from .lowrank import delta_svd, lowrank_svd
-from .peft_io import export_peft, import_peft
+from .peft_io import export_peft, import_peft, read_peft_folder
 from .runtime import (
     AdapterHandle,
     AdapterSpec,
@@ -60,4 +66,3 @@ from .surgery import (
     surgery_with_validation,
 )
 from .targets import PRESETS, adaptable_modules, resolve_targets
-from .variant import get_variant, register_variant, variant_names

@@ -1,4 +1,4 @@
-"""``LoRAConfig``: rank, scaling, init mode, variant and targets of one adapter.
+"""``LoRAConfig``: rank, scaling, init mode, kind and targets of one adapter.
 
 Scaling and its defaults
 ------------------------
@@ -73,15 +73,15 @@ class LoRAConfig:
     ``targets``: presets (``qkv``, ``attn``/``qkv+linear1``, ``ffn``, ``attn+ffn``, ``all``),
     ``re:<regex>`` (full match on the qualified module name), globs (``*``, ``?``, ``[]``) or
     plain dotted names (exact name or a name suffix such as ``attn.qkv``); see ``targets.py``.
-    ``variant``: ``lora`` or ``dora``. ``seed``: seeds the random A init per layer (``None`` uses
-    torch's global generator).
+    ``kind``: the LoRA kind, ``lora`` or ``dora`` ("variant" always means the model variant).
+    ``seed``: seeds the random A init per layer (``None`` uses torch's global generator).
     """
 
     rank: int = DEFAULT_RANK
     alpha: float | None = None
     use_rslora: bool = False
     init: str = "standard"
-    variant: str = "lora"
+    kind: str = "lora"
     targets: tuple[str, ...] = ("attn",)
     exclude: tuple[str, ...] = ()
     dropout: float = 0.0
@@ -105,9 +105,9 @@ class LoRAConfig:
         if not self.targets:
             raise ValueError("LoRAConfig.targets is empty; give a preset such as 'attn'")
         parse_init(self.init)
-        from .variant import get_variant  # late import: variants import this module
+        from .kind import get_kind  # late import: the kinds import this module
 
-        get_variant(self.variant)
+        get_kind(self.kind)
 
     @property
     def effective_alpha(self) -> float:

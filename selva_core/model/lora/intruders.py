@@ -176,9 +176,9 @@ def reduce_intruders(
         raise ValueError(f"lam is the fraction of each intruder kept, in [0, 1]; got {lam}")
     changed: dict[str, int] = {}
     for path, st in adapter_layers(model, name).items():
-        if st.variant != "lora":
+        if st.kind != "lora":
             raise ValueError(
-                f"intruder reduction needs a plain LoRA adapter; {path} is {st.variant}"
+                f"intruder reduction needs a plain LoRA adapter; {path} is {st.kind}"
             )
         layer = model.get_submodule(path)
         W0 = layer.original_weight2d().double()

@@ -1,4 +1,4 @@
-"""Adapter files: safetensors with metadata, strict loading, training-state dicts.
+"""Adapter files: safetensors with metadata, validated loading, training-state dicts.
 
 File layout (format ``selva-lora``): per adapted layer ``<module path>.lora_A`` (R, in[, k]) and
 ``<module path>.lora_B`` (out, R[, 1]), plus ``<module path>.lora_magnitude`` (out,) fp32 for
@@ -7,19 +7,26 @@ metadata. PiSSA adapters are written converted to that plain delta: ``A' = [A; A
 ``B' = [B, -B0]`` (R = 2r, same scale), so files never carry base weights and load onto a clean
 base with no SVD. How the factors are stored (``storage_dtype``: exact float32, q16 fixed point
 with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by
-default plain adapters are float32 and PiSSA's rank-2r deltas q16. Version 1 files hold floats
-only; version 2 adds q16 (float files are still written as version 1).
+default plain adapters are float32 and PiSSA's rank-2r deltas q16.
 
-Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``variant``
+Format versions: 1 holds floats only; 2 adds q16; 3 (written now) names the LoRA kind
+``lora_kind`` and the model variant ``model_variant``. Versions 1 and 2 called them ``variant``
+(lora/dora) and ``base_variant``; they still load.
+
+Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``lora_kind``
 (lora/dora), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``, ``alpha``,
-``scale``, ``use_rslora``, ``dropout``, ``storage_dtype``, ``targets``/``exclude``/``layers``
-(JSON lists), ``base_variant`` (e.g. small_16k) and ``base_fingerprint`` (hash of rounded
-statistics of the adapted base weights; a mismatch on load is a warning, the variant a hard
-check), ``user`` (JSON object of caller metadata such as training steps).
+``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (plus ``storage_rel_error`` for the
+lossy storages), ``targets``/``exclude``/``layers`` (JSON lists), ``model_variant`` (e.g.
+small_16k) and ``base_fingerprint`` (hash of rounded statistics of the adapted base weights; a
+mismatch on load is a warning, the model variant a hard check), ``user`` (JSON object of caller
+metadata such as training steps).
 
-Loading checks, before touching the model: safetensors (pickles are refused), format and
-version, the storage, the exact key set, tensor dtypes, the base variant, the layers and their
-shapes.
+Loading checks everything before touching the model, and every refusal is one
+:class:`AdapterLoadError` naming the file and the field or tensor: a folder or pickle where a
+safetensors file belongs, format and version, each metadata field by type, the storage, the
+exact key set, tensor dtypes, finite values (NaN or infinite factors, q16 steps or magnitudes
+would make every output NaN), the model variant, the layers (which must exist, be adaptable and
+not lie inside another adapter's wrapper) and their shapes.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,7 @@ from torch import nn
 from ... import __version__
 from ...atomic import save_safetensors_atomic
 from .config import LoRAConfig
+from .kind import get_kind, kind_names
 from .layers import AdapterState, LoRALayer
 from .runtime import (
     AdapterHandle,
@@ -49,20 +59,32 @@ from .runtime import (
     get_spec,
 )
 from .storage import (
-    FLOAT_STORAGES,
     STORAGES,
+    change_error,
     check_layer_tensors,
     decode,
     encode,
     file_keys,
     resolve_storage,
 )
-from .variant import get_variant
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "selva-lora"
-FORMAT_VERSION = 2  # 2 added the q16 storage; float files are still written as version 1
+# 2 added the q16 storage; 3 renamed variant -> lora_kind and base_variant -> model_variant
+FORMAT_VERSION = 3
+
+
+class AdapterLoadError(ValueError):
+    """An adapter file or folder that cannot be loaded; the message names it and what is wrong.
+
+    The one exception front ends catch for bad adapters (a ``ValueError``, so older callers
+    that catch ``ValueError`` keep working). The model is unchanged when it is raised.
+    """
+
+
+class AdapterNotFoundError(AdapterLoadError, FileNotFoundError):
+    """The adapter path does not exist (also a ``FileNotFoundError``)."""
 
 
 # -- identity of the base model ----------------------------------------------------------------
@@ -85,7 +107,7 @@ def base_fingerprint(model: nn.Module, layers: list[str]) -> str:
 
 
 def model_variant_name(model: nn.Module) -> str | None:
-    """The model's base variant: its ``variant_name`` attribute, else the one registered
+    """The model variant of ``model``: its ``variant_name`` attribute, else the one registered
     variant whose generator config equals ``model.cfg`` (SelvaGenerator), else None."""
     name = getattr(model, "variant_name", None)
     if isinstance(name, str):
@@ -103,8 +125,10 @@ def model_variant_name(model: nn.Module) -> str | None:
 def adapter_storage(model: nn.Module, name: str = "default", storage="auto") -> str:
     """The concrete storage of adapter ``name`` (``auto``: see ``storage.resolve_storage``)."""
     spec = get_spec(model, name)
-    file_rank = max(st.factors()[0].shape[0] for st in adapter_layers(model, name).values())
-    return resolve_storage(storage, file_rank, spec.config.rank)
+    states = adapter_layers(model, name).values()
+    file_rank = max(st.factors()[0].shape[0] for st in states)
+    pissa = spec.init.startswith("pissa") or any(st.is_pissa for st in states)
+    return resolve_storage(storage, file_rank, spec.config.rank, pissa=pissa)
 
 
 def adapter_state_dict(
@@ -175,12 +199,12 @@ def adapter_metadata(
     states = list(layers.values())
     ranks = {st.factors()[0].shape[0] for st in states}
     converted = "pissa->delta" if any(st.is_pissa for st in states) else ""
-    variant_name = spec.variant_name or model_variant_name(model) or ""
+    model_variant = spec.variant_name or model_variant_name(model) or ""
     return {
         "format": FORMAT,
-        "format_version": "1",
+        "format_version": str(FORMAT_VERSION),
         "library_version": __version__,
-        "variant": states[0].variant,
+        "lora_kind": states[0].kind,
         "init": spec.init,
         "converted": converted,
         "rank": str(cfg.rank),
@@ -192,7 +216,7 @@ def adapter_metadata(
         "targets": json.dumps(list(cfg.targets)),
         "exclude": json.dumps(list(cfg.exclude)),
         "layers": json.dumps(list(layers)),
-        "base_variant": variant_name,
+        "model_variant": model_variant,
         "base_fingerprint": base_fingerprint(model, list(layers)),
         "user": json.dumps(user or {}, default=str),
     }
@@ -207,24 +231,34 @@ def save_adapter(
 ) -> Path:
     """Write adapter ``name`` to ``path`` (safetensors, atomic). ``metadata``: caller extras.
 
-    ``storage``: ``auto`` (default: exact float32 for adapters stored at their trained rank,
-    ``q16`` for PiSSA's rank-2r delta, which keeps it at the size of a plain adapter),
-    ``float32``, ``q16``, ``float16`` or ``bfloat16`` (a torch float dtype works too); see
-    ``storage.py`` for the formats and their errors.
+    ``storage``: ``auto`` (default: exact float32, except ``q16`` for a PiSSA adapter's
+    rank-2r delta, which keeps it at the size of a plain adapter), ``float32``, ``q16``,
+    ``float16`` or ``bfloat16`` (a torch float dtype works too); see ``storage.py``. A lossy
+    storage is logged with the relative error of the stored change, which the file also
+    records (``storage_rel_error``).
     """
     kind = adapter_storage(model, name, storage)
     tensors = adapter_state_dict(model, name, kind)
     meta = adapter_metadata(model, name, metadata)
     meta["storage_dtype"] = kind
-    if kind not in FLOAT_STORAGES:
-        meta["format_version"] = str(FORMAT_VERSION)  # readers of version 1 know floats only
     ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A")}
     meta["file_rank"] = str(ranks.pop()) if len(ranks) == 1 else "mixed"
+    if kind != "float32":
+        err = max(
+            change_error(*st.factors(), {k: tensors[f"{p}.{k}"] for k in file_keys(kind)}, kind)
+            for p, st in adapter_layers(model, name).items()
+        )
+        meta["storage_rel_error"] = f"{err:.3e}"
+        logger.info(
+            "adapter %r stored as %s: relative error of the stored change up to %.2g "
+            "(storage='float32' is exact)", name, kind, err,
+        )
     out = save_safetensors_atomic(path, tensors, meta)
     logger.info("saved LoRA adapter %r (%d tensors, %s) to %s", name, len(tensors), kind, out)
     return out
 
 
+# -- reading and validating --------------------------------------------------------------------
 def _refuse_pickle(path: Path) -> None:
     """Refuse pickles / torch zip files by their header, before any parser sees them.
 
@@ -236,45 +270,204 @@ def _refuse_pickle(path: Path) -> None:
     if len(head) == 9 and head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8:
         return
     if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise ValueError(
+        raise AdapterLoadError(
             f"{path} is a pickle / torch.save file; adapters are only read from safetensors "
             "because pickles can run code. Re-save it as safetensors (or import it with "
             "import_peft if it is a PEFT folder)."
         )
 
 
+def _folder_hint(path: Path) -> str:
+    if (path / "adapter_config.json").is_file():
+        return "it looks like a PEFT folder: load it with import_peft"
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+    if files:
+        shown = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+        return f"pass one of the .safetensors files inside it ({shown})"
+    return "pass the adapter's .safetensors file"
+
+
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of an adapter file, with format and pickle checks."""
+    """Tensors and metadata of an adapter file, with format, version and pickle checks.
+
+    Raises :class:`AdapterLoadError` (:class:`AdapterNotFoundError` when nothing is there).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
     if not path.is_file():
-        raise FileNotFoundError(f"adapter file {path} does not exist")
-    _refuse_pickle(path)
+        raise AdapterNotFoundError(f"adapter file {path} does not exist")
     try:
+        _refuse_pickle(path)
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise ValueError(f"{path} is not a valid safetensors file ({e})") from None
+    except OSError as e:
+        raise AdapterLoadError(f"cannot read adapter file {path}: {e.strerror or e}") from None
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        if isinstance(e, AdapterLoadError):
+            raise
+        raise AdapterLoadError(f"{path} is not a valid safetensors file ({e})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(
+        raise AdapterLoadError(
             f"{path} is not a {FORMAT} adapter (metadata format={meta.get('format')!r}); "
             "PEFT folders load with import_peft"
         )
-    try:
-        version = int(meta.get("format_version", "0"))
-    except ValueError:
-        raise ValueError(
-            f"{path}: metadata format_version {meta.get('format_version')!r} is not an integer"
-        ) from None
-    if not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has adapter format version {version}; this library reads 1..{FORMAT_VERSION}"
-            " (update selva_core)"
-        )
+    _format_version(meta, path)
     return tensors, meta
 
 
-def _check_keys(found: set[str], expected: set[str], what: str) -> None:
+def _format_version(meta: Mapping[str, str], path) -> int:
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        raise AdapterLoadError(
+            f"{path}: metadata format_version {meta.get('format_version')!r} is not an integer"
+        ) from None
+    if not 1 <= version <= FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{path} has adapter format version {version}; this library reads "
+            f"1..{FORMAT_VERSION} (update selva_core)"
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class AdapterFileInfo:
+    """The validated metadata of an adapter file (see the module docstring for the fields)."""
+
+    kind: str
+    scale: float
+    alpha: float
+    rank: int | None
+    file_rank: int | None
+    layers: tuple[str, ...]
+    targets: tuple[str, ...]
+    exclude: tuple[str, ...]
+    dropout: float
+    use_rslora: bool
+    storage: str
+    model_variant: str | None
+    init: str
+    fingerprint: str | None
+    version: int
+    user: dict[str, Any] = field(default_factory=dict)
+
+
+def _bad(path, key: str, value: Any, want: str) -> AdapterLoadError:
+    shown = value if len(str(value)) <= 80 else str(value)[:77] + "..."
+    return AdapterLoadError(f"{path}: metadata {key}={shown!r} is not {want}")
+
+
+def _meta_json(meta: Mapping[str, str], key: str, path, want: str):
+    try:
+        return json.loads(meta[key])
+    except (json.JSONDecodeError, TypeError):
+        raise _bad(path, key, meta[key], want) from None
+
+
+def _meta_number(meta: Mapping[str, str], key: str, path) -> float:
+    """A positive finite number from the metadata, or one error naming the file and field."""
+    try:
+        value = float(meta[key])
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(path, key, meta[key], "a positive number")
+    return value
+
+
+def _meta_int(meta: Mapping[str, str], key: str, path) -> int:
+    value = meta[key]
+    if not (isinstance(value, str) and value.strip().isdigit() and int(value) >= 1):
+        raise _bad(path, key, value, "a positive integer")
+    return int(value)
+
+
+def _meta_names(meta: Mapping[str, str], key: str, path, *, allow_empty: bool) -> tuple[str, ...]:
+    want = "a JSON list of non-empty strings" + ("" if allow_empty else " (at least one)")
+    value = _meta_json(meta, key, path, want)
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(path, key, meta[key], want)
+    if not value and not allow_empty:
+        raise _bad(path, key, meta[key], want)
+    return tuple(value)
+
+
+def parse_adapter_metadata(
+    meta: Mapping[str, str], path: str | os.PathLike = "adapter"
+) -> AdapterFileInfo:
+    """Validate an adapter file's metadata field by field; one :class:`AdapterLoadError` naming
+    the file and the first bad field. Old files (format 1 and 2: ``variant`` = lora/dora,
+    ``base_variant``) are read too."""
+    if not isinstance(meta, Mapping) or not all(isinstance(v, str) for v in meta.values()):
+        raise AdapterLoadError(f"{path}: metadata must map names to strings")
+    version = _format_version(meta, path)
+    kind_key = "lora_kind" if version >= 3 else "variant"
+    missing = [k for k in (kind_key, "scale", "alpha", "layers") if k not in meta]
+    if missing:
+        raise AdapterLoadError(f"{path}: metadata lacks the required fields {missing}")
+    kind = meta[kind_key]
+    if kind not in kind_names():
+        raise _bad(path, kind_key, kind, f"a known LoRA kind ({', '.join(kind_names())})")
+    layers = _meta_names(meta, "layers", path, allow_empty=False)
+    bad = [p for p in layers if p.startswith(".") or p.endswith(".") or ".." in p]
+    if bad:
+        raise _bad(path, "layers", bad[0], "a dotted module path")
+    if len(set(layers)) != len(layers):
+        dup = next(p for p in layers if layers.count(p) > 1)
+        raise AdapterLoadError(f"{path}: metadata layers lists {dup!r} twice")
+    storage = meta.get("storage_dtype", "float32")
+    if storage not in STORAGES:
+        raise AdapterLoadError(
+            f"{path}: metadata storage_dtype {storage!r} is not one of {list(STORAGES)}"
+        )
+    if storage == "q16" and version < 2:
+        raise AdapterLoadError(f"{path}: storage_dtype q16 needs format_version >= 2")
+    file_rank = None
+    if meta.get("file_rank", "mixed") != "mixed":
+        file_rank = _meta_int(meta, "file_rank", path)
+    dropout = 0.0
+    if "dropout" in meta:
+        try:
+            dropout = float(meta["dropout"])
+        except ValueError:
+            dropout = float("nan")
+        if not 0.0 <= dropout < 1.0:
+            raise _bad(path, "dropout", meta["dropout"], "a number in [0, 1)")
+    use_rslora = False
+    if "use_rslora" in meta:
+        use_rslora = _meta_json(meta, "use_rslora", path, "JSON true or false")
+        if not isinstance(use_rslora, bool):
+            raise _bad(path, "use_rslora", meta["use_rslora"], "JSON true or false")
+    user: dict[str, Any] = {}
+    if "user" in meta:
+        user = _meta_json(meta, "user", path, "a JSON object")
+        if not isinstance(user, dict):
+            raise _bad(path, "user", meta["user"], "a JSON object")
+    variant_key = "model_variant" if "model_variant" in meta else "base_variant"
+    return AdapterFileInfo(
+        kind=kind,
+        scale=_meta_number(meta, "scale", path),
+        alpha=_meta_number(meta, "alpha", path),
+        rank=_meta_int(meta, "rank", path) if "rank" in meta else None,
+        file_rank=file_rank,
+        layers=layers,
+        targets=(_meta_names(meta, "targets", path, allow_empty=True) if "targets" in meta
+                 else ()) or layers,
+        exclude=_meta_names(meta, "exclude", path, allow_empty=True) if "exclude" in meta else (),
+        dropout=dropout,
+        use_rslora=use_rslora,
+        storage=storage,
+        model_variant=meta.get(variant_key) or None,
+        init=meta.get("init") or "loaded",
+        fingerprint=meta.get("base_fingerprint") or None,
+        version=version,
+        user=user,
+    )
+
+
+def _check_keys(found: set[str], expected: set[str], what: str, error=ValueError) -> None:
     missing, extra = sorted(expected - found), sorted(found - expected)
     if missing or extra:
         def show(keys):
@@ -285,25 +478,63 @@ def _check_keys(found: set[str], expected: set[str], what: str) -> None:
             parts.append(f"missing keys: {show(missing)}")
         if extra:
             parts.append(f"unexpected keys: {show(extra)}")
-        raise ValueError(f"{what} does not match: " + "; ".join(parts))
+        raise error(f"{what} does not match: " + "; ".join(parts))
 
 
-def _load_json(meta: dict[str, str], key: str, path: Path):
-    try:
-        return json.loads(meta[key])
-    except (KeyError, json.JSONDecodeError):
-        raise ValueError(f"{path}: metadata field {key!r} is missing or not JSON") from None
+def check_finite(tensors: Mapping[str, torch.Tensor], where) -> None:
+    """One :class:`AdapterLoadError` naming the first float tensor holding NaN or inf."""
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise AdapterLoadError(
+                f"{where}: {key} holds {n} NaN or infinite value(s); the adapter is damaged "
+                "(it would make every output NaN). Use an earlier file or retrain."
+            )
 
 
-def _meta_number(meta: dict[str, str], key: str, path: Path) -> float:
-    """A positive finite number from the metadata, or one error naming the file and field."""
-    try:
-        value = float(meta[key])
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{path}: metadata {key}={meta[key]!r} is not a positive number")
-    return value
+def _adapter_states(
+    tensors: Mapping[str, torch.Tensor], info: AdapterFileInfo, path, device, strength: float
+) -> dict[str, AdapterState]:
+    """Validated ``AdapterState``s (fp32, on ``device``) from the file tensors."""
+    impl = get_kind(info.kind)
+    keys = (*file_keys(info.storage), *impl.extra_keys)
+    _check_keys(set(tensors), {f"{p}.{k}" for p in info.layers for k in keys},
+                f"adapter file {path}", AdapterLoadError)
+    for p in info.layers:
+        layer_tensors = {k: tensors[f"{p}.{k}"] for k in file_keys(info.storage)}
+        try:
+            check_layer_tensors(layer_tensors, info.storage, f"{path}: {p}")
+        except ValueError as e:
+            raise AdapterLoadError(str(e)) from None
+        for key in impl.extra_keys:
+            t = tensors[f"{p}.{key}"]
+            if not t.is_floating_point():
+                raise AdapterLoadError(f"{path}: {p}.{key} is {t.dtype}, not floating point")
+            out_dim = layer_tensors["lora_B"].shape[0]
+            if tuple(t.shape) != (out_dim,):
+                raise AdapterLoadError(
+                    f"{path}: {p}.{key} has shape {tuple(t.shape)}, expected ({out_dim},)"
+                )
+        if info.file_rank is not None and layer_tensors["lora_A"].shape[0] != info.file_rank:
+            raise AdapterLoadError(
+                f"{path}: metadata file_rank={info.file_rank} but layer {p} holds rank "
+                f"{layer_tensors['lora_A'].shape[0]}"
+            )
+    check_finite({k: tensors[k] for k in sorted(tensors)}, path)
+    states = {}
+    for p in info.layers:
+        A, B = decode({k: tensors[f"{p}.{k}"] for k in file_keys(info.storage)}, info.storage)
+        check_finite({f"{p}.lora_A (decoded)": A, f"{p}.lora_B (decoded)": B}, path)
+        st = AdapterState(
+            A.to(device, torch.float32),
+            B.to(device, torch.float32),
+            scale=info.scale, kind=info.kind, init="loaded", strength=strength,
+            dropout=info.dropout,
+        )
+        for key in impl.extra_keys:
+            setattr(st, key, nn.Parameter(tensors[f"{p}.{key}"].to(device, torch.float32)))
+        states[p] = st
+    return states
 
 
 def load_adapter(
@@ -317,109 +548,87 @@ def load_adapter(
 ) -> AdapterHandle:
     """Attach the adapter stored in ``path`` as ``name``; the model is unchanged on error.
 
-    ``expected_variant`` (or the model's ``variant_name`` attribute) must equal the file's base
-    variant when both are known. A different base-weight fingerprint only logs a warning.
+    ``expected_variant`` (or the model's own model variant) must equal the file's model variant
+    when both are known. A different base-weight fingerprint only logs a warning. A bad file
+    raises :class:`AdapterLoadError`.
     """
-    path = Path(path)
-    if not math.isfinite(float(strength)):
-        raise ValueError(f"strength must be finite, got {strength!r}")
     tensors, meta = read_adapter_file(path)
-    missing = [k for k in ("variant", "scale", "alpha", "layers") if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: metadata lacks the required fields {missing}")
-    variant = meta["variant"]
+    return load_adapter_tensors(model, tensors, meta, name, strength, expected_variant,
+                                freeze_base=freeze_base, source=path)
+
+
+def load_adapter_tensors(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str],
+    name: str = "default",
+    strength: float = 1.0,
+    expected_variant: str | None = None,
+    *,
+    freeze_base: bool = True,
+    source: str | os.PathLike = "adapter",
+) -> AdapterHandle:
+    """:func:`load_adapter` for the contents of a file already read (``read_adapter_file``):
+    one read can be attached to many models. ``source`` names it in errors and in the spec."""
+    path = source
     try:
-        impl = get_variant(variant)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    scale = _meta_number(meta, "scale", path)
-    alpha = _meta_number(meta, "alpha", path)
-    layers = _load_json(meta, "layers", path)
-    if not isinstance(layers, list) or not layers:
-        raise ValueError(f"{path}: metadata lists no adapted layers")
-    storage = meta.get("storage_dtype", "float32")
-    if storage not in STORAGES:
-        raise ValueError(
-            f"{path}: metadata storage_dtype {storage!r} is not one of {list(STORAGES)}"
+        strength = float(strength)
+    except (TypeError, ValueError):
+        strength = float("nan")
+    if not math.isfinite(strength):
+        raise ValueError(f"strength must be a finite number, got {strength!r}")
+    if metadata.get("format") != FORMAT:
+        raise AdapterLoadError(
+            f"{path} is not a {FORMAT} adapter (metadata format={metadata.get('format')!r})"
         )
-    keys = (*file_keys(storage), *impl.extra_keys)
-    _check_keys(set(tensors), {f"{p}.{k}" for p in layers for k in keys}, f"adapter file {path}")
-    for p in layers:
-        check_layer_tensors({k: tensors[f"{p}.{k}"] for k in file_keys(storage)}, storage,
-                            f"{path}: {p}")
-        for key in impl.extra_keys:
-            if not tensors[f"{p}.{key}"].is_floating_point():
-                raise ValueError(f"{path}: {p}.{key} is not floating point")
-    file_variant = meta.get("base_variant") or None
+    info = parse_adapter_metadata(metadata, path)
     want = expected_variant or model_variant_name(model)
-    if file_variant and want and file_variant != want:
-        raise ValueError(
-            f"{path} was trained for base variant {file_variant!r}, but the model is {want!r}; "
-            "load it onto a matching generator"
+    if info.model_variant and want and info.model_variant != want:
+        raise AdapterLoadError(
+            f"{path} was trained for model variant {info.model_variant!r}, but the model is "
+            f"{want!r}; load it onto a matching generator"
         )
-    device = _model_device(model, layers[0])
-    states = {}
-    for p in layers:
-        A, B = decode({k: tensors[f"{p}.{k}"] for k in file_keys(storage)}, storage)
-        st = AdapterState(
-            A.to(device, torch.float32),
-            B.to(device, torch.float32),
-            scale=scale, variant=variant, init="loaded", strength=strength,
-        )
-        for key in impl.extra_keys:
-            setattr(st, key, nn.Parameter(tensors[f"{p}.{key}"].to(device, torch.float32)))
-        states[p] = st
-    _check_extra_shapes(model, states, impl, path)
-    try:
-        rank = int(meta.get("rank", states[layers[0]].rank))
-    except ValueError:
-        raise ValueError(f"{path}: metadata rank {meta['rank']!r} is not an integer") from None
+    device = _model_device(model, info.layers[0], path)
+    states = _adapter_states(tensors, info, path, device, strength)
     try:
         cfg = LoRAConfig(
-            rank=rank,
-            alpha=alpha,
-            use_rslora="use_rslora" in meta and bool(_load_json(meta, "use_rslora", path)),
-            variant=variant,
-            targets=tuple(_load_json(meta, "targets", path)) or tuple(layers),
-            exclude=tuple(_load_json(meta, "exclude", path)),
+            rank=info.rank or states[info.layers[0]].rank,
+            alpha=info.alpha,
+            use_rslora=info.use_rslora,
+            kind=info.kind,
+            targets=info.targets,
+            exclude=info.exclude,
+            dropout=info.dropout,
         )
     except (TypeError, ValueError) as e:
-        msg = str(e)
-        raise ValueError(msg if str(path) in msg else f"{path}: metadata: {msg}") from None
+        raise AdapterLoadError(f"{path}: metadata: {e}") from None
     spec = AdapterSpec(
-        name=name, config=cfg, scale=scale, variant_name=file_variant or want,
-        init=meta.get("init", "loaded"), source=str(path),
+        name=name, config=cfg, scale=info.scale, variant_name=info.model_variant or want,
+        init=info.init, source=str(path),
     )
     try:
         handle = attach_adapter_states(model, spec, states, freeze_base=freeze_base)
     except ValueError as e:
-        raise ValueError(f"cannot load {path}: {e}") from None
-    fp_now = base_fingerprint(model, layers)
-    if meta.get("base_fingerprint") and meta["base_fingerprint"] != fp_now:
+        raise AdapterLoadError(f"cannot load {path}: {e}") from None
+    fp_now = base_fingerprint(model, list(info.layers))
+    if info.fingerprint and info.fingerprint != fp_now:
         logger.warning(
             "%s was trained on different base weights (fingerprint %s, model %s); its effect "
-            "may differ", path, meta["base_fingerprint"], fp_now,
+            "may differ", path, info.fingerprint, fp_now,
         )
     logger.info(
-        "loaded LoRA adapter %r from %s: %d layers, variant %s, scale %.6g, strength %g",
-        name, path, len(layers), variant, scale, strength,
+        "loaded LoRA adapter %r from %s: %d layers, kind %s, scale %.6g, strength %g",
+        name, path, len(info.layers), info.kind, info.scale, strength,
     )
     return handle
 
 
-def _model_device(model: nn.Module, path: str) -> torch.device:
-    module = get_layer(model, path)
-    w = module.weight if hasattr(module, "weight") else next(module.parameters())
-    return w.device
-
-
-def _check_extra_shapes(model: nn.Module, states: dict[str, AdapterState], impl, path) -> None:
-    for p, st in states.items():
-        for key in impl.extra_keys:
-            t = getattr(st, key)
-            out_dim = st.lora_B.shape[0]
-            if tuple(t.shape) != (out_dim,):
-                raise ValueError(
-                    f"cannot load {path}: {p}.{key} has shape {tuple(t.shape)}, expected "
-                    f"({out_dim},)"
-                )
+def _model_device(model: nn.Module, layer: str, path) -> torch.device:
+    try:
+        module = get_layer(model, layer)
+    except ValueError as e:
+        raise AdapterLoadError(f"cannot load {path}: {e}") from None
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        w = next(module.parameters(), None)
+    return w.device if w is not None else torch.device("cpu")

@@ -9,8 +9,8 @@ module, untouched and frozen, as ``base_layer``. Each adapter is an :class:`Adap
   (out, r, 1) a 1x1 conv. ``ChannelLastConv1d`` (``channel_last = True``) takes and returns
   (B, N, C); the adapter path honours that layout.
 
-Forward: ``y = base(x)``; then for each adapter with strength != 0, its variant adds
-``strength * change``. Variants see the layer in an *internal layout* chosen so that the base
+Forward: ``y = base(x)``; then for each adapter with strength != 0, its kind adds
+``strength * change``. Kinds see the layer in an *internal layout* chosen so that the base
 output is a fresh, contiguous tensor that is not a view: Linear runs on (tokens, features),
 Conv1d on channel-first (B, C, N) outputs whatever the module's layout. The adapter paths then
 accumulate into that output in place, also under autograd (no wrapped layer keeps its output
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .variant import get_variant
+from .kind import get_kind
 
 
 class AdapterState(nn.Module):
@@ -51,7 +51,7 @@ class AdapterState(nn.Module):
         B: torch.Tensor,
         *,
         scale: float,
-        variant: str = "lora",
+        kind: str = "lora",
         init: str = "standard",
         strength: float = 1.0,
         dropout: float = 0.0,
@@ -66,8 +66,8 @@ class AdapterState(nn.Module):
         self.lora_B = nn.Parameter(B)
         self.register_buffer("lora_A0", A0)
         self.register_buffer("lora_B0", B0)
-        self.variant = variant
-        self.impl = get_variant(variant)
+        self.kind = kind
+        self.impl = get_kind(kind)
         self.scale = float(scale)
         self.strength = float(strength)
         self.dropout = float(dropout)
@@ -141,7 +141,7 @@ class AdapterState(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"variant={self.variant}, init={self.init}, rank={self.rank}, scale={self.scale:g}, "
+            f"kind={self.kind}, init={self.init}, rank={self.rank}, scale={self.scale:g}, "
             f"strength={self.strength:g}"
         )
 
@@ -161,9 +161,9 @@ class LoRALayer(nn.Module):
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
-    # -- hooks used by the variants (x and y in the internal layout) ------------------------
+    # -- hooks used by the kinds (x and y in the internal layout) ------------------------
     def to_internal(self, x: torch.Tensor) -> torch.Tensor:
-        """The module input in the layout the variants see."""
+        """The module input in the layout the kinds see."""
         return x
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ module overridable by ``rank_pattern`` / ``alpha_pattern`` (regex keys matched a
 Export writes the plain-delta form (PiSSA converted, rank 2r), choosing ``lora_alpha`` so that
 peft's scale equals ours; layers whose rank differs get exact ``rank_pattern`` /
 ``alpha_pattern`` entries. Import reads such a folder; per-layer scales that differ from the
-first layer's are folded into B, so one adapter keeps one scale.
+first layer's are folded into B, so one adapter keeps one scale. Import validates the config's
+fields by type, the tensors' layout, dtypes and finite values, and the layers (as
+``load_adapter`` does) before changing the model; a bad folder is one ``AdapterLoadError``.
 
 Note: peft builds its conv ``lora_A``/``lora_B`` with ``type(base_layer)``, so on a
 ``ChannelLastConv1d`` they are channel-last convs too and plain peft LoRA runs correctly on
@@ -34,10 +36,16 @@ from torch import nn
 
 from ...atomic import save_safetensors_atomic, write_json_atomic
 from .config import LoRAConfig
-from .io import _check_extra_shapes, _model_device, adapter_state_dict
+from .io import (
+    FORMAT,
+    AdapterLoadError,
+    AdapterNotFoundError,
+    _model_device,
+    adapter_state_dict,
+    check_finite,
+)
 from .layers import AdapterState
 from .runtime import AdapterHandle, AdapterSpec, adapter_layers, attach_adapter_states, get_spec
-from .variant import get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,7 @@ def export_peft(
     spec = get_spec(model, name)
     layers = adapter_layers(model, name)
     ours = adapter_state_dict(model, name)
-    is_dora = next(iter(layers.values())).variant == "dora"
+    is_dora = next(iter(layers.values())).kind == "dora"
     rs = spec.config.use_rslora
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
@@ -115,37 +123,98 @@ def _pattern_value(patterns: dict, path: str, default):
     return default
 
 
-def import_peft(
-    model: nn.Module,
+def _config_field(cfg: dict, key: str, cfg_path: Path, check, want: str, default=None):
+    """``cfg[key]`` (or ``default`` when absent / null) if ``check`` accepts it; else one error."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not check(value):
+        raise AdapterLoadError(f"{cfg_path}: {key}={value!r} is not {want}")
+    return value
+
+
+def _is_pos_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_pos_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0)
+
+
+def _is_pattern_map(check):
+    def ok(v) -> bool:
+        if not isinstance(v, dict):
+            return False
+        if not all(isinstance(k, str) and check(x) for k, x in v.items()):
+            return False
+        try:
+            for k in v:
+                re.compile(k)
+        except re.error:
+            return False
+        return True
+    return ok
+
+
+def read_peft_folder(
     peft_dir: str | os.PathLike,
-    name: str = "default",
-    strength: float = 1.0,
-    variant_name: str | None = None,
-    *,
-    freeze_base: bool = True,
-) -> AdapterHandle:
-    """Attach a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """Validated ``adapter_config.json`` and per-layer tensors of a PEFT LoRA folder."""
     peft_dir = Path(peft_dir)
+    if peft_dir.is_file():
+        hint = ""
+        try:
+            with safe_open(str(peft_dir), framework="pt") as f:
+                if (f.metadata() or {}).get("format") == FORMAT:
+                    hint = "; it is a selva-lora adapter file: load it with load_adapter"
+        except Exception:  # noqa: BLE001 - only a hint; the error below is the message
+            pass
+        raise AdapterLoadError(
+            f"{peft_dir} is a file; import_peft takes a PEFT folder holding {PEFT_CONFIG} and "
+            f"{PEFT_WEIGHTS}{hint}"
+        )
+    if not peft_dir.is_dir():
+        raise AdapterNotFoundError(f"PEFT folder {peft_dir} does not exist")
     cfg_path, w_path = peft_dir / PEFT_CONFIG, peft_dir / PEFT_WEIGHTS
     for p in (cfg_path, w_path):
         if not p.is_file():
-            raise FileNotFoundError(f"PEFT folder {peft_dir} lacks {p.name}")
+            raise AdapterNotFoundError(f"PEFT folder {peft_dir} lacks {p.name}")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterLoadError(f"{cfg_path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AdapterLoadError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
+        raise AdapterLoadError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
     for key in ("lora_bias", "fan_in_fan_out"):
         if cfg.get(key):
-            raise ValueError(f"{cfg_path}: {key}=true is not supported")
+            raise AdapterLoadError(f"{cfg_path}: {key}=true is not supported")
     if cfg.get("modules_to_save"):
-        raise ValueError(f"{cfg_path}: modules_to_save (full-weight modules) is not supported")
+        raise AdapterLoadError(
+            f"{cfg_path}: modules_to_save (full-weight modules) is not supported"
+        )
+    if "r" not in cfg or "lora_alpha" not in cfg:
+        raise AdapterLoadError(f"{cfg_path}: r and lora_alpha are required")
+    _config_field(cfg, "r", cfg_path, _is_pos_int, "a positive integer")
+    _config_field(cfg, "lora_alpha", cfg_path, _is_pos_number, "a positive number")
+    for key in ("use_rslora", "use_dora"):
+        _config_field(cfg, key, cfg_path, lambda v: isinstance(v, bool), "true or false")
+    _config_field(cfg, "lora_dropout", cfg_path,
+                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and 0 <= v < 1, "a number in [0, 1)")
+    _config_field(cfg, "rank_pattern", cfg_path, _is_pattern_map(_is_pos_int),
+                  "an object of regex -> positive integer")
+    _config_field(cfg, "alpha_pattern", cfg_path, _is_pattern_map(_is_pos_number),
+                  "an object of regex -> positive number")
     try:
         with safe_open(str(w_path), framework="pt") as f:
             raw = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as e:
-        raise ValueError(f"{w_path} is not a valid safetensors file ({e})") from None
+    except OSError as e:
+        raise AdapterLoadError(f"cannot read {w_path}: {e.strerror or e}") from None
+    except (SafetensorError, RuntimeError, ValueError) as e:
+        raise AdapterLoadError(f"{w_path} is not a valid safetensors file ({e})") from None
     per_layer: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
     for k, t in raw.items():
@@ -156,32 +225,65 @@ def import_peft(
         kind = m.group("kind").split(".")[0]
         per_layer.setdefault(m.group("path"), {})[kind] = t
     if unknown:
-        raise ValueError(
+        raise AdapterLoadError(
             f"{w_path}: keys not in PEFT LoRA layout: {unknown[:5]}"
             + (f" ... ({len(unknown)} in all)" if len(unknown) > 5 else "")
         )
-    use_dora = bool(cfg.get("use_dora", False))
+    if not per_layer:
+        raise AdapterLoadError(f"{w_path} holds no LoRA tensors")
+    use_dora = bool(cfg.get("use_dora") or False)
     need = {"lora_A", "lora_B"} | ({"lora_magnitude_vector"} if use_dora else set())
     for path, parts in per_layer.items():
         if set(parts) != need:
-            raise ValueError(
+            raise AdapterLoadError(
                 f"{w_path}: layer {path!r} has tensors {sorted(parts)}, expected {sorted(need)}"
             )
-    if not per_layer:
-        raise ValueError(f"{w_path} holds no LoRA tensors")
-    rs = bool(cfg.get("use_rslora", False))
+        for key, t in parts.items():
+            if not t.is_floating_point():
+                raise AdapterLoadError(f"{w_path}: {path}.{key} is {t.dtype}, not floating point")
+        A, B = parts["lora_A"], parts["lora_B"]
+        if A.dim() not in (2, 3) or B.dim() != A.dim() or B.shape[1] != A.shape[0]:
+            raise AdapterLoadError(
+                f"{w_path}: layer {path!r} has factor shapes A {tuple(A.shape)}, "
+                f"B {tuple(B.shape)}, which are not a LoRA pair"
+            )
+        check_finite({f"{path}.{k}": t for k, t in parts.items()}, w_path)
+    return cfg, per_layer
+
+
+def import_peft(
+    model: nn.Module,
+    peft_dir: str | os.PathLike,
+    name: str = "default",
+    strength: float = 1.0,
+    variant_name: str | None = None,
+    *,
+    freeze_base: bool = True,
+) -> AdapterHandle:
+    """Attach a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    ``variant_name``: the model variant it belongs to (PEFT folders do not record it). A bad
+    folder raises :class:`AdapterLoadError`; the model is then unchanged.
+    """
+    peft_dir = Path(peft_dir)
+    cfg, per_layer = read_peft_folder(peft_dir)
+    w_path = peft_dir / PEFT_WEIGHTS
+    use_dora = bool(cfg.get("use_dora") or False)
+    rs = bool(cfg.get("use_rslora") or False)
     r0, alpha0 = int(cfg["r"]), float(cfg["lora_alpha"])
     rank_pat, alpha_pat = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     layers = list(per_layer)
-    device = _model_device(model, layers[0])
-    variant = "dora" if use_dora else "lora"
-    impl = get_variant(variant)
+    device = _model_device(model, layers[0], peft_dir)
+    kind = "dora" if use_dora else "lora"
     states, scale0 = {}, None
     for path in layers:
         A, B = per_layer[path]["lora_A"].float(), per_layer[path]["lora_B"].float()
         r = A.shape[0]
         if r != int(_pattern_value(rank_pat, path, r0)):
-            raise ValueError(f"{w_path}: layer {path!r} has rank {r}, config says otherwise")
+            raise AdapterLoadError(
+                f"{w_path}: layer {path!r} has rank {r}, but {PEFT_CONFIG} gives "
+                f"{_pattern_value(rank_pat, path, r0)}"
+            )
         alpha = float(_pattern_value(alpha_pat, path, alpha0))
         scale = alpha / (math.sqrt(r) if rs else r)
         if scale0 is None:
@@ -189,19 +291,25 @@ def import_peft(
         elif scale != scale0:
             B = B * (scale / scale0)
         st = AdapterState(
-            A.to(device), B.to(device), scale=scale0, variant=variant, init="peft",
+            A.to(device), B.to(device), scale=scale0, kind=kind, init="peft",
             strength=strength,
         )
         if use_dora:
-            st.lora_magnitude = nn.Parameter(
-                per_layer[path]["lora_magnitude_vector"].float().reshape(-1).to(device)
-            )
+            m = per_layer[path]["lora_magnitude_vector"].float().reshape(-1)
+            if m.numel() != B.shape[0]:
+                raise AdapterLoadError(
+                    f"{w_path}: {path}.lora_magnitude_vector has {m.numel()} values, expected "
+                    f"{B.shape[0]} (one per output channel)"
+                )
+            st.lora_magnitude = nn.Parameter(m.to(device))
         states[path] = st
-    _check_extra_shapes(model, states, impl, peft_dir)
-    config = LoRAConfig(
-        rank=r0, alpha=alpha0, use_rslora=rs, variant=variant, targets=tuple(layers),
-        dropout=float(cfg.get("lora_dropout", 0.0) or 0.0),
-    )
+    try:
+        config = LoRAConfig(
+            rank=r0, alpha=alpha0, use_rslora=rs, kind=kind, targets=tuple(layers),
+            dropout=float(cfg.get("lora_dropout") or 0.0),
+        )
+    except ValueError as e:
+        raise AdapterLoadError(f"{peft_dir}: {e}") from None
     spec = AdapterSpec(
         name=name, config=config, scale=scale0, variant_name=variant_name, init="peft",
         source=str(peft_dir),
@@ -209,6 +317,6 @@ def import_peft(
     try:
         handle = attach_adapter_states(model, spec, states, freeze_base=freeze_base)
     except ValueError as e:
-        raise ValueError(f"cannot import {peft_dir}: {e}") from None
+        raise AdapterLoadError(f"cannot import {peft_dir}: {e}") from None
     logger.info("imported PEFT adapter %s as %r: %d layers", peft_dir, name, len(layers))
     return handle

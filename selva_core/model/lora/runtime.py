@@ -22,9 +22,9 @@ from torch import nn
 
 from .config import LoRAConfig
 from .init import init_factors
+from .kind import get_kind
 from .layers import AdapterState, LoRALayer, check_wrappable, factor_shapes, wrap_module
 from .targets import resolve_targets
-from .variant import get_variant
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,24 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
         ) from None
 
 
+def check_not_inside_wrapper(model: nn.Module, path: str) -> None:
+    """Refuse a layer path inside an adapter wrapper (e.g. ``x.base_layer``): wrapping a
+    wrapper's base would nest wrappers, and merge / unmerge would then corrupt the base."""
+    parts = path.split(".")
+    for i in range(len(parts)):
+        outer = ".".join(parts[:i])
+        try:
+            module = model.get_submodule(outer) if outer else model
+        except AttributeError:
+            return
+        if isinstance(module, LoRALayer):
+            raise ValueError(
+                f"adapter layer {path!r} lies inside the adapter wrapper at "
+                f"{outer or '<model>'!r}; adapters attach to the wrapped layer itself "
+                f"({outer or '<model>'!r}), never inside a wrapper"
+            )
+
+
 def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -184,6 +202,9 @@ def attach_adapter_states(
     _precheck_new_adapter(model, name)
     modules = {}
     for path, st in states.items():
+        if not path:
+            raise ValueError("an adapter layer path is empty; name a module inside the model")
+        check_not_inside_wrapper(model, path)
         module = get_layer(model, path)
         check_wrappable(module, path)
         exp_a, exp_b = factor_shapes(module, st.rank)
@@ -225,7 +246,7 @@ def attach_lora(
     config.check_scale()
     scale = config.scale
     paths = resolve_targets(model, config.targets, config.exclude)
-    variant = get_variant(config.variant)
+    kind = get_kind(config.kind)
     states: dict[str, AdapterState] = {}
     for i, path in enumerate(paths):
         module = model.get_submodule(path)
@@ -238,7 +259,7 @@ def attach_lora(
         )
         a_shape, b_shape = factor_shapes(module, config.rank)
         states[path] = AdapterState(
-            f.A.reshape(a_shape), f.B.reshape(b_shape), scale=scale, variant=config.variant,
+            f.A.reshape(a_shape), f.B.reshape(b_shape), scale=scale, kind=config.kind,
             init=config.init, strength=strength, dropout=config.dropout,
             A0=None if f.A0 is None else f.A0.reshape(a_shape),
             B0=None if f.B0 is None else f.B0.reshape(b_shape),
@@ -249,20 +270,13 @@ def attach_lora(
     handle = attach_adapter_states(model, spec, states, freeze_base=freeze_base)
     for path in paths:
         layer = model.get_submodule(path)
-        variant.init(layer, layer.adapters[name])
+        kind.init(layer, layer.adapters[name])
     logger.info(
-        "attached LoRA %r: %d layers, variant %s, init %s, rank %d, alpha %g, scale %.6g (%s)",
-        name, len(paths), config.variant, config.init, config.rank, config.effective_alpha,
+        "attached LoRA %r: %d layers, kind %s, init %s, rank %d, alpha %g, scale %.6g (%s)",
+        name, len(paths), config.kind, config.init, config.rank, config.effective_alpha,
         scale, "alpha/sqrt(r), rsLoRA" if config.use_rslora else "alpha/r",
     )
     return handle
-
-
-def wrap_module_probe(base: nn.Conv1d):
-    """Validate that a Conv1d can be wrapped before anything is changed (raises early)."""
-    if base.groups != 1 or base.padding_mode != "zeros":
-        wrap_module(base)  # raises the wrapper's clear error
-    return None
 
 
 def set_strength(model: nn.Module, name: str, strength: float) -> None:
@@ -343,7 +357,7 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 
 def trainable_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parameter]:
-    """Adapter parameters (A, B and variant extras) of ``name`` or of all adapters."""
+    """Adapter parameters (A, B and the kind's extras) of ``name`` or of all adapters."""
     params = []
     for _, layer in iter_lora_layers(model):
         for n, st in layer.adapters.items():

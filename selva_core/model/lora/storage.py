@@ -19,10 +19,12 @@ product ``scale * B A`` is the change on the unmodified base weight. Storages (m
   half-precision tensors).
 
 ``auto`` (the default of :func:`resolve_storage`) keeps exactness where it is free and size
-where it is not: float32 when the file holds the trained rank (standard / gaussian inits,
-DoRA), ``q16`` when it holds a wider delta than was trained: PiSSA adapters are saved as the
-rank-2r delta ``[B, -B0] [A; A0]`` (see ``io.py``), which in float32 is twice the size of a
-plain adapter; ``q16`` brings it back to that size.
+where it is not: ``q16`` only for a PiSSA adapter whose file holds a wider delta than was
+trained (PiSSA adapters are saved as the rank-2r delta ``[B, -B0] [A; A0]``, see ``io.py``,
+which in float32 is twice the size of a plain adapter; ``q16`` brings it back to that size),
+float32 for everything else: standard / gaussian inits, DoRA, and plain adapters whose rank an
+edit grew (``intruders.reduce_intruders``) stay exact. Every lossy save reports its error
+(:func:`change_error`).
 
 Balancing first matters for PiSSA: ``[B, -B0] [A; A0]`` is a small difference of large
 principal terms that any rounding of the raw factors would destroy; the balanced factors are
@@ -30,6 +32,8 @@ of the size of the change itself.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -61,12 +65,15 @@ def canonical_storage(storage: str | torch.dtype) -> str:
     return name
 
 
-def resolve_storage(storage: str | torch.dtype, file_rank: int, trained_rank: int) -> str:
-    """The concrete storage; ``auto``: q16 for deltas wider than the trained rank, else float32."""
+def resolve_storage(
+    storage: str | torch.dtype, file_rank: int, trained_rank: int, *, pissa: bool
+) -> str:
+    """The concrete storage; ``auto``: q16 for a PiSSA delta wider than the trained rank, else
+    float32 (a plain adapter is never made lossy by ``auto``)."""
     name = canonical_storage(storage)
     if name != AUTO:
         return name
-    return "q16" if file_rank > trained_rank else "float32"
+    return "q16" if pissa and file_rank > trained_rank else "float32"
 
 
 def file_keys(storage: str) -> tuple[str, ...]:
@@ -124,6 +131,27 @@ def decode(tensors: dict[str, torch.Tensor], storage: str) -> tuple[torch.Tensor
             _dequantize(tensors["lora_B"], tensors["lora_B_qscale"], 1),
         )
     return tensors["lora_A"].float(), tensors["lora_B"].float()
+
+
+@torch.no_grad()
+def change_error(
+    A: torch.Tensor, B: torch.Tensor, stored: dict[str, torch.Tensor], storage: str
+) -> float:
+    """Relative Frobenius error ``||B'A' - B A|| / ||B A||`` of a layer's change as stored
+    (0 for an exact storage or a zero change). Computed from r x r Gram matrices in float64,
+    so no dense (out, in) product is formed."""
+    A2, B2 = decode(stored, storage)
+    Af, Bf = A.detach().reshape(A.shape[0], -1), B.detach().reshape(B.shape[0], B.shape[1])
+    Ac = torch.cat([Af.double(), A2.reshape(A2.shape[0], -1).double().to(Af.device)], 0)
+    Bc = torch.cat([Bf.double(), -B2.reshape(B2.shape[0], B2.shape[1]).double().to(Bf.device)], 1)
+
+    def sq_norm(Bm, Am):  # ||Bm Am||_F^2 = tr((Bm^T Bm)(Am Am^T))
+        return float(((Bm.T @ Bm) * (Am @ Am.T)).sum())
+
+    ref = sq_norm(Bf.double(), Af.double())
+    if ref <= 0.0:
+        return 0.0
+    return math.sqrt(max(sq_norm(Bc, Ac), 0.0) / ref)
 
 
 def check_layer_tensors(tensors: dict[str, torch.Tensor], storage: str, where: str) -> None:

@@ -283,11 +283,11 @@ def _select_layers(
         chosen = {p: s for p, s in states.items() if any(name_matches(p, q) for q in pats)}
     if not chosen:
         raise ValueError(f"surgery layer patterns {layers} match none of {list(states)[:8]}")
-    bad = [p for p, s in chosen.items() if s.variant != "lora"]
+    bad = [p for p, s in chosen.items() if s.kind != "lora"]
     if bad:
         raise ValueError(
-            f"spectral surgery edits plain LoRA changes; layers {bad[:3]} use variant "
-            f"{chosen[bad[0]].variant!r}"
+            f"spectral surgery edits plain LoRA changes; layers {bad[:3]} are of kind "
+            f"{chosen[bad[0]].kind!r}"
         )
     return chosen
 

@@ -1,12 +1,13 @@
-"""The small protocol every LoRA variant implements, and the registry of variants.
+"""The small protocol every LoRA kind implements, and the registry of kinds.
 
-A variant owns the math of one adapter on one wrapped layer; the runtime (``layers.py``,
-``runtime.py``) owns targeting, attaching, strength, merging and files. One file per variant in
-``variants/``, each opening with its formula, its identity-at-init argument and its paper.
+A *kind* (``lora``, ``dora``) owns the math of one adapter on one wrapped layer; the runtime
+(``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and files. One file
+per kind in ``kinds/``, each opening with its formula, its identity-at-init argument and its
+paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
 
-A variant's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
+A kind's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
 (tokens, features); Conv1d: module-layout input, channel-first output; see ``layers.py``).
-Hooks a variant may use on the wrapped layer (``LoRALinear`` / ``LoRAConv1d``):
+Hooks a kind may use on the wrapped layer (``LoRALinear`` / ``LoRAConv1d``):
 ``layer.apply_a(x, A)`` (input -> rank space, channel-first for convs),
 ``layer.add_b(y, h, B, coef)`` (``y + coef * B h``; may accumulate into ``y`` in place, so pass
 a ``y`` nothing else keeps), ``layer.base_forward(x)`` (a fresh ``W x + b``),
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from .layers import AdapterState, LoRALayer
 
 
-class LoRAVariant(Protocol):
-    """Static-method namespace; see ``variants/lora.py`` for the reference implementation."""
+class LoRAKind(Protocol):
+    """Static-method namespace; see ``kinds/lora.py`` for the reference implementation."""
 
     name: ClassVar[str]
     # extra per-layer tensors (AdapterState attribute names) that files carry, e.g. DoRA's m
@@ -33,7 +34,7 @@ class LoRAVariant(Protocol):
 
     @staticmethod
     def init(layer: LoRALayer, adapter: AdapterState) -> None:
-        """Create the variant's extra tensors after A and B exist (identity at init)."""
+        """Create the kind's extra tensors after A and B exist (identity at init)."""
 
     @staticmethod
     def forward(
@@ -49,25 +50,25 @@ class LoRAVariant(Protocol):
 _REGISTRY: dict[str, type] = {}
 
 
-def register_variant(cls: type) -> type:
+def register_kind(cls: type) -> type:
     """Class decorator: make ``cls`` available under ``cls.name``."""
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def get_variant(name: str) -> type:
-    """The registered variant called ``name``; an unknown name lists the known ones."""
-    from . import variants  # noqa: F401  (registers the built-in variants)
+def get_kind(name: str) -> type:
+    """The registered kind called ``name``; an unknown name lists the known ones."""
+    from . import kinds  # noqa: F401  (registers the built-in kinds)
 
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
-            f"unknown LoRA variant {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+            f"unknown LoRA kind {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
         ) from None
 
 
-def variant_names() -> list[str]:
-    from . import variants  # noqa: F401
+def kind_names() -> list[str]:
+    from . import kinds  # noqa: F401
 
     return sorted(_REGISTRY)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..variant import register_variant
+from ..kind import register_kind
 
 
 def needs_fp32_path(x: torch.Tensor, A: torch.Tensor) -> bool:
@@ -24,7 +24,7 @@ def needs_fp32_path(x: torch.Tensor, A: torch.Tensor) -> bool:
     return x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type)
 
 
-@register_variant
+@register_kind
 class LoRA:
     name = "lora"
     extra_keys: tuple[str, ...] = ()

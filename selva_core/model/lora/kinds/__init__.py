@@ -1,0 +1,5 @@
+"""Built-in LoRA kinds (one file each); importing this package registers them."""
+
+from . import dora, lora
+
+__all__ = ["dora", "lora"]

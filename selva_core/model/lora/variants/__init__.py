@@ -1,5 +1,0 @@
-"""Built-in LoRA variants (one file each); importing this package registers them."""
-
-from . import dora, lora
-
-__all__ = ["dora", "lora"]
