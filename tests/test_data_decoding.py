@@ -64,17 +64,22 @@ def test_unreadable_video_names_the_file(tmp_path):
         probe_video(bad)
 
 
+# mono weights of the ITU-style downmix, per channel count in the default (WAV/SMPTE) order
+ITU_MONO = {1: [1.0], 2: [0.5, 0.5], 6: [0.5, 0.5, 0.5 ** 0.5, 0.0, 0.5 ** 1.5, 0.5 ** 1.5]}
+
+
 @pytest.mark.parametrize("channels", [1, 2, 6])
-def test_audio_file_is_mixed_to_mono_by_the_channel_mean(tmp_path, channels):
+def test_audio_file_is_mixed_to_mono_itu_style(tmp_path, channels):
     sr = 16000
     base = 0.1 * np.sin(2 * np.pi * 200 * np.arange(sr) / sr)
     data = np.stack([base * (c + 1) for c in range(channels)], axis=1).astype(np.float32)
     sf.write(tmp_path / "a.wav", data, sr, subtype="FLOAT")
     mono = load_mono(tmp_path / "a.wav", sr)
-    np.testing.assert_allclose(mono, base * (channels + 1) / 2, atol=1e-6)
+    gain = sum(w * (c + 1) for c, w in enumerate(ITU_MONO[channels]))
+    np.testing.assert_allclose(mono, base * gain, atol=1e-6)
 
 
-def test_5_1_video_track_is_mixed_to_mono_by_the_channel_mean(tmp_path):
+def test_5_1_video_track_is_mixed_to_mono_itu_style(tmp_path):
     sr = 16000
     base = 0.05 * np.sin(2 * np.pi * 300 * np.arange(sr) / sr)
     audio = np.stack([base * (c + 1) for c in range(6)]).astype(np.float32)
@@ -84,7 +89,8 @@ def test_5_1_video_track_is_mixed_to_mono_by_the_channel_mean(tmp_path):
     raw, rate = read_video_audio(path)
     assert raw.shape == (6, sr) and rate == sr
     mono = load_mono(path, sr, from_video=True)
-    np.testing.assert_allclose(mono, base * 3.5, atol=2e-4)  # mean of 1..6 = 3.5
+    gain = sum(w * (c + 1) for c, w in enumerate(ITU_MONO[6]))  # LFE (4th) left out
+    np.testing.assert_allclose(mono, base * gain, atol=2e-4)
 
 
 @pytest.mark.parametrize("source_rate", [44100, 48000, 22050])

@@ -1,15 +1,35 @@
-"""Audio loading, format checks, mono mix-down, resampling and content validation.
+"""Audio loading, format checks, surround downmix, alignment, resampling and content checks.
 
 Sources: a stand-alone audio file (read with soundfile; PyAV for what libsndfile cannot read)
-or the first audio track of a video (PyAV). Every channel layout from mono to 7.1 is accepted
-and mixed to mono by the mean of the channels; resampling uses ``librosa.resample`` with
-soxr (high quality). Content checks reject empty, non-finite (NaN/inf), silent and too-short
-audio with one line naming the file and what to do.
+or the first audio track of a video (PyAV). Every PyAV call goes through
+:mod:`selva_core.data.container`, so any file or codec the decoders cannot read is one
+BadClipError naming the file.
+
+* **Downmix to mono** (:func:`to_mono`): mono is kept, stereo is the mean of its two channels,
+  and surround is mixed the way its standard (ITU-R BS.775) stereo downmix would be and then
+  averaged: ``Lo = L + 0.707 C + 0.707 Ls``, ``Ro = R + 0.707 C + 0.707 Rs``, the LFE channel
+  left out, ``mono = (Lo + Ro) / 2``. A 5.1 film therefore comes out at the level of its stereo
+  version, dialogue (centre) at -3 dB, instead of a plain mean over six channels that would
+  put it ~15 dB lower. Channels are identified by the stream's layout; a file that names none
+  is read in the usual WAV/SMPTE order for its channel count (5.1 = L R C LFE Ls Rs).
+* **Alignment**: a video's own track is placed on the container's timeline relative to the
+  picture: when the audio stream starts later than the video stream, silence is put in
+  front; when it starts earlier, the audio before the first picture is dropped. Each applied
+  offset is logged.
+* **What the model hears**: resampling uses soxr (high quality) via librosa. The silence check
+  runs on the resampled audio, so a clip whose sound lies entirely above the model's band is
+  rejected as silent with that reason, and one that loses most of its energy in resampling
+  (e.g. an 8.2 kHz alarm for a 16 kHz model) gets a warning naming it.
+* Content checks reject empty, non-finite (NaN/inf), silent and too-short audio with one line
+  naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,28 +38,111 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from selva_core.data.container import (
+    DECODE_ERRORS,
+    decodable,
+    decode_stream,
+    header_duration,
+    measure_streams,
+    media_errors,
+    open_media,
+    stream_start,
+)
 from selva_core.data.errors import BadClipError
 from selva_core.variants import min_duration
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+# Every stand-alone audio extension the decoders (libsndfile, then PyAV/FFmpeg) read; each is
+# exercised by a round-trip test. Video extensions are not listed: those files are clips.
+AUDIO_EXTENSIONS: tuple[str, ...] = (
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif",
+    ".aifc", ".caf", ".w64", ".au", ".mka", ".wma", ".ac3", ".mp2", ".wv", ".tta",
+)
 MIN_SAMPLE_RATE = 8000  # Hz; below this the content cannot feed even the 16 kHz model usefully
 MAX_SAMPLE_RATE = 192000  # Hz
 MAX_CHANNELS = 8  # mono ... 7.1
 SILENCE_PEAK = 1e-4  # peak |x| below this (-80 dBFS) counts as silent
 RESAMPLE_TYPE = "soxr_hq"
+ABOVE_BAND_WARN_DB = 10.0  # warn when resampling removes more than this (90% of the energy)
+UNREADABLE_FIX = "convert it to WAV or FLAC, or remove it"
+
+# --- surround downmix -------------------------------------------------------------------------
+_FRONT = 0.5  # L or R: full level into its side, halved by the final mean of the two sides
+_CENTRE = 1.0 / math.sqrt(2.0)  # C: 0.707 into both sides -> 0.707 in mono
+_SURROUND = 0.5 / math.sqrt(2.0)  # Ls or Rs: 0.707 into its side
+_SURROUND_CENTRE = 0.5  # a centred back/top channel: 0.5 into both sides
+MONO_WEIGHTS: dict[str, float] = {
+    "FL": _FRONT, "FR": _FRONT, "FLC": _FRONT, "FRC": _FRONT,
+    "FC": _CENTRE,
+    "LFE": 0.0, "LFE2": 0.0, "LFE3": 0.0,
+    "BL": _SURROUND, "BR": _SURROUND, "SL": _SURROUND, "SR": _SURROUND,
+    "WL": _SURROUND, "WR": _SURROUND, "SDL": _SURROUND, "SDR": _SURROUND,
+    "TFL": _SURROUND, "TFR": _SURROUND, "TBL": _SURROUND, "TBR": _SURROUND,
+    "TSL": _SURROUND, "TSR": _SURROUND,
+    "BC": _SURROUND_CENTRE, "TC": _SURROUND_CENTRE, "TFC": _SURROUND_CENTRE,
+    "TBC": _SURROUND_CENTRE,
+}
+# Channel order of a file that names no layout (WAVE_FORMAT_EXTENSIBLE / SMPTE defaults).
+DEFAULT_CHANNELS: dict[int, tuple[str, ...]] = {
+    1: ("FC",),
+    2: ("FL", "FR"),
+    3: ("FL", "FR", "FC"),
+    4: ("FL", "FR", "BL", "BR"),
+    5: ("FL", "FR", "FC", "BL", "BR"),
+    6: ("FL", "FR", "FC", "LFE", "BL", "BR"),
+    7: ("FL", "FR", "FC", "LFE", "BC", "SL", "SR"),
+    8: ("FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR"),
+}
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """Format of an audio source as read from its header."""
+    """Format of an audio source: rate, channels, the length its packets really hold and the
+    length its header promises (both in seconds, None when unknown)."""
 
     sample_rate: int
     channels: int
     duration: float | None
+    header_duration: float | None = None
 
 
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Decoded samples ``(channels, n)`` float32 with their channel names and, for a video's
+    own track, where the audio starts relative to the picture (seconds; 0 for a file)."""
+
+    samples: np.ndarray
+    sample_rate: int
+    channels: tuple[str, ...]
+    offset: float = 0.0
+
+
+def channel_names(names: Sequence[str] | None, count: int) -> tuple[str, ...]:
+    """The stream's own channel names when it names every channel, else the default order."""
+    if names is not None and len(names) == count and all(n in MONO_WEIGHTS for n in names):
+        return tuple(names)
+    return DEFAULT_CHANNELS.get(count, tuple(f"C{i}" for i in range(count)))
+
+
+def mono_weights(channels: Sequence[str]) -> np.ndarray:
+    """Per-channel weights of the mono downmix (see the module doc); mono passes unchanged."""
+    if len(channels) == 1:
+        return np.ones(1, np.float64)
+    return np.array([MONO_WEIGHTS.get(name, _SURROUND) for name in channels], np.float64)
+
+
+def to_mono(audio: np.ndarray, channels: Sequence[str] | None = None) -> np.ndarray:
+    """Mix ``(channels, samples)`` to mono: stereo by the mean, surround ITU-style without
+    the LFE (``channels`` names the layout; None means the default order for the count)."""
+    if audio.ndim == 1:
+        return audio.astype(np.float32, copy=False)
+    names = channel_names(channels, audio.shape[0])
+    weights = mono_weights(names)
+    return (weights @ audio.astype(np.float64, copy=False)).astype(np.float32)
+
+
+# --- format checks ----------------------------------------------------------------------------
 def check_audio_format(path: Path, sample_rate: int | None, channels: int | None) -> None:
     """Raise BadClipError for a sample rate or channel count this loader does not accept."""
     if not sample_rate or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
@@ -58,90 +161,179 @@ def check_audio_format(path: Path, sample_rate: int | None, channels: int | None
         )
 
 
-def _unreadable(path: Path, error: Exception) -> BadClipError:
-    reason = getattr(error, "strerror", None) or str(error)
-    return BadClipError(
-        path, f"cannot read the audio ({reason})", "convert it to WAV or FLAC, or remove it"
-    )
+def _stream_channels(context) -> tuple[int, list[str] | None]:
+    layout = getattr(context, "layout", None)
+    names = [c.name for c in layout.channels] if layout is not None else None
+    count = int(getattr(context, "channels", 0) or (len(names) if names else 0))
+    return count, names
+
+
+def _riff_promise(path: Path) -> float | None:
+    """Seconds a WAV's ``data`` chunk header promises (libsndfile and FFmpeg both report only
+    what the file holds, so a cut WAV is recognised from its own header)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            rate = align = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    if len(fmt) < 14:
+                        return None
+                    rate = struct.unpack("<I", fmt[4:8])[0]
+                    align = struct.unpack("<H", fmt[12:14])[0]
+                elif cid == b"data":
+                    if not rate or not align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size / align / rate
+                else:
+                    f.seek(size + (size & 1), 1)
+    except OSError:
+        return None
 
 
 def probe_audio_file(path: str | Path) -> AudioInfo:
-    """Header of a stand-alone audio file (soundfile first, PyAV as the fallback)."""
+    """Format and lengths of a stand-alone audio file (soundfile first, PyAV as the fallback;
+    the held length comes from reading the file's packets, not from its header)."""
     path = Path(path)
+    sf_info = None
     try:
-        info = sf.info(str(path))
-        return AudioInfo(int(info.samplerate), int(info.channels), float(info.duration))
+        sf_info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
         log.debug("soundfile cannot read %s (%s); trying PyAV", path, sf_error)
+    promised: list[float] = []
+    held = None
     try:
-        with av.open(str(path), mode="r") as container:
+        with open_media(path, "audio", UNREADABLE_FIX) as container, \
+                media_errors(path, "audio", UNREADABLE_FIX):
             if not container.streams.audio:
-                raise BadClipError(path, "the file holds no audio stream",
-                                   "convert it to WAV or FLAC, or remove it")
+                raise BadClipError(path, "the file holds no audio stream", UNREADABLE_FIX)
             stream = container.streams.audio[0]
-            duration = None
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = float(container.duration / av.time_base)
-            return AudioInfo(int(stream.codec_context.sample_rate or 0),
-                             int(stream.codec_context.channels or 0), duration)
-    except (av.error.FFmpegError, OSError) as e:
-        raise _unreadable(path, e) from None
+            context = decodable(path, stream, "audio", UNREADABLE_FIX)
+            rate = int(context.sample_rate or 0)
+            channels, _ = _stream_channels(context)
+            span = measure_streams(container, [stream]).get(stream.index)
+            held = span.length if span is not None else None
+            header = header_duration(stream, container)
+            if header is not None:
+                promised.append(header)
+    except BadClipError:
+        if sf_info is None:
+            raise
+        rate = channels = 0  # libsndfile reads it; PyAV does not (rare formats)
+    if sf_info is not None:
+        rate, channels = int(sf_info.samplerate), int(sf_info.channels)
+        promised.append(float(sf_info.duration))
+        held = float(sf_info.duration) if held is None else held
+    riff = _riff_promise(path)
+    if riff is not None:
+        promised.append(riff)
+    return AudioInfo(rate, channels, held, max(promised) if promised else None)
 
 
-def _read_with_pyav(path: Path, from_video: bool) -> tuple[np.ndarray, int]:
+# --- decoding ---------------------------------------------------------------------------------
+def _decode_with_pyav(path: Path, from_video: bool) -> DecodedAudio:
     """First audio stream of any container PyAV opens, as float32 ``(channels, samples)``."""
+    with open_media(path, "video" if from_video else "audio", UNREADABLE_FIX) as container, \
+            media_errors(path, "audio", UNREADABLE_FIX):
+        if not container.streams.audio:
+            if from_video:
+                raise BadClipError(
+                    path, "the video has no audio track and there is no same-stem audio "
+                    "file", "add an audio file with the same name (e.g. .wav) or remove it")
+            raise BadClipError(path, "the file holds no audio stream", UNREADABLE_FIX)
+        stream = container.streams.audio[0]
+        context = decodable(path, stream, "audio", UNREADABLE_FIX)
+        sample_rate = int(context.sample_rate or 0)
+        count, names = _stream_channels(context)
+        check_audio_format(path, sample_rate, count)
+        picture = None
+        if from_video and container.streams.video:
+            picture = stream_start(container.streams.video[0])
+        # Planar float output, same layout and rate: one (channels, n) block per frame.
+        resampler = av.AudioResampler(format="fltp")
+        chunks: list[np.ndarray] = []
+        first_time = None
+        for frame in decode_stream(path, container, stream, "audio", UNREADABLE_FIX):
+            if first_time is None and frame.time is not None:
+                first_time = float(frame.time)
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray())
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray())
+    if first_time is None:
+        first_time = stream_start(stream)
+    offset = 0.0
+    if picture is not None and first_time is not None:
+        offset = first_time - picture
+    if not chunks:
+        samples = np.zeros((max(count, 1), 0), np.float32)
+    else:
+        samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    return DecodedAudio(samples, sample_rate, channel_names(names, samples.shape[0]), offset)
+
+
+def _file_channel_names(path: Path, count: int) -> tuple[str, ...]:
+    """Layout of a file libsndfile read (it does not report one): asked of PyAV for surround."""
+    if count <= 2:
+        return channel_names(None, count)
     try:
         with av.open(str(path), mode="r") as container:
-            if not container.streams.audio:
-                if from_video:
-                    raise BadClipError(
-                        path, "the video has no audio track and there is no same-stem audio "
-                        "file", "add an audio file with the same name (e.g. .wav) or remove it")
-                raise BadClipError(path, "the file holds no audio stream",
-                                   "convert it to WAV or FLAC, or remove it")
-            stream = container.streams.audio[0]
-            sample_rate = int(stream.codec_context.sample_rate or 0)
-            channels = int(stream.codec_context.channels or 0)
-            check_audio_format(path, sample_rate, channels)
-            # Planar float output, same layout and rate: one (channels, n) block per frame.
-            resampler = av.AudioResampler(format="fltp")
-            chunks: list[np.ndarray] = []
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
-    except av.error.FFmpegError as e:
-        raise _unreadable(path, e) from None
-    if not chunks:
-        return np.zeros((max(channels, 1), 0), np.float32), sample_rate
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), sample_rate
+            context = container.streams.audio[0].codec_context
+            return channel_names(_stream_channels(context)[1], count)
+    except (*DECODE_ERRORS, IndexError, AttributeError):
+        return channel_names(None, count)
 
 
-def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a stand-alone audio file as float32 ``(channels, samples)`` and its sample rate."""
+def decode_audio(path: str | Path, *, from_video: bool = False) -> DecodedAudio:
+    """Decode a stand-alone audio file, or (``from_video``) a video's own audio track."""
     path = Path(path)
+    if from_video:
+        return _decode_with_pyav(path, from_video=True)
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as sf_error:
         log.debug("soundfile cannot read %s (%s); using PyAV", path, sf_error)
-        return _read_with_pyav(path, from_video=False)
+        return _decode_with_pyav(path, from_video=False)
     check_audio_format(path, int(sample_rate), data.shape[1])
-    return np.ascontiguousarray(data.T), int(sample_rate)
+    return DecodedAudio(np.ascontiguousarray(data.T), int(sample_rate),
+                        _file_channel_names(path, data.shape[1]))
+
+
+def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a stand-alone audio file as float32 ``(channels, samples)`` and its sample rate."""
+    decoded = decode_audio(path)
+    return decoded.samples, decoded.sample_rate
 
 
 def read_video_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """The first audio track of a video file as float32 ``(channels, samples)``."""
-    return _read_with_pyav(Path(path), from_video=True)
+    """The first audio track of a video file as float32 ``(channels, samples)``, as stored
+    (not yet aligned to the picture; :func:`load_mono` does that)."""
+    decoded = decode_audio(path, from_video=True)
+    return decoded.samples, decoded.sample_rate
 
 
-def to_mono(audio: np.ndarray) -> np.ndarray:
-    """Mix ``(channels, samples)`` to mono by the mean over channels (any layout)."""
-    if audio.ndim == 1:
-        return audio.astype(np.float32, copy=False)
-    return audio.mean(axis=0, dtype=np.float64).astype(np.float32)
+# --- alignment, resampling, checks ------------------------------------------------------------
+def align_to_picture(path: Path, audio: np.ndarray, sample_rate: int, offset: float
+                     ) -> np.ndarray:
+    """Place mono audio that starts ``offset`` s after the picture (before it when negative)
+    on the picture's timeline: silence in front, or the early part dropped; logged."""
+    shift = round(offset * sample_rate)
+    if shift == 0:
+        return audio
+    if shift > 0:
+        log.info("%s: the audio track starts %.3f s after the picture; aligned by putting "
+                 "%.3f s of silence in front", path, offset, shift / sample_rate)
+        return np.concatenate([np.zeros(shift, audio.dtype), audio])
+    log.info("%s: the audio track starts %.3f s before the picture; aligned by dropping its "
+             "first %.3f s", path, -offset, -shift / sample_rate)
+    return audio[-shift:]
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -150,6 +342,17 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return audio.astype(np.float32, copy=False)
     out = librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type=RESAMPLE_TYPE)
     return out.astype(np.float32, copy=False)
+
+
+def _peak(audio: np.ndarray) -> float:
+    return float(np.abs(audio).max()) if audio.size else 0.0
+
+
+def _silent(path: Path, peak: float, how: str = "") -> BadClipError:
+    return BadClipError(
+        path, f"the audio is silent{how} (peak {peak:.2g}, below {SILENCE_PEAK:g})",
+        "check the audio track/file, or remove the clip",
+    )
 
 
 def validate_waveform(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -168,24 +371,61 @@ def validate_waveform(path: Path, audio: np.ndarray, sample_rate: int) -> None:
             f"{min_duration():.2f} s (one 16-frame sync window)",
             "use a longer clip or remove it",
         )
-    peak = float(np.abs(audio).max())
+    peak = _peak(audio)
     if peak < SILENCE_PEAK:
-        raise BadClipError(
-            path, f"the audio is silent (peak {peak:.2g}, below {SILENCE_PEAK:g})",
-            "check the audio track/file, or remove the clip",
-        )
+        raise _silent(path, peak)
+
+
+def band_loss_db(before: np.ndarray, after: np.ndarray) -> float:
+    """How much quieter (dB of mean power) ``after`` is than ``before``; 0 for silence."""
+    p_before = float(np.mean(np.square(before, dtype=np.float64))) if before.size else 0.0
+    p_after = float(np.mean(np.square(after, dtype=np.float64))) if after.size else 0.0
+    if p_before <= 0.0:
+        return 0.0
+    if p_after <= 0.0:
+        return math.inf
+    return max(0.0, 10.0 * math.log10(p_before / p_after))
+
+
+def check_heard(path: Path, mono: np.ndarray, heard: np.ndarray, orig_sr: int,
+                target_sr: int) -> None:
+    """Checks on what the model will hear (``heard`` = ``mono`` resampled to ``target_sr``):
+    silent -> BadClipError; most of the energy above the band -> a warning naming the file."""
+    if target_sr >= orig_sr:
+        return
+    peak = _peak(heard)
+    if peak < SILENCE_PEAK:
+        raise _silent(path, peak, f" after resampling to {target_sr} Hz: its sound lies "
+                      f"above {target_sr // 2} Hz, beyond what the model hears")
+    loss = band_loss_db(mono, heard)
+    if loss > ABOVE_BAND_WARN_DB:
+        log.warning("%s: most of its sound lies above %d Hz, beyond what the %d Hz model "
+                    "hears: it is %.0f dB quieter after resampling; check it is the audio "
+                    "you meant", path, target_sr // 2, target_sr, loss)
 
 
 def load_mono(path: str | Path, sample_rate: int, *, from_video: bool = False) -> np.ndarray:
-    """Read, validate, mix to mono and resample; the one entry point used by the cache.
+    """Read, validate, mix to mono, align to the picture, resample and check what the model
+    hears; the one entry point used by the feature cache.
 
-    ``from_video`` reads the video's own audio track instead of a stand-alone file. Problems
-    raise BadClipError naming ``path``.
+    ``from_video`` reads the video's own audio track (aligned to its picture on the
+    container's timeline) instead of a stand-alone file. Problems raise BadClipError naming
+    ``path``; a clip that loses most of its sound in resampling is logged as a warning.
     """
     path = Path(path)
-    audio, sr = read_video_audio(path) if from_video else read_audio_file(path)
-    if audio.size and not np.isfinite(audio).all():
-        validate_waveform(path, audio, sr)  # raises the NaN message before mixing hides it
-    mono = to_mono(audio)
+    decoded = decode_audio(path, from_video=from_video)
+    raw, sr = decoded.samples, decoded.sample_rate
+    if raw.size and not np.isfinite(raw).all():
+        validate_waveform(path, raw, sr)  # raises the NaN message before mixing hides it
+    if raw.size and _peak(raw) < SILENCE_PEAK:
+        raise _silent(path, _peak(raw))
+    mono = to_mono(raw, decoded.channels)
+    if mono.size and raw.shape[0] > 1 and _peak(mono) < SILENCE_PEAK:
+        raise _silent(path, _peak(mono), f" after mixing its {raw.shape[0]} channels to mono "
+                      "(they cancel out, or only the LFE channel carries sound)")
+    if from_video:
+        mono = align_to_picture(path, mono, sr, decoded.offset)
     validate_waveform(path, mono, sr)
-    return resample(mono, sr, sample_rate)
+    heard = resample(mono, sr, sample_rate)
+    check_heard(path, mono, heard, sr, sample_rate)
+    return heard

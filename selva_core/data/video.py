@@ -3,11 +3,13 @@
 Frames are taken by *sample-and-hold* at a target rate (REFERENCE_ARCHITECTURE.md §3.1): the
 k-th output frame of a window starting at ``start`` is the first decoded frame whose timestamp
 is at or after ``start + k / fps``; a slower source therefore repeats frames, a faster one skips
-them. Timestamps are the stream's own (absolute) presentation times, so audio and video stay
-aligned exactly as the container says. When the stream ends at most ``pad_tail`` frames short of
-the request, the last frame is repeated (what the reference training data did for rounding
-shortfalls, e.g. an 8 s clip at 24 fps); a larger shortfall returns fewer frames and the caller
-flags the missing sync positions.
+them. Times count from the video stream's start on the container's timeline (the audio loader
+aligns a video's own track to the same origin, see ``audio.load_mono``). Lengths come from the
+file's packets, not from its header alone, so a truncated file is measured as what it holds.
+When the stream ends at most ``pad_tail`` frames short of the request, the last frame is
+repeated (what the reference training data did for rounding shortfalls, e.g. an 8 s clip at
+24 fps); a larger shortfall returns fewer frames and the caller flags the missing sync
+positions.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
+from selva_core.data.container import (
+    decodable,
+    decode_stream,
+    header_duration,
+    measure_streams,
+    media_errors,
+    open_media,
+    stream_start,
+)
 from selva_core.data.errors import BadClipError
 from selva_core.variants import SYNC_FPS
 
@@ -34,7 +44,13 @@ _TIME_EPS = 1e-6  # seconds; absorbs float rounding between frame times and targ
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a cheap open of the container tells: size, rate, length, audio track format."""
+    """What the container tells and its packets confirm: size, rate, lengths, audio format.
+
+    ``duration`` / ``audio_duration`` are what the file's packets really hold (seconds from
+    each stream's start); ``header_duration`` / ``audio_header_duration`` what its header
+    promises (larger for a truncated file). ``audio_offset`` is where the audio stream starts
+    relative to the picture on the container's timeline (positive = later).
+    """
 
     path: Path
     duration: float
@@ -45,52 +61,49 @@ class VideoInfo:
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
     audio_duration: float | None = None
-
-
-def _stream_duration(stream, container) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return float(container.duration / av.time_base)
-    return None
-
-
-def _reason(error: Exception) -> str:
-    """FFmpeg's short reason without the repeated file name."""
-    return getattr(error, "strerror", None) or str(error)
-
-
-def _open(path: Path):
-    try:
-        return av.open(str(path), mode="r")
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise BadClipError(path, f"cannot read the video ({_reason(e)})", REENCODE_HINT) from None
+    header_duration: float | None = None
+    audio_header_duration: float | None = None
+    audio_offset: float = 0.0
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Open ``path`` and read its stream parameters; unreadable files raise BadClipError."""
+    """Open ``path``, read its stream parameters and measure what its packets hold (no
+    decoding); an unreadable file or a codec FFmpeg cannot decode raises BadClipError."""
     path = Path(path)
-    with _open(path) as container:
+    with open_media(path, "video", REENCODE_HINT) as container, \
+            media_errors(path, "video", REENCODE_HINT):
         if not container.streams.video:
             raise BadClipError(path, "the file holds no video stream", REENCODE_HINT)
         vs = container.streams.video[0]
-        duration = _stream_duration(vs, container)
+        context = decodable(path, vs, "video", REENCODE_HINT)
+        header = header_duration(vs, container)
         fps = float(vs.average_rate) if vs.average_rate else None
-        if duration is None and vs.frames and fps:
-            duration = vs.frames / fps
-        width, height = vs.codec_context.width, vs.codec_context.height
+        if header is None and vs.frames and fps:
+            header = vs.frames / fps
+        width, height = context.width, context.height
         audio = container.streams.audio[0] if container.streams.audio else None
-        a_sr = a_ch = a_dur = None
+        a_sr = a_ch = a_header = None
+        offset = 0.0
         if audio is not None:
-            a_sr = audio.codec_context.sample_rate or audio.rate
-            a_ch = audio.codec_context.channels
-            a_dur = _stream_duration(audio, container)
+            a_context = decodable(path, audio, "audio", REENCODE_HINT)
+            a_sr = a_context.sample_rate or audio.rate
+            a_ch = a_context.channels
+            a_header = header_duration(audio, container)
+            v_start, a_start = stream_start(vs), stream_start(audio)
+            if v_start is not None and a_start is not None:
+                offset = a_start - v_start
+        spans = measure_streams(container, [vs] + ([audio] if audio is not None else []))
+    held = spans.get(vs.index)
+    duration = held.length if held is not None else header
+    a_dur = a_header
+    if audio is not None and audio.index in spans:
+        a_dur = spans[audio.index].length
     if duration is None:
         duration = float(len(decode_frames(path, fps=SYNC_FPS, start=0.0))) / SYNC_FPS
     if not width or not height:
         raise BadClipError(path, "the video stream has no frame size", REENCODE_HINT)
     return VideoInfo(path, duration, fps, int(width), int(height), audio is not None,
-                     a_sr, a_ch, a_dur)
+                     a_sr, a_ch, a_dur, header, a_header, offset)
 
 
 def decode_frames(
@@ -108,8 +121,10 @@ def decode_frames(
     Returns uint8 ``(T, 3, H, W)`` RGB with ``T <= num_frames`` (all remaining frames when
     ``num_frames`` is None). ``transform`` (e.g. the encoder's resize) is applied to every
     ``chunk`` frames as they are decoded, so full-resolution frames of a long window are never
-    all in memory at once; the result is then the concatenation of its outputs. Raises
-    BadClipError when the file cannot be decoded.
+    all in memory at once; the result is then the concatenation of its outputs. Times count
+    from the video stream's own start (``start=0`` is its first picture). Raises BadClipError
+    when the file cannot be decoded; a file whose tail cannot be decoded returns the frames
+    before it (with a warning).
     """
     path = Path(path)
     if num_frames is not None and num_frames <= 0:
@@ -123,37 +138,39 @@ def decode_frames(
             done.append(transform(block) if transform is not None else block)
             frames.clear()
 
-    try:
-        with _open(path) as container:
+    with open_media(path, "video", REENCODE_HINT) as container:
+        with media_errors(path, "video", REENCODE_HINT):
             if not container.streams.video:
                 raise BadClipError(path, "the file holds no video stream", REENCODE_HINT)
             stream = container.streams.video[0]
+            decodable(path, stream, "video", REENCODE_HINT)
             stream.thread_type = "AUTO"
+            # times count from the picture's own start on the container's timeline
+            origin = stream_start(stream) or 0.0
             if start > 0 and stream.time_base is not None:
-                container.seek(math.floor(start / stream.time_base), stream=stream,
+                container.seek(math.floor((origin + start) / stream.time_base), stream=stream,
                                backward=True, any_frame=False)
             fallback_dt = 1.0 / float(stream.average_rate) if stream.average_rate else 1 / fps
-            k = 0
-            n_decoded = 0
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else n_decoded * fallback_dt
-                n_decoded += 1
-                if t + _TIME_EPS < start:
-                    continue
-                image = None
-                while t + _TIME_EPS >= start + k / fps:
-                    if image is None:
+        k = 0
+        n_decoded = 0
+        for frame in decode_stream(path, container, stream, "video", REENCODE_HINT):
+            t = frame.time - origin if frame.time is not None else n_decoded * fallback_dt
+            n_decoded += 1
+            if t + _TIME_EPS < start:
+                continue
+            image = None
+            while t + _TIME_EPS >= start + k / fps:
+                if image is None:
+                    with media_errors(path, "video", REENCODE_HINT):
                         image = frame.to_ndarray(format="rgb24")
-                    frames.append(image)
-                    k += 1
-                    if len(frames) >= chunk:
-                        flush()
-                    if num_frames is not None and k >= num_frames:
-                        break
+                frames.append(image)
+                k += 1
+                if len(frames) >= chunk:
+                    flush()
                 if num_frames is not None and k >= num_frames:
                     break
-    except av.error.FFmpegError as e:
-        raise BadClipError(path, f"decoding failed ({_reason(e)})", REENCODE_HINT) from None
+            if num_frames is not None and k >= num_frames:
+                break
     flush()
     if not done:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
