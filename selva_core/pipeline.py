@@ -23,11 +23,17 @@ sharing the generator can use in autograd afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import re
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -38,13 +44,17 @@ from torch import nn
 from .audio.mel import MelConverter
 from .features import ConditionFeatures
 from .flow_matching import DEFAULT_CONFIG, euler_sample
+from .model.lora import AdapterLoadError
 from .variants import (
+    CLIP_FPS,
     SYNC_FPS,
     SYNC_SEGMENT_FRAMES,
     SYNC_STEP_FRAMES,
+    SYNC_TOKENS_PER_SEGMENT,
     TRAIN_DURATION_S,
     CheckpointFile,
     ModelVariant,
+    SequenceLengths,
     get_variant,
 )
 from .weights import (
@@ -65,6 +75,132 @@ MAX_PAD_FRAMES = 3
 _RESIZE_CHUNK = 32  # frames resized at a time (bounds memory for long HD clips)
 
 ProgressCallback = Callable[[int, int], None]
+
+#: ``precision`` choices of :meth:`SelvaPipeline.build` (``auto``: bf16 on a CUDA GPU that
+#: supports it, fp32 elsewhere).
+PRECISIONS: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: ``offload`` choices: where the networks rest between runs (``gpu``: on the compute device;
+#: ``cpu``: in host memory, moved to the compute device for each run and back after it).
+OFFLOAD_CHOICES = ("auto", "gpu", "cpu")
+#: ``offload="auto"`` keeps the networks on the GPU when they fill at most this share of its memory.
+AUTO_OFFLOAD_MAX_SHARE = 0.5
+#: Default overlap of neighbouring windows in :meth:`SelvaPipeline.render` (seconds).
+DEFAULT_OVERLAP_S = 1.0
+#: Seeds of the windows after the first: ``seed + k * WINDOW_SEED_STRIDE`` (mod 2**63).
+WINDOW_SEED_STRIDE = 0x9E3779B97F4A7C15
+_ADAPTER_NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def resolve_precision(precision: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """``auto`` -> bf16 on a CUDA GPU that supports it, else fp32; or the named dtype."""
+    if isinstance(precision, torch.dtype):
+        if precision not in PRECISIONS.values():
+            raise ValueError(f"precision {precision} is not one of {list(PRECISIONS)}")
+        return precision
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISION_CHOICES}")
+    return PRECISIONS[precision]
+
+
+def _module_device(module: nn.Module) -> torch.device | None:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+def _module_bytes(modules: Sequence[nn.Module]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass(frozen=True)
+class AppliedAdapter:
+    """One adapter a pipeline's generator carries: its name on the generator, where it came
+    from (file path, or ``<state dict N>``), its strength and the file's metadata."""
+
+    name: str
+    source: str
+    strength: float
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class RenderWindow:
+    """One window of a long render: starts at sync segment ``segment`` (``start_s`` seconds),
+    lasts ``duration_s`` seconds and draws its noise from ``seed``."""
+
+    index: int
+    segment: int
+    start_s: float
+    duration_s: float
+    seed: int
+
+
+def window_seed(seed: int, index: int) -> int:
+    """Noise seed of window ``index`` of a render with ``seed`` (window 0 uses ``seed``)."""
+    return (int(seed) + index * WINDOW_SEED_STRIDE) % 2**63
+
+
+def plan_windows(
+    duration: float, window_s: float, overlap_s: float, seed: int = 0
+) -> list[RenderWindow]:
+    """Windows that cover ``duration`` seconds, each starting on a sync-segment boundary.
+
+    Windows last ``window_s`` and start every ``window_s - overlap_s`` seconds rounded down to
+    whole sync segments (0.32 s), so neighbours overlap by at least ``overlap_s``; the last one
+    starts on the last boundary that leaves it at least ``window_s`` and ends exactly at
+    ``duration`` (it may be up to one segment longer than ``window_s``). A ``duration`` that
+    fits in one window gives one window of that duration.
+    """
+    duration, window_s, overlap_s = float(duration), float(window_s), float(overlap_s)
+    step_s = SYNC_STEP_FRAMES / SYNC_FPS
+    if window_s < SYNC_SEGMENT_FRAMES / SYNC_FPS:
+        raise ValueError(f"window_s {window_s:g} s is shorter than one sync window (0.64 s)")
+    if not 0.0 <= overlap_s < window_s - step_s:
+        raise ValueError(
+            f"overlap_s {overlap_s:g} s must be >= 0 and leave the {window_s:g} s windows at "
+            f"least one sync step ({step_s:g} s) apart"
+        )
+    eps = 1e-6
+    if duration <= window_s + eps:
+        return [RenderWindow(0, 0, 0.0, duration, window_seed(seed, 0))]
+    hop = max(1, int(math.floor((window_s - overlap_s) / step_s + eps)))
+    last = int(math.floor((duration - window_s) / step_s + eps))
+    segments = list(range(0, last, hop))
+    if not segments or segments[-1] < last:
+        segments.append(last)
+    windows = []
+    for k, seg in enumerate(segments):
+        start = seg * step_s
+        length = duration - start if k == len(segments) - 1 else window_s
+        windows.append(RenderWindow(k, seg, start, length, window_seed(seed, k)))
+    return windows
+
+
+def crossfade_curves(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equal-power fade-out ``cos`` and fade-in ``sin`` over ``length`` samples (float32).
+
+    ``out**2 + in**2 == 1`` at every sample, so two uncorrelated signals keep their power
+    through the seam.
+    """
+    x = (torch.arange(length, dtype=torch.float64) + 0.5) / length * (math.pi / 2)
+    return torch.cos(x).float(), torch.sin(x).float()
 
 
 class LatentMoments(NamedTuple):
@@ -133,6 +269,44 @@ def _local_text_encoder(models_dir: str | os.PathLike | None, hub_id: str) -> st
     return None
 
 
+def _read_adapter_source(
+    source: str | os.PathLike | Mapping | tuple, index: int
+) -> tuple[str, str, Mapping[str, torch.Tensor], Mapping[str, str]]:
+    """(label for messages and :class:`AppliedAdapter`, name hint, tensors, metadata)."""
+    from .model.lora import read_adapter_file
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        tensors, metadata = read_adapter_file(path)
+        return str(path), path.stem, tensors, metadata
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Mapping):
+        tensors, metadata = source
+    elif isinstance(source, Mapping):
+        tensors = {k: v for k, v in source.items() if k != "__metadata__"}
+        metadata = source.get("__metadata__") or {}
+    else:
+        raise AdapterLoadError(
+            f"adapter source {index + 1} is a {type(source).__name__}; give a file path, "
+            "(tensors, metadata) or a tensor mapping with '__metadata__'"
+        )
+    label = f"<adapter state {index + 1}>"
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise AdapterLoadError(f"{label}: every value of the tensor mapping must be a tensor")
+    metadata = {str(k): str(v) for k, v in dict(metadata).items()}
+    return label, metadata.get("name") or f"adapter_{index + 1}", tensors, metadata
+
+
+def _unique_adapter_name(hint: str, taken: set[str]) -> str:
+    """A valid adapter name from ``hint`` (letters, digits, '_' and '-'), not in ``taken``."""
+    base = _ADAPTER_NAME_RE.sub("_", hint).strip("_") or "adapter"
+    if not base[0].isalnum():
+        base = f"a{base}"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
 class SelvaPipeline:
     """Every network of one SelVA variant plus the steps that connect them.
 
@@ -165,9 +339,72 @@ class SelvaPipeline:
         self.mel = MelConverter(self._variant.mel)
         self.dtype = dtype
         self._device = torch.device(device) if device is not None else _default_device()
+        self.offload = "gpu"
+        self._adapters: tuple[AppliedAdapter, ...] = ()
+        # Pipelines made by fork()/with_adapters share networks with this one; free_encoders()
+        # drops the shared VAE encoder only when no other member of the family is alive.
+        self._family: weakref.WeakSet[SelvaPipeline] = weakref.WeakSet([self])
+        self._vae_encoder_released = False
         self.to(self._device, dtype)
 
     # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        variant: str = "small_16k",
+        *,
+        models_dir: str | os.PathLike | None = None,
+        device: torch.device | str | None = None,
+        precision: str | torch.dtype = "auto",
+        offload: str = "auto",
+        download: bool = False,
+        need_vae_encoder: bool = False,
+        seed: int = 0,
+    ) -> SelvaPipeline:
+        """The one way front ends get a pipeline: every network frozen and in eval mode.
+
+        ``variant``: an official variant (weights from ``models_dir``; with ``download`` the
+        missing ones are fetched, otherwise one error lists them) or ``tiny_16k`` (random
+        weights from ``seed``, no files). ``device``: where the networks compute (default the
+        GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU that supports it, fp32
+        otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where the networks rest
+        between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and
+        back after it); ``auto`` keeps them on the GPU when they fill at most
+        :data:`AUTO_OFFLOAD_MAX_SHARE` of its memory. ``need_vae_encoder``: keep the VAE
+        encoder (training encodes audio).
+        """
+        v = get_variant(variant)
+        target = torch.device(device) if device is not None else _default_device()
+        dtype = resolve_precision(precision, target)
+        if offload not in OFFLOAD_CHOICES:
+            raise ValueError(f"offload {offload!r} is unknown; choose one of {OFFLOAD_CHOICES}")
+        if v.is_tiny:
+            pipe = cls.tiny(seed=seed, device="cpu", dtype=dtype)
+            if not need_vae_encoder:
+                pipe.vae.drop_encoder()
+        else:
+            pipe = cls.from_pretrained(
+                v.name, models_dir=models_dir, device="cpu", dtype=dtype, download=download,
+                need_vae_encoder=need_vae_encoder,
+            )
+        for module in pipe.networks().values():
+            module.requires_grad_(False)
+            module.eval()
+        if target.type == "cpu":
+            offload = "gpu"  # nothing to offload to: the networks live where they compute
+        elif offload == "auto":
+            size = _module_bytes(list(pipe.networks().values()))
+            total = torch.cuda.get_device_properties(target).total_memory
+            offload = "gpu" if size <= AUTO_OFFLOAD_MAX_SHARE * total else "cpu"
+        pipe._device = target
+        pipe.offload = offload
+        if offload == "gpu":
+            pipe.to(target)
+        else:
+            pipe.mel.to(target)
+        logger.info("built %r (offload %s)", pipe, offload)
+        return pipe
+
     @classmethod
     def from_pretrained(
         cls,
@@ -199,6 +436,11 @@ class SelvaPipeline:
         if missing:
             hint = " (a random test model: use SelvaPipeline.tiny())" if v.is_tiny else ""
             raise ValueError(f"variant {v.name!r} has no weight file for {missing}{hint}")
+        # Every file first (networks and text-encoder folders): one error lists all missing.
+        from .weights import preflight
+
+        preflight(v, models_dir, download=download, verify=verify,
+                  text_encoders=clip_source is None and t5_source is None)
         from .model.bigvgan import convert_legacy_weight_norm_keys
         from .model.text_encoders import load_text_encoders
         from .model.video_encoder import CHECKPOINT_PREFIXES
@@ -286,31 +528,154 @@ class SelvaPipeline:
     def device(self) -> torch.device:
         return self._device
 
-    def _modules(self) -> dict[str, nn.Module]:
+    @property
+    def adapters(self) -> tuple[AppliedAdapter, ...]:
+        """The adapters this pipeline's generator carries (attach order)."""
+        return self._adapters
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Name -> network of every network this pipeline holds (freed encoders left out)."""
         names = ("generator", "video_encoder", "clip_text", "t5", "vae", "vocoder")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """Move every network (and cast its floating weights when ``dtype`` is given)."""
+        """Move every network (and cast its floating weights when ``dtype`` is given).
+
+        The networks other than the generator are shared with the pipelines made by
+        :meth:`fork` / :meth:`with_adapters`, so those see them move too (each run moves what
+        it needs to its own pipeline's device and back).
+        """
         if device is not None:
             self._device = torch.device(device)
         if dtype is not None:
             self.dtype = dtype
-        for module in self._modules().values():
+        for module in self.networks().values():
             module.to(device=self._device, dtype=self.dtype)
         self.mel.to(self._device)  # the mel front end always computes in float32
         return self
 
+    def _rest_device(self) -> torch.device:
+        return self._device if self.offload == "gpu" else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def _running(self, *names: str, seq: SequenceLengths | None = None) -> Iterator[None]:
+        """The named networks on the compute device in eval mode (and the generator at ``seq``)
+        for the duration of the block; afterwards every module's train/eval flag, device and
+        the generator's sequence lengths are as they were found, also when the block raises.
+        Dtypes are never changed."""
+        found = []
+        old_seq = None
+        try:
+            for name in names:
+                module = getattr(self, name)
+                if module is None:
+                    continue
+                modes = [(m, m.training) for m in module.modules()]
+                where = _module_device(module)
+                found.append((module, modes, where))
+                if where is not None and where != self._device:
+                    module.to(self._device)
+                module.eval()
+            if seq is not None and self.generator.seq != seq:
+                old_seq = self.generator.seq
+                self.generator.update_seq_lengths(seq)
+            yield
+        finally:
+            if old_seq is not None:
+                self.generator.update_seq_lengths(old_seq)
+            for module, modes, where in reversed(found):
+                if where is not None and where != self._device:
+                    module.to(where)
+                for m, mode in modes:
+                    m.training = mode
+
     def free_encoders(self) -> None:
         """Release TextSynch, FLAN-T5, CLIP-text and the VAE encoder (features must be extracted
-        before); the generator, VAE decoder and vocoder stay for sampling."""
+        before); the generator, VAE decoder and vocoder stay for sampling.
+
+        A pipeline that shares its networks with others (:meth:`fork`) only drops its own
+        references: the shared VAE keeps its encoder while another member is alive.
+        """
         self.video_encoder = self.clip_text = self.t5 = None
-        if self.vae.encoder is not None:
+        self._vae_encoder_released = True
+        others = [p for p in self._family if p is not self and p.vae is self.vae]
+        if not others and self.vae.encoder is not None:
             self.vae.drop_encoder()
         gc.collect()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
         logger.info("freed the feature encoders (TextSynch, FLAN-T5, CLIP text, VAE encoder)")
+
+    # --- sharing: forks and adapters ----------------------------------------------------------
+    def fork(self) -> SelvaPipeline:
+        """A new pipeline with its own generator structure over the same frozen tensors.
+
+        The generator's module objects are copied while every parameter keeps its storage
+        (new ``nn.Parameter`` objects over the same tensors, so ``requires_grad`` flags and
+        device moves stay per pipeline) and buffers are shared; the other networks are
+        shared by reference. Attaching, training or removing adapters on the fork leaves this
+        pipeline as it is; writing into the shared tensors in place (merging adapters into the
+        base weights) would not, so a merged generator cannot be forked.
+        """
+        from .model.lora import iter_lora_layers
+
+        if any(layer.merged for _, layer in iter_lora_layers(self.generator)):
+            raise RuntimeError(
+                "cannot fork a pipeline whose generator has merged adapters (the merge writes "
+                "into the shared base weights); unmerge_adapters(pipeline.generator) first"
+            )
+        memo: dict[int, object] = {}
+        for p in self.generator.parameters():
+            memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        for b in self.generator.buffers():
+            memo[id(b)] = b
+        generator = copy.deepcopy(self.generator, memo)
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.generator = generator
+        other._family = self._family
+        self._family.add(other)
+        return other
+
+    def with_adapters(
+        self,
+        adapters: Sequence[tuple[str | os.PathLike | Mapping | tuple, float]],
+    ) -> SelvaPipeline:
+        """A :meth:`fork` whose generator carries ``adapters`` on top of this one's.
+
+        Each item is ``(source, strength)``: ``source`` an adapter file, or an adapter in
+        memory as ``(tensors, metadata)`` (what ``read_adapter_file`` returns) or a tensor
+        mapping with its metadata under ``"__metadata__"``. This pipeline is never changed:
+        a bad adapter (damaged file, another model variant, non-finite factors) raises the LoRA
+        library's error naming it, and nothing is attached anywhere. Calling it twice with the
+        same list gives two equal pipelines (each starts from this pipeline's generator).
+        """
+        from .model.lora import adapter_names
+        from .model.lora.io import load_adapter_tensors
+
+        items = list(adapters)
+        for item in items:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ValueError(f"adapters must be (source, strength) pairs, got {item!r}")
+            strength = item[1]
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or (
+                not math.isfinite(float(strength))
+            ):
+                raise ValueError(f"adapter strength must be a finite number, got {strength!r}")
+        loaded = [_read_adapter_source(source, i) for i, (source, _) in enumerate(items)]
+        other = self.fork()
+        applied = list(self._adapters)
+        taken = set(adapter_names(other.generator))
+        for (label, hint, tensors, metadata), (_, strength) in zip(loaded, items):
+            name = _unique_adapter_name(hint, taken)
+            load_adapter_tensors(
+                other.generator, tensors, metadata, name=name, strength=float(strength),
+                expected_variant=self._variant.name, freeze_base=False, source=label,
+            )
+            taken.add(name)
+            applied.append(AppliedAdapter(name, label, float(strength), dict(metadata)))
+        other._adapters = tuple(applied)
+        return other
 
     def _require(self, name: str, purpose: str) -> nn.Module:
         module = getattr(self, name)
@@ -334,8 +699,9 @@ class SelvaPipeline:
         prompts = _as_prompts(prompts)
         clip_text = self._require("clip_text", "encoding a prompt")
         t5 = self._require("t5", "encoding a prompt")
-        clip_f = clip_text.encode(prompts)
-        states, mask = t5.encode(prompts)
+        with self._running("clip_text", "t5"):
+            clip_f = clip_text.encode(prompts)
+            states, mask = t5.encode(prompts)
         return (
             clip_f.to(self._device, self.dtype),
             states.to(self._device, self.dtype),
@@ -419,8 +785,9 @@ class SelvaPipeline:
         prompts = _as_prompts(prompt, frames.shape[0])
         frames, duration = self._fit_frames(frames, duration)
         video = self.prepare_sync_frames(frames).to(self.dtype)
-        clip_f, t5_states, t5_mask = self.encode_prompt(prompts)
-        sync_f = video_encoder(video, t5_states, t5_mask)
+        with self._running("video_encoder", "clip_text", "t5"):
+            clip_f, t5_states, t5_mask = self.encode_prompt(prompts)
+            sync_f = video_encoder(video, t5_states, t5_mask)
         return ConditionFeatures(
             text_clip_f=clip_f, sync_f=sync_f, duration=duration, prompts=prompts,
             variant=self._variant.name,
@@ -450,6 +817,39 @@ class SelvaPipeline:
         text = features.text_clip_f.to(self._device, self.dtype)
         return out.get("clip_f"), out["sync_f"], text
 
+    def _negative_text(
+        self, negative_prompt: str | Sequence[str] | None, batch: int
+    ) -> torch.Tensor | None:
+        if negative_prompt is None or (isinstance(negative_prompt, str)
+                                       and not negative_prompt.strip()):
+            return None
+        return self.encode_prompt(_as_prompts(negative_prompt, batch))[0]
+
+    def _sample_latent(
+        self,
+        features: ConditionFeatures,
+        duration: float,
+        seed: int,
+        num_steps: int,
+        cfg_strength: float,
+        negative_text_f: torch.Tensor | None,
+        progress_callback: ProgressCallback | None,
+    ) -> torch.Tensor:
+        """Euler + CFG for one window; the generator must already be set up for ``duration``."""
+        seq = self._variant.sequence_lengths(duration)
+        clip_f, sync_f, text_f = self._conditions_for(features, duration)
+        noise_rng = torch.Generator(device="cpu").manual_seed(int(seed))
+        x0 = torch.randn(
+            (features.batch_size, seq.latent, self._variant.generator.latent_dim),
+            generator=noise_rng,
+        ).to(self._device, self.dtype)
+        latent = euler_sample(
+            self.generator, x0, clip_f, sync_f, text_f,
+            negative_text_f=negative_text_f, num_steps=num_steps, cfg_strength=cfg_strength,
+            progress_callback=progress_callback,
+        )
+        return self.generator.unnormalize(latent)
+
     @torch.no_grad()
     def sample(
         self,
@@ -462,36 +862,23 @@ class SelvaPipeline:
         duration: float | None = None,
         progress_callback: ProgressCallback | None = None,
     ) -> torch.Tensor:
-        """Generate the un-normalised VAE latent (B, N, C) for ``features``.
+        """Generate the un-normalised VAE latent (B, N, C) of ONE window of ``features``.
 
         ``duration`` (default: the features' duration, which it may not exceed) sets every
-        sequence length. The initial noise comes from ``torch.Generator('cpu')`` seeded with
-        ``seed`` and is then moved, so a seed gives the same result on any device. A
-        ``negative_prompt`` replaces the empty text in the unconditional CFG branch.
-        ``progress_callback(step, total)`` is called after every Euler step.
+        sequence length; :meth:`render` handles clips longer than the model's window. The
+        initial noise comes from ``torch.Generator('cpu')`` seeded with ``seed`` and is then
+        moved, so a seed gives the same result on any device. A ``negative_prompt`` replaces
+        the empty text in the unconditional CFG branch. ``progress_callback(step, total)`` is
+        called after every Euler step and may raise to stop. The generator's sequence lengths,
+        train/eval flags, device and dtype are as found afterwards, also when it raises.
         """
         duration = features.duration if duration is None else float(duration)
         seq = self._variant.sequence_lengths(duration)
-        clip_f, sync_f, text_f = self._conditions_for(features, duration)
-        batch = features.batch_size
-        negative_text_f = None
-        if negative_prompt is not None and (
-            not isinstance(negative_prompt, str) or negative_prompt.strip()
-        ):
-            negative_text_f = self.encode_prompt(_as_prompts(negative_prompt, batch))[0]
-
-        if self.generator.seq != seq:
-            self.generator.update_seq_lengths(seq)
-        noise_rng = torch.Generator(device="cpu").manual_seed(int(seed))
-        x0 = torch.randn(
-            (batch, seq.latent, self._variant.generator.latent_dim), generator=noise_rng
-        ).to(self._device, self.dtype)
-        latent = euler_sample(
-            self.generator, x0, clip_f, sync_f, text_f,
-            negative_text_f=negative_text_f, num_steps=num_steps, cfg_strength=cfg_strength,
-            progress_callback=progress_callback,
-        )
-        return self.generator.unnormalize(latent)
+        self._conditions_for(features, duration)  # checks the features before any work
+        negative_text_f = self._negative_text(negative_prompt, features.batch_size)
+        with self._running("generator", seq=seq):
+            return self._sample_latent(features, duration, seed, num_steps, cfg_strength,
+                                       negative_text_f, progress_callback)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -499,9 +886,116 @@ class SelvaPipeline:
         latent_dim = self._variant.generator.latent_dim
         if latent.ndim != 3 or latent.shape[-1] != latent_dim:
             raise ValueError(f"latent must be (B, N, {latent_dim}), got {tuple(latent.shape)}")
-        mel = self.vae.decode(latent.to(self._device, self.dtype).transpose(1, 2))
-        wave = self.vocoder(mel.to(self.dtype))
+        with self._running("vae", "vocoder"):
+            mel = self.vae.decode(latent.to(self._device, self.dtype).transpose(1, 2))
+            wave = self.vocoder(mel.to(self.dtype))
         return wave.squeeze(1).float()
+
+    def plan_render(
+        self,
+        duration: float,
+        *,
+        seed: int = 0,
+        window_s: float | None = None,
+        overlap_s: float = DEFAULT_OVERLAP_S,
+    ) -> list[RenderWindow]:
+        """The windows :meth:`render` uses for ``duration`` seconds (see :func:`plan_windows`)."""
+        window_s = TRAIN_DURATION_S if window_s is None else float(window_s)
+        self._variant.sequence_lengths(duration)  # raises for less than one sync window
+        return plan_windows(duration, window_s, overlap_s, seed)
+
+    def window_features(
+        self, features: ConditionFeatures, window: RenderWindow
+    ) -> ConditionFeatures:
+        """``features`` cut to ``window``'s span: its own sync segments (and CLIP frames)."""
+        seq = self._variant.sequence_lengths(window.duration_s)
+        first = window.segment * SYNC_TOKENS_PER_SEGMENT
+        sync_f = features.sync_f[:, first : first + seq.sync]
+        if sync_f.shape[1] < seq.sync:
+            raise ValueError(
+                f"the features hold {features.sync_f.shape[1]} sync tokens "
+                f"({features.duration:g} s), too few for the window at {window.start_s:g} s; "
+                f"extract the features for the whole duration"
+            )
+        clip_f = None
+        if features.clip_f is not None:
+            c0 = int(round(window.start_s * CLIP_FPS))
+            clip_f = features.clip_f[:, c0 : c0 + seq.clip]
+        return ConditionFeatures(
+            text_clip_f=features.text_clip_f, sync_f=sync_f, clip_f=clip_f,
+            duration=window.duration_s, prompts=list(features.prompts),
+            variant=features.variant, extra=dict(features.extra),
+        )
+
+    @torch.no_grad()
+    def render(
+        self,
+        features: ConditionFeatures,
+        *,
+        seed: int,
+        num_steps: int = DEFAULT_CONFIG.num_steps,
+        cfg_strength: float = DEFAULT_CONFIG.cfg_strength,
+        negative_prompt: str | Sequence[str] | None = None,
+        duration: float | None = None,
+        window_s: float | None = None,
+        overlap_s: float = DEFAULT_OVERLAP_S,
+        progress_callback: ProgressCallback | None = None,
+    ) -> torch.Tensor:
+        """Waveform (B, samples) float32 on the CPU for ANY duration of ``features``.
+
+        Up to one window (``window_s``, default the variant's training duration of
+        :data:`~selva_core.variants.TRAIN_DURATION_S`) this is exactly ``decode(sample(...))``.
+        Longer clips are cut into windows that start on sync-segment boundaries and overlap
+        by at least ``overlap_s`` (:meth:`plan_render`); each window is sampled from its own
+        span of the features with its own seed (:func:`window_seed`) and decoded, and
+        neighbours are joined by an equal-power crossfade (cos / sin) over their whole
+        overlap. ``progress_callback(done, total)`` counts Euler steps over all windows and may
+        raise to stop; the pipeline is then as found.
+        """
+        duration = features.duration if duration is None else float(duration)
+        if duration > features.duration + 1e-6:
+            self._conditions_for(features, duration)  # raises: the features are too short
+        windows = self.plan_render(duration, seed=seed, window_s=window_s, overlap_s=overlap_s)
+        if len(windows) == 1:
+            latent = self.sample(
+                features, seed=seed, num_steps=num_steps, cfg_strength=cfg_strength,
+                negative_prompt=negative_prompt, duration=duration,
+                progress_callback=progress_callback,
+            )
+            return self.decode(latent).cpu()
+
+        negative_text_f = self._negative_text(negative_prompt, features.batch_size)
+        total_steps = num_steps * len(windows)
+        rate = self.sample_rate
+        length = self._variant.sequence_lengths(duration).audio_samples
+        starts = [int(round(w.start_s * rate)) for w in windows]
+        out: torch.Tensor | None = None
+        prev_end = 0
+        for w, start in zip(windows, starts):
+            def step(i: int, n: int, done: int = w.index * num_steps) -> None:
+                if progress_callback is not None:
+                    progress_callback(done + i, total_steps)
+
+            feats = self.window_features(features, w)
+            seq = self._variant.sequence_lengths(w.duration_s)
+            with self._running("generator", seq=seq):
+                latent = self._sample_latent(feats, w.duration_s, w.seed, num_steps,
+                                             cfg_strength, negative_text_f, step)
+            wave = self.decode(latent).cpu()
+            if out is None:
+                length = min(length, starts[-1] + self._variant.sequence_lengths(
+                    windows[-1].duration_s).audio_samples)
+                out = torch.zeros(wave.shape[0], length)
+            wave = wave[:, : length - start]
+            overlap = max(0, min(prev_end - start, wave.shape[1]))
+            if overlap:
+                fade_out, fade_in = crossfade_curves(overlap)
+                out[:, start : start + overlap] = (
+                    out[:, start : start + overlap] * fade_out + wave[:, :overlap] * fade_in
+                )
+            out[:, start + overlap : start + wave.shape[1]] = wave[:, overlap:]
+            prev_end = start + wave.shape[1]
+        return out
 
     @torch.no_grad()
     def generate(
@@ -514,15 +1008,22 @@ class SelvaPipeline:
         num_steps: int = DEFAULT_CONFIG.num_steps,
         cfg_strength: float = DEFAULT_CONFIG.cfg_strength,
         negative_prompt: str | Sequence[str] | None = None,
+        window_s: float | None = None,
+        overlap_s: float = DEFAULT_OVERLAP_S,
         progress_callback: ProgressCallback | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Frames + prompt -> (waveform (B, samples) float32 on the CPU, sample rate)."""
+        """Frames + prompt -> (waveform (B, samples) float32 on the CPU, sample rate).
+
+        Any duration (default: the frames' length): :meth:`extract_features` then
+        :meth:`render`.
+        """
         features = self.extract_features(frames, prompt, duration)
-        latent = self.sample(
+        wave = self.render(
             features, seed=seed, num_steps=num_steps, cfg_strength=cfg_strength,
-            negative_prompt=negative_prompt, progress_callback=progress_callback,
+            negative_prompt=negative_prompt, window_s=window_s, overlap_s=overlap_s,
+            progress_callback=progress_callback,
         )
-        return self.decode(latent).cpu(), self.sample_rate
+        return wave, self.sample_rate
 
     # --- audio -> latent --------------------------------------------------------------------
     def _mono_at_rate(self, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -582,14 +1083,15 @@ class SelvaPipeline:
         down = self._variant.mel.hop_size * 2
         if wave.shape[1] % down:  # whole latent frames: pad to a multiple of 2 hops
             wave = F.pad(wave, (0, down - wave.shape[1] % down))
-        if getattr(self.vae, "encoder", None) is None:
+        if getattr(self.vae, "encoder", None) is None or self._vae_encoder_released:
             raise RuntimeError(
                 "encode_audio needs the VAE encoder, which this pipeline dropped (free_encoders(), "
                 "or loaded without it); encode audio before free_encoders(), or load with "
                 "SelvaPipeline.from_pretrained(..., need_vae_encoder=True)"
             )
         mel = self.mel(wave.to(self._device))
-        posterior = self.vae.encode(mel.to(self.dtype))
+        with self._running("vae"):
+            posterior = self.vae.encode(mel.to(self.dtype))
         mean = posterior.mean.transpose(1, 2)
         std = posterior.std.transpose(1, 2)
         if normalize:
@@ -598,11 +1100,22 @@ class SelvaPipeline:
         return LatentMoments(mean, std)
 
     def __repr__(self) -> str:
-        loaded = ", ".join(self._modules())
+        loaded = ", ".join(self.networks())
         return (
             f"SelvaPipeline(variant={self._variant.name!r}, device={self._device}, "
             f"dtype={self.dtype}, networks=[{loaded}])"
         )
 
 
-__all__ = ["SelvaPipeline", "LatentMoments", "ConditionFeatures"]
+__all__ = [
+    "AdapterLoadError",
+    "AppliedAdapter",
+    "ConditionFeatures",
+    "LatentMoments",
+    "RenderWindow",
+    "SelvaPipeline",
+    "crossfade_curves",
+    "plan_windows",
+    "resolve_precision",
+    "window_seed",
+]

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from selva_core.features import ConditionFeatures
 from selva_core.pipeline import SelvaPipeline
 from selva_core.variants import VARIANTS, CheckpointFile, get_variant
-from selva_core.weights import CheckpointError, build_component
+from selva_core.weights import CheckpointError, build_component, sidecar_path
 
 DURATION = 1.0  # seconds: 2 sync windows, 32 latent tokens at 16 kHz
 STEPS = 2
@@ -308,7 +308,7 @@ def test_from_pretrained_loads_local_files_like_the_reference_formats(tmp_path, 
     got, _ = loaded.generate(frames, "a dog barks", seed=3, num_steps=STEPS)
     want, _ = reference.generate(frames, "a dog barks", seed=3, num_steps=STEPS)
     assert torch.allclose(got, want, atol=1e-6)
-    assert (tmp_path / "gen.pth.md5ok").is_file()  # verified once, remembered
+    assert sidecar_path(tmp_path / "gen.pth").is_file()  # verified once, remembered
     inference_only = SelvaPipeline.from_pretrained(variant.name, models_dir=tmp_path,
                                                    device="cpu", download=False)
     assert inference_only.vae.encoder is None  # dropped unless need_vae_encoder
