@@ -92,8 +92,9 @@ def _command(variants: Sequence[str], models_dir: str | None) -> str:
     return shlex.join(cmd)
 
 
-def print_listing(files: dict[str, CheckpointFile], folder: Path, out=sys.stdout) -> None:
+def print_listing(files: dict[str, CheckpointFile], folder: Path, out=None) -> None:
     """``URL<TAB>size<TAB>destination`` per file, after a ``#`` header line."""
+    out = out or sys.stdout
     paths = destinations(files, folder)
     print("# url\tsize\tdestination", file=out)
     for key, file in files.items():
@@ -101,9 +102,10 @@ def print_listing(files: dict[str, CheckpointFile], folder: Path, out=sys.stdout
 
 
 def print_table(
-    files: dict[str, CheckpointFile], paths: dict[str, Path], fetched: set[str], out=sys.stdout
+    files: dict[str, CheckpointFile], paths: dict[str, Path], fetched: set[str], out=None
 ) -> None:
     """What is where: file, status, size on disk, what it was checked against, path."""
+    out = out or sys.stdout
     rows = [("file", "status", "size", "checked against", "path")]
     for key in files:
         path = paths[key]

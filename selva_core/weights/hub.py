@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0  # the one reachability check
 READ_TIMEOUT_S = 30.0  # a stalled download gives up after this long without data
-_CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -123,7 +122,7 @@ def fetch(remote: RemoteFile, part: Path, on_bytes: Callable[[int], None]) -> No
             mode = "wb"
             on_bytes(-start)
         with open(part, mode) as f:
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in response.iter_bytes():  # as data arrives: little is lost to a drop
                 f.write(chunk)
                 on_bytes(len(chunk))
 

@@ -87,16 +87,14 @@ def _missing_message(
     return "\n".join(lines)
 
 
-def _tqdm_progress() -> tuple[Progress, Callable[[], None]]:
+def _tqdm_progress(total: int | None, initial: int) -> tuple[Progress, Callable[[], None]]:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000, desc="SelVA weights")
+    bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1000,
+               desc="SelVA weights")
 
     def update(done: int, total: int | None) -> None:
-        if total is not None and bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
+        bar.update(done - bar.n)
 
     return update, bar.close
 
@@ -170,7 +168,7 @@ def ensure_files(
     )
     close = None
     if progress is None:
-        progress, close = _tqdm_progress()
+        progress, close = _tqdm_progress(total, done)
     state = {"done": done}
 
     def on_bytes(n: int) -> None:
