@@ -1,7 +1,9 @@
-"""Weight files: models folder, download + md5, safe reading and strict checked loading."""
+"""Weight files: models folder, verification (checksums, sidecars, sizes), preflight, safe reading
+and strict checked loading. Downloads are tested in test_download.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shlex
@@ -16,8 +18,10 @@ from selva_core import weights
 from selva_core.variants import CheckpointFile, get_variant
 from selva_core.weights import (
     CheckpointError,
+    MissingWeightsError,
     ensure_checkpoint,
     load_checked,
+    models_dir,
     read_state_dict,
     resolve_models_dir,
 )
@@ -60,20 +64,30 @@ def test_models_dir_explicit_argument_beats_env_which_beats_default(monkeypatch,
     assert resolve_models_dir(str(tmp_path / "arg")) == tmp_path / "arg"
 
 
-# --- md5 ------------------------------------------------------------------------------------------
-def _file(md5: str | None = PAYLOAD_MD5) -> CheckpointFile:
-    return CheckpointFile("someone/repo", "weights/thing.pth", md5)
+# --- verification ---------------------------------------------------------------------------------
+def _file(md5: str | None = PAYLOAD_MD5, **kwargs) -> CheckpointFile:
+    return CheckpointFile("someone/repo", "weights/thing.pth", md5, **kwargs)
+
+
+def _touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def _no_hashing(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("an unchanged verified file must not be hashed again")
+
+    monkeypatch.setattr(models_dir, "file_digests", fail)
 
 
 def test_present_file_with_right_md5_is_verified_once_then_trusted(tmp_path, monkeypatch):
     (tmp_path / "thing.pth").write_bytes(PAYLOAD)
     assert ensure_checkpoint(_file(), tmp_path) == tmp_path / "thing.pth"
-    assert (tmp_path / "thing.pth.md5ok").is_file()
-
-    def no_hashing(*a, **k):
-        raise AssertionError("an unchanged verified file must not be hashed again")
-
-    monkeypatch.setattr(weights, "file_md5", no_hashing)
+    record = weights.read_sidecar(tmp_path / "thing.pth")
+    assert record["md5"] == PAYLOAD_MD5 and record["checked_against"] == "published md5"
+    assert record["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+    _no_hashing(monkeypatch)
     assert ensure_checkpoint(_file(), tmp_path) == tmp_path / "thing.pth"
 
 
@@ -81,7 +95,7 @@ def test_present_file_with_wrong_md5_raises_naming_the_file(tmp_path):
     (tmp_path / "thing.pth").write_bytes(PAYLOAD + b"x")
     with pytest.raises(CheckpointError, match=r"checksum mismatch.*thing\.pth"):
         ensure_checkpoint(_file(), tmp_path)
-    assert not (tmp_path / "thing.pth.md5ok").exists()
+    assert not weights.sidecar_path(tmp_path / "thing.pth").exists()
     # verification can be skipped on purpose
     assert ensure_checkpoint(_file(), tmp_path, verify=False) == tmp_path / "thing.pth"
 
@@ -91,107 +105,101 @@ def test_file_changed_after_verification_is_checked_again(tmp_path):
     path.write_bytes(PAYLOAD)
     ensure_checkpoint(_file(), tmp_path)
     path.write_bytes(PAYLOAD[:-1] + b"!")  # same size, new content and mtime
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    _touch_later(path)
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         ensure_checkpoint(_file(), tmp_path)
 
 
-# --- download -------------------------------------------------------------------------------------
-def _fake_hub(payload: bytes, calls: list):
-    def hf_hub_download(repo_id, filename, *, local_dir=None, **kwargs):
-        calls.append((repo_id, filename, Path(local_dir)))
-        out = Path(local_dir) / filename
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(payload)
-        return str(out)
+def test_without_published_checksum_the_first_sha256_is_recorded_and_checked_later(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "thing.pth"
+    path.write_bytes(PAYLOAD)
+    assert weights.verify_file(path, _file(None)) == models_dir.RECORDED_BY_HAND
+    assert weights.read_sidecar(path)["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
 
-    return hf_hub_download
+    path.write_bytes(PAYLOAD[:-1] + b"!")  # silently damaged, same size
+    _touch_later(path)
+    with pytest.raises(CheckpointError, match=r"recorded at its first download.*thing\.pth"):
+        weights.verify_file(path, _file(None))
+
+    path.write_bytes(PAYLOAD)  # restored: a new mtime, the recorded sha256 matches again
+    _touch_later(path)
+    assert weights.verify_file(path, _file(None)) == models_dir.RECORDED_BY_HAND
+    _no_hashing(monkeypatch)
+    weights.verify_file(path, _file(None))
 
 
-def test_download_lands_under_the_local_name_after_md5_check(tmp_path, monkeypatch):
-    import huggingface_hub
+def test_size_check_fails_before_hashing(tmp_path, monkeypatch):
+    path = tmp_path / "thing.pth"
+    path.write_bytes(PAYLOAD[:100])
+    _no_hashing(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"100 bytes but thing\.pth has 2,"):
+        weights.verify_file(path, _file(None, size=len(PAYLOAD)))
 
+
+def test_file_truncated_after_its_sha256_was_recorded_is_named_without_hashing(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "thing.pth"
+    path.write_bytes(PAYLOAD)
+    weights.verify_file(path, _file(None))
+    path.write_bytes(PAYLOAD[:50])
+    _no_hashing(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"is 50 bytes but was 2,[0-9]+ bytes"):
+        weights.verify_file(path, _file(None))
+
+
+def test_force_rehashes_an_unchanged_file(tmp_path, monkeypatch):
+    path = tmp_path / "thing.pth"
+    path.write_bytes(PAYLOAD)
+    weights.verify_file(path, _file())
     calls = []
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(PAYLOAD, calls))
-    path = ensure_checkpoint(_file(), tmp_path / "models")
-    assert path == tmp_path / "models" / "thing.pth"
-    assert path.read_bytes() == PAYLOAD
-    (repo, filename, local_dir), = calls
-    assert (repo, filename) == ("someone/repo", "weights/thing.pth")
-    assert local_dir.parent == tmp_path / "models" and local_dir != path  # temporary name
-    leftovers = {p.name for p in (tmp_path / "models").iterdir()}
-    assert leftovers == {"thing.pth", "thing.pth.md5ok"}
-
-
-def test_downloaded_file_with_wrong_md5_is_discarded(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(b"garbage", []))
-    with pytest.raises(CheckpointError, match="md5"):
-        ensure_checkpoint(_file(), tmp_path)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_offline_missing_file_error_names_file_repo_and_folder(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    def no_network(*a, **k):
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    with pytest.raises(CheckpointError) as info:
-        ensure_checkpoint(_file(), tmp_path / "models")
-    msg = str(info.value)
-    assert "weights/thing.pth" in msg and "someone/repo" in msg
-    assert str(tmp_path / "models" / "thing.pth") in msg
-    assert not (tmp_path / "models" / "thing.pth").exists()
-    assert list((tmp_path / "models").iterdir()) == []  # temporary folder removed
-
-
-def test_interrupted_download_is_resumed_from_the_same_staging_folder(tmp_path, monkeypatch):
-    import huggingface_hub
-
-    calls = []
-
-    def interrupted(repo_id, filename, *, local_dir=None, **kwargs):
-        calls.append(Path(local_dir))
-        partial = Path(local_dir) / ".cache" / "huggingface" / "download" / "x.incomplete"
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(PAYLOAD[:10])
-        raise ConnectionError("connection reset")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", interrupted)
-    with pytest.raises(CheckpointError, match="could not download"):
-        ensure_checkpoint(_file(), tmp_path)
-    assert calls[0].is_dir() and not (tmp_path / "thing.pth").exists()  # partial kept
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _fake_hub(PAYLOAD, calls))
-    assert ensure_checkpoint(_file(), tmp_path).read_bytes() == PAYLOAD
-    assert calls[1][2] == calls[0]  # same staging folder: the hub client resumes there
-    assert not calls[0].exists()
+    real = models_dir.file_digests
+    monkeypatch.setattr(models_dir, "file_digests", lambda p: calls.append(p) or real(p))
+    weights.verify_file(path, _file(), force=True)
+    assert calls == [path]
 
 
 @pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "download=False"])
 def test_no_download_allowed_never_calls_the_hub(tmp_path, monkeypatch, how):
-    import huggingface_hub
-
     def forbidden(*a, **k):
         raise AssertionError("the hub must not be contacted")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", forbidden)
+    monkeypatch.setattr(weights.hub, "probe", forbidden)
+    monkeypatch.setattr(weights.hub, "fetch", forbidden)
     if how == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         kwargs = {}
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         kwargs = {"download": False}
-    with pytest.raises(CheckpointError, match=r"thing\.pth") as info:
+    with pytest.raises(MissingWeightsError, match=r"thing\.pth") as info:
         ensure_checkpoint(_file(), tmp_path, **kwargs)
-    assert str(tmp_path) in str(info.value) and "someone/repo" in str(info.value)
+    msg = str(info.value)
+    assert str((tmp_path / "thing.pth").absolute()) in msg
+    assert "https://huggingface.co/someone/repo/resolve/main/weights/thing.pth" in msg
+
+
+def test_preflight_returns_every_file_and_the_text_encoder_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = get_variant("small_16k")
+    unchecked = {  # the same files without published md5s, so placeholder bytes verify
+        f"{c}_file": dataclasses.replace(getattr(base, f"{c}_file"), md5=None)
+        for c in ("generator", "video_encoder", "vae", "vocoder")
+    }
+    variant = dataclasses.replace(base, **unchecked)
+    for file in variant.required_files().values():
+        (tmp_path / file.relative_path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / file.relative_path).write_bytes(file.relative_path.encode())
+    paths = weights.preflight(variant, tmp_path)
+    assert paths["generator"] == tmp_path / "generator_small_16k_sup_5.pth"
+    assert paths["clip_text"] == tmp_path / "DFN5B-CLIP-ViT-H-14-384"
+    assert paths["t5"] == tmp_path / "flan-t5-base"
+    assert paths["t5.weights"] == tmp_path / "flan-t5-base" / "model.safetensors"
+    assert all(weights.read_sidecar(p) for k, p in paths.items() if k not in ("clip_text", "t5"))
+    without_text = weights.preflight(variant, tmp_path, text_encoders=False)
+    assert set(without_text) == {"generator", "video_encoder", "vae", "vocoder"}
 
 
 # --- reading --------------------------------------------------------------------------------------
