@@ -8,7 +8,8 @@
 
 The adapter lands in ``OUTPUT_DIR/adapter_final.safetensors`` (load it in ComfyUI with the
 SelVA LoRA loader); everything else the run writes is listed in the final summary. Exit status:
-0 trained, 130 interrupted (resumable with --resume), 2 bad input or a stopped run.
+0 trained, 130 interrupted (Ctrl-C: resumable with --resume, or during feature extraction a
+rerun continues), 2 bad input or a stopped run (one line naming the file, folder or flag).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from selva_core.training.trainer import TrainingDivergedError  # noqa: E402
 log = logging.getLogger("train_lora")
 
 EXPECTED_ERRORS = (BadClipError, CheckpointError, CheckpointWriteError, TrainingDivergedError,
-                   FileExistsError, FileNotFoundError, ValueError)
+                   FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError,
+                   ValueError)
 
 
 def _rank() -> int:
@@ -55,11 +57,22 @@ def setup_logging(cfg: TrainConfig) -> None:
         root.addHandler(handler)
 
 
+def _fail(exc: BaseException) -> int:
+    log.error("%s", exc)
+    print(f"\nerror: {exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(argv)
-    setup_logging(cfg)
-    from selva_core.training.run import run_training
+    from selva_core.training.run import check_writable, run_training
 
+    try:
+        check_writable(cfg)  # before the log file is opened in the output folder
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg)
     try:
         if cfg.demo:
             from selva_core.training.demo import prepare_demo
@@ -67,11 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg = prepare_demo(cfg)
         result = run_training(cfg)
     except EXPECTED_ERRORS as exc:
-        log.error("%s", exc)
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the newest checkpoint (if any) is the resume point "
+              "(--resume)", file=sys.stderr)
+        return 130
     if _rank() == 0:
-        print(format_summary(result.summary))
+        if result.summary.get("stage") == "features":
+            print(f"\n{result.summary['status']}", file=sys.stderr)
+        else:
+            print(format_summary(result.summary))
     return 0 if result.completed else 130
 
 

@@ -6,11 +6,11 @@ in the output folder can never disagree. Flag names follow the closest existing 
 (ComfyUI-SelVA's ``train_lora.py``: ``--data_dir``, ``--rank``, ``--lr`` ...), with the
 dashed spellings the issue asks for accepted as aliases.
 
-Defaults come from evidence, not taste (see ``/work/shared/research/LORA_METHODS.md``):
-rank 16 with the LoRA library's fixed alpha 32 (alpha/r = 2; rsLoRA off) on the attention
-projections incl. the kernel-3 conv ``linear1``, AdamW lr 1e-4 with weight decay 0, gradient
-clipping 1.0, logit-normal timesteps and 0.1 null-condition dropout exactly as MMAudio and
-SelVA were pre-trained, a 100-step warm-up then cosine decay counted in optimiser steps.
+Defaults: rank 16 with the LoRA library's fixed alpha 32 (alpha/r = 2; rsLoRA off) on the
+attention projections incl. the kernel-3 conv ``linear1``, AdamW lr 1e-4 with weight decay 0,
+gradient clipping 1.0, logit-normal timesteps and 0.1 null-condition dropout exactly as MMAudio
+and SelVA were pre-trained, a warm-up of 5 % of the steps then cosine decay counted in
+optimiser steps, no dropout on the adapter's input.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.data.windows import WINDOW_POLICIES
+from selva_core.model.lora.config import INIT_MODES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
 LR_SCHEDULES = ("cosine", "constant")
-INIT_MODES = ("standard", "gaussian", "pissa")
-WINDOW_POLICIES = ("first", "all")
 BAD_CLIP_POLICIES = ("skip", "stop")
 PRECISIONS = ("auto", "bf16", "fp32")
 ADAPTER_DTYPES = ("auto", "fp32", "q16", "fp16")
 DEFAULT_TARGETS = ("attn",)
+WARMUP_FRACTION = 0.05  # default --warmup_steps: this share of --steps
 
 
 def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
@@ -117,6 +118,9 @@ class TrainConfig:
         "(r = 16 on large_44k qkv: 8 MB instead of 16 MB). Checkpoint adapters use auto; "
         "training states stay fp32 for exact resume.",
         choices=ADAPTER_DTYPES, group="model"))
+    lora_dropout: float = field(default=0.0, metadata=_opt(
+        "Dropout on the adapter's input while training (0 = off); a regulariser for small "
+        "datasets. Generation never drops.", "--lora-dropout", group="model"))
 
     # --- optimisation -------------------------------------------------------------------------
     lr: float = field(default=1e-4, metadata=_opt("Peak learning rate of AdamW."))
@@ -128,8 +132,9 @@ class TrainConfig:
         "the pre-trained principal components)."))
     steps: int = field(default=2000, metadata=_opt(
         "Number of OPTIMISER steps (each consumes batch_size x grad_accum x GPUs clips)."))
-    warmup_steps: int = field(default=100, metadata=_opt(
-        "Linear warm-up length in optimiser steps."))
+    warmup_steps: int | None = field(default=None, metadata=_opt(
+        f"Linear warm-up length in optimiser steps (default: {WARMUP_FRACTION:.0%} of "
+        "--steps, rounded)."))
     lr_schedule: str = field(default="cosine", metadata=_opt(
         "After warm-up: 'cosine' decay to 0 at --steps, or 'constant'.",
         "--lr-schedule", choices=LR_SCHEDULES))
@@ -207,6 +212,13 @@ class TrainConfig:
         return DEFAULT_ALPHA_RSLORA if self.rslora else DEFAULT_ALPHA
 
     @property
+    def warmup(self) -> int:
+        """--warmup_steps, or its default: WARMUP_FRACTION of --steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(WARMUP_FRACTION * self.steps) if isinstance(self.steps, int) else 0
+
+    @property
     def output_path(self) -> Path:
         return Path(self.output_dir)
 
@@ -232,9 +244,11 @@ class TrainConfig:
             if not isinstance(value, int) or value < 1:
                 problems.append(f"--{name} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                problems.append(f"--{name} must be >= 0, got {getattr(self, name)!r}")
-        if isinstance(self.steps, int) and self.warmup_steps >= self.steps > 0:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                problems.append(f"--{name} must be >= 0, got {value!r}")
+        if (isinstance(self.steps, int) and self.warmup_steps is not None
+                and self.warmup_steps >= self.steps > 0):
             problems.append(f"--warmup_steps ({self.warmup_steps}) must be smaller than "
                             f"--steps ({self.steps})")
         for name in ("lr", "lora_plus_ratio"):
@@ -249,6 +263,8 @@ class TrainConfig:
                 problems.append(f"--{name} must be >= 0, got {value!r}")
         if not 0.0 <= self.cond_dropout < 1.0:
             problems.append(f"--cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"--lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"--val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.val_clips is not None and self.val_clips < 0:

@@ -99,15 +99,6 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item() > 0.5)
 
 
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's Python object on every process."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def wrap_model(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """DistributedDataParallel over the trainable (adapter) parameters when world > 1."""
     if not ctx.enabled:

@@ -1,24 +1,33 @@
 """From a :class:`TrainConfig` to a trained adapter: the whole job ``train_lora.py`` runs.
 
-1. join the torchrun process group if there is one (:mod:`.distributed`);
-2. build the pipeline: the official weights of ``--variant`` (downloaded into ``--models_dir``
-   when missing; the VAE encoder is kept for the audio targets), or the tiny random model;
-3. find the clips (:func:`selva_core.data.scan_dataset`) and extract or reuse their features
+1. check the folders (:func:`check_folders`): the output and cache folders must be writable
+   folders, an existing run is only continued with --resume (checked against the checkpoint
+   before anything is extracted) or replaced with --overwrite; nothing existing changes
+   before these checks pass;
+2. join the torchrun process group if there is one (:mod:`.distributed`);
+3. get the pipeline: ``SelvaPipeline.build`` of ``--variant`` (fp32 weights, VAE encoder
+   kept for the audio targets), or a fork of the caller's pipeline (its generator structure is
+   the trainer's own, its encoders stay loaded, no adapter is left on the caller's generator);
+4. find the clips (:func:`selva_core.data.scan_dataset`) and extract or reuse their features
    (:func:`selva_core.training.feature_cache.build_feature_cache`); under DDP process 0
-   extracts first and the others then read the same cache;
-4. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
+   extracts first and the others then read the same cache. Ctrl-C here ends the job with
+   status ``interrupted`` (the features extracted so far stay in the cache);
+5. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selva_core.data import SkipReport, scan_dataset
+from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
 from selva_core.training.feature_cache import (
@@ -26,23 +35,29 @@ from selva_core.training.feature_cache import (
     FeatureCacheSettings,
     build_feature_cache,
 )
-from selva_core.training.trainer import LoRATrainer, TrainHooks, TrainResult, save_config
+from selva_core.training.record import adapter_identity
+from selva_core.training.report import LOG_FILE, read_jsonl
+from selva_core.training.trainer import LoRATrainer, TrainHooks, TrainResult, check_rank
 from selva_core.training.validation import split_examples
 from selva_core.variants import get_variant
 
 log = logging.getLogger(__name__)
 
 TINY_PIPELINE_SEED = 0  # the tiny random model every tiny run (and its feature cache) uses
+PADDING_WARN_SHARE = 0.5  # warn when less than this share of the windows is real audio
+
+
+class RunFolderError(ValueError):
+    """An output or cache folder the run cannot use; the message names it and the fix."""
 
 
 def build_pipeline(cfg: TrainConfig, device: torch.device):
     """The pipeline of ``cfg.variant`` on ``device`` (fp32 weights; autocast does bf16)."""
     from selva_core.pipeline import SelvaPipeline
 
-    if get_variant(cfg.variant).is_tiny:
-        return SelvaPipeline.tiny(seed=TINY_PIPELINE_SEED, device=device, duration=cfg.duration)
-    return SelvaPipeline.from_pretrained(cfg.variant, models_dir=cfg.models_dir, device=device,
-                                         need_vae_encoder=True)
+    return SelvaPipeline.build(cfg.variant, models_dir=cfg.models_dir, device=device,
+                               precision="fp32", offload="gpu", need_vae_encoder=True,
+                               seed=TINY_PIPELINE_SEED)
 
 
 def default_model_tag(cfg: TrainConfig) -> str:
@@ -50,6 +65,114 @@ def default_model_tag(cfg: TrainConfig) -> str:
     return f"tiny seed {TINY_PIPELINE_SEED}" if get_variant(cfg.variant).is_tiny else ""
 
 
+# --- folders ----------------------------------------------------------------------------------
+# What a run writes in its output folder (removed by --overwrite; the feature cache is kept).
+RUN_ARTEFACTS = ("checkpoints", "samples", LOG_FILE, "loss_curve.png", "summary.json",
+                 "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
+                 "config.json", "train.log")
+
+
+def _writable_folder(path: Path, flag: str) -> None:
+    """``path`` is (or can become) a folder this process can write into; else one error."""
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"{flag} {path}: {existing} is a file, not a folder; choose "
+                             f"another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunFolderError(f"{flag} {path}: cannot write into {existing} "
+                             f"({exc.strerror or exc}); make it writable or choose another "
+                             f"{flag}") from None
+
+
+def holds_a_run(out: Path) -> list[str]:
+    """What in ``out`` belongs to a run that trained (a checkpoint, the final adapter or a
+    logged step); empty when the folder holds no run or only the leftovers of a run that
+    stopped before its first step."""
+    found = []
+    manager = ckpt.CheckpointManager(out / "checkpoints")
+    if manager.manifest_path.is_file():
+        try:
+            if manager.entries():
+                found.append("checkpoints")
+        except (ckpt.CheckpointError, ValueError, OSError):
+            found.append("checkpoints")  # damaged: never cleared silently
+    if (out / "adapter_final.safetensors").exists():
+        found.append("adapter_final.safetensors")
+    if (out / LOG_FILE).is_file() and any(r.get("kind") == "train"
+                                           for r in read_jsonl(out / LOG_FILE)):
+        found.append(LOG_FILE)
+    return found
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """The checkpoint to resume exists and trains the same adapter with the same seed; checked
+    before any feature is extracted and before anything in the folder changes."""
+    manager = ckpt.CheckpointManager(cfg.output_path / "checkpoints")
+    entry = manager.find(cfg.resume_from)
+    source = manager.folder(entry)
+    state = manager.load_state(entry)
+    ckpt.check_identity(state.identity, adapter_identity(cfg), source)
+    old_seed = state.config.get("seed")
+    if old_seed is not None and old_seed != cfg.seed:
+        raise ckpt.CheckpointError(
+            f"cannot resume from {source}: it was trained with --seed {old_seed}, this run "
+            f"has --seed {cfg.seed}; use --seed {old_seed} or a new --output_dir")
+
+
+def check_writable(cfg: TrainConfig) -> None:
+    """The output folder (and its samples/ and checkpoints/) and the cache folder are folders
+    this process can write into; else one :class:`RunFolderError` naming the path."""
+    out = cfg.output_path
+    _writable_folder(out, "--output_dir")
+    for name in ("samples", "checkpoints"):
+        if (out / name).exists():
+            _writable_folder(out / name, f"--output_dir ({name}/)")
+    _writable_folder(cfg.cache_path, "--cache_dir")
+
+
+def check_folders(cfg: TrainConfig) -> None:
+    """Everything about the output and cache folders that can fail, checked before anything
+    in them changes; then, for a fresh run with --overwrite, the previous run is removed (and
+    the leftovers of a run that stopped before its first step are always removed)."""
+    out = cfg.output_path
+    check_writable(cfg)
+    resuming = cfg.resume or cfg.resume_from is not None
+    if resuming:
+        check_resume(cfg)
+        return
+    found = holds_a_run(out)
+    if found and not cfg.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
+            "continue it, --overwrite to start over (its checkpoints are deleted), or choose "
+            "another --output_dir"
+        )
+    removed = []
+    for name in RUN_ARTEFACTS:
+        path = out / name
+        if name == "train.log" or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(name)
+    if found:
+        log.warning("--overwrite: removed the previous run's files from %s", out)
+    elif removed:
+        log.info("removed what a run that stopped before its first step left in %s (%s)",
+                 out, ", ".join(removed))
+
+
+# --- data ---------------------------------------------------------------------------------------
 def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: str
                      ) -> tuple[list, dict[str, Any]]:
     """Scan the dataset and build (or reuse) the feature cache; returns examples and info."""
@@ -81,59 +204,67 @@ def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: s
         log.warning("--window first: %.1f s of the clips' audio lies beyond the first %g s "
                     "window of each clip and is not trained on (--window all uses it)",
                     stats.seconds_left_out, cfg.duration)
+    share = stats.seconds_used / (len(examples) * cfg.duration) if examples else 1.0
+    info["audio_share_of_windows"] = round(share, 4)
+    if share < PADDING_WARN_SHARE:
+        log.warning("most of the training windows are padding: the clips' audio fills %.0f %% "
+                    "of %d windows of %g s (the rest is silence the model learns to make); "
+                    "a shorter --duration fits these clips better", 100 * share,
+                    len(examples), cfg.duration)
     return examples, info
 
 
-# What a run writes in its output folder (removed by --overwrite; the feature cache is kept).
-RUN_ARTEFACTS = ("checkpoints", "samples", "train_log.jsonl", "loss_curve.png", "summary.json",
-                 "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
-                 "config.json", "train.log")
+def _warn_batch_larger_than_data(cfg: TrainConfig, train: list, world_size: int) -> None:
+    per_step = cfg.batch_size * world_size
+    if train and per_step > len(train):
+        log.warning("--batch_size %d%s is larger than the training set (%d windows): every "
+                    "batch repeats examples; a smaller --batch_size gives more distinct steps",
+                    cfg.batch_size, f" x {world_size} processes" if world_size > 1 else "",
+                    len(train))
 
 
-def check_output_dir(cfg: TrainConfig) -> None:
-    """Refuse to start a fresh run over an existing one unless --overwrite (then clear it)."""
-    out = cfg.output_path
-    found = [name for name in RUN_ARTEFACTS[:6] if (out / name).exists()]
-    if not found or cfg.resume or cfg.resume_from is not None:
-        return
-    if not cfg.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
-            "continue it, --overwrite to start over (its checkpoints are deleted), or choose "
-            "another --output_dir"
-        )
-    for name in RUN_ARTEFACTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists() and name != "train.log":
-            path.unlink()
-    log.warning("--overwrite: removed the previous run's files from %s", out)
+def _interrupted_during_extraction(cfg: TrainConfig) -> TrainResult:
+    message = (f"interrupted during feature extraction; the features extracted so far are kept "
+               f"in {cfg.cache_path} and a rerun with the same flags continues from there")
+    log.warning("%s", message)
+    return TrainResult("interrupted", 0, cfg.output_path, None,
+                       {"status": message, "completed": False, "stage": "features",
+                        "steps_done": 0, "output_dir": str(cfg.output_path)})
 
 
+# --- the job ----------------------------------------------------------------------------------
 def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = None,
                  model_tag: str | None = None) -> TrainResult:
     """Run one training job end to end (see the module docstring).
 
-    ``pipeline``: use this pipeline instead of building one (tests, notebooks); its generator
-    is trained in place. ``model_tag``: names non-official encoder weights in the cache key.
+    ``pipeline``: train with this pipeline's networks instead of building one; the run uses
+    ``pipeline.fork()``, so the caller's pipeline keeps its encoders, its generator carries no
+    adapter afterwards and its weights are untouched. ``hooks``: callbacks, incl.
+    ``should_stop`` (polled every step: a resumable checkpoint, status ``interrupted``).
+    ``model_tag``: names non-official encoder weights in the cache key.
     """
     cfg.validate()
     dist = init_distributed(cfg.device)
     try:
         if dist.is_main:
-            check_output_dir(cfg)
-            save_config(cfg, cfg.output_path)
+            check_folders(cfg)
         barrier(dist)
         if pipeline is None:
             pipeline = build_pipeline(cfg, dist.device)
         else:
-            pipeline.to(dist.device)
+            pipeline = pipeline.fork()
+            if pipeline.device != dist.device:
+                pipeline.to(dist.device)
+        check_rank(pipeline.generator, cfg)
         tag = default_model_tag(cfg) if model_tag is None else model_tag
-        examples, info = prepare_examples(cfg, pipeline, dist, tag)
+        try:
+            examples, info = prepare_examples(cfg, pipeline, dist, tag)
+        except KeyboardInterrupt:
+            return _interrupted_during_extraction(cfg)
         pipeline.free_encoders()
         train, val = split_examples(examples, cfg.val_fraction, cfg.val_clips)
         log.info("%d training and %d validation examples", len(train), len(val))
+        _warn_batch_larger_than_data(cfg, train, dist.world_size)
         info["val_clip_names"] = sorted({e.name for e in val})
         trainer = LoRATrainer(cfg, pipeline.generator, train, val, pipeline=pipeline,
                               dist=dist, hooks=hooks, data_info=info)
