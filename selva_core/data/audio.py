@@ -59,6 +59,7 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif",
     ".aifc", ".caf", ".w64", ".au", ".mka", ".wma", ".ac3", ".mp2", ".wv", ".tta",
 )
+NO_AUDIO_FIX = "add one of those next to it, or remove the video"
 MIN_SAMPLE_RATE = 8000  # Hz; below this the content cannot feed even the 16 kHz model usefully
 MAX_SAMPLE_RATE = 192000  # Hz
 MAX_CHANNELS = 8  # mono ... 7.1
@@ -140,6 +141,18 @@ def to_mono(audio: np.ndarray, channels: Sequence[str] | None = None) -> np.ndar
     names = channel_names(channels, audio.shape[0])
     weights = mono_weights(names)
     return (weights @ audio.astype(np.float64, copy=False)).astype(np.float32)
+
+
+def looked_for(stem: str) -> str:
+    """The same-stem audio names searched for, for messages: ``a.wav, a.flac, ...``."""
+    return ", ".join(f"{stem}{ext}" for ext in AUDIO_EXTENSIONS)
+
+
+def no_audio_error(video: Path) -> BadClipError:
+    """A video without an audio track and without a same-stem audio file."""
+    return BadClipError(
+        video, "the video has no audio track and there is no same-stem audio file "
+        f"(looked for {looked_for(video.stem)})", NO_AUDIO_FIX)
 
 
 # --- format checks ----------------------------------------------------------------------------
@@ -244,9 +257,7 @@ def _decode_with_pyav(path: Path, from_video: bool) -> DecodedAudio:
             media_errors(path, "audio", UNREADABLE_FIX):
         if not container.streams.audio:
             if from_video:
-                raise BadClipError(
-                    path, "the video has no audio track and there is no same-stem audio "
-                    "file", "add an audio file with the same name (e.g. .wav) or remove it")
+                raise no_audio_error(path)
             raise BadClipError(path, "the file holds no audio stream", UNREADABLE_FIX)
         stream = container.streams.audio[0]
         context = decodable(path, stream, "audio", UNREADABLE_FIX)

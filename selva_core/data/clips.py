@@ -2,14 +2,17 @@
 
 A data folder is flat (sub-folders are not searched). Per stem it may hold:
 
-* a video (``.mp4 .mov .mkv .webm .avi``) -- its audio comes from a same-stem audio file
-  (``.wav .flac .mp3 .ogg .aiff .aif``) when one exists, else from the video's own track;
+* a video (``.mp4 .mov .mkv .webm .avi``) -- its audio comes from a same-stem audio file (any
+  of :data:`~selva_core.data.audio.AUDIO_EXTENSIONS`: ``.wav .flac .mp3 .ogg .oga .opus .m4a``
+  ...) when one exists, else from the video's own track;
 * or a feature ``.npz`` (ComfyUI-SelVA format) with a same-stem audio file.
 
 A video and an ``.npz`` of the same stem: the video is used. Prompts: ``prompts.txt`` >
 prompt stored in the ``.npz`` > the folder name. Scanning opens every file cheaply (headers
-only) so unreadable or unusable clips are reported before any model work; the audio content
-itself (silence, NaN, exact length) is checked when it is decoded for the feature cache.
+only, plus a read of their packets to measure what they really hold) so unreadable or unusable
+clips are reported before any model work, and a file holding less than its header promises
+(truncated) is warned about with both lengths. The audio content itself (silence, NaN, exact
+length) is checked when it is decoded for the feature cache.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from selva_core.data.audio import AUDIO_EXTENSIONS, check_audio_format, probe_audio_file
+from selva_core.data.audio import (
+    AUDIO_EXTENSIONS,
+    check_audio_format,
+    looked_for,
+    no_audio_error,
+    probe_audio_file,
+)
+from selva_core.data.container import is_truncated
 from selva_core.data.errors import (
     BadClipError,
     EmptyDatasetError,
@@ -100,6 +110,13 @@ def _group_files(data_dir: Path) -> dict[str, _Group]:
     return groups
 
 
+def _warn_truncated(path: Path, what: str, promised: float | None, held: float | None) -> None:
+    if is_truncated(promised, held):
+        log.warning("%s: the file looks truncated: its header promises %.2f s of %s but it "
+                    "holds only %.2f s; the %.2f s it holds are used", path, promised, what,
+                    held, held)
+
+
 def _names(paths: list[Path]) -> str:
     return ", ".join(p.name for p in paths)
 
@@ -131,18 +148,19 @@ def _probe_clip(
     if audio is not None:
         info = probe_audio_file(audio)
         check_audio_format(audio, info.sample_rate, info.channels)
+        _warn_truncated(audio, "audio", info.header_duration, info.duration)
         _check_length(audio, info.duration, "audio")
     if group.videos:
         video = group.videos[0]
         if group.npzs:
             log.info("%s: %s is used; %s is ignored", stem, video.name, group.npzs[0].name)
         vinfo = probe_video(video)
+        _warn_truncated(video, "video", vinfo.header_duration, vinfo.duration)
         if audio is None:
             if not vinfo.has_audio:
-                raise BadClipError(
-                    video, "the video has no audio track and there is no same-stem audio file",
-                    f"add {stem}.wav (or .flac .mp3 .ogg .aiff) next to it, or remove the video")
+                raise no_audio_error(video)
             check_audio_format(video, vinfo.audio_sample_rate, vinfo.audio_channels)
+            _warn_truncated(video, "audio", vinfo.audio_header_duration, vinfo.audio_duration)
             _check_length(video, vinfo.audio_duration, "audio track")
         _check_length(video, vinfo.duration, "video")
         return video, audio, None, None
@@ -150,8 +168,9 @@ def _probe_clip(
         npz = group.npzs[0]
         if audio is None:
             raise BadClipError(
-                npz, "a feature .npz needs a same-stem audio file and none was found",
-                f"add {stem}.wav (or .flac .mp3 .ogg .aiff) next to it, or remove the .npz")
+                npz, "a feature .npz needs a same-stem audio file and none was found "
+                f"(looked for {looked_for(stem)})",
+                "add one of those next to it, or remove the .npz")
         features = read_feature_npz(npz)
         return None, audio, npz, features.prompt
     assert audio is not None
