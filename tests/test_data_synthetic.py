@@ -9,7 +9,7 @@ import pytest
 
 from selva_core.data import scan_dataset
 from selva_core.data.audio import load_mono
-from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset
+from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset, synthetic_clip
 from selva_core.data.video import decode_frames, probe_video
 
 SR = 16000
@@ -92,3 +92,38 @@ def test_hum_pitch_rises_as_the_square_climbs(tmp_path):
 def test_unknown_class_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic classes"):
         make_synthetic_dataset(tmp_path, classes=("bounce", "roar"), clips_per_class=1)
+
+
+def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("burst",), clips_per_class=1,
+                                     duration=3.0, seed=3, write_wav=True)
+    brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
+    lit = brightness > (brightness.max() + brightness.min()) / 2
+    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
+    audio = load_mono(path.with_suffix(".wav"), SR)
+    frame_energy = np.array([np.sum(audio[round(k / 25 * SR):round((k + 1) / 25 * SR)] ** 2)
+                             for k in range(len(lit))])
+    near = lit | np.r_[lit[1:], False]  # a flash starts inside the frame before it is drawn
+    assert np.all(frame_energy[~near] < 0.02 * frame_energy.max())  # dark: silence
+    assert np.mean(frame_energy[lit] > 0.02 * frame_energy.max()) > 0.8  # lit: hiss
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    in_band = spectrum[(freqs >= 1000) & (freqs <= 6000)].sum() / spectrum.sum()
+    assert in_band > 0.99  # band-passed noise, not a tone or a click
+
+
+def test_a_class_clips_do_not_depend_on_the_other_classes_asked_for(tmp_path):
+    alone = make_synthetic_dataset(tmp_path / "a", classes=("hum",), clips_per_class=1,
+                                   duration=1.0, seed=5)
+    both = make_synthetic_dataset(tmp_path / "b", classes=("bounce", "hum"), clips_per_class=1,
+                                  duration=1.0, seed=5)
+    assert digest(alone) == digest([p for p in both if p.name.startswith("hum")])
+
+
+def test_in_memory_clip_is_the_audio_the_dataset_writes(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("burst",), clips_per_class=1,
+                                     duration=1.0, seed=4, write_wav=True)
+    frames, audio = synthetic_clip("burst", 0, duration=1.0, seed=4)
+    assert frames.shape == (25, 64, 64, 3) and frames.dtype == np.uint8
+    written = load_mono(path.with_suffix(".wav"), SR)
+    np.testing.assert_allclose(written, audio, atol=1.0 / 32767 + 1e-6)  # PCM_16 rounding
