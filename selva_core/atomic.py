@@ -2,7 +2,10 @@
 
 A crash, Ctrl-C or a full disk never leaves a half-written adapter, checkpoint, cache entry,
 report or chart under the final name: readers see either the old file or the complete new one.
-Every writer in the project goes through :func:`atomic_path`.
+Every writer in the project goes through :func:`atomic_path`. Files get the permissions any
+newly created file would get (0666 minus the user's umask), not the temporary file's 0600.
+A kill can leave a temporary file behind (``.<name>.<random>.tmp<suffix>``);
+:func:`remove_stale_temporaries` clears them from a folder at the next start.
 """
 
 from __future__ import annotations
@@ -10,13 +13,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+_UMASK_LOCK = threading.Lock()
+# mkstemp's names: "." + final name + "." + 8 random [a-z0-9_] + ".tmp" + final suffix
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^./]*)?$")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore (briefly process-wide)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """Permission bits of a newly created regular file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -33,11 +62,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """Is ``path`` named like a temporary file of :func:`atomic_path`?"""
+    m = _TEMP_NAME.match(path.name)
+    return bool(m) and (m.group("suffix") or "") == Path(m.group("name")).suffix
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left directly in ``folder`` (regular files
+    or links named like :func:`atomic_path`'s, nothing else); returns them. Call it at a
+    start, before anything writes into the folder."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        if not is_stale_temporary(path) or (path.is_dir() and not path.is_symlink()):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
