@@ -300,13 +300,13 @@ BIGVGAN_44K_FILE = CheckpointFile(
 )
 
 
-def _repo_folder(hub_id: str) -> str:
+def repo_folder_name(hub_id: str) -> str:
     """Local folder name of a text encoder: the hub repository's name."""
     return hub_id.removeprefix("hf-hub:").rstrip("/").rsplit("/", 1)[-1]
 
 
-CLIP_TEXT_DIR = _repo_folder(CLIP_TEXT_HUB_ID)  # DFN5B-CLIP-ViT-H-14-384
-T5_DIR = _repo_folder(T5_HUB_ID)  # flan-t5-base
+CLIP_TEXT_DIR = repo_folder_name(CLIP_TEXT_HUB_ID)  # DFN5B-CLIP-ViT-H-14-384
+T5_DIR = repo_folder_name(T5_HUB_ID)  # flan-t5-base
 _CLIP_REPO = CLIP_TEXT_HUB_ID.removeprefix("hf-hub:")
 # The open_clip repository holds the whole CLIP (the visual tower too); only the text tower's
 # tensors are read from it.
@@ -473,6 +473,22 @@ _register(ModelVariant(
     generator_file=None, video_encoder_file=None, vae_file=None, vocoder_file=None,
     description="tiny random model of the same classes (tests and --demo; no downloads)",
 ))
+
+
+@dataclass(frozen=True)
+class BundledFile:
+    """A weight file shipped inside the package (``selva_core/assets/<path>``), sha256-checked."""
+
+    path: str
+    sha256: str
+
+
+#: Trained weights shipped with the package, per variant and component
+#: (``scripts/train_tiny_base.py``; loaded by :mod:`selva_core.bundled`).
+BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {}
+#: Seed of the tiny CLIP-text encoder whose features the bundled tiny generator was trained on
+#: (that encoder is rebuilt from its seed, not shipped: it is mostly a 49k-token embedding).
+TINY_TRAINED_TEXT_SEED = 0
 
 DEFAULT_VARIANT = "small_16k"
 OFFICIAL_VARIANTS = tuple(n for n, v in VARIANTS.items() if not v.is_tiny)

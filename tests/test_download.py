@@ -360,3 +360,54 @@ def test_damaged_present_file_is_reported_not_overwritten(tmp_path, no_network):
         ensure_files({"big": file}, tmp_path, download=True)
     assert not isinstance(info.value, MissingWeightsError)
     assert path.read_bytes() == BIG
+
+
+# --- the layout the download produces, used offline -----------------------------------------
+def test_text_encoders_load_from_the_models_folder_with_the_network_blocked(
+    tmp_path, monkeypatch, no_network
+):
+    import json
+
+    import open_clip
+    import torch
+    import transformers
+    from transformers import T5Tokenizer
+
+    from selva_core.model.text_encoders import T5TextEncoder, load_text_encoders
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("building a T5 tokenizer from a vocab list needs transformers >= 5")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = VARIANTS["small_16k"].text_encoders
+    clip_dir = tmp_path / "DFN5B-CLIP-ViT-H-14-384"
+    t5_dir = tmp_path / "flan-t5-base"
+    assert {f.local_dir for f in VARIANTS["small_16k"].text_encoder_files().values()} == {
+        clip_dir.name, t5_dir.name
+    }
+    model_cfg = {
+        "embed_dim": 32, "quick_gelu": True,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                     "layers": 1},
+    }
+    clip_model = open_clip.CLIP(**model_cfg).eval()
+    clip_dir.mkdir()
+    (clip_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    torch.save(clip_model.state_dict(), clip_dir / "open_clip_pytorch_model.bin")
+    t5 = T5TextEncoder.tiny(seed=3)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁a", -1.0), ("▁dog", -2.0)]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(t5_dir)
+    t5.model.save_pretrained(t5_dir)
+
+    clip_enc, t5_enc = load_text_encoders(cfg, models_dir=tmp_path)
+    tokens = clip_enc.tokenize(["a dog"])
+    with torch.no_grad():
+        x = clip_model.token_embedding(tokens) + clip_model.positional_embedding
+        want = clip_model.ln_final(clip_model.transformer(x, attn_mask=clip_model.attn_mask))
+    want = torch.nn.functional.normalize(want, dim=-1)
+    torch.testing.assert_close(clip_enc.encode(["a dog"]), want)
+    states, mask = t5_enc.encode(["a dog"])
+    assert mask.tolist() == [[True, True, True]]
+    with torch.no_grad():
+        ids, _ = t5_enc.tokenize(["a dog"])
+        torch.testing.assert_close(states, t5.model(input_ids=ids).last_hidden_state)

@@ -13,10 +13,13 @@ ViT-H visual tower, ~2.5 GB in fp32, is never materialised).  Both classes have 
 builders: small random networks of the same libraries with offline tokenizers, for tests and
 the demo (no downloads).
 
-Sources: a hub id (``hf-hub:apple/DFN5B-CLIP-ViT-H-14-384`` / ``google/flan-t5-base``, fetched
-into the Hugging Face cache unless ``HF_HUB_OFFLINE`` is set) or a local folder with the
-repository's files.  A source that cannot be found raises :class:`TextEncoderUnavailableError`
-saying what to download and where to put it.
+Sources: a local folder with the repository's files or a hub id
+(``hf-hub:apple/DFN5B-CLIP-ViT-H-14-384`` / ``google/flan-t5-base``, fetched into the Hugging
+Face cache unless ``HF_HUB_OFFLINE`` is set).  The models folder holds both as folders named
+after their repositories (``<models_dir>/DFN5B-CLIP-ViT-H-14-384``, ``<models_dir>/flan-t5-base``,
+filled by ``python -m selva_core.download``); :func:`load_text_encoders` with ``models_dir``
+uses them and never touches the network.  A source that cannot be found raises
+:class:`TextEncoderUnavailableError` saying what to download and where to put it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from selva_core.variants import (
     TINY_T5_DIM,
     TINY_TEXT_DIM,
     TextEncoderConfig,
+    repo_folder_name,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ _T5_URL = "https://huggingface.co/" + T5_HUB_ID
 T5_MAX_LENGTH = 512  # flan-t5 model_max_length
 TINY_T5_VOCAB = 2048
 T5_PAD_ID, T5_EOS_ID, T5_UNK_ID = 0, 1, 2
+_DOWNLOAD_HINT = "(`python -m selva_core.download --variant <variant>` fetches every file)"
 
 
 class TextEncoderUnavailableError(FileNotFoundError):
@@ -209,7 +214,7 @@ def _resolve_clip_files(
         if not path.is_dir():
             raise TextEncoderUnavailableError(
                 f"CLIP text encoder folder {path} does not exist; put {CLIP_CONFIG_NAME} and "
-                f"one of {', '.join(CLIP_WEIGHT_NAMES)} from {_CLIP_URL} there"
+                f"one of {', '.join(CLIP_WEIGHT_NAMES)} from {_CLIP_URL} there {_DOWNLOAD_HINT}"
             )
         missing = [n for n in (CLIP_CONFIG_NAME,) if not (path / n).is_file()]
         weights = next((path / n for n in CLIP_WEIGHT_NAMES if (path / n).is_file()), None)
@@ -217,7 +222,7 @@ def _resolve_clip_files(
             raise TextEncoderUnavailableError(
                 f"CLIP text encoder folder {path} is incomplete: it needs {CLIP_CONFIG_NAME} and "
                 f"one of {', '.join(CLIP_WEIGHT_NAMES)} (from the open_clip hub repository, e.g. "
-                f"{_CLIP_URL})"
+                f"{_CLIP_URL}) {_DOWNLOAD_HINT}"
             )
         return _read_clip_config(path / CLIP_CONFIG_NAME), weights
 
@@ -502,7 +507,7 @@ class T5TextEncoder(nn.Module):
             if not (path / "config.json").is_file():
                 raise TextEncoderUnavailableError(
                     f"T5 text encoder folder {path} has no config.json; put {files} from "
-                    f"{_T5_URL} there"
+                    f"{_T5_URL} there {_DOWNLOAD_HINT}"
                 )
             name, kwargs = str(path), {"local_files_only": True}
         else:
@@ -552,6 +557,14 @@ class T5TextEncoder(nn.Module):
 
 
 # --- registry ----------------------------------------------------------------------------------
+def text_encoder_folders(
+    cfg: TextEncoderConfig, models_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """``(clip folder, t5 folder)`` inside the models folder: named after the hub repositories."""
+    folder = Path(models_dir).expanduser()
+    return folder / repo_folder_name(cfg.clip_hub_id), folder / repo_folder_name(cfg.t5_hub_id)
+
+
 def load_text_encoders(
     cfg: TextEncoderConfig,
     clip_source: str | os.PathLike | None = None,
@@ -560,15 +573,22 @@ def load_text_encoders(
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    models_dir: str | os.PathLike | None = None,
 ) -> tuple[ClipTextEncoder, T5TextEncoder]:
     """Both text encoders of a variant: tiny random ones when ``cfg.tiny``, else pretrained.
 
-    Sources default to the variant's hub ids; pass local folders to stay offline.
+    A source not given is the encoder's folder in ``models_dir`` (see
+    :func:`text_encoder_folders`; loaded offline, a missing folder is an error naming it), or
+    without ``models_dir`` the variant's hub id.
     """
     if cfg.tiny:
         clip = ClipTextEncoder.tiny(seed=seed, tokenizer_name=cfg.clip_tokenizer)
         t5 = T5TextEncoder.tiny(seed=seed)
         return clip.to(device=device, dtype=dtype), t5.to(device=device, dtype=dtype)
+    if models_dir is not None:
+        clip_dir, t5_dir = text_encoder_folders(cfg, models_dir)
+        clip_source = clip_source or clip_dir
+        t5_source = t5_source or t5_dir
     clip = ClipTextEncoder.from_pretrained(
         clip_source or cfg.clip_hub_id, cfg.clip_tokenizer, device, dtype, cache_dir
     )
