@@ -26,6 +26,7 @@ from selva_core.training.feature_cache import (
     CacheStats,
     FeatureCacheSettings,
     build_feature_cache,
+    read_feature_cache,
 )
 from selva_core.variants import SYNC_TOKENS_PER_SEGMENT, get_variant, num_sync_segments
 
@@ -214,6 +215,53 @@ def test_rerun_reuses_every_file_without_extracting(data, tmp_path):
     assert sum(ext2.calls.values()) == 0
     assert [e.path for e in second] == [e.path for e in first] and all(e.reused for e in second)
     assert (stats.reused, stats.extracted) == (3, 0)
+
+
+def test_warm_rerun_decides_reuse_before_decoding_anything(data, tmp_path, monkeypatch):
+    import selva_core.training.feature_cache as fc
+
+    write_tone_clip(data / "a.mp4", duration=4.0)
+    write_tone_clip(data / "b.mp4", duration=2.0, with_audio=False)
+    wav(data / "b.wav", 2.0)
+    first, _ = build(data, tmp_path / "cache", window_policy="all")
+    cold = CacheStats()
+    clips = scan_dataset(data, on_bad_clip="stop")  # probing is the scan's job, not decoding
+    build_feature_cache(clips, RecordingExtractor(), tmp_path / "cold",
+                        settings(window_policy="all"), progress=False, stats=cold)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a warm rerun decoded media")
+
+    for name in ("load_mono", "decode_frames", "probe_video", "read_feature_npz"):
+        monkeypatch.setattr(fc, name, no_decoding)
+    warm = CacheStats()
+    ext = RecordingExtractor()
+    again = build_feature_cache(clips, ext, tmp_path / "cache", settings(window_policy="all"),
+                                progress=False, stats=warm)
+    assert sum(ext.calls.values()) == 0
+    assert [(e.path, e.name, e.window_start) for e in again] == \
+        [(e.path, e.name, e.window_start) for e in first]
+    assert (warm.reused, warm.extracted, warm.windows) == (len(first), 0, len(first))
+    assert (warm.seconds_used, warm.seconds_left_out) == (cold.seconds_used,
+                                                          cold.seconds_left_out)
+    # a changed input still decodes (and the patched decoders say so)
+    wav(data / "b.wav", 2.0, amp=0.2)
+    with pytest.raises(AssertionError, match="decoded media"):
+        build_feature_cache(scan_dataset(data, on_bad_clip="stop"), ext, tmp_path / "cache",
+                            settings(window_policy="all"), progress=False)
+
+
+def test_a_runs_cache_is_read_back_without_a_pipeline(data, tmp_path):
+    write_tone_clip(data / "a.mp4", duration=4.0)
+    write_tone_clip(data / "b.mp4", duration=2.0)
+    (data / "prompts.txt").write_text("a: a tone\nb: another tone\n")
+    built, _ = build(data, tmp_path / "cache", window_policy="all")
+    back = read_feature_cache(tmp_path / "cache")
+    assert [(e.name, e.path, e.prompt, e.cache_key) for e in back] == \
+        [(e.name, e.path, e.prompt, e.cache_key) for e in built]
+    assert [e.name for e in read_feature_cache(tmp_path / "cache", names={"b"})] == ["b#w0"]
+    built[0].path.write_bytes(b"damaged")  # a clip with a damaged window is left out whole
+    assert {e.name.split("#")[0] for e in read_feature_cache(tmp_path / "cache")} == {"b"}
 
 
 @pytest.mark.parametrize("change", ["video_byte", "audio_file", "prompt", "duration",

@@ -23,12 +23,15 @@ cache key, format version). One ``.safetensors`` file per window, written atomic
 
 The cache key is the sha256 of the WHOLE content of every input file (video, separate audio,
 ``.npz``) together with the extraction settings, the prompt and the window, so a rerun reuses
-every file and any change of input bytes or setting extracts again. Stale files are left in
-the folder (delete it to reclaim space).
+every file and any change of input bytes or setting extracts again. Reuse is decided before
+anything is decoded: a small JSON record per clip (``<clip>.<clip key>.clip.json``: its
+windows, their files and keys, the seconds of audio they use) is keyed by the same hashes
+without the window, so a warm rerun hashes the files, reads the records and the safetensors
+headers, and opens no video or audio. Stale files are left in the folder (delete it to
+reclaim space).
 
-The pipeline is duck-typed (``selva_core.pipeline.SelvaPipeline`` in practice) and must offer
-``variant``, ``extract_features(frames, prompt, duration)``, ``encode_prompt(prompts)`` and
-``encode_audio(waveform, sample_rate)``; see :func:`build_feature_cache`.
+The pipeline is used through the :class:`FeatureExtractor` protocol
+(``selva_core.pipeline.SelvaPipeline`` implements it); see :func:`build_feature_cache`.
 """
 
 from __future__ import annotations
@@ -40,14 +43,14 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from selva_core.atomic import save_safetensors_atomic
+from selva_core.atomic import save_safetensors_atomic, write_json_atomic
 from selva_core.data.audio import load_mono
 from selva_core.data.clips import ClipSource
 from selva_core.data.errors import (
@@ -85,8 +88,35 @@ EXTRACTOR_VERSION = "selva-lora-features-1"  # bump when extraction code changes
 TENSOR_KEYS: tuple[str, ...] = (
     "latent_mean", "latent_std", "sync_f", "sync_valid", "text_clip_f", "audio_valid_samples",
 )
+CLIP_RECORD_FORMAT = "selva.training_features.clip"
 _HASH_CHUNK = 1 << 20
 _EPS = 1e-6
+
+
+class FeatureExtractor(Protocol):
+    """What the feature cache needs from a pipeline (``SelvaPipeline`` provides all of it).
+
+    Every method is called under ``torch.inference_mode`` with one clip window at a time.
+    """
+
+    @property
+    def variant(self) -> ModelVariant | str:
+        """The model variant (or its name); must equal the cache settings' variant."""
+
+    def extract_features(self, frames: torch.Tensor, prompt: str, duration: float | None = None
+                         ) -> Any:
+        """Frames (T, 3, H, W) at 25 fps, uint8 or float [0, 1] -> an object with ``sync_f``
+        (1, S, sync_dim) and ``text_clip_f`` (1, 77, text_dim)."""
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+        """Prompts -> ``(clip_text_f (B, 77, text_dim), ...)`` (used for ``.npz`` clips)."""
+
+    def encode_audio(self, waveform: torch.Tensor, sample_rate: int) -> Any:
+        """Mono waveform (1, samples) -> the raw VAE posterior ``(mean, std)`` (1, N, C) or an
+        object with ``mean`` / ``std``."""
+
+    # Optional: ``prepare_sync_frames(frames uint8) -> frames at the video encoder's size in
+    # [-1, 1]``; when present, frames are resized while decoding (bounds memory on long clips).
 
 
 @dataclass(frozen=True)
@@ -215,12 +245,21 @@ def cache_key(
     return hashlib.sha256(blob).hexdigest()
 
 
+def clip_key(file_hashes: list[tuple[str, str]], settings: FeatureCacheSettings,
+             prompt: str) -> str:
+    """sha256 naming a clip's record: its files' hashes, the settings and the prompt."""
+    material = {"format": CLIP_RECORD_FORMAT, "format_version": FORMAT_VERSION,
+                "files": file_hashes, "settings": settings.to_dict(), "prompt": prompt}
+    blob = json.dumps(material, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
 def _safe_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "clip"
 
 
 # --- pipeline adapters ------------------------------------------------------------------------
-def _variant_name(pipeline) -> str:
+def _variant_name(pipeline: FeatureExtractor) -> str:
     variant = getattr(pipeline, "variant", None)
     return str(getattr(variant, "name", variant))
 
@@ -260,7 +299,7 @@ def _fit_sync(
     return out, mask
 
 
-def _resizer(pipeline):
+def _resizer(pipeline: FeatureExtractor):
     """Chunk transform: uint8 frames -> the encoder's size as float [0, 1] (bounds memory).
 
     Uses the pipeline's own ``prepare_sync_frames`` (its [-1, 1] output mapped back to
@@ -313,7 +352,7 @@ def _load_clip(clip: ClipSource, settings: FeatureCacheSettings) -> _ClipData:
 
 
 def _extract_window(
-    data: _ClipData, window: Window, pipeline, settings: FeatureCacheSettings
+    data: _ClipData, window: Window, pipeline: FeatureExtractor, settings: FeatureCacheSettings
 ) -> dict[str, torch.Tensor]:
     clip = data.clip
     seq = settings.model_variant.sequence_lengths(settings.duration)
@@ -386,9 +425,42 @@ def _reusable(path: Path, key: str) -> bool:
     return ok
 
 
+def _example(path: Path, clip: ClipSource, index: int, start: float, key: str,
+             reused: bool) -> CachedExample:
+    return CachedExample(path=path, name=f"{clip.name}#w{index}", prompt=clip.prompt,
+                         source=str(clip.main_path), window_index=index, window_start=start,
+                         cache_key=key, reused=reused)
+
+
+def _record_path(cache_dir: Path, clip: ClipSource, key: str) -> Path:
+    return cache_dir / f"{_safe_stem(clip.name)}.{key[:16]}.clip.json"
+
+
+def _reuse_from_record(clip: ClipSource, record_path: Path, key: str, cache_dir: Path,
+                       stats: CacheStats) -> list[CachedExample] | None:
+    """The clip's examples from its record when every window file is complete; None (extract
+    again) otherwise. Reads JSON and safetensors headers only."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("format") != CLIP_RECORD_FORMAT or record.get("clip_key") != key:
+            return None
+        windows = [(cache_dir / w["file"], int(w["index"]), float(w["start"]), str(w["key"]))
+                   for w in record["windows"]]
+        used, left = float(record["seconds_used"]), float(record["seconds_left_out"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not windows or not all(_reusable(path, wkey) for path, _, _, wkey in windows):
+        return None
+    stats.seconds_used += used
+    stats.seconds_left_out += left
+    stats.reused += len(windows)
+    return [_example(path, clip, index, start, wkey, True)
+            for path, index, start, wkey in windows]
+
+
 def _cache_clip(
     clip: ClipSource,
-    pipeline,
+    pipeline: FeatureExtractor,
     cache_dir: Path,
     settings: FeatureCacheSettings,
     stats: CacheStats,
@@ -396,6 +468,12 @@ def _cache_clip(
     hashes = [(role, file_sha256(p)) for role, p in
               (("video", clip.video_path), ("npz", clip.npz_path), ("audio", clip.audio_path))
               if p is not None]
+    ckey = clip_key(hashes, settings, clip.prompt)
+    record_path = _record_path(cache_dir, clip, ckey)
+    if record_path.is_file():
+        found = _reuse_from_record(clip, record_path, ckey, cache_dir, stats)
+        if found is not None:
+            return found
     data = _load_clip(clip, settings)
     windows = plan_windows(data.length, settings.duration, settings.window_policy,
                            settings.pad_policy)
@@ -446,17 +524,19 @@ def _cache_clip(
             stats.extracted += 1
         else:
             stats.reused += 1
-        examples.append(CachedExample(
-            path=path, name=f"{clip.name}#w{window.index}", prompt=clip.prompt,
-            source=str(clip.main_path), window_index=window.index, window_start=window.start,
-            cache_key=key, reused=reused,
-        ))
+        examples.append(_example(path, clip, window.index, window.start, key, reused))
+    write_json_atomic(record_path, {
+        "format": CLIP_RECORD_FORMAT, "clip_key": ckey, "name": clip.name,
+        "seconds_used": used, "seconds_left_out": left,
+        "windows": [{"file": e.path.name, "index": e.window_index, "start": e.window_start,
+                     "key": e.cache_key} for e in examples],
+    })
     return examples
 
 
 def build_feature_cache(
     clips: list[ClipSource],
-    pipeline,
+    pipeline: FeatureExtractor,
     cache_dir: str | Path,
     settings: FeatureCacheSettings,
     on_bad_clip: str = "skip",
@@ -466,14 +546,11 @@ def build_feature_cache(
 ) -> list[CachedExample]:
     """Extract (or reuse) the features of every window of every clip; one tqdm bar over clips.
 
-    ``pipeline`` must provide ``variant`` (name or ModelVariant, equal to
-    ``settings.variant``), ``extract_features(frames uint8 (T,3,H,W), prompt, duration)``
-    returning an object with ``sync_f`` (1, S, sync_dim) and ``text_clip_f`` (1, 77, text_dim),
-    ``encode_prompt([prompt])`` returning ``(clip_text_f, ...)``, and
-    ``encode_audio(waveform (1, samples), sample_rate)`` returning the raw posterior
-    ``(mean, std)`` as (1, N, C). Unusable clips are skipped (logged and added to ``report``)
-    or raise BadClipError, per ``on_bad_clip``; when no example remains at all,
-    EmptyDatasetError is raised. ``stats`` (optional) receives the counts.
+    ``pipeline``: a :class:`FeatureExtractor` of ``settings.variant``; it is only called for
+    windows that are not in the cache yet (a warm rerun decodes nothing). Unusable clips are
+    skipped (logged and added to ``report``) or raise BadClipError, per ``on_bad_clip``; when
+    no example remains at all, EmptyDatasetError is raised.
+    ``stats`` (optional) receives the counts.
     """
     check_on_bad_clip(on_bad_clip)
     if _variant_name(pipeline) != settings.variant:
@@ -506,3 +583,37 @@ def build_feature_cache(
             "see the reasons logged above",
         )
     return examples
+
+
+def read_feature_cache(cache_dir: str | Path, names: set[str] | None = None
+                       ) -> list[CachedExample]:
+    """The complete cached examples of a cache folder (e.g. a training run's, for evaluation)
+    without any pipeline: every clip record whose window files are all present and intact.
+    ``names``: keep only these clip names. Sorted by clip name and window."""
+    cache_dir = Path(cache_dir)
+    examples: list[CachedExample] = []
+    for record_path in sorted(cache_dir.glob("*.clip.json")):
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            if record.get("format") != CLIP_RECORD_FORMAT:
+                continue
+            name = str(record["name"])
+            windows = record["windows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if names is not None and name not in names:
+            continue
+        found = []
+        for w in windows:
+            path = cache_dir / str(w.get("file", ""))
+            if not _reusable(path, str(w.get("key", ""))):
+                break
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            found.append(CachedExample(
+                path=path, name=f"{name}#w{w['index']}", prompt=meta.get("prompt", ""),
+                source=meta.get("source", ""), window_index=int(w["index"]),
+                window_start=float(w["start"]), cache_key=str(w["key"]), reused=True))
+        else:
+            examples.extend(found)
+    return sorted(examples, key=lambda e: (e.name.rsplit("#w", 1)[0], e.window_index))
