@@ -411,3 +411,18 @@ def test_text_encoders_load_from_the_models_folder_with_the_network_blocked(
     with torch.no_grad():
         ids, _ = t5_enc.tokenize(["a dog"])
         torch.testing.assert_close(states, t5.model(input_ids=ids).last_hidden_state)
+
+
+def test_pipeline_checks_every_file_before_building_anything(tmp_path, no_network, monkeypatch):
+    from selva_core import pipeline, weights
+    from selva_core.pipeline import SelvaPipeline
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("nothing is built before every file is there")
+
+    monkeypatch.setattr(weights, "build_component", no_build)
+    monkeypatch.setattr(pipeline, "build_component", no_build, raising=False)
+    with pytest.raises(MissingWeightsError) as info:
+        SelvaPipeline.build("medium_44k", models_dir=tmp_path)
+    assert len(info.value.missing) == len(VARIANTS["medium_44k"].required_files())
+    assert "--variant medium_44k" in str(info.value)
