@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pickle
@@ -20,6 +21,7 @@ from selva_core.model.lora import (
     iter_lora_layers,
     load_adapter,
     load_training_state_dict,
+    reduce_intruders,
     save_adapter,
     set_strength,
     training_state_dict,
@@ -191,7 +193,7 @@ def _rewrite(tmp_path, tensors, meta, name="bad.safetensors"):
 def _assert_load_fails_and_model_unchanged(path, match, **kw):
     model = make_model()
     before = state_bits(model)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(AdapterLoadError, match=match):
         load_adapter(model, path, **kw)
     assert not list(iter_lora_layers(model))
     assert same_state(state_bits(model), before)
@@ -384,3 +386,154 @@ def test_files_written_with_the_old_variant_metadata_still_load(tmp_path, kind, 
     assert handle.spec.config.kind == kind and handle.spec.variant_name == "tiny_test"
     with pytest.raises(AdapterLoadError, match="trained for model variant 'tiny_test'"):
         load_adapter(make_model(), old, expected_variant="large_44k")
+
+
+# -- damaged values, nested wrappers, metadata types, folders --------------------------------------
+def _nan_factor(tensors):
+    tensors[f"{_QKV}.lora_A"][0, 0] = float("nan")
+
+
+def _inf_factor(tensors):
+    tensors[f"{_QKV}.lora_B"][1, 0] = float("inf")
+
+
+def _nan_step(tensors):
+    tensors[f"{_QKV}.lora_B_qscale"][0] = float("nan")
+
+
+def _huge_step(tensors):  # finite, but int16 * step overflows float32
+    tensors[f"{_QKV}.lora_A_qscale"][0] = 3e38
+
+
+@pytest.mark.parametrize("fixture,damage,match", [
+    ("good_file", _nan_factor, rf"{_QKV}\.lora_A holds 1 NaN or infinite value"),
+    ("good_file", _inf_factor, rf"{_QKV}\.lora_B holds 1 NaN or infinite value"),
+    ("q16_file", _nan_step, rf"{_QKV}\.lora_B_qscale holds 1 NaN"),
+    ("q16_file", _huge_step, rf"{_QKV}\.lora_A \(decoded\) holds .* NaN or infinite"),
+])
+def test_nan_or_infinite_factors_or_steps_are_refused_with_the_model_unchanged(
+        tmp_path, request, fixture, damage, match):
+    _, tensors, meta = request.getfixturevalue(fixture)
+    damage(tensors)
+    _assert_load_fails_and_model_unchanged(_rewrite(tmp_path, tensors, meta), match)
+
+
+def test_nan_dora_magnitudes_are_refused(tmp_path):
+    path = save_adapter(_trained(kind="dora"), tmp_path / "d.safetensors")
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors[f"{_QKV}.lora_magnitude"][2] = float("-inf")
+    _assert_load_fails_and_model_unchanged(_rewrite(tmp_path, tensors, meta),
+                                           rf"{_QKV}\.lora_magnitude holds 1 NaN")
+
+
+def test_a_layer_path_inside_an_existing_wrapper_is_refused(tmp_path, good_file):
+    _, tensors, meta = good_file
+    inner = f"{_QKV}.base_layer"
+    tensors = {k.replace(f"{_QKV}.", f"{inner}."): v for k, v in tensors.items()}
+    meta["layers"] = json.dumps([inner if p == _QKV else p for p in json.loads(meta["layers"])])
+    path = _rewrite(tmp_path, tensors, meta)
+    model = _trained()  # qkv is already wrapped by the adapter "default"
+    before = state_bits(model)
+    wrappers = dict(iter_lora_layers(model))
+    with pytest.raises(AdapterLoadError, match=rf"'{inner}' lies inside the adapter wrapper at "
+                                               rf"'{_QKV}'"):
+        load_adapter(model, path, name="other")
+    assert dict(iter_lora_layers(model)) == wrappers
+    assert not isinstance(model.get_submodule(_QKV).base_layer, LoRALayer)
+    assert same_state(state_bits(model), before)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("targets", '"attn"', r"metadata targets='\"attn\"' is not a JSON list of non-empty strings"),
+    ("targets", "[1]", r"metadata targets='\[1\]' is not a JSON list"),
+    ("exclude", "{}", r"metadata exclude='\{\}' is not a JSON list"),
+    ("layers", "[]", r"metadata layers='\[\]' is not a JSON list of non-empty strings \(at least"),
+    ("layers", '"fused_blocks.0.attn.qkv"', r"metadata layers=.* is not a JSON list"),
+    ("dropout", "lots", r"metadata dropout='lots' is not a number in \[0, 1\)"),
+    ("dropout", "1.5", r"metadata dropout='1.5' is not a number in \[0, 1\)"),
+    ("file_rank", "0", r"metadata file_rank='0' is not a positive integer"),
+    ("file_rank", "8", r"metadata file_rank=8 but layer .* holds rank 4"),
+    ("rank", "-4", r"metadata rank='-4' is not a positive integer"),
+    ("use_rslora", "1", r"metadata use_rslora='1' is not JSON true or false"),
+    ("user", "[1, 2]", r"metadata user='\[1, 2\]' is not a JSON object"),
+    ("lora_kind", None, r"lacks the required fields \['lora_kind'\]"),
+    ("layers", '["a..b"]', r"metadata layers='a..b' is not a dotted module path"),
+])
+def test_metadata_fields_are_validated_by_type_naming_the_field(tmp_path, good_file, field,
+                                                                 value, match):
+    _, tensors, meta = good_file
+    if value is None:
+        del meta[field]
+    else:
+        meta[field] = value
+    _assert_load_fails_and_model_unchanged(_rewrite(tmp_path, tensors, meta),
+                                           r"bad\.safetensors.*" + match)
+
+
+def test_a_folder_passed_as_a_file_says_so(tmp_path, good_file):
+    path, _, _ = good_file
+    _assert_load_fails_and_model_unchanged(
+        tmp_path, rf"{tmp_path} is a folder, not an adapter file; pass one of the "
+                  r"\.safetensors files inside it \(good\.safetensors\)")
+    peft_like = tmp_path / "peft"
+    peft_like.mkdir()
+    (peft_like / "adapter_config.json").write_text("{}")
+    _assert_load_fails_and_model_unchanged(peft_like, "a PEFT folder: load it with import_peft")
+
+
+def test_a_missing_file_is_an_adapter_error_and_a_file_not_found_error(tmp_path):
+    from selva_core.model.lora import AdapterNotFoundError
+
+    with pytest.raises(AdapterNotFoundError, match="does not exist") as err:
+        load_adapter(make_model(), tmp_path / "nope.safetensors")
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, AdapterLoadError)
+
+
+def test_a_truncated_file_is_an_adapter_error(tmp_path, good_file):
+    path, _, _ = good_file
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-64])
+    _assert_load_fails_and_model_unchanged(cut, r"cut\.safetensors is not a valid safetensors")
+
+
+def _with_grown_rank(init: str):
+    """A rank-2 adapter on one Linear whose intruder reduction grows its file rank to 3."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 24))
+    model = copy.deepcopy(base)
+    attach_lora(model, LoRAConfig(rank=2, alpha=2.0, init=init, targets=("0",), seed=1))
+    st = model[0].adapters["default"]
+    W0 = model[0].original_weight2d().detach()
+    Q, _ = torch.linalg.qr(torch.cat([W0, torch.randn(24, 16)], 1))
+    with torch.no_grad():  # a strong direction outside W0's column space plus a second one
+        st.lora_B[:, 0] = Q[:, 8] * 10 * torch.linalg.matrix_norm(W0, ord=2)
+        st.lora_B[:, 1] = torch.randn(24)
+        st.lora_A.copy_(torch.randn(2, 8))
+    assert reduce_intruders(model, lam=0.5)
+    assert max(s.factors()[0].shape[0] for s in adapter_layers(model, "default").values()) > 2
+    return base, model
+
+
+def test_auto_storage_keeps_a_plain_adapter_exact_after_intruder_reduction_grows_its_rank(
+        tmp_path, caplog):
+    base, model = _with_grown_rank("standard")
+    x = torch.randn(5, 8)
+    path = save_adapter(model, tmp_path / "reduced.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["storage_dtype"] == "float32" and "storage_rel_error" not in meta
+    load_adapter(base, path)
+    assert torch.equal(base(x), model(x))
+
+
+def test_lossy_storage_is_logged_and_recorded_with_its_error(tmp_path, caplog):
+    model = _trained(init="pissa")
+    with caplog.at_level(logging.INFO, logger="selva_core.model.lora"):
+        path = save_adapter(model, tmp_path / "p.safetensors")  # auto: PiSSA -> q16
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    err = float(meta["storage_rel_error"])
+    assert meta["storage_dtype"] == "q16" and 0 < err < 1e-4
+    assert "stored as q16: relative error of the stored change up to" in caplog.text

@@ -167,3 +167,70 @@ def test_peft_folder_with_unsupported_keys_is_refused(tmp_path):
     pm.save_pretrained(str(tmp_path / "saved"))
     with pytest.raises(ValueError, match="modules_to_save"):
         import_peft(model, tmp_path / "saved")
+
+
+# -- bad PEFT folders: one AdapterLoadError each, model unchanged -------------------------------
+def _exported(tmp_path):
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=4, targets=("attn",)))
+    with torch.no_grad():
+        for st in adapter_layers(model, "default").values():
+            st.lora_B.normal_()
+    return export_peft(model, tmp_path / "peft")
+
+
+def _assert_import_fails_and_model_unchanged(folder, match):
+    from selva_core.model.lora import AdapterLoadError, iter_lora_layers
+    from tests.test_lora_common import same_state, state_bits
+
+    model = make_model()
+    before = state_bits(model)
+    with pytest.raises(AdapterLoadError, match=match):
+        import_peft(model, folder)
+    assert not list(iter_lora_layers(model)) and same_state(state_bits(model), before)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_peft_import_refuses_nan_or_infinite_factors(tmp_path, value):
+    from safetensors.torch import load_file, save_file
+
+    folder = _exported(tmp_path)
+    w = folder / "adapter_model.safetensors"
+    tensors = load_file(str(w))
+    key = "base_model.model.fused_blocks.0.attn.qkv.lora_B.weight"
+    tensors[key][0, 0] = value
+    save_file(tensors, str(w), metadata={"format": "pt"})
+    _assert_import_fails_and_model_unchanged(
+        folder, r"fused_blocks\.0\.attn\.qkv\.lora_B holds 1 NaN or infinite")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("r", "4", r"r='4' is not a positive integer"),
+    ("lora_alpha", -2, r"lora_alpha=-2 is not a positive number"),
+    ("use_dora", "yes", r"use_dora='yes' is not true or false"),
+    ("lora_dropout", 2, r"lora_dropout=2 is not a number in \[0, 1\)"),
+    ("rank_pattern", {"(": 2}, r"rank_pattern=.* is not an object of regex -> positive integer"),
+])
+def test_peft_config_fields_are_validated_by_type(tmp_path, field, value, match):
+    folder = _exported(tmp_path)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg[field] = value
+    cfg_path.write_text(json.dumps(cfg))
+    _assert_import_fails_and_model_unchanged(folder, r"adapter_config\.json: " + match)
+
+
+def test_peft_config_that_is_not_an_object_is_refused(tmp_path):
+    folder = _exported(tmp_path)
+    (folder / "adapter_config.json").write_text("[1, 2]")
+    _assert_import_fails_and_model_unchanged(folder, "must hold a JSON object, got list")
+
+
+def test_a_file_passed_to_import_peft_says_it_needs_a_folder(tmp_path):
+    from selva_core.model.lora import save_adapter
+
+    model = make_model()
+    attach_lora(model, LoRAConfig(rank=2, targets=("attn",)))
+    ours = save_adapter(model, tmp_path / "ours.safetensors")
+    _assert_import_fails_and_model_unchanged(
+        ours, r"is a file; import_peft takes a PEFT folder .* load it with load_adapter")
