@@ -151,7 +151,7 @@ def decode_stream(path: Path, container, stream, what: str, fix: str) -> Iterato
     caller keeps what could be decoded and compares it with what the header promised.
     """
     decoded = 0
-    last_time = None
+    last_end = None
     with media_errors(path, what, fix):
         packets = container.demux(stream)  # ends with an empty packet that flushes the decoder
     while True:
@@ -163,12 +163,14 @@ def decode_stream(path: Path, container, stream, what: str, fix: str) -> Iterato
         except DECODE_ERRORS as e:
             if decoded == 0:
                 raise BadClipError(path, f"cannot read the {what} ({reason(e)})", fix) from None
-            where = f"{last_time:.2f} s" if last_time is not None else f"frame {decoded}"
-            log.warning("%s: decoding the %s stopped at %s (%s); using what was decoded",
+            where = f"{last_end:.2f} s" if last_end is not None else f"{decoded} frame(s)"
+            log.warning("%s: decoding the %s stopped after %s (%s); using what was decoded",
                         path, what, where, reason(e))
             return
         for frame in frames:
             decoded += 1
             if frame.time is not None:
-                last_time = float(frame.time)
+                last_end = float(frame.time)
+                if getattr(frame, "sample_rate", None):
+                    last_end += frame.samples / frame.sample_rate
             yield frame

@@ -93,11 +93,10 @@ def probe_video(path: str | Path) -> VideoInfo:
             if v_start is not None and a_start is not None:
                 offset = a_start - v_start
         spans = measure_streams(container, [vs] + ([audio] if audio is not None else []))
-    held = spans.get(vs.index)
+        held = spans.get(vs.index)
+        a_held = spans.get(audio.index) if audio is not None else None
     duration = held.length if held is not None else header
-    a_dur = a_header
-    if audio is not None and audio.index in spans:
-        a_dur = spans[audio.index].length
+    a_dur = a_held.length if a_held is not None else a_header
     if duration is None:
         duration = float(len(decode_frames(path, fps=SYNC_FPS, start=0.0))) / SYNC_FPS
     if not width or not height:
