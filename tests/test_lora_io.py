@@ -255,12 +255,17 @@ def _no_steps(tensors):
     del tensors[f"{_QKV}.lora_B_qscale"]
 
 
+def _flat_factor(tensors):
+    tensors[f"{_QKV}.lora_B"] = tensors[f"{_QKV}.lora_B"].reshape(-1)
+
+
 @pytest.mark.parametrize("damage, match", [
     (_float_factor,
      r"fused_blocks\.0\.attn\.qkv\.lora_B is torch\.float32, but storage q16 stores int16"),
     (_short_steps,
      r"lora_A_qscale must be a float vector of length 8 .* got torch\.float32 \(3,\)"),
     (_no_steps, r"missing keys: .*lora_B_qscale"),
+    (_flat_factor, r"layer fused_blocks\.0\.attn\.qkv has factor shapes .* not a LoRA pair"),
 ])
 def test_damaged_q16_files_are_refused_with_one_clear_error(tmp_path, q16_file, damage, match):
     _, tensors, meta = q16_file

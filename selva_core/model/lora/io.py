@@ -502,6 +502,13 @@ def _adapter_states(
                 f"adapter file {path}", AdapterLoadError)
     for p in info.layers:
         layer_tensors = {k: tensors[f"{p}.{k}"] for k in file_keys(info.storage)}
+        A, B = layer_tensors["lora_A"], layer_tensors["lora_B"]
+        if (A.dim() not in (2, 3) or B.dim() != A.dim() or B.shape[1] != A.shape[0]
+                or A.shape[0] == 0):
+            raise AdapterLoadError(
+                f"{path}: layer {p} has factor shapes A {tuple(A.shape)}, B {tuple(B.shape)}, "
+                "which are not a LoRA pair (A (r, in[, k]), B (out, r[, 1]), r >= 1)"
+            )
         try:
             check_layer_tensors(layer_tensors, info.storage, f"{path}: {p}")
         except ValueError as e:

@@ -242,7 +242,8 @@ def read_peft_folder(
             if not t.is_floating_point():
                 raise AdapterLoadError(f"{w_path}: {path}.{key} is {t.dtype}, not floating point")
         A, B = parts["lora_A"], parts["lora_B"]
-        if A.dim() not in (2, 3) or B.dim() != A.dim() or B.shape[1] != A.shape[0]:
+        if (A.dim() not in (2, 3) or B.dim() != A.dim() or B.shape[1] != A.shape[0]
+                or A.shape[0] == 0):
             raise AdapterLoadError(
                 f"{w_path}: layer {path!r} has factor shapes A {tuple(A.shape)}, "
                 f"B {tuple(B.shape)}, which are not a LoRA pair"
