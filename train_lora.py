@@ -28,12 +28,13 @@ from selva_core.training.checkpoint import CheckpointError, CheckpointWriteError
 from selva_core.training.config import TrainConfig, config_from_args  # noqa: E402
 from selva_core.training.report import format_summary  # noqa: E402
 from selva_core.training.trainer import TrainingDivergedError  # noqa: E402
+from selva_core.weights import CheckpointError as WeightsError  # noqa: E402
 
 log = logging.getLogger("train_lora")
 
 EXPECTED_ERRORS = (BadClipError, CheckpointError, CheckpointWriteError, TrainingDivergedError,
                    FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError,
-                   ValueError)
+                   ValueError, WeightsError)
 
 
 def _rank() -> int:
@@ -48,6 +49,7 @@ def setup_logging(cfg: TrainConfig) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     console.setLevel(logging.WARNING if (cfg.quiet or _rank() != 0) else logging.INFO)
+    console.addFilter(lambda record: record.name != log.name)  # printed as "error: ..." lines
     root.addHandler(console)
     if _rank() == 0:
         out = Path(cfg.output_dir)
@@ -86,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               "(--resume)", file=sys.stderr)
         return 130
     if _rank() == 0:
-        if result.summary.get("stage") == "features":
-            print(f"\n{result.summary['status']}", file=sys.stderr)
-        else:
+        if result.summary.get("stage") != "features":  # (an interrupted extraction is logged)
             print(format_summary(result.summary))
     return 0 if result.completed else 130
 
