@@ -31,6 +31,7 @@ from .weights import (
     resolve_models_dir,
     verify_file,
 )
+from .weights.hub import part_path
 from .weights.preflight import file_size_label, human_size
 
 log = logging.getLogger("selva_core.download")
@@ -155,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = [p for p in map(part_path, paths.values()) if p.is_file() and p.stat().st_size]
+        print("\ninterrupted." + (
+            " Partial downloads kept: " + ", ".join(str(p) for p in kept)
+            + "; run the same command to resume." if kept else ""
+        ), file=sys.stderr)
+        return 130
     print_table(files, paths, set(files) - before)
     return 0
 

@@ -97,7 +97,7 @@ class SimulatedHub:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def gets(self, path: str) -> list[str | None]:
@@ -426,3 +426,23 @@ def test_pipeline_checks_every_file_before_building_anything(tmp_path, no_networ
         SelvaPipeline.build("medium_44k", models_dir=tmp_path)
     assert len(info.value.missing) == len(VARIANTS["medium_44k"].required_files())
     assert "--variant medium_44k" in str(info.value)
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_run_resumes_it(sim_hub, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr(download_cli, "files_for", lambda variants: {"big.pth": BIG_FILE})
+    real_fetch = hub.fetch
+
+    def interrupted(remote, part, on_bytes):
+        part.write_bytes(BIG[:1000])
+        on_bytes(1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub, "fetch", interrupted)
+    args = ["--variant", "small_16k", "--models_dir", str(tmp_path)]
+    assert download_cli.main(args) == 130
+    assert "run the same command to resume" in capsys.readouterr().err
+    monkeypatch.setattr(hub, "fetch", real_fetch)
+    assert download_cli.main(args) == 0
+    assert (tmp_path / "big.pth").read_bytes() == BIG
+    assert sim_hub.gets(_path(BIG_FILE)) == ["bytes=1000-"]
