@@ -13,10 +13,9 @@ when a node runs, so ComfyUI starts fast and the module also imports outside Com
   progress bar and raises ComfyUI's interruption exception when the user pressed Cancel;
   :func:`stop_requested` is the non-raising check for loops that must save first (training).
 * :class:`SelvaModel` and :func:`on_device`: the ``SELVA_MODEL`` value passed between nodes,
-  and a context manager that registers the networks with ``comfy.model_management`` (a
-  ``ModelPatcher``), so ComfyUI can unload SelVA when other models need the GPU, loads them
-  for one run and afterwards, also after an interruption or an error, rests them per the
-  offload policy and empties the device cache.
+  and a context manager that registers GPU-resident networks with ``comfy.model_management``
+  (a ``ModelPatcher``), so ComfyUI can unload SelVA when other models need the GPU, and after
+  every run, also after an interruption or an error, empties the device cache.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,8 +36,6 @@ MODEL_TYPE = "SELVA_MODEL"
 FEATURES_TYPE = "SELVA_FEATURES"
 MODEL_FOLDER = "selva"  # models/selva, registered with folder_paths at import
 LORA_FOLDER = "loras"  # ComfyUI's own models/loras
-OFFLOAD_POLICIES = ("auto", "gpu", "cpu")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class SelvaNodeError(ValueError):
@@ -98,7 +96,8 @@ def reported(node: str, input_name: str | None = None, fix: str = "") -> Iterato
         message = str(exc).strip() or type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
             message = f"{message} ({exc.filename})"
-        raise node_error(node, input_name, message, fix) from None
+        name = getattr(exc, "input_name", None) or input_name
+        raise node_error(node, name, message, fix) from None
 
 
 # --- ComfyUI runtime (imported lazily) ----------------------------------------------------------
@@ -147,21 +146,21 @@ def hidden_node_id(cls) -> str | None:
 # --- the model value and its memory -----------------------------------------------------------
 @dataclass(eq=False)
 class SelvaModel:
-    """The ``SELVA_MODEL`` value: a pipeline, how it rests between runs, and a short label.
+    """The ``SELVA_MODEL`` value: a pipeline plus a label and an identity for content caches.
 
-    ``offload``: ``auto`` keeps the networks on the GPU after a run and lets ComfyUI unload
-    them when another model needs the memory; ``gpu`` the same (named for users coming from
-    other packs); ``cpu`` moves them back to the offload device after every run.
+    Where the networks rest between runs is the pipeline's ``offload`` (``gpu``: on the
+    compute device, registered with ComfyUI so it can unload them when another model needs
+    the memory; ``cpu``: the library moves each network in for a run and back after it).
     """
 
     pipeline: Any
-    offload: str = "auto"
     label: str = ""
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     _patcher: Any = field(default=None, repr=False)
 
     def derived(self, pipeline: Any, label: str) -> SelvaModel:
-        """A new value for a derived pipeline (e.g. with adapters), same policy."""
-        return SelvaModel(pipeline=pipeline, offload=self.offload, label=label)
+        """A new value for a pipeline made from this one (e.g. with adapters)."""
+        return SelvaModel(pipeline=pipeline, label=label)
 
     def patcher(self):
         """The ``ModelPatcher`` through which ComfyUI loads and unloads these networks."""
@@ -170,32 +169,15 @@ class SelvaModel:
             from torch import nn
 
             mm = _model_management()
-            networks = nn.ModuleDict(dict(_networks(self.pipeline)))
+            networks = nn.ModuleDict(dict(self.pipeline.networks()))
             self._patcher = comfy.model_patcher.ModelPatcher(
-                networks, load_device=mm.get_torch_device(),
+                networks, load_device=self.pipeline.device,
                 offload_device=mm.unet_offload_device(),
             )
         return self._patcher
 
     def __repr__(self) -> str:
-        return f"SelvaModel({self.label or self.pipeline!r}, offload={self.offload})"
-
-
-def _networks(pipeline) -> dict[str, Any]:
-    if hasattr(pipeline, "networks"):
-        return dict(pipeline.networks())
-    return dict(pipeline._modules())
-
-
-def _unload(patcher) -> None:
-    """Move one patcher's networks to its offload device and drop it from ComfyUI's list."""
-    mm = _model_management()
-    loaded = getattr(mm, "current_loaded_models", [])
-    for i in range(len(loaded) - 1, -1, -1):
-        if loaded[i].model is patcher:
-            loaded.pop(i).model_unload()
-            return
-    patcher.detach()
+        return f"SelvaModel({self.label or self.pipeline!r})"
 
 
 def release_memory() -> None:
@@ -206,21 +188,25 @@ def release_memory() -> None:
 
 @contextmanager
 def on_device(model: SelvaModel) -> Iterator[Any]:
-    """Load ``model``'s networks on ComfyUI's compute device for one run; yield the pipeline.
+    """Make room for and load ``model``'s networks for one run; yield the pipeline.
 
-    Afterwards (also after an interruption or an error) the networks rest per the offload
-    policy and the device cache is emptied, so a cancelled run leaves no VRAM behind.
+    A GPU-resident pipeline (offload ``gpu``) is loaded through ComfyUI's model management,
+    which frees other models first and may later unload SelVA for them; an offloading one
+    asks ComfyUI to free the memory its networks need. Afterwards, also after an interruption
+    or an error, garbage is collected and the device cache emptied: the library has already
+    put every network back where it rests, so a cancelled run leaves no VRAM behind.
     """
     mm = _model_management()
-    patcher = model.patcher()
+    pipeline = model.pipeline
     try:
-        mm.load_models_gpu([patcher], force_full_load=True)
-        model.pipeline.to(patcher.load_device)  # the networks may have moved under it
-        yield model.pipeline
+        if getattr(pipeline, "offload", "gpu") == "gpu":
+            mm.load_models_gpu([model.patcher()], force_full_load=True)
+        elif pipeline.device.type != "cpu" and hasattr(mm, "free_memory"):
+            size = sum(t.numel() * t.element_size() for m in pipeline.networks().values()
+                       for t in m.parameters())
+            mm.free_memory(int(size * 1.2), pipeline.device)
+        yield pipeline
     finally:
-        if model.offload == "cpu":
-            _unload(patcher)
-            model.pipeline.to(patcher.offload_device)
         release_memory()
 
 

@@ -1,0 +1,103 @@
+"""SelVA LoRA Loader: a model with one more adapter; the input model never changes.
+
+``pipeline.with_adapters`` gives a new pipeline whose generator is a structural copy sharing
+every base tensor, so the cached base model (and every other branch using it) is untouched
+and chaining loaders stacks adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from comfy_api.latest import io
+
+from .common import (
+    CATEGORY,
+    LORA_FOLDER,
+    MODEL_TYPE,
+    SelvaModel,
+    list_files,
+    node_error,
+    reported,
+)
+
+NODE = "LoRA Loader"
+NONE = "(none)"
+SelvaModelType = io.Custom(MODEL_TYPE)
+
+
+class SelvaLoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SelVALoraLoader",
+            display_name="SelVA LoRA Loader",
+            category=CATEGORY,
+            description=(
+                "Applies a SelVA LoRA adapter at a strength, on a copy: the input model stays "
+                "as it is, so a branch without the adapter keeps giving the base output. Chain "
+                "loaders to stack adapters."),
+            inputs=[
+                SelvaModelType.Input("model"),
+                io.Combo.Input("lora_name", options=[NONE] + list_files(LORA_FOLDER),
+                               default=NONE,
+                               tooltip="Adapter file under models/loras (a SelVA adapter: "
+                                       ".safetensors written by the trainer)."),
+                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                               tooltip="0 = no effect, 1 = as trained; negative values "
+                                       "subtract the adapter."),
+                io.String.Input("lora_path", default="", optional=True,
+                                tooltip="Explicit adapter file; overrides lora_name when not "
+                                        "empty."),
+            ],
+            outputs=[
+                SelvaModelType.Output(display_name="model"),
+                io.String.Output(display_name="training_prompt"),
+                io.String.Output(display_name="training_settings"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: SelvaModel, lora_name: str, strength: float,
+                lora_path: str = "") -> io.NodeOutput:
+        import math
+
+        from selva_core.prompting import adapter_training_info
+
+        strength = float(strength)
+        if not math.isfinite(strength):
+            raise node_error(NODE, "strength", f"must be a finite number, got {strength!r}")
+        path, input_name = _adapter_path(lora_name, lora_path)
+        if path is None:
+            return io.NodeOutput(model, "", "{}")
+        with reported(NODE, input_name, fix="choose a SelVA adapter trained for this model's "
+                      "variant"):
+            pipeline = model.pipeline.with_adapters([(path, strength)])
+        applied = pipeline.adapters[-1]
+        prompt, settings = adapter_training_info(applied.metadata)
+        label = f"{model.label} + {os.path.basename(path)} @ {strength:g}"
+        return io.NodeOutput(model.derived(pipeline, label), prompt,
+                             json.dumps(settings, indent=1, sort_keys=True, default=str))
+
+
+def _adapter_path(lora_name: str, lora_path: str) -> tuple[str | None, str]:
+    """(file, the input it came from); (None, ...) when no adapter is chosen."""
+    if lora_path and lora_path.strip():
+        path = os.path.expanduser(lora_path.strip())
+        if not os.path.isfile(path):
+            raise node_error(NODE, "lora_path", f"no file at {path}",
+                             "give the full path of an adapter .safetensors file")
+        return path, "lora_path"
+    if not lora_name or lora_name == NONE:
+        return None, "lora_name"
+    import folder_paths
+
+    path = folder_paths.get_full_path(LORA_FOLDER, lora_name)
+    if path is None:
+        raise node_error(NODE, "lora_name", f"{lora_name} is not in models/loras",
+                         "refresh the node list (R) or put the file there")
+    return path, "lora_name"
+
+
+NODES = [SelvaLoraLoader]
