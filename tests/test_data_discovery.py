@@ -211,23 +211,34 @@ def test_bad_clip_stops_the_scan_when_asked(folder, case):
 
 
 @pytest.mark.parametrize(
-    "line, needle",
+    "line, needle, skips_good",
     [
-        ("good.mp4 a prompt without colon", "has no ':'"),
-        (": no name", "no clip name"),
-        ("good.mp4:   ", "empty prompt"),
-        ("good: first\ngood.mp4: second", "repeats the clip 'good' (first given on line 1)"),
-        ("ghost.mp4: a clip that is not there", "no video or .npz named 'ghost'"),
+        ("good.mp4 a prompt without colon", "has no ':'", True),
+        ("a prompt without colon", "has no ':'", False),
+        (": no name", "no clip name", False),
+        ("good.mp4:   ", "empty prompt", True),
+        ("good: first\ngood.mp4: second", "a second, different prompt (first given on line 1)",
+         True),
+        ("ghost.mp4: a clip that is not there", "no video or .npz named 'ghost'", False),
     ],
 )
-def test_prompts_txt_problems_skip_or_stop(folder, line, needle):
+def test_prompts_txt_problems_skip_or_stop(folder, line, needle, skips_good):
     write_tone_clip(folder / "good.mp4", duration=1.0)
+    write_tone_clip(folder / "other.mp4", duration=1.0)
     (folder / "prompts.txt").write_text(line + "\n")
     report = SkipReport()
     clips = scan_dataset(folder, on_bad_clip="skip", report=report)
-    assert len(clips) == 1
-    assert len(report) == 1 and needle in report.lines()[0]
-    assert "prompts.txt" in report.lines()[0]
+    names = [c.name for c in clips]
+    if skips_good:  # the clip the line was meant for is skipped, never trained on
+        assert names == ["other"]
+        assert len(report) == 1 and report.ignored == []
+        assert needle in report.lines()[0] and "prompts.txt" in report.lines()[0]
+        assert str(folder / "good.mp4") in report.lines()[0]
+    else:  # a line tied to no clip is an ignored line, not a skipped clip
+        assert names == ["good", "other"]
+        assert len(report) == 0 and len(report.ignored) == 1
+        assert needle in report.ignored_lines()[0]
+        assert "prompts.txt" in report.ignored_lines()[0]
     with pytest.raises(BadClipError, match="prompts.txt.*" + needle.split("(")[0][:20]):
         scan_dataset(folder, on_bad_clip="stop")
 

@@ -35,6 +35,7 @@ from selva_core.data.errors import (
     SkipReport,
     check_on_bad_clip,
     handle_bad_clip,
+    handle_bad_line,
 )
 from selva_core.data.npz_import import NPZ_EXTENSION, read_feature_npz
 from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_prompts
@@ -187,8 +188,10 @@ def scan_dataset(
 ) -> list[ClipSource]:
     """Find the clips of ``data_dir``, pair their audio, resolve prompts, probe every file.
 
-    ``on_bad_clip='skip'`` logs and records (in ``report``) each unusable clip or malformed
-    ``prompts.txt`` line and goes on; ``'stop'`` raises BadClipError at the first one. A folder
+    ``on_bad_clip='skip'`` logs and records (in ``report``) each unusable clip and goes on;
+    ``'stop'`` raises BadClipError at the first one. A clip whose ``prompts.txt`` line cannot be
+    used is an unusable clip (it never trains with another prompt); a ``prompts.txt`` line that
+    names no clip of the folder is recorded as an ignored line, not a skipped clip. A folder
     without any usable clip always raises EmptyDatasetError. Clips come sorted by name.
     """
     check_on_bad_clip(on_bad_clip)
@@ -201,14 +204,23 @@ def scan_dataset(
 
     prompts = {}
     prompts_path = data_dir / prompts_file
+    clip_files = {key: (g.videos or g.npzs)[0] for key, g in groups.items() if g.videos or g.npzs}
+    bad_prompt: set[str] = set()  # clips skipped because their prompts.txt line is unusable
     if prompts_path.is_file():
-        prompts, errors = parse_prompts(prompts_path, KNOWN_EXTENSIONS)
+        prompts, errors = parse_prompts(prompts_path, KNOWN_EXTENSIONS, set(clip_files))
         for error in errors:
-            handle_bad_clip(error, on_bad_clip, report)
-        for key, entry in prompts.items():
-            group = groups.get(key)
-            if group is None or not (group.videos or group.npzs):
+            if error.key in clip_files:
+                if error.key in bad_prompt:
+                    continue  # the clip is already skipped for an earlier line
+                bad_prompt.add(error.key)
                 handle_bad_clip(BadClipError(
+                    clip_files[error.key], f"skipped because {prompts_file} {error.problem}",
+                    error.fix), on_bad_clip, report)
+            else:
+                handle_bad_line(error, on_bad_clip, report)
+        for key, entry in prompts.items():
+            if key not in clip_files:
+                handle_bad_line(BadClipError(
                     prompts_path,
                     f"line {entry.line} gives a prompt for {entry.name!r} but the folder has no "
                     f"video or .npz named {key!r}",
@@ -220,6 +232,8 @@ def scan_dataset(
     fallback = folder_prompt(data_dir)
     clips: list[ClipSource] = []
     for stem, group in groups.items():
+        if stem in bad_prompt:
+            continue
         try:
             video, audio, npz, npz_prompt = _probe_clip(stem, group)
         except BadClipError as error:
