@@ -54,8 +54,11 @@ def test_wav_with_an_unknown_format_code_is_a_bad_clip(tmp_path):
 def test_video_with_a_codec_ffmpeg_cannot_decode_is_a_bad_clip(tmp_path, stream):
     bad = avi_with_unknown_codec(tmp_path / "odd.avi", stream)
     needle = f"its {stream} stream uses a codec this FFmpeg build cannot decode"
-    with pytest.raises(BadClipError, match=needle):
-        probe_video(bad)
+    if stream == "video":
+        with pytest.raises(BadClipError, match=needle):
+            probe_video(bad)
+    else:  # the track only matters when the clip's sound comes from it
+        assert needle in probe_video(bad).audio_problem
     call = (lambda: decode_frames(bad)) if stream == "video" else (
         lambda: load_mono(bad, SR, from_video=True))
     with pytest.raises(BadClipError, match=needle):
@@ -96,3 +99,15 @@ def test_damaged_tail_keeps_what_decodes_and_warns(tmp_path, caplog):
     assert 0.6 * SR < wave.shape[0] < 2.0 * SR
     assert any("cut.flac: decoding the audio stopped after" in r.getMessage()
                for r in caplog.records)
+
+
+def test_undecodable_audio_track_does_not_matter_with_a_same_stem_audio_file(tmp_path):
+    import soundfile as sf
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    avi_with_unknown_codec(folder / "clip.avi", "audio")
+    sf.write(folder / "clip.wav", np.full(SR, 0.1, np.float32), SR)
+    (clip,) = scan_dataset(folder, on_bad_clip="stop")
+    assert clip.audio_path == folder / "clip.wav"
+    assert decode_frames(clip.video_path).shape[0] == 25

@@ -160,6 +160,10 @@ def _probe_clip(
         if audio is None:
             if not vinfo.has_audio:
                 raise no_audio_error(video)
+            if vinfo.audio_problem is not None:
+                raise BadClipError(video, vinfo.audio_problem,
+                                   f"add {stem}.wav (or another same-stem audio file) next to "
+                                   "it, or re-encode the video")
             check_audio_format(video, vinfo.audio_sample_rate, vinfo.audio_channels)
             _warn_truncated(video, "audio", vinfo.audio_header_duration, vinfo.audio_duration)
             _check_length(video, vinfo.audio_duration, "audio track")

@@ -50,6 +50,8 @@ class VideoInfo:
     each stream's start); ``header_duration`` / ``audio_header_duration`` what its header
     promises (larger for a truncated file). ``audio_offset`` is where the audio stream starts
     relative to the picture on the container's timeline (positive = later).
+    ``audio_problem`` says why the audio track cannot be decoded (None when it can); it only
+    matters when the clip's sound comes from that track.
     """
 
     path: Path
@@ -64,6 +66,7 @@ class VideoInfo:
     header_duration: float | None = None
     audio_header_duration: float | None = None
     audio_offset: float = 0.0
+    audio_problem: str | None = None
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -84,10 +87,14 @@ def probe_video(path: str | Path) -> VideoInfo:
         audio = container.streams.audio[0] if container.streams.audio else None
         a_sr = a_ch = a_header = None
         offset = 0.0
+        audio_problem = None
         if audio is not None:
-            a_context = decodable(path, audio, "audio", REENCODE_HINT)
-            a_sr = a_context.sample_rate or audio.rate
-            a_ch = a_context.channels
+            try:
+                a_context = decodable(path, audio, "audio", REENCODE_HINT)
+                a_sr = a_context.sample_rate or audio.rate
+                a_ch = a_context.channels
+            except BadClipError as e:  # matters only when the clip's sound is this track
+                audio_problem = e.problem
             a_header = header_duration(audio, container)
             v_start, a_start = stream_start(vs), stream_start(audio)
             if v_start is not None and a_start is not None:
@@ -102,7 +109,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     if not width or not height:
         raise BadClipError(path, "the video stream has no frame size", REENCODE_HINT)
     return VideoInfo(path, duration, fps, int(width), int(height), audio is not None,
-                     a_sr, a_ch, a_dur, header, a_header, offset)
+                     a_sr, a_ch, a_dur, header, a_header, offset, audio_problem)
 
 
 def decode_frames(
