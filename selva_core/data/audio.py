@@ -64,6 +64,7 @@ MIN_SAMPLE_RATE = 8000  # Hz; below this the content cannot feed even the 16 kHz
 MAX_SAMPLE_RATE = 192000  # Hz
 MAX_CHANNELS = 8  # mono ... 7.1
 SILENCE_PEAK = 1e-4  # peak |x| below this (-80 dBFS) counts as silent
+SILENCE_RMS = 1e-5  # ... and so does an RMS level below -100 dBFS (below 16-bit dither)
 RESAMPLE_TYPE = "soxr_hq"
 ABOVE_BAND_WARN_DB = 10.0  # warn when resampling removes more than this (90% of the energy)
 UNREADABLE_FIX = "convert it to WAV or FLAC, or remove it"
@@ -359,11 +360,20 @@ def _peak(audio: np.ndarray) -> float:
     return float(np.abs(audio).max()) if audio.size else 0.0
 
 
-def _silent(path: Path, peak: float, how: str = "") -> BadClipError:
-    return BadClipError(
-        path, f"the audio is silent{how} (peak {peak:.2g}, below {SILENCE_PEAK:g})",
-        "check the audio track/file, or remove the clip",
-    )
+def _rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
+def _check_not_silent(path: Path, audio: np.ndarray, how: str = "") -> None:
+    """BadClipError when ``audio`` is silent: peak below -80 dBFS or RMS below -100 dBFS."""
+    peak, rms = _peak(audio), _rms(audio)
+    if peak < SILENCE_PEAK or rms < SILENCE_RMS:
+        level = f"{20 * math.log10(rms):.0f} dBFS" if rms > 0 else "-inf dBFS"
+        raise BadClipError(
+            path, f"the audio is silent{how} (peak {peak:.2g}, RMS {level}; silent means a peak "
+            f"below {SILENCE_PEAK:g} or an RMS below {SILENCE_RMS:g})",
+            "check the audio track/file, or remove the clip",
+        )
 
 
 def validate_waveform(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -382,9 +392,7 @@ def validate_waveform(path: Path, audio: np.ndarray, sample_rate: int) -> None:
             f"{min_duration():.2f} s (one 16-frame sync window)",
             "use a longer clip or remove it",
         )
-    peak = _peak(audio)
-    if peak < SILENCE_PEAK:
-        raise _silent(path, peak)
+    _check_not_silent(path, audio)
 
 
 def band_loss_db(before: np.ndarray, after: np.ndarray) -> float:
@@ -404,9 +412,7 @@ def check_heard(path: Path, mono: np.ndarray, heard: np.ndarray, orig_sr: int,
     silent -> BadClipError; most of the energy above the band -> a warning naming the file."""
     if target_sr >= orig_sr:
         return
-    peak = _peak(heard)
-    if peak < SILENCE_PEAK:
-        raise _silent(path, peak, f" after resampling to {target_sr} Hz: its sound lies "
+    _check_not_silent(path, heard, f" after resampling to {target_sr} Hz: its sound lies "
                       f"above {target_sr // 2} Hz, beyond what the model hears")
     loss = band_loss_db(mono, heard)
     if loss > ABOVE_BAND_WARN_DB:
@@ -428,11 +434,11 @@ def load_mono(path: str | Path, sample_rate: int, *, from_video: bool = False) -
     raw, sr = decoded.samples, decoded.sample_rate
     if raw.size and not np.isfinite(raw).all():
         validate_waveform(path, raw, sr)  # raises the NaN message before mixing hides it
-    if raw.size and _peak(raw) < SILENCE_PEAK:
-        raise _silent(path, _peak(raw))
+    if raw.size:
+        _check_not_silent(path, raw)
     mono = to_mono(raw, decoded.channels)
-    if mono.size and raw.shape[0] > 1 and _peak(mono) < SILENCE_PEAK:
-        raise _silent(path, _peak(mono), f" after mixing its {raw.shape[0]} channels to mono "
+    if mono.size and raw.shape[0] > 1:
+        _check_not_silent(path, mono, f" after mixing its {raw.shape[0]} channels to mono "
                       "(they cancel out, or only the LFE channel carries sound)")
     if from_video:
         mono = align_to_picture(path, mono, sr, decoded.offset)
