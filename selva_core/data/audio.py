@@ -267,7 +267,7 @@ def _decode_with_pyav(path: Path, from_video: bool) -> DecodedAudio:
         check_audio_format(path, sample_rate, count)
         picture = None
         if from_video and container.streams.video:
-            picture = stream_start(container.streams.video[0])
+            picture = stream_start(container.streams.video[0]) or 0.0  # decode_frames' origin
         # Planar float output, same layout and rate: one (channels, n) block per frame.
         resampler = av.AudioResampler(format="fltp")
         chunks: list[np.ndarray] = []
