@@ -149,48 +149,63 @@ class RenderWindow:
     segment: int
     start_s: float
     duration_s: float
-    seed: int
+    seed: int | list[int]
 
 
-def window_seed(seed: int, index: int) -> int:
-    """Noise seed of window ``index`` of a render with ``seed`` (window 0 uses ``seed``)."""
+def window_seed(seed: int | Sequence[int], index: int) -> int | list[int]:
+    """Noise seed of window ``index`` of a render with ``seed`` (window 0 uses ``seed``);
+    per clip for a sequence of seeds."""
+    if not isinstance(seed, int) and isinstance(seed, Sequence):
+        return [window_seed(s, index) for s in seed]
     return (int(seed) + index * WINDOW_SEED_STRIDE) % 2**63
 
 
+def _initial_noise(seed: int | Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU: all of it from one ``seed``, or clip ``i``'s
+    from ``seed[i]``."""
+    if isinstance(seed, int) or not isinstance(seed, Sequence):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+    seeds = [int(s) for s in seed]
+    if len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {shape[0]} clips; give one seed or {shape[0]}")
+    return torch.cat([
+        torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(s)) for s in seeds
+    ])
+
+
 def plan_windows(
-    duration: float, window_s: float, overlap_s: float, seed: int = 0
+    duration: float, window_s: float, overlap_s: float, seed: int | Sequence[int] = 0
 ) -> list[RenderWindow]:
     """Windows that cover ``duration`` seconds, each starting on a sync-segment boundary.
 
-    Windows last ``window_s`` and start every ``window_s - overlap_s`` seconds rounded down to
-    whole sync segments (0.32 s), so neighbours overlap by at least ``overlap_s``; the last one
-    starts on the last boundary that leaves it at least ``window_s`` and ends exactly at
-    ``duration`` (it may be up to one segment longer than ``window_s``). A ``duration`` that
-    fits in one window gives one window of that duration.
+    A ``duration`` that fits in one window (up to one sync step, 0.32 s, more) gives one
+    window of that duration. Otherwise the fewest windows whose neighbours overlap by at least
+    ``overlap_s``, spread evenly in whole sync segments: all last ``window_s`` except the last,
+    which ends exactly at ``duration`` (at most one sync step longer).
     """
     duration, window_s, overlap_s = float(duration), float(window_s), float(overlap_s)
     step_s = SYNC_STEP_FRAMES / SYNC_FPS
     if window_s < SYNC_SEGMENT_FRAMES / SYNC_FPS:
         raise ValueError(f"window_s {window_s:g} s is shorter than one sync window (0.64 s)")
-    if not 0.0 <= overlap_s < window_s - step_s:
+    eps = 1e-6
+    last = int(math.floor((duration - window_s) / step_s + eps))
+    if last <= 0:
+        return [RenderWindow(0, 0, 0.0, duration, window_seed(seed, 0))]
+    if not 0.0 <= overlap_s <= window_s - step_s + eps:
         raise ValueError(
             f"overlap_s {overlap_s:g} s must be >= 0 and leave the {window_s:g} s windows at "
             f"least one sync step ({step_s:g} s) apart"
         )
-    eps = 1e-6
-    if duration <= window_s + eps:
-        return [RenderWindow(0, 0, 0.0, duration, window_seed(seed, 0))]
     hop = max(1, int(math.floor((window_s - overlap_s) / step_s + eps)))
-    last = int(math.floor((duration - window_s) / step_s + eps))
-    segments = list(range(0, last, hop))
-    if not segments or segments[-1] < last:
-        segments.append(last)
-    windows = []
-    for k, seg in enumerate(segments):
-        start = seg * step_s
-        length = duration - start if k == len(segments) - 1 else window_s
-        windows.append(RenderWindow(k, seg, start, length, window_seed(seed, k)))
-    return windows
+    gaps = -(-last // hop)
+    segments = [int(math.floor(k * last / gaps + 0.5)) for k in range(gaps + 1)]
+    return [
+        RenderWindow(
+            k, seg, seg * step_s, duration - seg * step_s if k == gaps else window_s,
+            window_seed(seed, k),
+        )
+        for k, seg in enumerate(segments)
+    ]
 
 
 def crossfade_curves(length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -829,7 +844,7 @@ class SelvaPipeline:
         self,
         features: ConditionFeatures,
         duration: float,
-        seed: int,
+        seed: int | Sequence[int],
         num_steps: int,
         cfg_strength: float,
         negative_text_f: torch.Tensor | None,
@@ -838,10 +853,8 @@ class SelvaPipeline:
         """Euler + CFG for one window; the generator must already be set up for ``duration``."""
         seq = self._variant.sequence_lengths(duration)
         clip_f, sync_f, text_f = self._conditions_for(features, duration)
-        noise_rng = torch.Generator(device="cpu").manual_seed(int(seed))
-        x0 = torch.randn(
-            (features.batch_size, seq.latent, self._variant.generator.latent_dim),
-            generator=noise_rng,
+        x0 = _initial_noise(
+            seed, (features.batch_size, seq.latent, self._variant.generator.latent_dim)
         ).to(self._device, self.dtype)
         latent = euler_sample(
             self.generator, x0, clip_f, sync_f, text_f,
@@ -855,7 +868,7 @@ class SelvaPipeline:
         self,
         features: ConditionFeatures,
         *,
-        seed: int,
+        seed: int | Sequence[int],
         num_steps: int = DEFAULT_CONFIG.num_steps,
         cfg_strength: float = DEFAULT_CONFIG.cfg_strength,
         negative_prompt: str | Sequence[str] | None = None,
@@ -867,7 +880,9 @@ class SelvaPipeline:
         ``duration`` (default: the features' duration, which it may not exceed) sets every
         sequence length; :meth:`render` handles clips longer than the model's window. The
         initial noise comes from ``torch.Generator('cpu')`` seeded with ``seed`` and is then
-        moved, so a seed gives the same result on any device. A ``negative_prompt`` replaces
+        moved, so a seed gives the same result on any device; a sequence of seeds, one per
+        clip, draws each clip's noise from its own seed (a clip's result then does not depend
+        on the batch it is in). A ``negative_prompt`` replaces
         the empty text in the unconditional CFG branch. ``progress_callback(step, total)`` is
         called after every Euler step and may raise to stop. The generator's sequence lengths,
         train/eval flags, device and dtype are as found afterwards, also when it raises.
@@ -895,7 +910,7 @@ class SelvaPipeline:
         self,
         duration: float,
         *,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         window_s: float | None = None,
         overlap_s: float = DEFAULT_OVERLAP_S,
     ) -> list[RenderWindow]:
@@ -932,7 +947,7 @@ class SelvaPipeline:
         self,
         features: ConditionFeatures,
         *,
-        seed: int,
+        seed: int | Sequence[int],
         num_steps: int = DEFAULT_CONFIG.num_steps,
         cfg_strength: float = DEFAULT_CONFIG.cfg_strength,
         negative_prompt: str | Sequence[str] | None = None,
@@ -948,9 +963,10 @@ class SelvaPipeline:
         Longer clips are cut into windows that start on sync-segment boundaries and overlap
         by at least ``overlap_s`` (:meth:`plan_render`); each window is sampled from its own
         span of the features with its own seed (:func:`window_seed`) and decoded, and
-        neighbours are joined by an equal-power crossfade (cos / sin) over their whole
-        overlap. ``progress_callback(done, total)`` counts Euler steps over all windows and may
-        raise to stop; the pipeline is then as found.
+        neighbours are joined by an equal-power crossfade (cos / sin) over their overlap (cut
+        at the next window's start where overlaps would nest). ``progress_callback(done,
+        total)`` counts Euler steps over all windows and may raise to stop; the pipeline is
+        then as found.
         """
         duration = features.duration if duration is None else float(duration)
         if duration > features.duration + 1e-6:
@@ -967,12 +983,15 @@ class SelvaPipeline:
         negative_text_f = self._negative_text(negative_prompt, features.batch_size)
         total_steps = num_steps * len(windows)
         rate = self.sample_rate
-        length = self._variant.sequence_lengths(duration).audio_samples
         starts = [int(round(w.start_s * rate)) for w in windows]
+        ends = [
+            start + self._variant.sequence_lengths(w.duration_s).audio_samples
+            for start, w in zip(starts, windows)
+        ]
+        length = min(self._variant.sequence_lengths(duration).audio_samples, ends[-1])
         out: torch.Tensor | None = None
-        prev_end = 0
-        for w, start in zip(windows, starts):
-            def step(i: int, n: int, done: int = w.index * num_steps) -> None:
+        for k, (w, start, end) in enumerate(zip(windows, starts, ends)):
+            def step(i: int, n: int, done: int = k * num_steps) -> None:
                 if progress_callback is not None:
                     progress_callback(done + i, total_steps)
 
@@ -981,20 +1000,16 @@ class SelvaPipeline:
             with self._running("generator", seq=seq):
                 latent = self._sample_latent(feats, w.duration_s, w.seed, num_steps,
                                              cfg_strength, negative_text_f, step)
-            wave = self.decode(latent).cpu()
+            wave = self.decode(latent).cpu()[:, : min(end, length) - start]
             if out is None:
-                length = min(length, starts[-1] + self._variant.sequence_lengths(
-                    windows[-1].duration_s).audio_samples)
                 out = torch.zeros(wave.shape[0], length)
-            wave = wave[:, : length - start]
-            overlap = max(0, min(prev_end - start, wave.shape[1]))
-            if overlap:
-                fade_out, fade_in = crossfade_curves(overlap)
-                out[:, start : start + overlap] = (
-                    out[:, start : start + overlap] * fade_out + wave[:, :overlap] * fade_in
-                )
-            out[:, start + overlap : start + wave.shape[1]] = wave[:, overlap:]
-            prev_end = start + wave.shape[1]
+                out[:, : wave.shape[1]] = wave
+                continue
+            fade_end = min(ends[k - 1], starts[k + 1] if k + 1 < len(windows) else length)
+            fade = fade_end - start
+            fade_out, fade_in = crossfade_curves(fade)
+            out[:, start:fade_end] = out[:, start:fade_end] * fade_out + wave[:, :fade] * fade_in
+            out[:, fade_end : start + wave.shape[1]] = wave[:, fade:]
         return out
 
     @torch.no_grad()
@@ -1003,7 +1018,7 @@ class SelvaPipeline:
         frames: torch.Tensor,
         prompt: str | Sequence[str],
         *,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         duration: float | None = None,
         num_steps: int = DEFAULT_CONFIG.num_steps,
         cfg_strength: float = DEFAULT_CONFIG.cfg_strength,
