@@ -35,3 +35,9 @@ def test_icon_url_is_a_square_image_of_this_repository_at_most_400_px():
     with Image.open(ROOT / icon.removeprefix(prefix)) as image:
         assert image.width == image.height <= 400
 
+
+
+def test_project_name_follows_the_registry_rules():
+    name = _pyproject()["project"]["name"]
+    assert re.fullmatch(r"[A-Za-z_.-][A-Za-z0-9_.-]{0,99}", name)
+    assert "comfyui" not in name.lower()
