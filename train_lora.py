@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     if _rank() == 0:
         if result.summary.get("stage") != "features":  # (an interrupted extraction is logged)
             print(format_summary(result.summary))
+        if cfg.demo and result.completed and result.adapter_path is not None:
+            from selva_core.training.demo import format_listening, write_listening_comparison
+
+            try:
+                print(format_listening(write_listening_comparison(cfg, result.adapter_path)))
+            except EXPECTED_ERRORS as exc:
+                return _fail(exc)
     return 0 if result.completed else 130
 
 

@@ -502,15 +502,26 @@ class SelvaPipeline:
         device: torch.device | str = "cpu",
         duration: float = TRAIN_DURATION_S,
         dtype: torch.dtype = torch.float32,
+        trained: bool = False,
     ) -> SelvaPipeline:
-        """The ``tiny_16k`` variant with random weights: same classes, no downloads.
+        """The ``tiny_16k`` variant: same classes, toy width, no downloads.
 
-        Deterministic given ``seed`` (the global RNG is left untouched); outputs are
-        non-trivial, so tests can tell prompts, seeds and negative prompts apart.
+        ``trained=True`` (default): the weights shipped in the package, trained by
+        ``scripts/train_tiny_base.py`` on synthetic clips (generator, VAE, vocoder, TextSynch
+        and T5 loaded and sha256-checked by :mod:`selva_core.bundled`; the CLIP-text encoder
+        rebuilt at :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED`); ``seed`` is unused.
+        ``trained=False``: random weights drawn from ``seed`` (tests that need speed or a
+        model independent of the shipped files). Deterministic either way (the global RNG is
+        left untouched); outputs are non-trivial, so tests can tell prompts, seeds and
+        negative prompts apart.
         """
         from .model.text_encoders import load_text_encoders
 
         v = get_variant(TINY_VARIANT)
+        if trained:
+            from .variants import TINY_TRAINED_TEXT_SEED
+
+            seed = TINY_TRAINED_TEXT_SEED
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             generator = build_component("generator", v)
@@ -520,8 +531,13 @@ class SelvaPipeline:
             vae.normalize_weights_()
             vocoder = build_component("vocoder", v)
             _audible_random_init_(vocoder, seed)
-            vocoder.remove_weight_norm()
             clip_text, t5 = load_text_encoders(v.text_encoders, device="cpu", seed=seed)
+        if trained:
+            from .bundled import load_bundled
+
+            load_bundled(v.name, {"generator": generator, "vae": vae, "vocoder": vocoder,
+                                  "video_encoder": video_encoder, "t5": t5})
+        vocoder.remove_weight_norm()
         modules = (generator, video_encoder, vae, vocoder, clip_text, t5)
         for m in modules:
             m.eval()

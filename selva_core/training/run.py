@@ -69,7 +69,7 @@ def default_model_tag(cfg: TrainConfig) -> str:
 # What a run writes in its output folder (removed by --overwrite; the feature cache is kept).
 RUN_ARTEFACTS = ("checkpoints", "samples", LOG_FILE, "loss_curve.png", "summary.json",
                  "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
-                 "config.json", "train.log")
+                 "config.json", "train.log", "listen")
 
 
 def _writable_folder(path: Path, flag: str) -> None:
