@@ -16,9 +16,10 @@ Three families, all on mono float waveforms at the model's sample rate:
   distance (per frame the RMS over frequency of the dB difference of the power spectra, then
   the mean over frames) and ``mcd_db`` the mel-cepstral distance (13 cepstral coefficients
   c1..c13 of the log mel amplitude spectrum, ``10 / ln 10 * sqrt(2 * sum (c - c')^2)`` per
-  frame, mean over frames). The render is first scaled to the reference's RMS so that a
-  louder or quieter render is not penalised for its level alone (the spectral metrics are
-  level-free too); both signals are cut to the shorter length.
+  frame, mean over frames). Both floor the spectra at 80 dB below the reference's loudest
+  bin (or band), so bins silent in both do not dominate. The render is first scaled to the
+  reference's RMS so that a louder or quieter render is not penalised for its level alone
+  (the spectral metrics are level-free too); both signals are cut to the shorter length.
 * **Drift** (``drift_lsd_db``): the log-spectral distance between a render with an adapter and
   the baseline render without it, same clip and seed. On clips unlike the adapter's training
   set it measures how much the adapter changes what it should leave alone.
@@ -43,6 +44,7 @@ HOP = 512
 ROLLOFF_FRACTION = 0.85
 MCD_MELS = 40
 MCD_COEFFS = 13
+DB_RANGE = 80.0  # dB below the reference's loudest bin where the distances stop counting
 _EPS = 1e-10
 
 
@@ -144,11 +146,19 @@ def _aligned(test: Any, reference: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _db_floored(test_power: np.ndarray, ref_power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both in dB, floored at :data:`DB_RANGE` below the reference's loudest bin, so bins that
+    are silent in both (clean synthetic tones, band-limited audio) do not dominate."""
+    floor = 10.0 * math.log10(max(float(ref_power.max()), _EPS)) - DB_RANGE
+    to_db = lambda p: np.maximum(10.0 * np.log10(p + _EPS), floor)  # noqa: E731
+    return to_db(test_power), to_db(ref_power)
+
+
 def log_spectral_distance(test: Any, reference: Any) -> float:
-    """Mean over frames of the RMS over frequency of the dB difference of the power spectra."""
+    """Mean over frames of the RMS over frequency of the dB difference of the power spectra
+    (each floored at 80 dB below the reference's loudest bin)."""
     a, b = _aligned(test, reference)
-    la = 10.0 * np.log10(power_spectrogram(a) + _EPS)
-    lb = 10.0 * np.log10(power_spectrogram(b) + _EPS)
+    la, lb = _db_floored(power_spectrogram(a), power_spectrogram(b))
     return float(np.sqrt(((la - lb) ** 2).mean(axis=1)).mean())
 
 
@@ -187,18 +197,25 @@ def _dct_ortho(x: np.ndarray) -> np.ndarray:
     return x @ (basis * scale).T
 
 
-def mel_cepstrum(wave: Any, sample_rate: int, n_mels: int = MCD_MELS,
-                 n_coeffs: int = MCD_COEFFS) -> np.ndarray:
+def mel_power(wave: Any, sample_rate: int, n_mels: int = MCD_MELS) -> np.ndarray:
+    """Mel-band power (T, n_mels) of the STFT power spectrogram."""
+    return power_spectrogram(wave) @ mel_filterbank(sample_rate, N_FFT, n_mels)
+
+
+def mel_cepstrum(mel: np.ndarray, floor: float = _EPS, n_coeffs: int = MCD_COEFFS
+                 ) -> np.ndarray:
     """Cepstral coefficients c1..c_n of the natural-log mel amplitude spectrum: (T, n)."""
-    mel = power_spectrogram(wave) @ mel_filterbank(sample_rate, N_FFT, n_mels)
-    log_amp = 0.5 * np.log(mel + _EPS)
+    log_amp = 0.5 * np.log(np.maximum(mel, floor) + _EPS)
     return _dct_ortho(log_amp)[:, 1 : n_coeffs + 1]
 
 
 def mel_cepstral_distance(test: Any, reference: Any, sample_rate: int) -> float:
-    """Mean over frames of ``10 / ln 10 * sqrt(2 * sum_d (c_d - c'_d)^2)`` (c1..c13)."""
+    """Mean over frames of ``10 / ln 10 * sqrt(2 * sum_d (c_d - c'_d)^2)`` (c1..c13); mel
+    powers floored at 80 dB below the reference's loudest band."""
     a, b = _aligned(test, reference)
-    diff = mel_cepstrum(a, sample_rate) - mel_cepstrum(b, sample_rate)
+    ma, mb = mel_power(a, sample_rate), mel_power(b, sample_rate)
+    floor = max(float(mb.max()), _EPS) * 10.0 ** (-DB_RANGE / 10.0)
+    diff = mel_cepstrum(ma, floor) - mel_cepstrum(mb, floor)
     return float((10.0 / math.log(10.0) * np.sqrt(2.0 * (diff**2).sum(axis=1))).mean())
 
 
@@ -230,5 +247,6 @@ def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 __all__ = [
     "METRICS", "METRIC_KEYS", "SPECTRAL_KEYS", "MetricInfo", "hf_cut_hz", "power_spectrogram",
     "spectral_metrics", "log_spectral_distance", "mel_cepstral_distance", "mel_cepstrum",
+    "mel_power",
     "mel_filterbank", "render_metrics", "mean_metrics",
 ]

@@ -1,0 +1,745 @@
+"""The render grid: every clip x seed x adapter x strength, with metrics, resume and reports.
+
+:func:`run_evaluation` is what ``eval_adapters.py`` and the LoRA Evaluator node call:
+
+1. find the clips (:mod:`.clips`; a training run's held-out clips by default), the adapters'
+   model variant (their metadata) and build the pipeline (or take the caller's);
+2. extract each clip's features once (reused from an earlier evaluation or from the training
+   run's feature cache) -- adapters only touch the generator, so every render shares them;
+3. copy the reference sound (``reference/<stem><its extension>``, the video's own track as a
+   WAV) and the clip's video, and measure the reference;
+4. render baseline first, then every adapter x strength x seed, clips of equal duration
+   batched through the sampler; per render a WAV and an MP4 with the sound muxed onto the
+   clip's video, its metrics (:mod:`.metrics`; drift against the baseline render of the same
+   clip and seed), DeSync (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when available;
+   ``eval_summary.json`` is rewritten atomically after every render;
+5. aggregate, write ``metrics.csv``, the charts and ``index.html`` (:mod:`.report`).
+
+A rerun with the same spec redoes nothing that is finished: a render counts as done when the
+summary lists it and its WAV exists (an adapter file that changed is rendered again). Ctrl-C
+(or a node's interruption) leaves the summary with status ``interrupted`` and every finished
+render in place. A clip without sound, an unreadable adapter or one for another model variant
+is reported in the summary and skipped; everything else is still done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selva_core.atomic import write_json_atomic
+from selva_core.data.errors import BadClipError
+from selva_core.evaluation import metrics as M
+from selva_core.evaluation.clips import (
+    EvalClip,
+    RunInfo,
+    cat_features,
+    discover_clips,
+    extract_clip_features,
+    read_run_folder,
+)
+from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "eval_summary.json"
+SUMMARY_FORMAT = "selva.eval_summary"
+SUMMARY_VERSION = 1
+
+
+class EvalInterrupted(Exception):
+    """Raised by ``should_stop`` hooks (nodes) to stop between sampler steps."""
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation left: its summary (also on disk) and the paths of its reports."""
+
+    status: str
+    output_dir: Path
+    summary: dict[str, Any]
+    summary_path: Path
+    chart_path: Path | None = None
+    html_path: Path | None = None
+    csv_path: Path | None = None
+    rendered: int = 0
+    reused: int = 0
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass
+class _Job:
+    clip: EvalClip
+    adapter: AdapterEntry
+    strength: float
+    seed: int
+    duration: float
+
+    @property
+    def key(self) -> str:
+        return render_key(self.clip.role, self.clip.name, self.adapter.id, self.strength,
+                          self.seed)
+
+
+def render_key(role: str, clip: str, adapter: str, strength: float, seed: int) -> str:
+    return f"{role}/{clip}|{adapter}|{strength:g}|{seed}"
+
+
+def strength_label(adapter: AdapterEntry, strength: float) -> str:
+    return "base" if adapter.is_baseline else f"s{strength:g}"
+
+
+def render_relpath(job_or_clip, adapter: AdapterEntry | None = None, strength: float = 0.0,
+                   seed: int = 0, suffix: str = ".wav") -> str:
+    """``renders/<adapter>/<strength>/[drift/]<stem>__seed<seed><suffix>`` (stem-keyed)."""
+    if isinstance(job_or_clip, _Job):
+        clip, adapter, strength, seed = (job_or_clip.clip, job_or_clip.adapter,
+                                         job_or_clip.strength, job_or_clip.seed)
+    else:
+        clip = job_or_clip
+    assert adapter is not None
+    sub = "drift/" if clip.role == "drift" else ""
+    return (f"renders/{adapter.id}/{strength_label(adapter, strength)}/{sub}"
+            f"{clip.name}__seed{seed}{suffix}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _file_sha(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN / inf -> None so the summary is strict JSON (browsers and jq read it)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# --- variant and adapters ----------------------------------------------------------------------
+def _adapter_variant(entry: AdapterEntry) -> tuple[str | None, dict[str, str], str | None]:
+    """(model variant, metadata, error) of an adapter file, read without loading it."""
+    from selva_core.model.lora import AdapterLoadError, read_adapter_file
+
+    try:
+        _, meta = read_adapter_file(entry.path)
+    except AdapterLoadError as exc:
+        return None, {}, str(exc)
+    variant = meta.get("model_variant") or meta.get("base_variant") or None
+    return variant, dict(meta), None
+
+
+def choose_variant(spec: EvalSpec, infos: dict[str, tuple[str | None, dict, str | None]],
+                   run: RunInfo | None) -> str:
+    """The spec's variant, else the adapters' own (the most common), else the run's, else the
+    library default."""
+    if spec.variant:
+        return spec.variant
+    counts: dict[str, int] = defaultdict(int)
+    for variant, _, error in infos.values():
+        if variant and not error:
+            counts[variant] += 1
+    if counts:
+        best = max(sorted(counts), key=lambda v: counts[v])
+        if len(counts) > 1:
+            log.warning("the adapters were trained for several variants %s; evaluating %s "
+                        "(set 'variant' in the spec to choose)", dict(counts), best)
+        return best
+    if run is not None and run.variant:
+        return run.variant
+    from selva_core.variants import DEFAULT_VARIANT
+
+    return DEFAULT_VARIANT
+
+
+def _short_meta(meta: dict[str, str]) -> dict[str, Any]:
+    keep = ("model_variant", "lora_kind", "rank", "alpha", "targets", "init", "steps",
+            "use_rslora", "storage", "prompt", "prompts")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+# --- the runner --------------------------------------------------------------------------------
+@dataclass
+class _State:
+    spec: EvalSpec
+    out: Path
+    summary: dict[str, Any]
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rendered: int = 0
+    reused: int = 0
+    seed_lists: bool | None = None  # does pipeline.render take one seed per clip?
+
+    def write(self) -> None:
+        self.summary["progress"] = {"done": len(self.records), "total":
+                                    self.summary["progress"]["total"]}
+        write_json_atomic(self.out / SUMMARY_FILE, _json_safe(self.summary))
+
+
+def default_model_tag(variant: str) -> str:
+    """The feature-cache tag a training run of ``variant`` uses (so its cache can be reused)."""
+    from selva_core.training.config import TrainConfig
+    from selva_core.training.run import default_model_tag as train_tag
+
+    return train_tag(TrainConfig(variant=variant))
+
+
+def build_eval_pipeline(spec: EvalSpec, variant: str):
+    """The pipeline the evaluation renders with (tiny_16k: random weights, no download)."""
+    from selva_core.pipeline import SelvaPipeline
+
+    device = None if spec.device == "auto" else spec.device
+    build = getattr(SelvaPipeline, "build", None)
+    if build is not None:
+        return build(variant, models_dir=spec.models_dir, device=device,
+                     precision=spec.precision, download=False)
+    if variant == "tiny_16k":  # pragma: no cover - before SelvaPipeline.build existed
+        return SelvaPipeline.tiny(seed=0, device=device or "cpu")
+    return SelvaPipeline.from_pretrained(variant, models_dir=spec.models_dir,  # pragma: no cover
+                                         device=device, download=False)
+
+
+def run_evaluation(
+    spec: EvalSpec,
+    *,
+    pipeline=None,
+    progress: bool = True,
+    on_render: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_tag: str | None = None,
+) -> EvalResult:
+    """Run (or resume) the evaluation ``spec`` describes; see the module docstring.
+
+    ``pipeline``: render with this pipeline (nodes pass theirs; it is left as found: adapters
+    go onto forks); else one is built for the variant. ``on_render(done, total)`` after every
+    render; ``should_stop()`` is polled between sampler steps and renders -- True stops
+    cleanly with status ``interrupted`` (as Ctrl-C does). ``model_tag`` names non-official
+    encoder weights (features saved by another model are never reused).
+    """
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = read_run_folder(spec.data_dir)
+    clips_dir = run.clips_dir if run else Path(spec.data_dir)
+    clips, skipped = _select_clips(spec, run, clips_dir)
+
+    infos = {a.id: _adapter_variant(a) for a in spec.adapters if not a.is_baseline}
+    if pipeline is None:
+        variant = choose_variant(spec, infos, run)
+        pipeline = build_eval_pipeline(spec, variant)
+    variant = pipeline.variant.name
+    if model_tag is None:
+        model_tag = default_model_tag(variant)
+    sr = pipeline.sample_rate
+
+    settings = {"variant": variant, "steps": spec.steps, "cfg": spec.cfg,
+                "negative_prompt": spec.negative_prompt, "duration": spec.duration,
+                "model_tag": model_tag}
+    summary = _load_or_start(spec, out, settings)
+    state = _State(spec, out, summary)
+    for rec in summary.get("_records", []):
+        state.records[rec["key"]] = rec
+    summary.update({
+        "name": spec.name, "data_dir": spec.data_dir, "clips_dir": str(clips_dir),
+        "run_dir": str(run.run_dir) if run else None, "output_dir": str(out),
+        "steps": spec.steps, "seed": spec.seed, "seeds": spec.seed_list,
+        "strengths": spec.strengths, "cfg": spec.cfg, "negative_prompt": spec.negative_prompt,
+        "variant": variant, "sample_rate": sr, "hf_cut_hz": M.hf_cut_hz(sr),
+        "settings": settings, "status": "running", "completed_at": None,
+        "metrics_info": [dataclasses.asdict(m) for m in M.METRICS],
+        "clip_selection": _selection_note(spec, run),
+    })
+
+    # adapters: readable, right variant
+    adapters: list[AdapterEntry] = []
+    summary_adapters = []
+    for entry in spec.adapters:
+        row: dict[str, Any] = {"id": entry.id, "path": entry.path, "group": entry.group,
+                               "step": entry.step, "baseline": entry.is_baseline,
+                               "strengths": spec.strengths_of(entry), "meta": {},
+                               "status": "pending", "error": None}
+        if not entry.is_baseline:
+            file_variant, meta, error = infos[entry.id]
+            row["meta"] = _short_meta(meta)
+            if error is None and file_variant and file_variant != variant:
+                error = (f"{entry.path} was trained for model variant {file_variant!r} but this "
+                         f"evaluation runs {variant!r}; evaluate it in a spec with 'variant': "
+                         f"{file_variant!r}")
+            if error is None:
+                row["sha256"] = _file_sha(entry.path)
+            if error is not None:
+                row.update(status="skipped", error=error)
+                log.warning("adapter %s skipped: %s", entry.id, error)
+        summary_adapters.append(row)
+        if row["status"] != "skipped":
+            adapters.append(entry)
+    summary["adapters"] = summary_adapters
+    # drop finished renders of adapters whose file changed since
+    shas = {r["id"]: r.get("sha256") for r in summary_adapters}
+    for key, rec in list(state.records.items()):
+        if rec.get("adapter_sha256") != shas.get(rec["adapter"], rec.get("adapter_sha256")):
+            del state.records[key]
+
+    from tqdm.auto import tqdm
+
+    # features, references
+    feature_dir = out / "features"
+    durations: dict[str, float] = {}
+    features: dict[str, Any] = {}
+    usable: list[EvalClip] = []
+    for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
+        duration = default_duration(clip.seconds, spec)
+        try:
+            features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration, feature_dir,
+                                                          model_tag, run)
+        except BadClipError as exc:
+            skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
+            log.warning("skipping clip %s: %s", clip.name, exc)
+            continue
+        durations[_ckey(clip)] = duration
+        usable.append(clip)
+    clips = usable
+    summary["skipped"] = skipped
+    summary["n_clips"] = len([c for c in clips if c.role == "eval"])
+    summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
+
+    scorers = _Scorers.create(spec, pipeline, summary)
+    references = _write_references(clips, durations, out, sr, scorers, summary)
+
+    adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
+    jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
+            for s in spec.strengths_of(a) for seed in spec.seed_list for c in clips]
+    summary["progress"] = {"done": 0, "total": len(jobs)}
+    summary["_records"] = []
+    state.write()
+
+    total = len(jobs)
+    bar = tqdm(total=total, desc="renders", unit="render", disable=not progress)
+    status = "completed"
+    try:
+        _render_all(state, pipeline, jobs, features, references, scorers, bar, on_render,
+                    should_stop, spec)
+    except (KeyboardInterrupt, EvalInterrupted):
+        status = "interrupted"
+        log.warning("evaluation interrupted; %d of %d renders are done; run the same spec "
+                    "again to finish", len(state.records), total)
+    except BaseException as exc:
+        if type(exc).__name__ == "InterruptProcessingException":  # ComfyUI's cancel button
+            status = "interrupted"
+        else:
+            summary["status"] = f"failed: {exc}"
+            _finish(state, adapters, clips, scorers, status="failed")
+            raise
+    finally:
+        bar.close()
+    return _finish(state, adapters, clips, scorers, status=status)
+
+
+def _ckey(clip: EvalClip) -> str:
+    return f"{clip.role}/{clip.name}"
+
+
+def _selection_note(spec: EvalSpec, run: RunInfo | None) -> str:
+    if spec.clips:
+        return "the spec's 'clips'"
+    if run is not None and run.held_out:
+        return f"the held-out (validation) clips of the training run {run.run_dir}"
+    if run is not None:
+        return ("every clip of the training run's data folder (the run lists no held-out "
+                "clips: these are training clips)")
+    return "every clip of data_dir"
+
+
+def _select_clips(spec: EvalSpec, run: RunInfo | None, clips_dir: Path
+                  ) -> tuple[list[EvalClip], list[dict[str, str]]]:
+    found, skipped = discover_clips(clips_dir)
+    by_name = {c.name: c for c in found}
+    wanted = spec.clips or (list(run.held_out) if run is not None and run.held_out else None)
+    if wanted is None:
+        clips = found
+    else:
+        clips = []
+        for name in wanted:
+            if name in by_name:
+                clips.append(by_name[name])
+            elif not any(s["clip"] == name for s in skipped):
+                skipped.append({"clip": name, "role": "eval",
+                                "reason": f"no clip named {name!r} in {clips_dir}"})
+        skipped = [s for s in skipped if s["clip"] in wanted]
+    if spec.drift_dir:
+        drift, drift_skipped = discover_clips(spec.drift_dir, role="drift")
+        clips += drift
+        skipped += drift_skipped
+    if not clips:
+        reasons = "; ".join(f"{s['clip']}: {s['reason']}" for s in skipped[:5])
+        raise FileNotFoundError(f"no clip to evaluate in {clips_dir}"
+                                + (f" ({reasons})" if reasons else "")
+                                + "; check 'data_dir' and 'clips' in the spec")
+    return clips, skipped
+
+
+def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    path = out / SUMMARY_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict) and old.get("format") == SUMMARY_FORMAT:
+            if old.get("settings") != settings:
+                diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
+                        if old.get("settings", {}).get(k) != v}
+                raise ValueError(
+                    f"{out} holds an evaluation made with other settings "
+                    f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())}"
+                    "); choose another output_dir, or delete that folder to start over")
+            records = [r for c in old.get("adapters", []) for r in c.get("clips", [])]
+            old["_records"] = [r for r in records if (out / r.get("wav", "\0")).is_file()]
+            return old
+    return {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "started_at": _now(),
+            "progress": {"done": 0, "total": 0}}
+
+
+# --- scorers: DeSync and CLAP ----------------------------------------------------------------
+@dataclass
+class _Scorers:
+    desync: Any = None
+    clap: Any = None
+    video_feats: dict[str, Any] = field(default_factory=dict)
+    text_embs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, spec: EvalSpec, pipeline, summary: dict[str, Any]) -> _Scorers:
+        from selva_core.evaluation import desync as D
+        from selva_core.evaluation import embeddings as E
+
+        scorers = cls()
+        if spec.desync:
+            scorers.desync, summary["desync"] = D.create_scorer(
+                pipeline.variant, path=spec.synchformer, models_dir=spec.models_dir,
+                device=pipeline.device)
+        else:
+            summary["desync"] = {"status": "off", "reason": "'desync': false in the spec"}
+        scorers.clap, summary["clap"] = E.create_clap(spec.clap_model, device=pipeline.device)
+        return scorers
+
+    def desync_of(self, clip: EvalClip, duration: float, wave: np.ndarray, sr: int
+                  ) -> float | None:
+        if self.desync is None or clip.video_path is None:
+            return None
+        key = _ckey(clip)
+        if key not in self.video_feats:
+            self.video_feats[key] = self.desync.video_features_from_file(clip.video_path,
+                                                                         duration)
+        return self.desync.score(self.video_feats[key], wave, sr)
+
+    def clap_of(self, clip: EvalClip, wave: np.ndarray, sr: int) -> tuple[float | None, Any]:
+        if self.clap is None:
+            return None, None
+        audio = self.clap.audio_embedding(wave, sr)
+        if clip.prompt not in self.text_embs:
+            self.text_embs[clip.prompt] = self.clap.text_embedding(clip.prompt)
+        return self.clap.score(self.text_embs[clip.prompt], audio), audio
+
+
+# --- references --------------------------------------------------------------------------------
+def _write_references(clips: list[EvalClip], durations: dict[str, float], out: Path, sr: int,
+                      scorers: _Scorers, summary: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Copy each eval clip's reference sound and video; measure the reference."""
+    from selva_core.data.audio import load_mono
+    from selva_core.training.report import write_wav
+
+    ref_dir = out / "reference"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    waves: dict[str, np.ndarray] = {}
+    rows = []
+    for clip in clips:
+        row: dict[str, Any] = {"clip": clip.name, "role": clip.role, "prompt": clip.prompt,
+                               "duration": durations[_ckey(clip)], "has_audio": clip.has_audio,
+                               "audio": None, "video": None, "metrics": {}}
+        sub = "drift/" if clip.role == "drift" else ""
+        if clip.video_path is not None:
+            rel = f"reference/{sub}{clip.name}{clip.video_path.suffix.lower()}"
+            if not (out / rel).is_file():
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(clip.video_path, out / rel)
+            row["video"] = rel
+        if clip.role == "eval" and clip.has_audio:
+            try:
+                src = clip.audio_path or clip.video_path
+                wave = load_mono(src, sr, from_video=clip.audio_path is None)
+            except BadClipError as exc:
+                row["has_audio"] = False
+                row["reason"] = str(exc)
+                log.warning("%s: reference sound unusable (%s); rendered without reference",
+                            clip.name, exc)
+            else:
+                if clip.audio_path is not None:
+                    rel = f"reference/{clip.name}{clip.audio_path.suffix.lower()}"
+                    if not (out / rel).is_file():
+                        shutil.copy2(clip.audio_path, out / rel)
+                else:
+                    rel = f"reference/{clip.name}.wav"
+                    if not (out / rel).is_file():
+                        write_wav(wave, sr, out / rel)
+                row["audio"] = rel
+                n = int(round(durations[_ckey(clip)] * sr))
+                waves[_ckey(clip)] = wave[:n]
+                row["metrics"] = M.spectral_metrics(wave[:n], sr)
+                ds = scorers.desync_of(clip, durations[_ckey(clip)], wave[:n], sr)
+                if ds is not None:
+                    row["metrics"]["desync_s"] = ds
+                clap, emb = scorers.clap_of(clip, wave[:n], sr)
+                if clap is not None:
+                    row["metrics"]["clap_score"] = clap
+                    row["clap_embedding"] = [round(float(x), 6) for x in np.asarray(emb).ravel()]
+        elif clip.role == "eval":
+            row["reason"] = "the clip has no sound (no audio track, no same-stem audio file)"
+        rows.append(row)
+    summary["reference_clips"] = rows
+    summary["reference_avg"] = M.mean_metrics([r["metrics"] for r in rows if r["metrics"]])
+    return waves
+
+
+# --- rendering ---------------------------------------------------------------------------------
+def _render_batch(pipe, feats, seed: int, spec: EvalSpec, step_cb, state: _State
+                  ) -> torch.Tensor:
+    """One render call with one seed per clip (each clip's noise depends on its own seed
+    only, never on its batch); clip by clip when the pipeline takes a single seed."""
+    kwargs = dict(num_steps=spec.steps, cfg_strength=spec.cfg,
+                  negative_prompt=spec.negative_prompt or None, duration=feats.duration,
+                  progress_callback=step_cb)
+    if feats.batch_size == 1:
+        return pipe.render(feats, seed=seed, **kwargs)
+    if state.seed_lists is not False:
+        try:
+            wave = pipe.render(feats, seed=[seed] * feats.batch_size, **kwargs)
+            state.seed_lists = True
+            return wave
+        except (TypeError, ValueError) as exc:
+            if state.seed_lists:
+                raise
+            log.info("the pipeline takes one seed per call (%s); rendering clip by clip", exc)
+            state.seed_lists = False
+    parts = []
+    for i in range(feats.batch_size):
+        one = cat_features([_row(feats, i)])
+        parts.append(pipe.render(one, seed=seed, **kwargs))
+    return torch.cat(parts)
+
+
+def _row(feats, i: int):
+    from selva_core.features import ConditionFeatures
+
+    return ConditionFeatures(text_clip_f=feats.text_clip_f[i: i + 1],
+                             sync_f=feats.sync_f[i: i + 1], duration=feats.duration,
+                             prompts=[feats.prompts[i]], variant=feats.variant)
+
+
+def _render_all(state: _State, pipeline, jobs: list[_Job], features, references, scorers,
+                bar, on_render, should_stop, spec: EvalSpec) -> None:
+    groups: dict[tuple, list[_Job]] = defaultdict(list)
+    order: list[tuple] = []
+    for job in jobs:
+        gk = (job.adapter.id, job.strength, job.seed, round(job.duration, 4))
+        if gk not in groups:
+            order.append(gk)
+        groups[gk].append(job)
+    adapter_rows = {r["id"]: r for r in state.summary["adapters"]}
+    done_count = sum(1 for j in jobs if j.key in state.records)
+    bar.update(done_count)
+    state.reused = done_count
+    pipes: dict[tuple[str, float], Any] = {}
+
+    def step_cb(_i: int, _n: int) -> None:
+        if should_stop is not None and should_stop():
+            raise EvalInterrupted("stopped")
+
+    for gk in order:
+        group = [j for j in groups[gk] if j.key not in state.records]
+        adapter = groups[gk][0].adapter
+        row = adapter_rows[adapter.id]
+        if row["status"] == "skipped":
+            continue
+        if not group:
+            continue
+        pk = (adapter.id, groups[gk][0].strength)
+        if pk not in pipes:
+            pipes.clear()  # one adapter pipeline alive at a time
+            try:
+                pipes[pk] = pipeline if adapter.is_baseline else pipeline.with_adapters(
+                    [(adapter.path, groups[gk][0].strength)])
+            except ValueError as exc:  # AdapterLoadError is a ValueError
+                row.update(status="skipped", error=str(exc))
+                log.warning("adapter %s skipped: %s", adapter.id, exc)
+                state.write()
+                continue
+        pipe = pipes[pk]
+        row["status"] = "running"
+        for start in range(0, len(group), spec.batch_size):
+            if should_stop is not None and should_stop():
+                raise EvalInterrupted("stopped")
+            chunk = group[start: start + spec.batch_size]
+            feats = cat_features([features[_ckey(j.clip)] for j in chunk])
+            t0 = time.perf_counter()
+            waves = _render_batch(pipe, feats, chunk[0].seed, spec, step_cb, state)
+            per = (time.perf_counter() - t0) / len(chunk)
+            for job, wave in zip(chunk, waves):
+                _finish_render(state, job, wave.numpy(), pipeline.sample_rate, references,
+                               scorers, per, row.get("sha256"))
+                bar.update(1)
+                if on_render is not None:
+                    on_render(len(state.records), len(jobs))
+    for row in state.summary["adapters"]:
+        if row["status"] in ("pending", "running"):
+            row["status"] = "ok"
+
+
+def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, references, scorers,
+                   seconds: float, adapter_sha: str | None) -> None:
+    from selva_core.training.report import write_wav
+
+    out = state.out
+    rel = render_relpath(job)
+    write_wav(wave, sr, out / rel)
+    rec: dict[str, Any] = {
+        "key": job.key, "clip": job.clip.name, "role": job.clip.role, "adapter": job.adapter.id,
+        "strength": job.strength, "seed": job.seed, "duration": job.duration, "wav": rel,
+        "mp4": None, "render_s": round(seconds, 4), "adapter_sha256": adapter_sha,
+    }
+    if state.spec.mp4 and job.clip.video_path is not None:
+        rec["mp4"] = _mux(job, wave, sr, out)
+    t0 = time.perf_counter()
+    reference = references.get(_ckey(job.clip))
+    baseline = None
+    if not job.adapter.is_baseline:
+        base_rel = render_relpath(job.clip, state.spec.baseline, 0.0, job.seed)
+        if (out / base_rel).is_file():
+            import soundfile as sf
+
+            baseline = sf.read(str(out / base_rel), dtype="float32")[0]
+    metrics = M.render_metrics(wave, sr, reference=reference, baseline=baseline)
+    ds = scorers.desync_of(job.clip, job.duration, wave, sr)
+    if ds is not None:
+        metrics["desync_s"] = ds
+    clap, emb = scorers.clap_of(job.clip, wave, sr)
+    if clap is not None:
+        metrics["clap_score"] = clap
+        rec["clap_embedding"] = [round(float(x), 6) for x in np.asarray(emb).ravel()]
+    rec["metrics"] = metrics
+    rec["metrics_s"] = round(time.perf_counter() - t0, 4)
+    state.records[job.key] = rec
+    state.rendered += 1
+    _sync_summary(state)
+    state.write()
+
+
+_MUX_NOTE: dict[str, str] = {}
+
+
+def _mux(job: _Job, wave: np.ndarray, sr: int, out: Path) -> str | None:
+    try:
+        from selva_core.media import mux_audio
+    except ImportError as exc:
+        if "mux" not in _MUX_NOTE:
+            _MUX_NOTE["mux"] = str(exc)
+            log.warning("MP4s skipped: selva_core.media.mux_audio is unavailable (%s)", exc)
+        return None
+    rel = render_relpath(job, suffix=".mp4")
+    try:
+        mux_audio(job.clip.video_path, torch.from_numpy(np.ascontiguousarray(wave)), sr,
+                  out / rel)
+    except Exception as exc:  # a broken container must not stop the grid
+        log.warning("%s: MP4 not written (%s)", rel, exc)
+        return None
+    return rel
+
+
+def _sync_summary(state: _State) -> None:
+    """Put the records into the summary (per adapter, in grid order) and refresh averages."""
+    by_adapter: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in state.records.values():
+        by_adapter[rec["adapter"]].append(rec)
+    for row in state.summary["adapters"]:
+        recs = sorted(by_adapter.get(row["id"], []),
+                      key=lambda r: (r["role"], r["clip"], r["strength"], r["seed"]))
+        row["clips"] = recs
+        evals = [r["metrics"] for r in recs if r["role"] == "eval"]
+        row["avg_metrics"] = M.mean_metrics(evals)
+        drift = [r["metrics"] for r in recs if r["role"] == "drift"]
+        row["drift_avg_metrics"] = M.mean_metrics(drift) if drift else {}
+        row["by_strength"] = [
+            {"strength": s,
+             "avg_metrics": M.mean_metrics([r["metrics"] for r in recs
+                                            if r["role"] == "eval" and r["strength"] == s]),
+             "drift_avg_metrics": M.mean_metrics([r["metrics"] for r in recs
+                                                  if r["role"] == "drift"
+                                                  and r["strength"] == s])}
+            for s in row["strengths"]]
+
+
+def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResult:
+    from selva_core.evaluation import report
+
+    summary = state.summary
+    _sync_summary(state)
+    if scorers.clap is not None:
+        _fad(summary, clips)
+    summary["status"] = status
+    summary["completed_at"] = _now() if status == "completed" else None
+    summary.pop("_records", None)
+    state.write()
+    paths = report.write_reports(state.out, summary)
+    summary["reports"] = {k: str(Path(v).relative_to(state.out)) for k, v in paths.items()
+                          if v is not None}
+    state.write()
+    return EvalResult(status, state.out, summary, state.out / SUMMARY_FILE,
+                      chart_path=paths.get("chart"), html_path=paths.get("html"),
+                      csv_path=paths.get("csv"), rendered=state.rendered, reused=state.reused)
+
+
+def _fad(summary: dict[str, Any], clips) -> None:
+    """FAD-style distance of every adapter x strength's renders to the references (CLAP)."""
+    from selva_core.evaluation.embeddings import frechet_distance
+
+    refs = [r.get("clap_embedding") for r in summary.get("reference_clips", [])
+            if r.get("clap_embedding")]
+    for row in summary["adapters"]:
+        for group in row.get("by_strength", []):
+            embs = [r["clap_embedding"] for r in row.get("clips", [])
+                    if r["role"] == "eval" and r["strength"] == group["strength"]
+                    and r.get("clap_embedding")]
+            if len(embs) >= 2 and len(refs) >= 2:
+                group["fad_clap"] = frechet_distance(np.array(embs), np.array(refs))
+
+
+__all__ = ["run_evaluation", "EvalResult", "EvalInterrupted", "render_key", "render_relpath",
+           "SUMMARY_FILE", "choose_variant", "build_eval_pipeline"]
