@@ -37,7 +37,8 @@ def _to_legacy_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)])
 def golden(request):
     """(case, seeded parametrised-style state dict) for each vocoder case."""
     case = load_case(GOLDEN_DIR / f"{request.param}.json")

@@ -93,11 +93,13 @@ def _manifest(variant: str) -> dict:
 
 
 # -- golden cases ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_small_16k_forward_matches_reference_outputs_conditions_and_intermediates():
     checked = _check_forward_case("gen_small_16k_forward", with_intermediates=True)
     assert checked == 15  # flow + 5 cond + 9 intermediates
 
 
+@pytest.mark.slow
 def test_small_44k_forward_matches_reference_with_sync_upsampling_ties():
     assert _check_forward_case("gen_small_44k_forward", with_intermediates=False) == 6
 

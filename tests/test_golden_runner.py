@@ -30,6 +30,7 @@ def test_runner_discovers_every_bundled_case():
     assert "README" not in names
 
 
+@pytest.mark.slow  # vae_16k is a full-size VAE
 def test_runner_passes_cases_copied_to_another_folder(tmp_path, capsys):
     _copy_cases(CHEAP_CASES, tmp_path)
     assert main([str(tmp_path)]) == 0
@@ -63,7 +64,8 @@ def test_runner_command_line_exits_nonzero_on_an_empty_folder(tmp_path):
     assert "no golden cases" in proc.stderr
 
 
-@pytest.mark.parametrize("name", CHEAP_CASES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n.startswith("vae") else n for n in CHEAP_CASES])
 def test_bundled_cheap_case_matches_reference(name):
     from tests.golden import load_case, run_case
 

@@ -23,7 +23,8 @@ def _meta_model(cfg) -> MelVAE:
         return MelVAE(cfg)
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=pytest.mark.slow) for n in sorted(CASES)])
 def golden_model(request):
     """Full-size VAE with the raw seeded weights loaded strictly and renormalised once."""
     case = load_case(GOLDEN_DIR / f"{request.param}.json")
