@@ -402,11 +402,20 @@ def create_scorer(variant, *, path: str | None = None, models_dir: str | None = 
         if isinstance(state, dict) and "state_dict" in state and isinstance(
                 state["state_dict"], dict):
             state = state["state_dict"]
-        model = Synchformer()
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{len(missing)} missing keys (e.g. {missing[:3]}) and "
-                             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        with torch.device("meta"):  # check names and shapes before allocating anything
+            expected = {k: tuple(v.shape) for k, v in Synchformer().state_dict().items()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+        if missing or unexpected or wrong:
+            raise ValueError(f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}) and "
+                             f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
+        from selva_core.weights import skip_random_init
+
+        with skip_random_init():
+            model = Synchformer()
+        model.load_state_dict(state, strict=True)
     except Exception as exc:  # a damaged or foreign file: report, do not stop the evaluation
         reason = f"{found} does not hold the full Synchformer ({exc})"
         log.warning("DeSync unavailable: %s", reason)
