@@ -4,7 +4,8 @@ Kinds ``lora`` and ``dora`` (``kinds/``), inits standard / gaussian / PiSSA exac
 randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
 (``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
 with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),
-safetensors files with metadata and strict loading (``io.py``) in exact float32 or compact q16
+safetensors files with metadata and validated loading (``io.py``: every bad file is one
+``AdapterLoadError`` naming it, the model unchanged) in exact float32 or compact q16
 storage (``storage.py``), PEFT folders both ways
 (``peft_io.py``), spectral surgery (``surgery.py``) and the intruder-dimension diagnostic
 (``intruders.py``). Each module's docstring gives the math and the reasons for its defaults.

@@ -23,9 +23,8 @@ PiSSA adapters also hold frozen ``lora_A0``/``lora_B0`` and act as the rank-2r d
 ``s ([B, -B0] [A; A0])`` on the untouched base weight (see ``init.py``). Chosen over rewriting
 the base weight to W_res (and keeping a copy of the original for exact restoration) because
 it is exact by construction, costs r (in + out) extra numbers per layer instead of an
-(out, in) copy, lets strength / stacking act on the learned change only, and measured about
-the same speed: training step / frozen floor 1.00-1.03 for PiSSA and for standard LoRA
-(r = 16 on qkv + linear1 of small_16k, CPU; ``benchmarks/bench_lora.py``).
+(out, in) copy, lets strength / stacking act on the learned change only, and costs about
+the same per step as standard LoRA (``benchmarks/bench_lora.py`` prints both).
 """
 
 from __future__ import annotations
@@ -306,8 +305,8 @@ class LoRAConv1d(LoRALayer):
         Channel-last, stride-1 convs with integer padding (all of MMAudio's) take a faster
         route: one matmul of the (B, N, C) input with all k taps of A stacked, (B, N, k*r),
         then the k shifted (zero-padded) slices are summed in rank space. A conv with only r
-        output channels is inefficient in CPU conv kernels; this is ~40 % faster there, reads
-        the input once and needs no transposed copy.
+        output channels is inefficient in CPU conv kernels; the matmul route avoids them,
+        reads the input once and needs no transposed copy.
         """
         if x.dim() != 3:
             raise ValueError(

@@ -10,11 +10,10 @@ product ``scale * B A`` is the change on the unmodified base weight. Storages (m
   row of A) stored as int16 with its own float32 step ``max|x| / 32767``; file keys
   ``lora_A``/``lora_B`` (int16) plus ``lora_A_qscale``/``lora_B_qscale`` (R,). Half the bytes
   of float32. The columns of U and V are unit vectors whose entries span a narrow range, which
-  fixed point with one step per direction resolves better than float16's 11-bit mantissa:
-  relative error of the change ~4e-5 (float16 on the same balanced factors: ~3e-4; large_44k
-  qkv shapes, ``benchmarks/bench_lora.py``). Its effect on a layer's output is that error
-  times ``||dW x|| / ||y||``, so outputs stay within 1e-5 relative unless an adapter changes a
-  layer's output by more than ~20 %.
+  fixed point with one step per direction resolves better than float16's 11-bit mantissa
+  (``benchmarks/bench_lora.py`` prints both errors; every lossy save logs its own). Its effect
+  on a layer's output is that error times ``||dW x|| / ||y||``, small because an adapter
+  changes a layer's output by a small fraction.
 * ``float16`` / ``bfloat16``: the balanced factors rounded (kept for tools that want plain
   half-precision tensors).
 
