@@ -1,0 +1,286 @@
+"""``python -m selva_core.generate INPUT``: sound for videos, without ComfyUI.
+
+INPUT is one video or a folder of videos (``.mp4 .mov .mkv .webm .avi``, not searched
+recursively). For every clip the command writes ``<output_dir>/<name>.wav`` (16-bit PCM) and
+``<output_dir>/<name>.mp4`` (the clip's picture with the generated sound; the picture is
+copied, or cut to ``--duration``). Clips of any length are rendered in overlapping windows
+joined by a crossfade (:meth:`SelvaPipeline.render`).
+
+The prompt of a clip: ``--prompt``, else its line in the folder's ``prompts.txt`` (the
+training data format, ``name: prompt``), else empty. ``--adapter FILE[:STRENGTH]``
+(repeatable) adds LoRA adapters; the base model is never changed.
+
+A clip that cannot be used (unreadable, too short, a bad ``prompts.txt`` line) is reported in
+one line and the rest are still done. Exit status: 0 when every clip was done, 1 when some
+were skipped, 2 when none could be done or the command line, weights or adapters are wrong.
+``--variant tiny_16k`` uses the tiny test model (no downloads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .data.errors import BadClipError
+from .data.prompts import PROMPTS_FILENAME, parse_prompts
+from .data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
+from .flow_matching import DEFAULT_CONFIG
+from .media import mux_audio, write_wav
+from .model.lora import AdapterLoadError
+from .pipeline import DEFAULT_OVERLAP_S, OFFLOAD_CHOICES, PRECISION_CHOICES, SelvaPipeline
+from .variants import DEFAULT_VARIANT, SYNC_FPS, VARIANTS, min_duration
+from .weights import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_SOME_SKIPPED, EXIT_NOTHING_DONE = 0, 1, 2
+DEFAULT_OUTPUT_DIR = "selva_output"
+
+
+class UsageError(ValueError):
+    """A wrong command line (reported like argparse's own errors, exit status 2)."""
+
+
+def parse_adapter(text: str) -> tuple[Path, float]:
+    """``FILE`` or ``FILE:STRENGTH`` -> (path, strength); the strength defaults to 1."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path and not tail.startswith(("/", "\\")):
+        try:
+            strength = float(tail)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: the strength after ':' must be a number, e.g. style.safetensors:0.8"
+            ) from None
+        if not math.isfinite(strength):
+            raise argparse.ArgumentTypeError(f"{text!r}: the strength must be finite")
+        return Path(path), strength
+    return Path(text), 1.0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _duration(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < min_duration():
+        raise argparse.ArgumentTypeError(
+            f"must be at least {min_duration():.2f} s (one sync window), got {text}"
+        )
+    return value
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m selva_core.generate",
+        description="Generate sound for videos with SelVA: a WAV and an MP4 (the video with "
+                    "its new sound) per clip.",
+        epilog="Exit status: 0 every clip done, 1 some clips skipped (one line each), 2 "
+               "nothing done or a wrong command line / missing weights / bad adapter.",
+    )
+    p.add_argument("input", metavar="INPUT", type=Path,
+                   help="a video file, or a folder of videos (not searched recursively)")
+    p.add_argument("--prompt", default=None,
+                   help="what the sound should be, e.g. 'a dog barking' (default: the clip's "
+                        f"line in the folder's {PROMPTS_FILENAME}, else empty)")
+    p.add_argument("--negative_prompt", default="",
+                   help="what to steer away from, e.g. 'music, speech' (default: none)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed; the same seed gives the same sound (default: 0)")
+    p.add_argument("--steps", type=_positive_int, default=DEFAULT_CONFIG.num_steps,
+                   help=f"sampling steps (default: {DEFAULT_CONFIG.num_steps})")
+    p.add_argument("--cfg", type=float, default=DEFAULT_CONFIG.cfg_strength,
+                   help="classifier-free guidance strength; below 1 turns guidance off "
+                        f"(default: {DEFAULT_CONFIG.cfg_strength})")
+    p.add_argument("--duration", type=_duration, default=None,
+                   help="seconds of each clip to score, from its start (default: the whole "
+                        "clip; longer clips are rendered in crossfaded windows)")
+    p.add_argument("--output_dir", type=Path, default=Path(DEFAULT_OUTPUT_DIR),
+                   help=f"where the WAV and MP4 files go (default: ./{DEFAULT_OUTPUT_DIR})")
+    p.add_argument("--variant", default=DEFAULT_VARIANT, choices=list(VARIANTS),
+                   help=f"model variant (default: {DEFAULT_VARIANT}; tiny_16k is a tiny test "
+                        "model that needs no download)")
+    p.add_argument("--models_dir", type=Path, default=None,
+                   help="folder holding the weights (default: the project's models folder)")
+    p.add_argument("--download", action="store_true",
+                   help="download missing weights into --models_dir (otherwise missing files "
+                        "are listed with the download command)")
+    p.add_argument("--adapter", type=parse_adapter, action="append", default=[],
+                   metavar="FILE[:STRENGTH]",
+                   help="LoRA adapter with its strength (default 1), e.g. "
+                        "style.safetensors:0.8; repeat to stack adapters")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cuda, cuda:1 or cpu (default: cuda if available)")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="weights' precision (default: auto = bf16 on a GPU that supports it, "
+                        "fp32 otherwise)")
+    p.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
+                   help="where the networks rest between clips (default: auto)")
+    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_S,
+                   help="seconds of overlap between the windows of a long clip "
+                        f"(default: {DEFAULT_OVERLAP_S:g})")
+    p.add_argument("--no_mp4", action="store_true", help="write only the WAV files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def find_videos(path: Path) -> list[Path]:
+    """The video at ``path``, or the videos in the folder ``path`` (sorted by name)."""
+    if path.is_dir():
+        videos = sorted(p for p in path.iterdir()
+                        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        if not videos:
+            raise UsageError(f"{path} holds no videos ({', '.join(VIDEO_EXTENSIONS)})")
+        return videos
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; give a video file or a folder of videos")
+    return [path]
+
+
+def output_names(videos: Sequence[Path]) -> dict[Path, str]:
+    """Output stem per video: its name, with the extension added where two share a stem."""
+    stems: dict[str, int] = {}
+    for v in videos:
+        stems[v.stem] = stems.get(v.stem, 0) + 1
+    return {v: v.stem if stems[v.stem] == 1 else f"{v.stem}_{v.suffix.lstrip('.').lower()}"
+            for v in videos}
+
+
+def folder_prompts(folder: Path, videos: Sequence[Path]) -> tuple[dict[str, str],
+                                                                  dict[str, str]]:
+    """Prompts by clip stem from ``folder/prompts.txt`` and the error of each clip whose
+    line cannot be used (both empty without the file)."""
+    path = folder / PROMPTS_FILENAME
+    if not path.is_file():
+        return {}, {}
+    entries, errors = parse_prompts(path, VIDEO_EXTENSIONS, {v.stem for v in videos})
+    bad = {e.key: str(e) for e in errors if e.key is not None}
+    for e in errors:
+        if e.key is None:
+            logger.warning("%s", e)
+    return {k: e.prompt for k, e in entries.items()}, bad
+
+
+def _resize_to_encoder(pipe: SelvaPipeline):
+    """Chunk transform for decode_frames: frames at the encoder's size as float in [0, 1], so
+    a long high-resolution clip never sits in memory at full size."""
+    return lambda chunk: ((pipe.prepare_sync_frames(chunk).float().cpu() + 1.0) * 0.5).clamp_(
+        0.0, 1.0)
+
+
+def render_clip(pipe: SelvaPipeline, video: Path, prompt: str, args, progress=None
+                ) -> torch.Tensor:
+    """The sound for ``video`` (waveform (samples,) float32 on the CPU)."""
+    info = probe_video(video)
+    duration = info.duration if args.duration is None else min(args.duration, info.duration)
+    if duration < min_duration():
+        raise BadClipError(video, f"it lasts {info.duration:.2f} s; SelVA needs at least "
+                                  f"{min_duration():.2f} s", "use a longer clip")
+    if args.duration is not None and info.duration < args.duration:
+        logger.info("%s lasts %.2f s (< --duration %g s): scoring all of it", video,
+                    info.duration, args.duration)
+    frames = decode_frames(video, fps=SYNC_FPS, num_frames=int(math.floor(duration * SYNC_FPS
+                                                                            + 1e-6)),
+                           transform=_resize_to_encoder(pipe))
+    if frames.shape[0] == 0:
+        raise BadClipError(video, "no picture could be decoded", "re-encode or remove it")
+    try:
+        features = pipe.extract_features(frames, prompt, duration=duration)
+    except ValueError as exc:  # too few frames for the duration, e.g. a truncated file
+        raise BadClipError(video, str(exc)) from None
+    wave = pipe.render(features, seed=args.seed, num_steps=args.steps, cfg_strength=args.cfg,
+                       negative_prompt=args.negative_prompt or None, overlap_s=args.overlap,
+                       progress_callback=progress)
+    return wave[0]
+
+
+def _progress_bar(total: int | None, desc: str, quiet: bool, unit: str = "clip",
+                  leave: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True,
+                leave=leave)
+
+
+def _step_progress(bar):
+    """progress_callback(done, total) that drives ``bar`` (sampling steps over all windows)."""
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return update
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        videos = find_videos(args.input)
+        for path, _ in args.adapter:
+            if not path.is_file():
+                raise UsageError(f"adapter file {path} does not exist")
+    except UsageError as exc:
+        parser.error(str(exc))
+    prompts, bad_lines = ({}, {}) if args.prompt is not None or not args.input.is_dir() \
+        else folder_prompts(args.input, videos)
+    try:
+        pipe = SelvaPipeline.build(
+            args.variant, models_dir=args.models_dir, device=args.device,
+            precision=args.precision, offload=args.offload, download=args.download,
+        )
+        if args.adapter:
+            pipe = pipe.with_adapters([(path, strength) for path, strength in args.adapter])
+    except (CheckpointError, AdapterLoadError, ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+
+    names = output_names(videos)
+    done: list[str] = []
+    skipped: list[str] = []
+    started = time.perf_counter()
+    bar = _progress_bar(len(videos), "clips", args.quiet)
+    for video in videos:
+        name = names[video]
+        bar.set_postfix_str(video.name)
+        try:
+            if video.stem in bad_lines:
+                raise BadClipError(None, bad_lines[video.stem])
+            prompt = args.prompt if args.prompt is not None else prompts.get(video.stem, "")
+            steps = _progress_bar(None, name, args.quiet, unit="step", leave=False)
+            try:
+                wave = render_clip(pipe, video, prompt, args, _step_progress(steps))
+            finally:
+                steps.close()
+            write_wav(args.output_dir / f"{name}.wav", wave, pipe.sample_rate)
+            if not args.no_mp4:
+                mux_audio(video, wave, pipe.sample_rate, args.output_dir / f"{name}.mp4")
+            done.append(name)
+        except (BadClipError, ValueError, OSError) as exc:
+            text = str(exc) if str(video) in str(exc) else f"{video}: {exc}"
+            bar.write(f"skipped {text}", file=sys.stderr)
+            skipped.append(text)
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - started
+    print(f"{len(done)} of {len(videos)} clip(s) done in {seconds:.1f} s "
+          f"({args.variant}, {len(args.adapter)} adapter(s)); outputs in {args.output_dir}"
+          + (f"; {len(skipped)} skipped" if skipped else ""))
+    if not done:
+        return EXIT_NOTHING_DONE
+    return EXIT_SOME_SKIPPED if skipped else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""``python -m selva_core.generate``: WAV + MP4 per clip, bad clips one line each, exit status."""
+
+from __future__ import annotations
+
+import pytest
+import soundfile as sf
+import torch
+
+from selva_core.data.audio import read_video_audio
+from selva_core.data.synthetic import make_synthetic_dataset, write_tone_clip
+from selva_core.data.video import probe_video
+from selva_core.generate import build_arg_parser, folder_prompts, main, parse_adapter
+from selva_core.model.lora import LoRAConfig, attach_lora, save_adapter
+from selva_core.pipeline import SelvaPipeline
+from selva_core.variants import get_variant
+
+FAST = ["--variant", "tiny_16k", "--steps", "2", "--device", "cpu", "--quiet"]
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    make_synthetic_dataset(folder, clips_per_class=1, duration=1.0, size=32)  # bounce, hum
+    return folder
+
+
+def _samples(seconds: float) -> int:
+    return get_variant("tiny_16k").sequence_lengths(seconds).audio_samples
+
+
+def test_a_folder_gives_a_wav_and_an_mp4_per_clip_and_one_line_per_bad_clip(
+    clips, tmp_path, capsys
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in clips.glob("*"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video at all" * 10)
+    write_tone_clip(folder / "short.mp4", duration=0.4)
+    out = tmp_path / "out"
+    assert main([str(folder), "--output_dir", str(out), *FAST]) == 1  # some clips skipped
+    err = capsys.readouterr().err.strip().splitlines()
+    skipped = [line for line in err if line.startswith("skipped")]
+    assert len(skipped) == 2
+    assert any("broken.mp4" in line for line in skipped)
+    assert any("short.mp4" in line and "0.64" in line for line in skipped)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bounce_000.mp4", "bounce_000.wav", "hum_000.mp4", "hum_000.wav"]
+    wave, rate = sf.read(out / "hum_000.wav", dtype="float32")
+    assert rate == RATE and wave.shape == (_samples(1.0),) and wave.std() > 1e-3
+    info = probe_video(out / "hum_000.mp4")
+    assert info.has_audio and abs(info.duration - 1.0) < 0.05
+    sound, sr = read_video_audio(out / "hum_000.mp4")
+    assert sr == RATE and sound.shape[-1] >= RATE * 0.95
+
+
+def test_duration_cuts_the_sound_and_the_picture(clips, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(clips / "bounce_000.mp4"), "--duration", "0.8", "--output_dir", str(out),
+                 *FAST]) == 0
+    wave, _ = sf.read(out / "bounce_000.wav", dtype="float32")
+    assert wave.shape == (_samples(0.8),)
+    assert abs(probe_video(out / "bounce_000.mp4").duration - 0.8) < 0.05
+
+
+def _adapter(path):
+    pipe = SelvaPipeline.build("tiny_16k", device="cpu")
+    work = pipe.fork()
+    handle = attach_lora(work.generator, LoRAConfig(rank=4, targets=("attn",)), name="x",
+                         variant_name="tiny_16k")
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return save_adapter(work.generator, path, name="x")
+
+
+def test_seed_and_adapters_decide_the_sound(clips, tmp_path):
+    adapter = _adapter(tmp_path / "style.safetensors")
+    video = str(clips / "hum_000.mp4")
+
+    def wav(*flags: str):
+        out = tmp_path / "_".join(f.strip("-").replace("/", "_") for f in flags)[-60:]
+        assert main([video, "--no_mp4", "--output_dir", str(out), *FAST, *flags]) == 0
+        assert not (out / "hum_000.mp4").exists()
+        return sf.read(out / "hum_000.wav", dtype="float32")[0]
+
+    plain = wav("--seed", "3")
+    assert (wav("--seed", "3") == plain).all()
+    assert not (wav("--seed", "4") == plain).all()
+    styled = wav("--seed", "3", "--adapter", f"{adapter}:0.8")
+    assert abs(styled - plain).max() > 1e-3
+    assert (wav("--seed", "3", "--adapter", f"{adapter}:0") == plain).all()  # strength 0 = base
+
+
+def test_bad_flags_missing_inputs_and_bad_adapters_exit_2(clips, tmp_path, capsys):
+    video = str(clips / "hum_000.mp4")
+    for argv in (
+        [video, "--adapter", "style.safetensors:strong", *FAST],
+        [video, "--steps", "0", *FAST],
+        [video, "--duration", "0.3", *FAST],
+        [str(tmp_path / "missing.mp4"), *FAST],
+        [video, "--adapter", str(tmp_path / "missing.safetensors"), *FAST],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+    capsys.readouterr()
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x00" * 64)
+    assert main([video, "--adapter", str(damaged), "--output_dir", str(tmp_path / "o"),
+                 *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged.safetensors" in err[0]
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "broken.mp4").write_bytes(b"junk")
+    assert main([str(only_bad), "--output_dir", str(tmp_path / "o"), *FAST]) == 2
+
+
+def test_missing_weights_are_reported_in_one_message(clips, tmp_path, capsys):
+    code = main([str(clips / "hum_000.mp4"), "--variant", "small_16k", "--models_dir",
+                 str(tmp_path), "--device", "cpu", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "generator_small_16k_sup_5.pth" in err
+
+
+def test_help_documents_every_flag():
+    text = build_arg_parser().format_help()
+    for flag in ("--prompt", "--negative_prompt", "--seed", "--steps", "--cfg", "--duration",
+                 "--output_dir", "--variant", "--models_dir", "--adapter", "--download",
+                 "--device", "--precision", "--offload", "--overlap", "--no_mp4", "--quiet"):
+        assert flag in text, flag
+    assert "FILE[:STRENGTH]" in text and "tiny_16k" in text
+
+
+def test_adapter_flags_parse_paths_with_colons_and_default_strength():
+    assert parse_adapter("a.safetensors") == (parse_adapter("a.safetensors:1")[0], 1.0)
+    assert parse_adapter("dir/a.safetensors:0.25")[1] == 0.25
+    path, strength = parse_adapter("C:\\models\\a.safetensors")
+    assert str(path) == "C:\\models\\a.safetensors" and strength == 1.0
+
+
+def test_prompts_txt_gives_each_clip_its_prompt_and_a_bad_line_names_its_clip(clips, tmp_path):
+    videos = sorted(clips.glob("*.mp4"))
+    prompts, bad = folder_prompts(clips, videos)
+    assert set(prompts) == {"bounce_000", "hum_000"} and not bad
+    (tmp_path / "prompts.txt").write_text("bounce_000.mp4: a ball\nhum_000 no colon here\n")
+    prompts, bad = folder_prompts(tmp_path, videos)
+    assert prompts == {"bounce_000": "a ball"} and set(bad) == {"hum_000"}
