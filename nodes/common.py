@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,9 +181,13 @@ class SelvaModel:
         return f"SelvaModel({self.label or self.pipeline!r})"
 
 
-def release_memory() -> None:
-    """Collect garbage and empty the device cache (after a run, an interrupt or an error)."""
-    gc.collect()
+def release_memory(exc: BaseException | None = None) -> None:
+    """Empty the device cache; after an interruption or an error also drop what the failed
+    run's frames still hold (``exc``'s traceback keeps their tensors alive until ComfyUI
+    discards the exception) and collect garbage."""
+    if exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
     _model_management().soft_empty_cache()
 
 
@@ -192,12 +197,14 @@ def on_device(model: SelvaModel) -> Iterator[Any]:
 
     A GPU-resident pipeline (offload ``gpu``) is loaded through ComfyUI's model management,
     which frees other models first and may later unload SelVA for them; an offloading one
-    asks ComfyUI to free the memory its networks need. Afterwards, also after an interruption
-    or an error, garbage is collected and the device cache emptied: the library has already
-    put every network back where it rests, so a cancelled run leaves no VRAM behind.
+    asks ComfyUI to free the memory its networks need. Afterwards the device cache is
+    emptied, and after an interruption or an error the failed run's tensors are released
+    first: the library has already put every network back where it rests, so a cancelled
+    run leaves no VRAM behind.
     """
     mm = _model_management()
     pipeline = model.pipeline
+    failure: BaseException | None = None
     try:
         if getattr(pipeline, "offload", "gpu") == "gpu":
             mm.load_models_gpu([model.patcher()], force_full_load=True)
@@ -206,8 +213,12 @@ def on_device(model: SelvaModel) -> Iterator[Any]:
                        for t in m.parameters())
             mm.free_memory(int(size * 1.2), pipeline.device)
         yield pipeline
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
-        release_memory()
+        release_memory(failure)
+        failure = None
 
 
 # --- folders ----------------------------------------------------------------------------------
