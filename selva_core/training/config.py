@@ -26,6 +26,7 @@ from typing import Any
 
 from selva_core.data.windows import WINDOW_POLICIES
 from selva_core.model.lora.config import INIT_MODES
+from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
@@ -133,7 +134,7 @@ class TrainConfig:
     steps: int = field(default=2000, metadata=_opt(
         "Number of OPTIMISER steps (each consumes batch_size x grad_accum x GPUs clips)."))
     warmup_steps: int | None = field(default=None, metadata=_opt(
-        f"Linear warm-up length in optimiser steps (default: {WARMUP_FRACTION:.0%} of "
+        f"Linear warm-up length in optimiser steps (default: {WARMUP_FRACTION:.0%}% of "
         "--steps, rounded)."))
     lr_schedule: str = field(default="cosine", metadata=_opt(
         "After warm-up: 'cosine' decay to 0 at --steps, or 'constant'.",
@@ -153,8 +154,23 @@ class TrainConfig:
         "model's empty condition; keeps classifier-free guidance working (pre-training used "
         "0.1)."))
     precision: str = field(default="auto", metadata=_opt(
-        "'auto' = bf16 autocast on a GPU that supports it, fp32 on CPU; 'bf16' or 'fp32' to "
-        "force. Adapter weights are always kept in fp32.", choices=PRECISIONS))
+        "'auto' = bf16 autocast on a GPU that supports it, fp32 on CPU (with a half "
+        "--base_dtype: autocast in that dtype); 'bf16' or 'fp32' to force. Adapter weights are "
+        "always kept in fp32.", choices=PRECISIONS))
+    base_dtype: str = field(default="auto", metadata=_opt(
+        "Storage of the frozen generator weights while training: 'fp32', 'bf16' or 'fp16' "
+        "(half the memory of the largest tensors; adapters stay fp32 and every forward runs "
+        "under autocast in that dtype, so --precision must be auto or the same dtype), or "
+        "'auto' = bf16 on a GPU that supports it unless --precision fp32, else fp32. The "
+        "adapter file is the same whatever the base dtype (it holds no base weights), and a "
+        "run may be resumed with another one.",
+        "--base-dtype", choices=BASE_DTYPE_CHOICES))
+    gradient_checkpointing: bool = field(default=False, metadata=_opt(
+        "Recompute each MM-DiT block in the backward pass instead of keeping its activations: "
+        "much less memory per clip for some extra time; the gradients are the same. Works "
+        "with several GPUs (torchrun / DDP) as it is, and a run may be resumed with it "
+        "switched on or off.",
+        "--gradient-checkpointing"))
     seed: int = field(default=42, metadata=_opt(
         "Seed of everything random (adapter init, clip order, noise, t); the same seed and "
         "data give the same adapter."))
@@ -278,10 +294,17 @@ class TrainConfig:
             problems.append("--target needs at least one module pattern or preset")
         for name, allowed in (("timestep_mode", TIMESTEP_MODES), ("lr_schedule", LR_SCHEDULES),
                               ("init", INIT_MODES), ("window", WINDOW_POLICIES),
-                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", PRECISIONS)):
+                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", PRECISIONS),
+                              ("base_dtype", BASE_DTYPE_CHOICES)):
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(allowed)}")
+        if (self.base_dtype in ("bf16", "fp16") and self.precision != "auto"
+                and self.precision != self.base_dtype):
+            problems.append(f"--base_dtype {self.base_dtype} needs every forward under "
+                            f"{self.base_dtype} autocast, but --precision is {self.precision}; "
+                            "use --precision auto with it (or --base_dtype fp32 to keep the "
+                            "frozen weights in fp32)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if problems:

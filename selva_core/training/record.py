@@ -60,6 +60,7 @@ class RunRecord:
     world_size: int
     effective_batch: int
     precision: str
+    base_dtype: str
     train_examples: int
     val_examples: int
     train_set: str
@@ -75,6 +76,7 @@ class RunRecord:
             "world_size": self.world_size, "effective_batch": self.effective_batch,
             "lora_plus_ratio": cfg.lora_plus_ratio, "weight_decay": cfg.weight_decay,
             "lora_dropout": cfg.lora_dropout, "timestep_mode": cfg.timestep_mode,
+            "base_dtype": self.base_dtype, "gradient_checkpointing": cfg.gradient_checkpointing,
             "cond_dropout": cfg.cond_dropout, "duration": cfg.duration, "window": cfg.window,
             "seed": cfg.seed, "precision": self.precision,
             "train_examples": self.train_examples, "val_examples": self.val_examples,
@@ -123,7 +125,9 @@ class RunRecord:
             "train_examples": self.train_examples, "val_examples": self.val_examples,
             "steps_done": progress.step, "steps": cfg.steps,
             "effective_batch": self.effective_batch, "world_size": self.world_size,
-            "lora_dropout": cfg.lora_dropout, "train_time_s": progress.elapsed_s,
+            "lora_dropout": cfg.lora_dropout, "precision": self.precision,
+            "base_dtype": self.base_dtype, "gradient_checkpointing": cfg.gradient_checkpointing,
+            "train_time_s": progress.elapsed_s,
             "clips_per_s": clips_per_s,
             "first_train_loss": train_losses[0] if train_losses else None,
             "last_train_loss": last_train_loss,

@@ -200,6 +200,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"val loss       base model {fmt(summary.get('val_loss_base'))}   final "
         f"{fmt(summary.get('val_loss_final'))}",
     ]
+    if summary.get("peak_memory_mb") is not None:
+        lines.append(
+            f"memory         peak {summary['peak_memory_mb']:.0f} MB "
+            f"({summary.get('peak_memory_method', '')}); base weights "
+            f"{str(summary.get('base_dtype', 'torch.float32')).replace('torch.', '')}, "
+            f"gradient checkpointing {'on' if summary.get('gradient_checkpointing') else 'off'}")
     surgery = summary.get("surgery") or {}
     if surgery:
         lines.append(f"surgery        {surgery.get('decision', 'n/a')}: val loss "

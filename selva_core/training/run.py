@@ -37,7 +37,13 @@ from selva_core.training.feature_cache import (
 )
 from selva_core.training.record import adapter_identity
 from selva_core.training.report import LOG_FILE, read_jsonl
-from selva_core.training.trainer import LoRATrainer, TrainHooks, TrainResult, check_rank
+from selva_core.training.trainer import (
+    LoRATrainer,
+    TrainHooks,
+    TrainResult,
+    check_rank,
+    resolve_precision,
+)
 from selva_core.training.validation import split_examples
 from selva_core.variants import get_variant
 
@@ -246,6 +252,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
     cfg.validate()
     dist = init_distributed(cfg.device)
     try:
+        resolve_precision(cfg, dist.device)  # a contradicting --precision fails before any work
         if dist.is_main:
             check_folders(cfg)
         barrier(dist)

@@ -52,6 +52,7 @@ from selva_core.model.lora import (
     training_state_dict,
 )
 from selva_core.model.lora.targets import resolve_targets
+from selva_core.model.precision import cast_frozen_weights, peak_memory_bytes, resolve_base_dtype
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import DataOrder, example_seed
@@ -160,6 +161,30 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def resolve_precision(cfg: TrainConfig, device: torch.device
+                      ) -> tuple[torch.dtype | None, torch.dtype]:
+    """(autocast dtype or None for fp32, frozen base weight dtype) of a run on ``device``.
+
+    A half-precision base needs every forward under autocast in its own dtype: ``--precision
+    auto`` follows the base dtype, ``--base_dtype auto`` is fp32 under ``--precision fp32``,
+    and a contradicting pair is one clear error (:meth:`TrainConfig.validate` names it)."""
+    autocast = _autocast_dtype(cfg.precision, device)
+    if cfg.base_dtype == "auto" and cfg.precision == "fp32":
+        return None, torch.float32
+    base = resolve_base_dtype(cfg.base_dtype, device)
+    if base == torch.float32:
+        return autocast, base
+    if cfg.precision == "auto":
+        return base, base
+    if autocast != base:
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+        raise ValueError(
+            f"--base_dtype {names[base]} needs every forward under {names[base]} autocast, but "
+            f"--precision is {cfg.precision}; use --precision auto with it (or --base_dtype "
+            "fp32 to keep the frozen weights in fp32)")
+    return autocast, base
+
+
 def check_rank(generator: torch.nn.Module, cfg: TrainConfig) -> None:
     """Refuse a ``--rank`` above the narrowest adapted layer's width (such an adapter is no
     longer low-rank: files and checkpoints as large as the layers themselves)."""
@@ -196,7 +221,7 @@ class LoRATrainer:
         self.dist = dist or DistContext()
         self.hooks = hooks or TrainHooks()
         self.device, self.is_main, self.out = self.dist.device, self.dist.is_main, cfg.output_path
-        self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
+        self.autocast_dtype, self.base_dtype = resolve_precision(cfg, self.device)
         self.variant = get_variant(cfg.variant)
         self.gen = generator
         self.gen.update_seq_lengths(self.variant.sequence_lengths(cfg.duration))
@@ -208,6 +233,8 @@ class LoRATrainer:
         for p in self.params:
             if p.dtype != torch.float32:
                 p.data = p.data.float()
+        cast_frozen_weights(self.gen, self.base_dtype)  # new parameters: shared tensors untouched
+        self.gen.set_gradient_checkpointing(cfg.gradient_checkpointing)
         self.train_store = ExampleStore(train_examples, self.gen)
         self.val_store = ExampleStore(val_examples, self.gen)
         self.validator = Validator(self.val_store, cfg.timestep_mode,
@@ -232,6 +259,7 @@ class LoRATrainer:
         self.record = RunRecord(
             cfg=cfg, lora=lora_config(cfg), world_size=self.dist.world_size,
             effective_batch=self.step_size, precision=str(self.autocast_dtype or torch.float32),
+            base_dtype=str(self.base_dtype),
             train_examples=len(self.train_store), val_examples=len(self.val_store),
             train_set=dataset_fingerprint(self.train_store.examples),
             adapted_layers=len(self.handle.layers),
@@ -379,7 +407,7 @@ class LoRATrainer:
             f"training stopped at optimiser step {self.step + 1}: the {what} is {value} "
             f"(clips in the batch: {', '.join(sorted(set(names)))}). The adapter was not "
             f"updated by this step and {kept}. Lower --lr (or raise --warmup_steps), check "
-            "these clips' audio, or use --precision fp32"
+            "these clips' audio, or use --precision fp32 --base_dtype fp32"
         )
 
     # --- progress and the run record ---------------------------------------------------------
@@ -401,8 +429,11 @@ class LoRATrainer:
         """The run's :class:`TrainResult`; process 0 writes ``summary.json``."""
         losses = ([r["loss"] for r in self.log.read() if r.get("kind") == "train"]
                   if self.is_main else [])
+        peak, method = peak_memory_bytes(self.device)
         summary = self.record.summary(status, self.progress, losses,
-                                      smooth(losses)[-1] if losses else None, **end)
+                                      smooth(losses)[-1] if losses else None,
+                                      peak_memory_mb=round(peak / 2**20, 1),
+                                      peak_memory_method=method, **end)
         if self.is_main:
             ckpt.write_json_atomic(self.out / SUMMARY_FILE, summary)
         adapter = summary.get("adapter_path")
@@ -514,9 +545,10 @@ class LoRATrainer:
         was_training = self.gen.training
         self.gen.eval()
         try:
-            latent = self.pipeline.sample(features, seed=self.cfg.seed,
-                                          num_steps=self.cfg.sample_steps,
-                                          cfg_strength=self.cfg.cfg_strength)
+            with self.autocast():  # a half-precision base computes in its dtype
+                latent = self.pipeline.sample(features, seed=self.cfg.seed,
+                                              num_steps=self.cfg.sample_steps,
+                                              cfg_strength=self.cfg.cfg_strength)
             wave = self.pipeline.decode(latent)[0].float().cpu()
         finally:
             self.gen.train(was_training)
