@@ -339,6 +339,56 @@ def _status_text(status: dict[str, Any] | None) -> str:
     return f"{text}: {detail}" if detail else text
 
 
+def format_summary(summary: dict[str, Any]) -> str:
+    """The one-screen text summary ``eval_adapters.py`` prints (means per column)."""
+    keys = [("lsd_db", "LSD dB"), ("mcd_db", "MCD dB"), ("drift_lsd_db", "drift dB"),
+            ("desync_s", "DeSync s"), ("clap_score", "CLAP"),
+            ("spectral_centroid_hz", "centroid Hz")]
+    cols = _columns(summary)
+    keys = [(k, t) for k, t in keys if any(_avg(r, s, k) is not None for r, s in cols)
+            or (k == "drift_lsd_db" and any(_avg(r, s, k, "drift") is not None
+                                            for r, s in cols))]
+    width = max([len(_col_label(r, s)) for r, s in cols] + [9])
+    lines = ["=" * 78,
+             f"SelVA adapter evaluation {summary.get('name')}: {summary.get('status')}",
+             "=" * 78,
+             f"variant {summary.get('variant')}   clips {summary.get('n_clips')} "
+             f"({summary.get('clip_selection', '')})",
+             f"seeds {', '.join(str(s) for s in summary.get('seeds', []))}   steps "
+             f"{summary.get('steps')}   cfg {summary.get('cfg')}   renders "
+             f"{summary.get('progress', {}).get('done')}/"
+             f"{summary.get('progress', {}).get('total')}",
+             f"DeSync: {_status_text(summary.get('desync'))}",
+             f"CLAP:   {_status_text(summary.get('clap'))}", "-" * 78,
+             " " * (width + 2) + "".join(f"{t:>13}" for _, t in keys)]
+    ref = summary.get("reference_avg", {})
+    lines.append(f"{'reference':<{width}}  " + "".join(
+        f"{ref[k]:>13.4g}" if k in SOUND_METRICS and _finite(ref.get(k)) else f"{'':>13}"
+        for k, _ in keys))
+    for row, s in cols:
+        cells = []
+        for k, _ in keys:
+            v = _avg(row, s, k)
+            if v is None and k == "drift_lsd_db":
+                v = _avg(row, s, k, "drift")
+            cells.append(f"{v:>13.4g}" if v is not None else f"{'':>13}")
+        status = "" if row.get("status") == "ok" else f"  [{row.get('status')}]"
+        lines.append(f"{_col_label(row, s):<{width}}  {''.join(cells)}{status}")
+    skipped = [f"clip {x['clip']}: {x['reason']}" for x in summary.get("skipped", [])]
+    skipped += [f"adapter {r['id']}: {r['error']}" for r in summary.get("adapters", [])
+                if r.get("error")]
+    if skipped:
+        lines += ["-" * 78, "skipped:"] + [f"  {x}" for x in skipped]
+    reports = summary.get("reports", {})
+    lines += ["-" * 78, f"output   {summary.get('output_dir')}",
+              f"listen   {reports.get('html', HTML_FILE)} (open in a browser; works offline)",
+              f"tables   {SUMMARY_FILE_NAME}, {reports.get('csv', CSV_FILE)}", "=" * 78]
+    return "\n".join(lines)
+
+
+SUMMARY_FILE_NAME = "eval_summary.json"
+
+
 def write_reports(out: str | Path, summary: dict[str, Any]) -> dict[str, Path | None]:
     """CSV, charts and the HTML page; returns their paths (None for a chart not drawn)."""
     out = Path(out)
@@ -351,5 +401,5 @@ def write_reports(out: str | Path, summary: dict[str, Any]) -> dict[str, Path | 
     return paths
 
 
-__all__ = ["write_reports", "write_csv", "write_html", "write_comparison_chart", "CHART_FILE",
-           "CSV_FILE", "HTML_FILE"]
+__all__ = ["format_summary", "write_reports", "write_csv", "write_html",
+           "write_comparison_chart", "CHART_FILE", "CSV_FILE", "HTML_FILE"]

@@ -46,6 +46,41 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+#: Every spec field with its default and meaning (the CLI's --help and the node's tooltip).
+FIELD_HELP: tuple[tuple[str, str, str], ...] = (
+    ("data_dir", "none, required", "folder of clips (videos with their sound, optional same-stem "
+     "audio files and prompts.txt), or a training run's output folder (its clips folder and "
+     "held-out clips are used)"),
+    ("output_dir", "eval_output/NAME", "where renders, references, eval_summary.json, "
+     "metrics.csv, charts and index.html go (relative paths: from the spec's folder)"),
+    ("name", "eval", "name of the evaluation (page title; default output folder)"),
+    ("adapters", "[]", "list of {\"id\", \"path\"[, \"strengths\"]}: path = adapter "
+     ".safetensors, a training run's folder (= every checkpoints/step_* and the final "
+     "adapter), or \"\" for the baseline (added as 'baseline' when missing)"),
+    ("strengths", "[1.0]", "adapter strengths rendered for every adapter"),
+    ("seed", "42", "noise seed (used when 'seeds' is not given)"),
+    ("seeds", "[seed]", "several seeds: every clip is rendered once per seed"),
+    ("steps", "25", "Euler steps per render"),
+    ("cfg", "4.5", "classifier-free guidance strength"),
+    ("negative_prompt", "\"\"", "text for the unconditional CFG branch"),
+    ("duration", "clip length up to 8 s", "seconds rendered per clip"),
+    ("clips", "held-out clips of a run, else all", "clip names (file stems) to evaluate"),
+    ("variant", "the adapters' own", "model variant (tiny_16k runs without any download)"),
+    ("models_dir", "the pipeline's default", "folder of the model weight files"),
+    ("batch_size", "4", "clips rendered together through the sampler"),
+    ("drift_dir", "none", "folder of clips unlike the training set, rendered with and "
+     "without each adapter to measure drift"),
+    ("desync", "true", "measure DeSync with Synchformer (no download)"),
+    ("synchformer", "MODELS_DIR/[ext_weights/]synchformer_state_dict.pth",
+     "the Synchformer weight file for DeSync"),
+    ("clap_model", "none", "local folder of a CLAP model: enables the CLAP score and the "
+     "FAD-style distance (skipped otherwise)"),
+    ("mp4", "true", "also write each render muxed onto the clip's video"),
+    ("device", "auto", "auto, cpu, cuda or cuda:N"),
+    ("precision", "auto", "auto, bf16, fp16 or fp32"),
+)
+
+
 class EvalSpecError(ValueError):
     """A spec with bad fields; the message lists each one with what to do."""
 
@@ -153,6 +188,7 @@ _FIELDS = {
     "models_dir", "strengths", "cfg", "negative_prompt", "duration", "clips", "batch_size",
     "drift_dir", "desync", "synchformer", "clap_model", "mp4", "device", "precision",
 }
+assert _FIELDS == {f for f, _, _ in FIELD_HELP}
 
 
 def _is_int(v: Any) -> bool:
@@ -390,5 +426,5 @@ def default_duration(clip_seconds: float | None, spec: EvalSpec) -> float:
     return max(min_duration(), min(TRAIN_DURATION_S, float(clip_seconds)))
 
 
-__all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "load_spec",
+__all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "FIELD_HELP", "load_spec",
            "run_folder_adapters", "default_duration"]
