@@ -86,7 +86,8 @@ def reported(node: str, input_name: str | None = None, fix: str = "") -> Iterato
     """Turn a library error raised inside the block into one :class:`SelvaNodeError`.
 
     ``input_name`` names the input the block reads (the library's message names the file or
-    value); ``fix`` is appended when the library's message has no advice of its own.
+    value); ``fix`` is appended when the library's message has no advice of its own (the
+    library writes its advice after a ';' or on further lines).
     """
     try:
         yield
@@ -98,7 +99,8 @@ def reported(node: str, input_name: str | None = None, fix: str = "") -> Iterato
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
             message = f"{message} ({exc.filename})"
         name = getattr(exc, "input_name", None) or input_name
-        raise node_error(node, name, message, fix) from None
+        has_advice = ";" in message or "\n" in message
+        raise node_error(node, name, message, "" if has_advice else fix) from None
 
 
 # --- ComfyUI runtime (imported lazily) ----------------------------------------------------------

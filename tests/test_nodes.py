@@ -164,6 +164,19 @@ def test_model_folder_is_registered_with_folder_paths_at_import(pack):
     assert ".safetensors" in folder_paths.folder_names_and_paths["selva"][1]
 
 
+def test_model_loader_builds_the_tiny_model_without_downloads(common):
+    model, info = run_node("SelVAModelLoader", variant="tiny_16k", precision="auto",
+                           offload="auto", weights_folder="(ComfyUI models/selva)",
+                           for_training=True)
+    assert isinstance(model, common.SelvaModel)
+    pipeline = model.pipeline
+    assert pipeline.variant.name == "tiny_16k" and pipeline.dtype == torch.float32
+    assert pipeline.vae.encoder is not None  # for_training keeps the VAE encoder
+    assert not any(p.requires_grad for m in pipeline.networks().values()
+                   for p in m.parameters())
+    assert info.startswith("tiny_16k, float32 on cpu")
+
+
 def test_importing_the_pack_loads_no_torch_heavy_library_code():
     code = (
         "import sys, time, importlib.util\n"
@@ -515,6 +528,26 @@ def test_missing_weights_is_one_error_listing_the_files(common, tmp_path):
     message = _error(excinfo, "Model Loader", "models_dir")
     assert "selva_core.download" in message and "generator" in message
     assert "flan-t5" in message.lower()  # the missing text-encoder folder is listed too
+
+
+def test_weights_of_another_model_in_the_chosen_files_is_one_clear_error(common, tmp_path):
+    from selva_core.variants import get_variant
+    from selva_core.weights import MissingWeightsError, build_component, preflight
+
+    with pytest.raises(MissingWeightsError) as missing:
+        preflight(get_variant("small_16k"), tmp_path, download=False)
+    tiny = build_component("generator", get_variant("tiny_16k")).state_dict()
+    for m in missing.value.missing:  # every file present; the generator is another model's
+        m.destination.parent.mkdir(parents=True, exist_ok=True)
+        if m.key == "generator":
+            save_file({k: v.contiguous() for k, v in tiny.items()}, str(m.destination))
+        else:
+            m.destination.write_bytes(b"not the real file")
+    with pytest.raises(common.SelvaNodeError) as excinfo:
+        run_node("SelVAModelLoader", variant="small_16k", precision="fp32", offload="auto",
+                 weights_folder="(ComfyUI models/selva)", models_dir=str(tmp_path))
+    message = _error(excinfo, "Model Loader", "models_dir")
+    assert "generator_small_16k_sup_5.pth" in message and "download it again" in message
 
 
 def test_trainer_bad_inputs_give_one_clear_error(common, tiny, clips, tmp_path):
