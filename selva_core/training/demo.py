@@ -106,12 +106,13 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
     from selva_core.evaluation.metrics import log_spectral_distance
     from selva_core.training.distributed import resolve_device
     from selva_core.training.run import build_pipeline
+    from selva_core.training.validation import clip_of
 
     start = time.perf_counter()
     out = cfg.output_path / LISTEN_DIR
     if clip_names is None:
         summary = json.loads((cfg.output_path / "summary.json").read_text())
-        clip_names = _find_val_names(summary)
+        clip_names = list(dict.fromkeys(clip_of(n) for n in _find_val_names(summary)))
     clips = {c.name: c for c in scan_dataset(cfg.data_dir, on_bad_clip="stop")}
     unknown = [n for n in clip_names if n not in clips]
     if unknown or not clip_names:
