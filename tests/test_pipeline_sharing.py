@@ -230,3 +230,36 @@ def test_sample_leaves_seq_lengths_and_modes_as_found_also_when_interrupted(pipe
         assert all(p.dtype == torch.float32 for p in gen.parameters())
     finally:
         gen.eval()
+
+
+# --- one cached pipeline for everything ----------------------------------------------------------
+def test_one_cached_pipeline_serves_plain_and_adapted_renders_and_a_training_run(
+    adapter_files, tmp_path
+):
+    from selva_core.data.synthetic import make_synthetic_dataset
+    from selva_core.training.config import TrainConfig
+    from selva_core.training.run import run_training
+
+    cached = SelvaPipeline.build("tiny_16k", device="cpu", need_vae_encoder=True)
+    features = cached.extract_features(_frames(), "a dog barks", duration=DURATION)
+    before = _snapshot(cached.generator)
+    first = _render(cached, features)
+
+    styled = cached.with_adapters([(adapter_files[0], 0.7), (adapter_files[1], 0.3)])
+    assert (_render(styled, features) - first).abs().max() > 1e-4
+
+    make_synthetic_dataset(tmp_path / "clips", clips_per_class=2, duration=DURATION, size=32)
+    cfg = TrainConfig(data_dir=str(tmp_path / "clips"), output_dir=str(tmp_path / "run"),
+                      cache_dir=str(tmp_path / "cache"), variant="tiny_16k", duration=DURATION,
+                      steps=3, warmup_steps=1, batch_size=2, save_every=3, val_every=3, rank=4,
+                      lr=3e-3, val_clips=1, samples=False, surgery=False, quiet=True,
+                      device="cpu")
+    result = run_training(cfg, pipeline=cached)
+    assert result.completed and result.adapter_path.is_file()
+
+    assert torch.equal(_render(cached, features), first)  # plain again: bit-identical
+    _assert_unchanged(cached.generator, before)
+    assert cached.adapters == () and not list(iter_lora_layers(cached.generator))
+    assert cached.video_encoder is not None and cached.vae.encoder is not None  # not freed
+    trained = cached.with_adapters([(result.adapter_path, 1.0)])
+    assert (_render(trained, features) - first).abs().max() > 1e-5
