@@ -405,8 +405,8 @@ class SelvaPipeline:
         for module in pipe.networks().values():
             module.requires_grad_(False)
             module.eval()
-        if target.type == "cpu":
-            offload = "gpu"  # nothing to offload to: the networks live where they compute
+        if target.type != "cuda" and offload == "auto":
+            offload = "gpu"  # no device memory to spare: the networks live where they compute
         elif offload == "auto":
             size = _module_bytes(list(pipe.networks().values()))
             total = torch.cuda.get_device_properties(target).total_memory
