@@ -263,3 +263,15 @@ def test_one_cached_pipeline_serves_plain_and_adapted_renders_and_a_training_run
     assert cached.video_encoder is not None and cached.vae.encoder is not None  # not freed
     trained = cached.with_adapters([(result.adapter_path, 1.0)])
     assert (_render(trained, features) - first).abs().max() > 1e-5
+
+
+def test_build_in_bf16_keeps_the_weights_in_bf16_and_renders_close_to_fp32(pipe, features):
+    half = SelvaPipeline.build("tiny_16k", device="cpu", precision="bf16")
+    for name, net in half.networks().items():
+        floats = [p for p in net.parameters() if p.is_floating_point()]
+        assert all(p.dtype == torch.bfloat16 for p in floats), name
+    want = _render(pipe, features)
+    got = half.render(features, seed=3, num_steps=STEPS)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - want).abs().max() < 0.25 * want.abs().max()  # bf16 rounding, same sound
+    assert all(p.dtype == torch.bfloat16 for p in half.generator.parameters())
