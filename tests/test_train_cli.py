@@ -74,3 +74,143 @@ def test_a_missing_data_folder_exits_with_status_2_and_names_it(cli, tmp_path, c
                      "--variant", "tiny_16k", "--quiet"])
     assert code == 2
     assert str(missing) in capsys.readouterr().err
+
+
+# --- folders: one line (status 2) and nothing changed; interrupted extraction ---------------
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    from selva_core.data.synthetic import make_synthetic_dataset
+
+    data = tmp_path_factory.mktemp("cli_clips") / "clips"
+    make_synthetic_dataset(data, clips_per_class=2, duration=1.0, seed=0)
+    return data
+
+
+def _args(clips, out, *extra):
+    return ["--data_dir", str(clips), "--output_dir", str(out), "--variant", "tiny_16k",
+            "--duration", "1.0", "--steps", "2", "--save_every", "2", "--val_every", "2",
+            "--batch_size", "2", "--rank", "4", "--sample_steps", "2", "--no-samples",
+            "--no-surgery", "--quiet", *extra]
+
+
+def _tree(folder):
+    """Every file and folder under ``folder`` with its bytes (files) and mode."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None,
+                                         p.stat().st_mode)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _unwritable(monkeypatch, folder):
+    """Make ``folder`` refuse new files: chmod for a normal user; root ignores permissions,
+    so there the write probe is refused the way the kernel would."""
+    import os
+    import tempfile
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_an_output_folder_that_is_a_file_is_one_line_and_untouched(cli, clips, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    assert cli.main(_args(clips, out)) == 2
+    _one_line_error(capsys, str(out), "is a file, not a folder", "--output_dir")
+    assert out.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("which", ["output", "samples", "cache"])
+def test_an_unwritable_folder_is_one_line_and_nothing_changes(cli, clips, tmp_path, capsys,
+                                                              monkeypatch, which):
+    out = tmp_path / "out"
+    (out / "samples").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    folder = {"output": out, "samples": out / "samples", "cache": cache}[which]
+    before = _tree(tmp_path)
+    _unwritable(monkeypatch, folder)
+    before[str(folder.relative_to(tmp_path))] = (None, folder.stat().st_mode)
+    try:
+        code = cli.main(_args(clips, out, "--cache_dir", str(cache)))
+    finally:
+        folder.chmod(0o755)
+    assert code == 2
+    _one_line_error(capsys, str(folder), "cannot write into")
+    after = _tree(tmp_path)
+    after[str(folder.relative_to(tmp_path))] = before[str(folder.relative_to(tmp_path))]
+    assert after == before
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_its_folder(clips, tmp_path):
+    from selva_core.training.config import config_from_args
+    from selva_core.training.run import run_training
+    from selva_core.training.trainer import TrainHooks
+
+    cfg = config_from_args(_args(clips, tmp_path / "out"))
+
+    def crash(trainer, step, micro):
+        raise RuntimeError("out of memory (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_training(cfg, hooks=TrainHooks(after_micro_step=crash))
+    assert (tmp_path / "out" / "train_log.jsonl").exists()  # it had started
+    result = run_training(cfg)  # the same flags, no --overwrite
+    assert result.completed and result.steps_done == 2
+
+
+def test_a_rejected_resume_leaves_the_folder_as_it_was(cli, clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(_args(clips, out)) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    assert cli.main(_args(clips, out, "--resume", "--rank", "8")) == 2
+    _one_line_error(capsys, "rank: checkpoint 4 vs this run 8")
+    assert cli.main(_args(clips, out, "--resume", "--seed", "7")) == 2
+    _one_line_error(capsys, "--seed 42", "--seed 7")
+    after = _tree(out)
+    assert after.pop("train.log")[0] != before.pop("train.log")[0]  # the log says why
+    assert after == before  # config.json, checkpoints, adapter, summary: all as they were
+
+
+def test_ctrl_c_during_feature_extraction_exits_130_and_keeps_the_features_so_far(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    import selva_core.training.feature_cache as fc
+
+    real, calls = fc._extract_window, []
+
+    def interrupt_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fc, "_extract_window", interrupt_third)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert cli.main(_args(clips, out, "--cache_dir", str(cache))) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted during feature extraction" in err
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert not list(cache.glob(".*tmp*"))  # no half-written cache file
+    monkeypatch.setattr(fc, "_extract_window", real)
+    assert cli.main(_args(clips, out, "--cache_dir", str(cache))) == 0  # the rerun continues
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["features_reused"], summary["features_extracted"]) == (2, 2)

@@ -245,6 +245,10 @@ def test_resume_from_another_variant_is_one_clear_error(straight, tiny, tmp_path
     state = ckpt.TrainingState.load(path)
     state.identity["variant"] = "small_16k"
     state.save(path)
+    manifest_path = tmp_path / "checkpoints" / "manifest.json"  # a consistent, other checkpoint
+    manifest = json.loads(manifest_path.read_text())
+    manifest["checkpoints"][-1]["sha256"][ckpt.STATE_FILE] = ckpt.file_sha256(path)
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ckpt.CheckpointError,
                        match=r"different adapter \(variant: checkpoint 'small_16k' vs this run "
                              r"'tiny_16k'\)"):
@@ -453,3 +457,138 @@ def test_bf16_autocast_keeps_fp32_adapter_weights_and_gradients(tiny, tmp_path):
     assert all(v.dtype == torch.float32 for v in state.params.values())
     assert all(t.dtype == torch.float32 for slots in state.optimizer["state"].values()
                for k, t in slots.items() if k != "step")
+
+
+# --- interruption by the caller, the caller's pipeline, the adapter's input dropout ---------
+def test_should_stop_hook_ends_the_run_with_a_resumable_checkpoint(straight, tiny, tmp_path):
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) == 3  # polled after every step: stop after step 3
+
+    result = train(tiny, tmp_path, hooks=TrainHooks(should_stop=should_stop))
+    assert result.status == "interrupted" and result.steps_done == 3
+    entry = ckpt.CheckpointManager(tmp_path / "checkpoints").find()
+    assert entry.step == 3 and entry.reason == "interrupt"
+    assert not (tmp_path / "adapter_final.safetensors").exists()
+    train(tiny, tmp_path, resume=True, surgery=False)
+    assert_same_run(straight[0], tmp_path)
+
+
+def test_training_on_a_callers_pipeline_leaves_it_as_it_was(tiny, tmp_path):
+    from selva_core.model.lora import iter_lora_layers
+
+    pipe = fresh(tiny[0])
+    gen = pipe.generator
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in gen.named_parameters()}
+    seq, mode = gen.seq, gen.training
+    cfg = make_cfg(tiny, tmp_path, steps=2, warmup_steps=0, save_every=2, val_every=2,
+                   surgery=False, duration=2.0,  # other sequence lengths than the caller's
+                   cache_dir=str(tmp_path / "cache"))
+    result = run_training(cfg, pipeline=pipe)
+    assert result.completed
+    assert pipe.generator is gen and not list(iter_lora_layers(gen))  # no adapter left on it
+    after = gen.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert {n: p.requires_grad for n, p in gen.named_parameters()} == flags
+    assert gen.seq == seq and gen.training == mode
+    # the caller's encoders were not freed: it can still extract features
+    assert None not in (pipe.video_encoder, pipe.clip_text, pipe.t5)
+    assert pipe.vae.encoder is not None
+
+
+def test_lora_dropout_changes_the_training_and_still_resumes_exactly(tiny, tmp_path):
+    options = dict(steps=4, save_every=2, val_every=2, surgery=False, lora_dropout=0.3)
+
+    def ctrl_c(trainer, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    dropped = train(tiny, tmp_path / "dropout", **options)
+    assert dropped.summary["lora_dropout"] == 0.3
+    stopped = train(tiny, tmp_path / "resumed", hooks=TrainHooks(after_step=ctrl_c), **options)
+    assert stopped.status == "interrupted"
+    train(tiny, tmp_path / "resumed", resume=True, **options)
+    plain = train(tiny, tmp_path / "plain", **{**options, "lora_dropout": 0.0})
+    assert plain.summary["lora_dropout"] == 0.0
+    name = "adapter_final.safetensors"
+    a, b, c = (load_file(str(tmp_path / d / name)) for d in ("dropout", "resumed", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout draws are part of the exact resume
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # and they do change the training
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "dropout" / name), "pt") as fh:
+        assert json.loads(fh.metadata()["user"])["lora_dropout"] == 0.3
+
+
+def test_a_rank_above_the_narrowest_layer_is_refused_before_any_extraction(tiny, tmp_path):
+    cache = tmp_path / "fresh_cache"
+    with pytest.raises(ValueError, match=r"--rank 100000 is larger than the narrowest adapted "
+                                         r"layer \(.*\d+ wide on tiny_16k\); use --rank \d+"):
+        train(tiny, tmp_path / "out", rank=100000, cache_dir=str(cache))
+    assert not cache.exists()
+
+
+def test_padding_windows_and_a_batch_larger_than_the_data_are_warned_about(tiny, tmp_path,
+                                                                          caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        result = train(tiny, tmp_path / "out", duration=3.0, batch_size=16, grad_accum=1,
+                       steps=1, warmup_steps=0, save_every=1, val_every=1, surgery=False,
+                       cache_dir=str(tmp_path / "cache"))  # 1 s clips in 3 s windows
+    assert result.completed
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "most of the training windows are padding" in text
+    assert "--batch_size 16 is larger than the training set (6 windows)" in text
+    assert result.summary["audio_share_of_windows"] == pytest.approx(1 / 3, abs=0.02)
+
+
+# --- memory options: gradient checkpointing, half-precision frozen weights -----------------
+def test_gradient_checkpointing_trains_the_same_adapter_bit_for_bit(straight, tiny, tmp_path):
+    seen = []
+
+    def check(trainer, step):
+        seen.append(trainer.gen.gradient_checkpointing)
+
+    result = train(tiny, tmp_path, hooks=TrainHooks(after_step=check), samples=True,
+                   gradient_checkpointing=True)
+    assert seen and all(seen) and result.summary["gradient_checkpointing"] is True
+    assert_same_run(straight[0], tmp_path, final=True)
+    assert result.summary["peak_memory_mb"] > 0 and result.summary["peak_memory_method"]
+
+
+def test_resuming_with_gradient_checkpointing_flipped_is_bit_identical(straight, tiny,
+                                                                       tmp_path):
+    def ctrl_c(trainer, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert train(tiny, tmp_path, hooks=TrainHooks(after_step=ctrl_c)).status == "interrupted"
+    train(tiny, tmp_path, resume=True, surgery=False, gradient_checkpointing=True)
+    assert_same_run(straight[0], tmp_path)
+
+
+def test_bf16_frozen_weights_on_cpu_train_fp32_adapters(tiny, tmp_path):
+    from selva_core.model.lora import iter_lora_layers
+
+    seen = []
+
+    def check(trainer, step):
+        layer = next(layer for _, layer in iter_lora_layers(trainer.gen))
+        seen.append((layer.base_layer.weight.dtype, trainer.autocast_dtype))
+
+    pipe = fresh(tiny[0])
+    cfg = make_cfg(tiny, tmp_path, steps=2, warmup_steps=0, save_every=2, val_every=2,
+                   base_dtype="bf16", precision="bf16", samples=True)
+    result = run_training(cfg, pipeline=pipe, hooks=TrainHooks(after_step=check))
+    assert result.completed and seen[0] == (torch.bfloat16, torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in pipe.generator.parameters())  # shared: fp32
+    final = load_file(str(tmp_path / "adapter_final.safetensors"))
+    assert all(v.dtype == torch.float32 for v in final.values())
+    assert all(math.isfinite(r["loss"]) for r in train_records(tmp_path))
+    with pytest.raises(ValueError, match="--base_dtype bf16 needs every forward under bf16 "
+                                         "autocast, but --precision is fp32"):
+        train(tiny, tmp_path / "bad", base_dtype="bf16", precision="fp32")

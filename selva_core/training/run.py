@@ -5,18 +5,21 @@
    before anything is extracted) or replaced with --overwrite; nothing existing changes
    before these checks pass;
 2. join the torchrun process group if there is one (:mod:`.distributed`);
-3. get the pipeline: ``SelvaPipeline.build`` of ``--variant`` (fp32 weights, VAE encoder
+3. find the clips (:func:`selva_core.data.scan_dataset`; a missing or empty data folder fails
+   here, before any model loads);
+4. get the pipeline: ``SelvaPipeline.build`` of ``--variant`` (fp32 weights, VAE encoder
    kept for the audio targets), or a fork of the caller's pipeline (its generator structure is
    the trainer's own, its encoders stay loaded, no adapter is left on the caller's generator);
-4. find the clips (:func:`selva_core.data.scan_dataset`) and extract or reuse their features
+5. extract or reuse the clips' features
    (:func:`selva_core.training.feature_cache.build_feature_cache`); under DDP process 0
    extracts first and the others then read the same cache. Ctrl-C here ends the job with
    status ``interrupted`` (the features extracted so far stay in the cache);
-5. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
+6. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -67,8 +70,21 @@ def build_pipeline(cfg: TrainConfig, device: torch.device):
 
 
 def default_model_tag(cfg: TrainConfig) -> str:
-    """Names the encoder weights in the feature-cache key (tiny random models differ by seed)."""
-    return f"tiny seed {TINY_PIPELINE_SEED}" if get_variant(cfg.variant).is_tiny else ""
+    """Names the encoder weights in the feature-cache key when they are not a variant's
+    official ones: the shipped tiny weights by their files' sha256 (retrained weights get a
+    fresh cache), a tiny model without shipped weights by its random seed."""
+    if not get_variant(cfg.variant).is_tiny:
+        return ""
+    from selva_core.bundled import bundled_files
+
+    files = bundled_files(cfg.variant)
+    if not files:
+        return f"tiny seed {TINY_PIPELINE_SEED}"
+    from selva_core.variants import TINY_TRAINED_TEXT_SEED
+
+    material = "".join(sorted(f.sha256 for f in files.values())) + str(TINY_TRAINED_TEXT_SEED)
+    digest = hashlib.sha256(material.encode())
+    return f"tiny trained {digest.hexdigest()[:16]}"
 
 
 # --- folders ----------------------------------------------------------------------------------
@@ -179,11 +195,18 @@ def check_folders(cfg: TrainConfig) -> None:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: str
-                     ) -> tuple[list, dict[str, Any]]:
-    """Scan the dataset and build (or reuse) the feature cache; returns examples and info."""
+def scan(cfg: TrainConfig) -> tuple[list, SkipReport]:
+    """The dataset's clips (a missing or empty folder fails here, before any model loads)."""
     report = SkipReport()
-    clips = scan_dataset(cfg.data_dir, on_bad_clip=cfg.on_bad_clip, report=report)
+    return scan_dataset(cfg.data_dir, on_bad_clip=cfg.on_bad_clip, report=report), report
+
+
+def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: str,
+                     found: tuple[list, SkipReport] | None = None
+                     ) -> tuple[list, dict[str, Any]]:
+    """Build (or reuse) the feature cache of the scanned clips (``found``, default: scan
+    now); returns the examples and what the summary says about the data."""
+    clips, report = found if found is not None else scan(cfg)
     settings = FeatureCacheSettings(variant=cfg.variant, duration=cfg.duration,
                                     window_policy=cfg.window, model_tag=model_tag)
     stats = CacheStats()
@@ -256,6 +279,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
         if dist.is_main:
             check_folders(cfg)
         barrier(dist)
+        found = scan(cfg)
         if pipeline is None:
             pipeline = build_pipeline(cfg, dist.device)
         else:
@@ -265,7 +289,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
         check_rank(pipeline.generator, cfg)
         tag = default_model_tag(cfg) if model_tag is None else model_tag
         try:
-            examples, info = prepare_examples(cfg, pipeline, dist, tag)
+            examples, info = prepare_examples(cfg, pipeline, dist, tag, found)
         except KeyboardInterrupt:
             return _interrupted_during_extraction(cfg)
         pipeline.free_encoders()

@@ -21,8 +21,9 @@ decision, intruder report, final adapter, summary); what the run says about itse
 one :class:`~.record.RunRecord`.
 
 Only process 0 writes files. Randomness never comes from global RNG streams except the
-adapter-input dropout's, whose state is saved at each step boundary, so an interrupted and
-resumed run reproduces the uninterrupted one bit for bit on the same machine.
+adapter-input dropout's, which a run seeds from ``--seed`` (in a fork of the caller's RNG) and
+saves at each step boundary, so an interrupted and resumed run reproduces the uninterrupted one
+bit for bit on the same machine.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from selva_core.features import ConditionFeatures
 from selva_core.model.generator import SelvaGenerator
 from selva_core.model.lora import (
     attach_lora,
+    base_fingerprint,
     load_training_state_dict,
     lora_plus_param_groups,
     save_adapter,
@@ -55,7 +57,7 @@ from selva_core.model.lora.targets import resolve_targets
 from selva_core.model.precision import cast_frozen_weights, peak_memory_bytes, resolve_base_dtype
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
-from selva_core.training.data_order import DataOrder, example_seed
+from selva_core.training.data_order import DataOrder, example_seed, mix_seed
 from selva_core.training.distributed import (
     DistContext,
     all_reduce_mean,
@@ -88,6 +90,7 @@ log = logging.getLogger(__name__)
 ADAPTER_NAME = "default"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
+_GLOBAL_RNG_SEED = 0xD20F
 
 
 class TrainingDivergedError(RuntimeError):
@@ -233,6 +236,8 @@ class LoRATrainer:
         for p in self.params:
             if p.dtype != torch.float32:
                 p.data = p.data.float()
+        # Files record the fingerprint of the weights as loaded, whatever dtype they train in.
+        self.handle.spec.base_fingerprint = base_fingerprint(self.gen, self.handle.layers)
         cast_frozen_weights(self.gen, self.base_dtype)  # new parameters: shared tensors untouched
         self.gen.set_gradient_checkpointing(cfg.gradient_checkpointing)
         self.train_store = ExampleStore(train_examples, self.gen)
@@ -277,9 +282,19 @@ class LoRATrainer:
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train to ``cfg.steps`` (resuming first if asked), then finish the adapter."""
+        # The global RNG (the adapter-input dropout's) is seeded from --seed for a fresh run and
+        # restored from the checkpoint on resume, inside a fork: the caller's RNG is left alone.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg = self.cfg
         if cfg.resume or cfg.resume_from is not None:
             self.resume(cfg.resume_from)
+        else:
+            torch.manual_seed(mix_seed(cfg.seed, _GLOBAL_RNG_SEED, self.dist.rank))
+            self._boundary_rng = ckpt.capture_rng_state()
         if self.is_main:
             save_config(cfg, self.out)
         self.log.write({**self.record.start_line(self.progress), "time": time.time()})
