@@ -217,7 +217,7 @@ def adapter_metadata(
         "exclude": json.dumps(list(cfg.exclude)),
         "layers": json.dumps(list(layers)),
         "model_variant": model_variant,
-        "base_fingerprint": base_fingerprint(model, list(layers)),
+        "base_fingerprint": spec.base_fingerprint or base_fingerprint(model, list(layers)),
         "user": json.dumps(user or {}, default=str),
     }
 

@@ -37,7 +37,9 @@ class AdapterSpec:
     """Model-level description of one named adapter (shared by all its layers).
 
     ``variant_name``: the base model's variant (e.g. ``small_16k``) for files; ``init``: how
-    the factors were made; ``source``: the file it was loaded from, if any.
+    the factors were made; ``source``: the file it was loaded from, if any;
+    ``base_fingerprint``: set by a trainer that stores the frozen base in another dtype after
+    attaching, so files record the fingerprint of the weights the adapter was made for.
     """
 
     name: str
@@ -47,6 +49,7 @@ class AdapterSpec:
     init: str = "standard"
     source: str | None = None
     layers: list[str] = field(default_factory=list)
+    base_fingerprint: str | None = None
 
 
 @dataclass
