@@ -43,7 +43,8 @@ def test_help_lists_every_flag_of_the_issue(cli, capsys):
                  "--grad_accum", "--save_every", "--precision", "--seed", "--timestep_mode",
                  "--resume", "--resume-from", "--demo", "--val_every", "--val_clips",
                  "--val_fraction", "--lr_schedule", "--lora_plus_ratio", "--init", "--rsLoRA",
-                 "--window", "--on-bad-clip", "--surgery", "--no-surgery", "--duration"):
+                 "--window", "--on-bad-clip", "--surgery", "--no-surgery", "--duration",
+                 "--lora_dropout", "--gradient_checkpointing", "--base_dtype"):
         assert flag in text, flag
 
 

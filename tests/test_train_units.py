@@ -69,6 +69,27 @@ def test_bad_flag_values_exit_with_a_message_naming_the_flag(flags, fragment, ca
     assert fragment in capsys.readouterr().err
 
 
+def test_warmup_defaults_to_a_fraction_of_the_steps_so_short_runs_just_work():
+    from selva_core.training.config import WARMUP_FRACTION
+
+    assert TrainConfig(data_dir="x").warmup == round(WARMUP_FRACTION * 2000)
+    for steps in (1, 5, 10, 40):
+        cfg = config_from_args(["--data_dir", "x", "--steps", str(steps)])
+        assert cfg.warmup_steps is None and 0 <= cfg.warmup < steps
+        LRSchedule(steps, cfg.warmup)  # a valid schedule
+    assert config_from_args(["--data_dir", "x", "--warmup_steps", "3"]).warmup == 3
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--lora_dropout", "1.0"], "--lora_dropout must be in [0, 1)"),
+    (["--base_dtype", "fp8"], "--base_dtype"),
+])
+def test_new_flag_values_are_checked(flags, fragment, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--data_dir", "x", *flags])
+    assert fragment in capsys.readouterr().err
+
+
 def test_missing_data_dir_is_an_error_unless_demo():
     with pytest.raises(ValueError, match="--data_dir is required"):
         TrainConfig().validate()

@@ -2,9 +2,8 @@
 
 Every flag of ``train_lora.py`` is a field of :class:`TrainConfig`; its help text, choices and
 option strings live in the field's metadata, so the dataclass, the CLI and ``config.json``
-in the output folder can never disagree. Flag names follow the closest existing tool
-(ComfyUI-SelVA's ``train_lora.py``: ``--data_dir``, ``--rank``, ``--lr`` ...), with the
-dashed spellings the issue asks for accepted as aliases.
+in the output folder can never disagree. Flag names follow ComfyUI-SelVA's ``train_lora.py``
+(``--data_dir``, ``--rank``, ``--lr`` ...), with dashed spellings accepted as aliases.
 
 Defaults: rank 16 with the LoRA library's fixed alpha 32 (alpha/r = 2; rsLoRA off) on the
 attention projections incl. the kernel-3 conv ``linear1``, AdamW lr 1e-4 with weight decay 0,
@@ -24,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.data.errors import ON_BAD_CLIP_CHOICES as BAD_CLIP_POLICIES
 from selva_core.data.windows import WINDOW_POLICIES
 from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.precision import BASE_DTYPE_CHOICES
+from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
-LR_SCHEDULES = ("cosine", "constant")
-BAD_CLIP_POLICIES = ("skip", "stop")
 PRECISIONS = ("auto", "bf16", "fp32")
 ADAPTER_DTYPES = ("auto", "fp32", "q16", "fp16")
 DEFAULT_TARGETS = ("attn",)
@@ -43,7 +42,7 @@ def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
          primary: bool = False) -> dict[str, Any]:
     """Field metadata read by :func:`build_arg_parser` (help, extra option strings, choices).
 
-    ``primary``: the extra spelling (the issue's, e.g. ``--resume-from``) is the one usage
+    ``primary``: the extra spelling (e.g. ``--resume-from``) is the one usage
     shows; ``--field_name`` stays accepted.
     """
     return {"help": help_text, "flags": flags, "choices": choices, "metavar": metavar,
@@ -114,9 +113,10 @@ class TrainConfig:
         "--rsLoRA", "--use_rslora", group="model"))
     adapter_dtype: str = field(default="auto", metadata=_opt(
         "Storage of adapter_final.safetensors: 'fp32' (exact), 'q16' (half the size: 16-bit "
-        "fixed point on the SVD directions of the change, ~4e-5 relative error), 'fp16' (half "
-        "the size, ~3e-4), or 'auto': fp32, except q16 for PiSSA, whose file is a rank-2r delta "
-        "(r = 16 on large_44k qkv: 8 MB instead of 16 MB). Checkpoint adapters use auto; "
+        "fixed point on the SVD directions of the change, a small relative error), 'fp16' (half "
+        "the size, a larger error), or 'auto': fp32, except q16 for PiSSA, whose file is a "
+        "rank-2r delta (q16 brings it back to the size of a rank-r file). Checkpoint adapters "
+        "use auto; "
         "training states stay fp32 for exact resume.",
         choices=ADAPTER_DTYPES, group="model"))
     lora_dropout: float = field(default=0.0, metadata=_opt(

@@ -302,8 +302,3 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
         return trainer.run()
     finally:
         shutdown(dist)
-
-
-def output_files(out: Path) -> list[str]:
-    """Relative paths of everything a run wrote (for summaries and tests)."""
-    return sorted(str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file())

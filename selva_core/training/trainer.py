@@ -427,10 +427,6 @@ class LoRATrainer:
 
     # --- progress and the run record ---------------------------------------------------------
     @property
-    def trainable_count(self) -> int:
-        return self.record.trainable_params
-
-    @property
     def progress(self) -> Progress:
         return Progress(step=self.step, elapsed_s=self.elapsed,
                         val_loss=self.last_val.loss if self.last_val else None,

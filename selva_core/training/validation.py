@@ -11,7 +11,7 @@ Loss. Every validation example is evaluated at the same fixed grid of flow times
 ``(i + 0.5) / n`` quantiles of the training t distribution (8 by default; for logit-normal
 ``t_i = sigmoid(Phi^-1(q_i))``) — with noise ``x0`` and latent sample ``eps`` drawn from
 generators seeded by (example index, grid index), no condition dropout. The value changes only
-when the adapter does; per-t losses are reported too (the closest tool had none of this).
+when the adapter does; per-t losses are reported too.
 """
 
 from __future__ import annotations
