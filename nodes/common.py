@@ -26,7 +26,7 @@ import os
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,19 @@ class SelvaModel:
         return f"SelvaModel({self.label or self.pipeline!r})"
 
 
+def library_mode():
+    """Leave ComfyUI's ``torch.inference_mode`` for library code.
+
+    ComfyUI executes every node under inference mode, where new tensors become inference
+    tensors that autograd can never use. The library keeps to ``no_grad`` so that networks,
+    RoPE tables and adapters shared between inference and training stay ordinary tensors;
+    nodes run it (and build pipelines) with inference mode off.
+    """
+    import torch
+
+    return torch.inference_mode(False)
+
+
 def release_memory(exc: BaseException | None = None) -> None:
     """Empty the device cache; after an interruption or an error also drop what the failed
     run's frames still hold (``exc``'s traceback keeps their tensors alive until ComfyUI
@@ -206,8 +219,10 @@ def on_device(model: SelvaModel) -> Iterator[Any]:
     """
     mm = _model_management()
     pipeline = model.pipeline
+    stack = ExitStack()
     failure: BaseException | None = None
     try:
+        stack.enter_context(library_mode())
         if getattr(pipeline, "offload", "gpu") == "gpu":
             mm.load_models_gpu([model.patcher()], force_full_load=True)
         elif pipeline.device.type != "cpu" and hasattr(mm, "free_memory"):
@@ -219,6 +234,7 @@ def on_device(model: SelvaModel) -> Iterator[Any]:
         failure = exc
         raise
     finally:
+        stack.close()
         release_memory(failure)
         failure = None
 
@@ -273,7 +289,7 @@ def resolve_user_path(path: str, base: str) -> str:
 
 __all__ = [
     "CATEGORY", "FEATURES_TYPE", "MODEL_TYPE", "SelvaModel", "SelvaNodeError", "hidden_node_id",
-    "list_files", "model_folders", "node_error", "on_device", "progress_callback",
+    "library_mode", "list_files", "model_folders", "node_error", "on_device", "progress_callback",
     "raise_if_interrupted", "register_model_folder", "release_memory", "reported",
     "resolve_user_path", "stop_requested",
 ]

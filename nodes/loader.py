@@ -12,6 +12,7 @@ from .common import (
     CATEGORY,
     MODEL_TYPE,
     SelvaModel,
+    library_mode,
     model_folders,
     node_error,
     reported,
@@ -103,8 +104,9 @@ class SelvaModelLoader(io.ComfyNode):
                              f"choose one of {', '.join(OFFLOADS)}")
         folder_input = "models_dir" if (models_dir or "").strip() else "weights_folder"
         folder = _weights_folder(weights_folder, models_dir)
-        with reported(NODE, folder_input if not VARIANTS[variant].is_tiny else "variant",
-                      fix="put the files there or turn on 'download'"):
+        with library_mode(), reported(
+                NODE, folder_input if not VARIANTS[variant].is_tiny else "variant",
+                fix="put the files there or turn on 'download'"):
             pipeline = SelvaPipeline.build(
                 variant, models_dir=folder, device=mm.get_torch_device(), precision=precision,
                 offload=offload, download=bool(download), need_vae_encoder=bool(for_training),

@@ -17,6 +17,7 @@ from .common import (
     LORA_FOLDER,
     MODEL_TYPE,
     SelvaModel,
+    library_mode,
     list_files,
     node_error,
     reported,
@@ -71,8 +72,8 @@ class SelvaLoraLoader(io.ComfyNode):
         path, input_name = _adapter_path(lora_name, lora_path)
         if path is None:
             return io.NodeOutput(model, "", "{}")
-        with reported(NODE, input_name, fix="choose a SelVA adapter trained for this model's "
-                      "variant"):
+        with library_mode(), reported(NODE, input_name, fix="choose a SelVA adapter trained "
+                                      "for this model's variant"):
             pipeline = model.pipeline.with_adapters([(path, strength)])
         applied = pipeline.adapters[-1]
         prompt, settings = adapter_training_info(applied.metadata)

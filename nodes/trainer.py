@@ -17,6 +17,7 @@ from .common import (
     MODEL_TYPE,
     SelvaModel,
     hidden_node_id,
+    library_mode,
     node_error,
     on_device,
     raise_if_interrupted,
@@ -118,6 +119,8 @@ class SelvaLoraTrainer(io.ComfyNode):
                 save_every=int(save_every), seed=int(seed), resume=bool(resume),
                 device=str(pipeline.device), quiet=True,
             ).validate()
+        with library_mode():
+            _make_trainable_tensors(pipeline)
         bar = _ProgressTo(int(steps), hidden_node_id(cls))
         hooks = TrainHooks(after_step=bar.after_step, should_stop=stop_requested)
         with on_device(model) as pipe, reported(NODE, None, fix=_fix_for(resume)):
@@ -127,11 +130,31 @@ class SelvaLoraTrainer(io.ComfyNode):
             raise node_error(NODE, None, f"training ended with status {result.status!r}",
                              f"see {os.path.join(out, 'train.log')}")
         adapter = str(result.adapter_path)
-        with reported(NODE, "output_dir"):
+        with library_mode(), reported(NODE, "output_dir"):
             trained = pipeline.with_adapters([(adapter, 1.0)])
         curve = _curve_image(os.path.join(str(result.output_dir), "loss_curve.png"))
         return io.NodeOutput(adapter, curve,
                              model.derived(trained, f"{model.label} + {os.path.basename(out)}"))
+
+
+def _make_trainable_tensors(pipeline) -> None:
+    """Replace inference tensors in the pipeline's networks by equal ordinary tensors.
+
+    Tensors a module gets while ComfyUI runs under ``torch.inference_mode`` (e.g. when its
+    model management moves SelVA off the GPU and back) can never take part in autograd; the
+    values stay the same, only the tensor kind changes.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in pipeline.networks().values():
+            for sub in module.modules():
+                for p in sub._parameters.values():
+                    if p is not None and p.is_inference():
+                        p.data = p.data.clone()
+                for name, b in sub._buffers.items():
+                    if b is not None and b.is_inference():
+                        sub._buffers[name] = b.clone()
 
 
 def _fix_for(resume: bool) -> str:

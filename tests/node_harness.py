@@ -51,11 +51,14 @@ def node(node_id: str):
 
 
 def run_node(node_id: str, unique_id: str = "7", **inputs):
-    """Execute a node like ComfyUI's executor; returns its outputs as a tuple."""
+    """Execute a node like ComfyUI's executor (a class clone with hidden inputs, under
+    ``torch.inference_mode()`` as ComfyUI runs every node); returns its outputs as a tuple."""
+    import torch
     from comfy_api.latest import io
 
     cls = node(node_id).PREPARE_CLASS_CLONE({io.Hidden.unique_id: unique_id})
-    out = cls.execute(**inputs)
+    with torch.inference_mode():
+        out = cls.execute(**inputs)
     return tuple(out.args) if isinstance(out, io.NodeOutput) else tuple(out)
 
 

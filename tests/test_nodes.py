@@ -562,3 +562,18 @@ def test_trainer_bad_inputs_give_one_clear_error(common, tiny, clips, tmp_path):
     with pytest.raises(common.SelvaNodeError) as excinfo:
         _train(no_encoder, clips, tmp_path / "run")
     assert "for_training" in _error(excinfo, "LoRA Trainer", "model")
+
+
+def test_trainer_turns_inference_tensors_back_into_trainable_ones(pack, tiny):
+    trainer = sys.modules[f"{pack.__name__}.nodes.trainer"]
+    fork = tiny.pipeline.fork()
+    layer = fork.generator.final_layer.conv.conv if hasattr(
+        fork.generator.final_layer.conv, "conv") else fork.generator.final_layer.conv
+    with torch.inference_mode():  # as ComfyUI's model management moves weights
+        layer.weight.data = layer.weight.data.clone()
+    assert layer.weight.is_inference()
+    before = layer.weight.detach().clone()
+    trainer._make_trainable_tensors(fork)
+    assert not any(t.is_inference() for m in fork.networks().values()
+                   for t in (*m.parameters(), *m.buffers()))
+    assert torch.equal(layer.weight, before)
