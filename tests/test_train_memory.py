@@ -1,0 +1,236 @@
+"""Memory options of the trainer: --gradient_checkpointing and --base_dtype.
+
+Half-precision frozen weights run every forward (training, validation, surgery, checkpoint
+samples) under autocast in their dtype and leave the adapter file's format as the fp32 run's;
+the summary gives the run's peak memory; neither option is part of the adapter's identity, so a
+run may be resumed with them changed; gradient checkpointing works under DDP unchanged. (The
+bit-for-bit checkpointing and flip-on-resume tests live with the main loop tests in
+test_train_loop.py.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from selva_core.model.lora import iter_lora_layers, load_adapter
+from selva_core.training.config import TrainConfig, config_from_args
+from selva_core.training.record import adapter_identity
+from selva_core.training.report import format_summary
+from selva_core.training.run import run_training
+from selva_core.training.trainer import TrainHooks, resolve_precision
+from tests.training_data import tiny_training_set
+
+DURATION = 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(pipeline, data_dir, cache_dir): four synthetic clips with a warm feature cache."""
+    s = tiny_training_set(tmp_path_factory.mktemp("train_memory"), clips_per_class=2, seed=3,
+                          duration=DURATION)
+    return s.pipe, s.data_dir, s.cache_dir
+
+
+def fresh(pipe):
+    """A pipeline sharing the frozen networks but owning a fresh copy of the generator."""
+    p = copy.copy(pipe)
+    p.generator = copy.deepcopy(pipe.generator)
+    return p
+
+
+def make_cfg(tiny, out, **kw) -> TrainConfig:
+    _, data_dir, cache_dir = tiny
+    base = dict(data_dir=str(data_dir), output_dir=str(out), cache_dir=str(cache_dir),
+                variant="tiny_16k", duration=DURATION, steps=2, warmup_steps=0, batch_size=2,
+                grad_accum=1, save_every=2, val_every=1, rank=4, lr=2e-3, sample_steps=2,
+                val_clips=1, samples=False, surgery=False, quiet=True, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train_losses(out) -> list[float]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
+    result = run_training(make_cfg(tiny, out, base_dtype="fp32", surgery=True),
+                          pipeline=fresh(tiny[0]))
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tiny, tmp_path_factory):
+    """bf16 frozen weights on CPU with checkpointing, surgery and checkpoint samples on."""
+    out = tmp_path_factory.mktemp("bf16")
+    pipe = fresh(tiny[0])
+    seen = []
+
+    def check(trainer, step):
+        layer = next(layer for _, layer in iter_lora_layers(trainer.gen))
+        seen.append((layer.base_layer.weight.dtype, trainer.autocast_dtype))
+
+    cfg = make_cfg(tiny, out, base_dtype="bf16", precision="bf16", gradient_checkpointing=True,
+                   surgery=True, samples=True)
+    result = run_training(cfg, pipeline=pipe, hooks=TrainHooks(after_step=check))
+    return out, result, pipe, seen
+
+
+# --- half-precision frozen weights -----------------------------------------------------------
+def test_bf16_base_on_cpu_trains_validates_operates_and_samples_under_bf16(bf16_run):
+    out, result, pipe, seen = bf16_run
+    assert result.completed and result.steps_done == 2
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * 2
+    # surgery's calibration and validation forwards and the samples ran on the bf16 weights
+    surgery = json.loads((out / "surgery.json").read_text())
+    assert surgery["decision"] in ("kept", "reverted")
+    assert math.isfinite(surgery["val_loss_before"]) and math.isfinite(surgery["val_loss_after"])
+    for tag in ("step_000000_base", "step_000002", "final"):
+        assert (out / "samples" / f"{tag}.wav").stat().st_size > 44
+    assert all(math.isfinite(x) for x in train_losses(out))
+    # the caller's (shared) weights stay fp32: the cast swapped parameters on the fork only
+    assert all(p.dtype == torch.float32 for p in pipe.generator.parameters())
+
+
+def test_bf16_base_writes_an_adapter_file_of_the_fp32_runs_format(bf16_run, fp32_run, tiny,
+                                                                 caplog):
+    out16, *_ = bf16_run
+    out32, _ = fp32_run
+    a = load_file(str(out32 / "adapter_final.safetensors"))
+    b = load_file(str(out16 / "adapter_final.safetensors"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert b[k].dtype == a[k].dtype == torch.float32 and b[k].shape == a[k].shape, k
+    with safe_open(str(out32 / "adapter_final.safetensors"), "pt") as fa, \
+            safe_open(str(out16 / "adapter_final.safetensors"), "pt") as fb:
+        ma, mb = fa.metadata(), fb.metadata()
+    assert ma.keys() == mb.keys()
+    # the same base: the fingerprint is that of the weights as loaded, not of their bf16 copy
+    assert ma["base_fingerprint"] == mb["base_fingerprint"]
+    user_a, user_b = json.loads(ma["user"]), json.loads(mb["user"])
+    assert user_a.keys() == user_b.keys()
+    assert (user_a["base_dtype"], user_b["base_dtype"]) == ("torch.float32", "torch.bfloat16")
+    # it loads on the plain fp32 generator without a "different base weights" warning
+    gen = copy.deepcopy(tiny[0].generator).eval()
+    with caplog.at_level("WARNING"):
+        load_adapter(gen, out16 / "adapter_final.safetensors", expected_variant="tiny_16k")
+    assert "different base weights" not in caplog.text
+    assert all(p.dtype == torch.float32 for p in gen.parameters())
+    # the same training, up to bf16 rounding: the first step (adapter still zero) agrees
+    first32, first16 = train_losses(out32)[0], train_losses(out16)[0]
+    assert first16 == pytest.approx(first32, rel=2e-2) and first16 != first32
+
+
+def test_summary_and_cli_summary_give_the_runs_peak_memory(bf16_run, fp32_run):
+    for out, result in ((bf16_run[0], bf16_run[1]), fp32_run):
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary == json.loads(json.dumps(result.summary))
+        assert summary["peak_memory_mb"] > 50  # the interpreter and torch alone exceed that
+        assert summary["peak_memory_method"] == "process peak resident memory"  # on CPU
+        text = format_summary(summary)
+        assert f"peak {summary['peak_memory_mb']:.0f} MB" in text
+    bf16 = json.loads((bf16_run[0] / "summary.json").read_text())
+    assert bf16["base_dtype"] == "torch.bfloat16" and bf16["gradient_checkpointing"] is True
+    assert "base weights bfloat16, gradient checkpointing on" in format_summary(bf16)
+
+
+# --- precision and base dtype together --------------------------------------------------------
+@pytest.mark.parametrize("base,precision", [("bf16", "fp32"), ("fp16", "bf16"),
+                                            ("fp16", "fp32")])
+def test_a_contradicting_precision_is_one_clear_cli_error(base, precision, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--demo", "--output_dir", str(out), "--base_dtype", base,
+                          "--precision", precision])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert (f"--base_dtype {base} needs every forward under {base} autocast, but --precision "
+            f"is {precision}; use --precision auto") in errors[0]
+    assert not out.exists()
+
+
+def test_auto_base_dtype_is_bf16_on_a_bf16_gpu_unless_precision_is_fp32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def resolved(device, **kw):
+        return resolve_precision(TrainConfig(demo=True, **kw).validate(), device)
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert resolved(gpu) == (bf16, bf16)
+    assert resolved(gpu, precision="fp32") == (None, fp32)  # no error: auto follows fp32
+    assert resolved(gpu, precision="bf16") == (bf16, bf16)
+    assert resolved(gpu, base_dtype="fp32") == (bf16, fp32)
+    assert resolved(gpu, base_dtype="fp16") == (fp16, fp16)  # auto precision follows the base
+    assert resolved(cpu) == (None, fp32)
+    assert resolved(cpu, base_dtype="bf16") == (bf16, bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolved(gpu) == (None, fp32)  # a GPU without bf16: fp32 as before
+
+
+# --- resume ------------------------------------------------------------------------------------
+def test_neither_option_is_part_of_the_adapter_identity_so_resume_may_change_them(
+        tiny, fp32_run, tmp_path):
+    plain = make_cfg(tiny, tmp_path)
+    changed = make_cfg(tiny, tmp_path, base_dtype="bf16", gradient_checkpointing=True)
+    assert adapter_identity(plain) == adapter_identity(changed)
+
+    def ctrl_c(trainer, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = run_training(make_cfg(tiny, tmp_path, base_dtype="fp32", surgery=True),
+                         pipeline=fresh(tiny[0]), hooks=TrainHooks(after_step=ctrl_c))
+    assert first.status == "interrupted" and first.steps_done == 1
+    resumed = run_training(make_cfg(tiny, tmp_path, base_dtype="bf16", resume=True,
+                                    gradient_checkpointing=True, surgery=True),
+                           pipeline=fresh(tiny[0]))
+    assert resumed.completed and resumed.summary["base_dtype"] == "torch.bfloat16"
+    straight = train_losses(fp32_run[0])
+    losses = train_losses(tmp_path)
+    assert losses[0] == straight[0]  # the fp32 step before the interruption
+    assert losses[1] == pytest.approx(straight[1], rel=5e-2)  # the bf16 step after it
+
+
+# --- several processes ------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, cfg: TrainConfig, pipe) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    assert run_training(cfg, pipeline=fresh(pipe)).completed
+
+
+def test_checkpointing_with_bf16_weights_under_ddp_follows_the_single_process_run(
+        tiny, tmp_path):
+    kw = dict(gradient_checkpointing=True, base_dtype="bf16", steps=2, grad_accum=2)
+    single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
+    run_training(make_cfg(tiny, single_out, batch_size=2, **kw), pipeline=fresh(tiny[0]))
+    mp.start_processes(_worker, args=(2, _free_port(),
+                                      make_cfg(tiny, ddp_out, batch_size=1, **kw), tiny[0]),
+                       nprocs=2, join=True, start_method="fork")
+    single, ddp = train_losses(single_out), train_losses(ddp_out)
+    assert len(single) == len(ddp) == 2
+    assert ddp == pytest.approx(single, rel=2e-2)
+    summary = json.loads((ddp_out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["gradient_checkpointing"] is True
+    assert summary["base_dtype"] == "torch.bfloat16"
