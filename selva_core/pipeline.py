@@ -118,6 +118,25 @@ def _module_device(module: nn.Module) -> torch.device | None:
     return None
 
 
+def _tensor_slots(module: nn.Module) -> tuple[list, list]:
+    """Every parameter (object and data) and buffer of ``module``, with its owner and name."""
+    params, buffers = [], []
+    for m in module.modules():
+        params += [(m, n, p, p.data) for n, p in m._parameters.items() if p is not None]
+        buffers += [(m, n, b) for n, b in m._buffers.items() if b is not None]
+    return params, buffers
+
+
+def _restore_tensor_slots(slots: tuple[list, list]) -> None:
+    """Put back the very parameter objects (a move may swap their data or replace them)."""
+    params, buffers = slots
+    for m, name, p, data in params:
+        p.data = data
+        m._parameters[name] = p
+    for m, name, b in buffers:
+        m._buffers[name] = b
+
+
 def _module_bytes(modules: Sequence[nn.Module]) -> int:
     seen: set[int] = set()
     total = 0
@@ -593,7 +612,11 @@ class SelvaPipeline:
         """The named networks on the compute device in eval mode (and the generator at ``seq``)
         for the duration of the block; afterwards every module's train/eval flag, device and
         the generator's sequence lengths are as they were found, also when the block raises.
-        Dtypes are never changed."""
+        Dtypes are never changed.
+
+        A network moved for the run gets its very tensors back afterwards (not copies made on
+        the way back), so an offloaded network keeps sharing its storage with its forks.
+        """
         found = []
         old_seq = None
         try:
@@ -603,8 +626,10 @@ class SelvaPipeline:
                     continue
                 modes = [(m, m.training) for m in module.modules()]
                 where = _module_device(module)
-                found.append((module, modes, where))
-                if where is not None and where != self._device:
+                moved = where is not None and where != self._device
+                tensors = _tensor_slots(module) if moved else None
+                found.append((modes, tensors))
+                if moved:
                     module.to(self._device)
                 module.eval()
             if seq is not None and self.generator.seq != seq:
@@ -614,9 +639,9 @@ class SelvaPipeline:
         finally:
             if old_seq is not None:
                 self.generator.update_seq_lengths(old_seq)
-            for module, modes, where in reversed(found):
-                if where is not None and where != self._device:
-                    module.to(where)
+            for modes, tensors in reversed(found):
+                if tensors is not None:
+                    _restore_tensor_slots(tensors)
                 for m, mode in modes:
                     m.training = mode
 

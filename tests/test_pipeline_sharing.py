@@ -275,3 +275,20 @@ def test_build_in_bf16_keeps_the_weights_in_bf16_and_renders_close_to_fp32(pipe,
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - want).abs().max() < 0.25 * want.abs().max()  # bf16 rounding, same sound
     assert all(p.dtype == torch.bfloat16 for p in half.generator.parameters())
+
+
+def test_networks_moved_for_a_run_get_their_very_tensors_back(pipe):
+    """What offload relies on: a network moved to the compute device for a run returns to its
+    own storage afterwards (no copies), so an offloaded fork keeps sharing with its base."""
+    fork = pipe.fork()
+    before = {n: p.data_ptr() for n, p in fork.generator.named_parameters()}
+    buffers = {n: b.data_ptr() for n, b in fork.generator.named_buffers()}
+    fork._device = torch.device("meta")  # a stand-in compute device (no GPU needed)
+    with fork._running("generator", "vae"):
+        assert all(p.is_meta for p in fork.generator.parameters())
+        assert all(p.is_meta for p in pipe.vae.parameters())  # shared by reference
+    assert {n: p.data_ptr() for n, p in fork.generator.named_parameters()} == before
+    assert {n: b.data_ptr() for n, b in fork.generator.named_buffers()} == buffers
+    assert all(p.device.type == "cpu" for p in pipe.vae.parameters())
+    base = {n: p.data_ptr() for n, p in pipe.generator.named_parameters()}
+    assert before == base
