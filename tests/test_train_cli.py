@@ -178,6 +178,16 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_its_folder(clips
     assert result.completed and result.steps_done == 2
 
 
+def test_run_like_files_that_no_run_of_ours_left_are_never_cleared(cli, clips, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out"
+    (out / "samples").mkdir(parents=True)
+    (out / "samples" / "mine.wav").write_bytes(b"my own recording")
+    assert cli.main(_args(clips, out)) == 2
+    _one_line_error(capsys, "already holds a training run (samples)", "--overwrite")
+    assert (out / "samples" / "mine.wav").read_bytes() == b"my own recording"
+
+
 def test_a_rejected_resume_leaves_the_folder_as_it_was(cli, clips, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(_args(clips, out)) == 0

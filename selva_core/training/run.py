@@ -41,6 +41,7 @@ from selva_core.training.feature_cache import (
 from selva_core.training.record import adapter_identity
 from selva_core.training.report import LOG_FILE, read_jsonl
 from selva_core.training.trainer import (
+    CONFIG_FILE,
     LoRATrainer,
     TrainHooks,
     TrainResult,
@@ -120,8 +121,8 @@ def _writable_folder(path: Path, flag: str) -> None:
 
 def holds_a_run(out: Path) -> list[str]:
     """What in ``out`` belongs to a run that trained (a checkpoint, the final adapter or a
-    logged step); empty when the folder holds no run or only the leftovers of a run that
-    stopped before its first step."""
+    logged step), or run-like files (``samples/`` ...) no run of ours started; empty when the
+    folder holds no run or only the leftovers of a run that stopped before its first step."""
     found = []
     manager = ckpt.CheckpointManager(out / "checkpoints")
     if manager.manifest_path.is_file():
@@ -135,6 +136,10 @@ def holds_a_run(out: Path) -> list[str]:
     if (out / LOG_FILE).is_file() and any(r.get("kind") == "train"
                                            for r in read_jsonl(out / LOG_FILE)):
         found.append(LOG_FILE)
+    started = (out / LOG_FILE).is_file() or (out / CONFIG_FILE).is_file()
+    if not found and not started:
+        # Run-like names without a run of ours having started here: not ours to clear.
+        found = [name for name in RUN_ARTEFACTS[:6] if (out / name).exists()]
     return found
 
 
