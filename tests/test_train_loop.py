@@ -592,3 +592,28 @@ def test_bf16_frozen_weights_on_cpu_train_fp32_adapters(tiny, tmp_path):
     with pytest.raises(ValueError, match="--base_dtype bf16 needs every forward under bf16 "
                                          "autocast, but --precision is fp32"):
         train(tiny, tmp_path / "bad", base_dtype="bf16", precision="fp32")
+
+
+def test_one_cached_pipeline_renders_with_adapters_and_trains_without_being_changed(straight,
+                                                                                   tiny,
+                                                                                   tmp_path):
+    """The ComfyUI / evaluator pattern: one pipeline object serves a plain render, a render
+    with two adapters (0.7 and 0.3), a short training run and a plain render again."""
+    from selva_core.data import scan_dataset
+    from selva_core.data.video import decode_frames
+
+    pipe = tiny[0]  # the module's cached pipeline itself, not a copy
+    clip = scan_dataset(tiny[1])[0]
+    features = pipe.extract_features(decode_frames(clip.video_path), clip.prompt, DURATION)
+    settings = dict(seed=3, num_steps=2, cfg_strength=4.5)
+    first = pipe.render(features, **settings)
+    out = straight[0]
+    adapted = pipe.with_adapters([(out / "adapter_final.safetensors", 0.7),
+                                  (out / "checkpoints/step_000002/adapter.safetensors", 0.3)])
+    both = adapted.render(features, **settings)
+    assert (both - first).abs().max() > 1e-6  # the adapters change the sound
+    result = run_training(make_cfg(tiny, tmp_path, steps=2, warmup_steps=0, save_every=2,
+                                   val_every=2, surgery=False, samples=False), pipeline=pipe)
+    assert result.completed and not pipe.adapters
+    assert torch.equal(adapted.render(features, **settings), both)
+    assert torch.equal(pipe.render(features, **settings), first)  # bit-identical
