@@ -33,7 +33,7 @@ def _restore_logging():
     root.setLevel(level)
 
 
-def test_help_lists_every_flag_of_the_issue(cli, capsys):
+def test_help_lists_every_training_flag(cli, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0

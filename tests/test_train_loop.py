@@ -370,7 +370,7 @@ def test_every_adapter_option_resumes_exactly_pissa_rslora_lora_plus(tiny, tmp_p
 
 
 
-# --- the optimisation settings are what the loop really uses ------------------------
+# --- the documented optimisation defaults are what the loop really uses ---------------------
 def test_the_loop_uses_dropout_0_1_clipping_1_adamw_wd_0_and_fp32_adapters(tiny, tmp_path,
                                                                            monkeypatch):
     import selva_core.training.trainer as trainer_mod

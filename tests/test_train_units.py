@@ -34,7 +34,7 @@ def test_every_cli_flag_has_help_text():
         assert action.help and len(action.help) > 20, action.dest
 
 
-def test_cli_accepts_issue_flag_spellings():
+def test_cli_accepts_dashed_and_alias_flag_spellings():
     cfg = config_from_args([
         "--data_dir", "clips", "--rsLoRA", "--no-surgery", "--resume-from", "7",
         "--on-bad-clip", "stop", "--val-clips", "2", "--lr-schedule", "constant",
@@ -556,7 +556,7 @@ def test_clip_of_strips_only_the_window_suffix():
     assert len(val) == 2 and len(train) == 6  # four clips, not one clip called 'take'
 
 
-def test_usage_shows_the_issue_spellings_and_the_underscore_forms_still_work():
+def test_usage_shows_the_dashed_spellings_and_the_underscore_forms_still_work():
     usage = build_arg_parser().format_usage()
     assert "[--resume-from STEP]" in usage and "--on-bad-clip" in usage
     cfg = config_from_args(["--data_dir", "d", "--resume_from", "3", "--on_bad_clip", "stop"])
