@@ -82,6 +82,7 @@ def test_a_missing_or_foreign_checkpoint_makes_desync_unavailable_with_the_reaso
     torch.save({"vfeat_extractor.cls_token": torch.zeros(1, 1, 768)}, foreign)
     scorer, status = D.create_scorer(variant, models_dir=str(tmp_path))
     assert scorer is None and "missing keys" in status["reason"]
+    assert str(foreign) in status["reason"]
 
 
 def test_clap_is_skipped_with_a_message_without_a_model_folder(tmp_path):

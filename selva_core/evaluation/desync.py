@@ -15,7 +15,9 @@ comparison gives the offset class with the largest logit, and DeSync is the mean
 
 The weights are ``synchformer_state_dict.pth``, the file MMAudio and SelVA ship in
 ``ext_weights/`` (the user already has it); it loads strictly into :class:`Synchformer`,
-whose parameter names equal the checkpoint's. Nothing is downloaded: when the file is missing
+whose parameter names and shapes equal av-benchmark's ``Synchformer`` (its modules are
+re-implemented here without einops/timm/omegaconf; outputs match them to float rounding on
+the same weights). Nothing is downloaded: when the file is missing
 the metric is reported as unavailable with the reason. The ``tiny_16k`` variant gets a tiny
 random Synchformer (2-segment comparisons) so the whole path runs in tests.
 """
@@ -405,17 +407,19 @@ def create_scorer(variant, *, path: str | None = None, models_dir: str | None = 
         with torch.device("meta"):  # check names and shapes before allocating anything
             expected = {k: tuple(v.shape) for k, v in Synchformer().state_dict().items()}
         missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
         wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-        if missing or unexpected or wrong:
-            raise ValueError(f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}) and "
+        if missing or wrong:
+            raise ValueError(f"{len(missing)} missing keys (e.g. {missing[:3]}) and "
                              f"{len(wrong)} of another shape (e.g. {wrong[:3]})")
+        extra = sorted(set(state) - set(expected))
+        if extra:  # e.g. training-time extras; every tensor the metric uses is present
+            log.info("%s: %d tensors DeSync does not use are ignored (e.g. %s)", found,
+                     len(extra), extra[:3])
         from selva_core.weights import skip_random_init
 
         with skip_random_init():
             model = Synchformer()
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict({k: state[k] for k in expected}, strict=True)
     except Exception as exc:  # a damaged or foreign file: report, do not stop the evaluation
         reason = f"{found} does not hold the full Synchformer ({exc})"
         log.warning("DeSync unavailable: %s", reason)
