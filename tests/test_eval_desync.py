@@ -34,6 +34,13 @@ def test_the_full_synchformer_has_the_checkpoints_layout(reference_dir):
     assert {"vproj.weight", "aproj.weight", "transformer.OFF_tok", "transformer.MOD_tok"} <= set(
         shapes)
     assert model.cfg.min_seconds == pytest.approx(4.8)
+    # av-benchmark's Synchformer has exactly these tensors (513: video 238, audio 212, sync
+    # transformer 59, the two projections 2 + 2)
+    groups = {}
+    for key in shapes:
+        groups[key.split(".")[0]] = groups.get(key.split(".")[0], 0) + 1
+    assert groups == {"vfeat_extractor": 238, "afeat_extractor": 212, "transformer": 59,
+                      "vproj": 2, "aproj": 2}
 
 
 def test_the_audio_front_end_equals_a_librosa_mel_spectrogram():

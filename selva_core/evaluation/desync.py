@@ -14,12 +14,13 @@ comparison gives the offset class with the largest logit, and DeSync is the mean
   ``log(x + 1e-6)``, zero-padded to 66 frames, normalised by ``(x + 4.2677393) / (2 * 4.5689974)``.
 
 The weights are ``synchformer_state_dict.pth``, the file MMAudio and SelVA ship in
-``ext_weights/`` (the user already has it); it loads strictly into :class:`Synchformer`,
-whose parameter names and shapes equal av-benchmark's ``Synchformer`` (its modules are
-re-implemented here without einops/timm/omegaconf; outputs match them to float rounding on
-the same weights). Nothing is downloaded: when the file is missing
-the metric is reported as unavailable with the reason. The ``tiny_16k`` variant gets a tiny
-random Synchformer (2-segment comparisons) so the whole path runs in tests.
+``ext_weights/`` (the user already has it); every tensor of :class:`Synchformer` is loaded
+from it by name and shape (others in the file are ignored). The names and shapes equal
+av-benchmark's ``Synchformer``, whose modules are re-implemented here without
+einops/timm/omegaconf (outputs equal to float rounding on the same weights). Nothing is
+downloaded: when the file is missing the metric is reported as unavailable with the reason.
+The ``tiny_16k`` variant gets a tiny random Synchformer (2-segment comparisons) so the whole
+path runs in tests.
 """
 
 from __future__ import annotations
