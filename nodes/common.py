@@ -43,6 +43,11 @@ class SelvaNodeError(ValueError):
     """One user-facing sentence: which node, which input, what is wrong and what to do."""
 
 
+# ComfyUI shows an exception's type as "<module>.<class>"; inside ComfyUI this module's name
+# is the pack's folder path, so give the error a short, stable one.
+SelvaNodeError.__module__ = "selva"
+
+
 def node_error(node: str, input_name: str | None, problem: str, fix: str = "") -> SelvaNodeError:
     """Build the pack's error message: ``SelVA <node>: <input>: <problem>; <fix>``."""
     where = f"SelVA {node}: " + (f"{input_name}: " if input_name else "")
