@@ -63,7 +63,11 @@ def test_short_demo_runs_end_to_end_and_prints_the_summary(cli, tmp_path, capsys
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["variant"] == "tiny_16k" and summary["steps_done"] == 3
-    assert summary["val_examples"] == 2 and summary["train_examples"] == 10
+    from selva_core.training.demo import DEMO_CLASSES, DEMO_CLIPS_PER_CLASS, DEMO_SETTINGS
+
+    clips = len(DEMO_CLASSES) * DEMO_CLIPS_PER_CLASS
+    held_out = DEMO_SETTINGS["val_clips"]
+    assert summary["val_examples"] == held_out and summary["train_examples"] == clips - held_out
     assert summary["surgery"]["decision"] in ("kept", "reverted")
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 3 and config["lr"] == 2e-3  # user flag wins, demo fills the rest
