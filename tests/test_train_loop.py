@@ -476,6 +476,26 @@ def test_should_stop_hook_ends_the_run_with_a_resumable_checkpoint(straight, tin
     assert_same_run(straight[0], tmp_path)
 
 
+def test_should_stop_during_feature_extraction_ends_the_job_and_keeps_the_cache(tiny,
+                                                                                  tmp_path):
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) == 3  # polled before each clip: two clips extracted, then stop
+
+    cache = tmp_path / "cache"
+    result = train(tiny, tmp_path / "out", hooks=TrainHooks(should_stop=should_stop),
+                   cache_dir=str(cache))
+    assert result.status == "interrupted" and result.steps_done == 0
+    assert result.summary["stage"] == "features"
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    again = train(tiny, tmp_path / "out", cache_dir=str(cache), steps=1, warmup_steps=0,
+                  save_every=1, val_every=1, surgery=False)
+    assert again.completed and again.summary["features_reused"] == 2
+
+
 def test_training_on_a_callers_pipeline_leaves_it_as_it_was(tiny, tmp_path):
     from selva_core.model.lora import iter_lora_layers
 

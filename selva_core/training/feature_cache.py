@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,6 +92,10 @@ TENSOR_KEYS: tuple[str, ...] = (
 CLIP_RECORD_FORMAT = "selva.training_features.clip"
 _HASH_CHUNK = 1 << 20
 _EPS = 1e-6
+
+
+class ExtractionStopped(Exception):
+    """``should_stop`` asked :func:`build_feature_cache` to stop (the cache keeps what it has)."""
 
 
 class FeatureExtractor(Protocol):
@@ -543,13 +548,15 @@ def build_feature_cache(
     progress: bool = True,
     report: SkipReport | None = None,
     stats: CacheStats | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[CachedExample]:
     """Extract (or reuse) the features of every window of every clip; one tqdm bar over clips.
 
     ``pipeline``: a :class:`FeatureExtractor` of ``settings.variant``; it is only called for
     windows that are not in the cache yet (a warm rerun decodes nothing). Unusable clips are
     skipped (logged and added to ``report``) or raise BadClipError, per ``on_bad_clip``; when
-    no example remains at all, EmptyDatasetError is raised.
+    no example remains at all, EmptyDatasetError is raised. ``should_stop`` (polled before
+    each clip) returning True raises :class:`ExtractionStopped`; what was extracted stays.
     ``stats`` (optional) receives the counts.
     """
     check_on_bad_clip(on_bad_clip)
@@ -563,6 +570,9 @@ def build_feature_cache(
     stats = stats if stats is not None else CacheStats()
     examples: list[CachedExample] = []
     for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
+        if should_stop is not None and should_stop():
+            raise ExtractionStopped(f"feature extraction stopped after {stats.clips} of "
+                                    f"{len(clips)} clip(s); the features so far are cached")
         stats.clips += 1
         try:
             found = _cache_clip(clip, pipeline, cache_dir, settings, stats)

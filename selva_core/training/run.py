@@ -12,8 +12,8 @@
    the trainer's own, its encoders stay loaded, no adapter is left on the caller's generator);
 5. extract or reuse the clips' features
    (:func:`selva_core.training.feature_cache.build_feature_cache`); under DDP process 0
-   extracts first and the others then read the same cache. Ctrl-C here ends the job with
-   status ``interrupted`` (the features extracted so far stay in the cache);
+   extracts first and the others then read the same cache. Ctrl-C or ``should_stop`` here
+   ends the job with status ``interrupted`` (the features extracted so far stay cached);
 6. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
 """
 
@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from selva_core.training.config import TrainConfig
 from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
 from selva_core.training.feature_cache import (
     CacheStats,
+    ExtractionStopped,
     FeatureCacheSettings,
     build_feature_cache,
 )
@@ -211,10 +213,12 @@ def scan(cfg: TrainConfig) -> tuple[list, SkipReport]:
 
 
 def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: str,
-                     found: tuple[list, SkipReport] | None = None
+                     found: tuple[list, SkipReport] | None = None,
+                     should_stop: Callable[[], bool] | None = None
                      ) -> tuple[list, dict[str, Any]]:
     """Build (or reuse) the feature cache of the scanned clips (``found``, default: scan
-    now); returns the examples and what the summary says about the data."""
+    now); returns the examples and what the summary says about the data. ``should_stop`` is
+    polled before each clip (:class:`~.feature_cache.ExtractionStopped`)."""
     clips, report = found if found is not None else scan(cfg)
     settings = FeatureCacheSettings(variant=cfg.variant, duration=cfg.duration,
                                     window_policy=cfg.window, model_tag=model_tag)
@@ -224,7 +228,7 @@ def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: s
         return build_feature_cache(clips, pipeline, cfg.cache_path, settings,
                                    on_bad_clip=cfg.on_bad_clip,
                                    progress=dist.is_main and not cfg.quiet, report=report,
-                                   stats=stats)
+                                   stats=stats, should_stop=should_stop)
 
     if dist.is_main:
         examples = build()
@@ -298,8 +302,9 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
         check_rank(pipeline.generator, cfg)
         tag = default_model_tag(cfg) if model_tag is None else model_tag
         try:
-            examples, info = prepare_examples(cfg, pipeline, dist, tag, found)
-        except KeyboardInterrupt:
+            examples, info = prepare_examples(cfg, pipeline, dist, tag, found,
+                                              hooks.should_stop if hooks else None)
+        except (KeyboardInterrupt, ExtractionStopped):
             return _interrupted_during_extraction(cfg)
         pipeline.free_encoders()
         train, val = split_examples(examples, cfg.val_fraction, cfg.val_clips)
