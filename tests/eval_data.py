@@ -61,3 +61,34 @@ def spec_text(data_dir: Path, out: Path, adapters: list[dict], **extra) -> str:
     spec = {"data_dir": str(data_dir), "output_dir": str(out), "steps": 1, "seeds": [3],
             "adapters": adapters, **extra}
     return json.dumps(spec)
+
+
+def make_tiny_clap(folder: Path) -> Path:
+    """A tiny random CLAP model folder (transformers format; made locally, no download)."""
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = ClapTextConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=80)
+    audio = ClapAudioConfig(hidden_size=64, patch_embeds_hidden_size=32, depths=[1, 1],
+                            num_attention_heads=[2, 2], window_size=8, spec_size=256,
+                            num_mel_bins=64, projection_hidden_size=32)
+    torch.manual_seed(0)
+    ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(),
+                         projection_dim=16)).save_pretrained(folder)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({ch: 4 + i for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz")})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(
+        folder)
+    ClapFeatureExtractor(feature_size=64, truncation="rand_trunc").save_pretrained(folder)
+    return folder

@@ -13,7 +13,14 @@ import soundfile as sf
 from selva_core.evaluation import metrics as M
 from selva_core.evaluation.runner import SUMMARY_FILE, run_evaluation
 from selva_core.evaluation.spec import load_spec
-from tests.eval_data import SILENT, make_adapter, make_clips, spec_text, tiny_pipeline
+from tests.eval_data import (
+    SILENT,
+    make_adapter,
+    make_clips,
+    make_tiny_clap,
+    spec_text,
+    tiny_pipeline,
+)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +213,19 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, setup):
     with pytest.raises(ValueError, match="other settings"):
         run_evaluation(load_spec(spec_text(clips, tmp_path / "o", [], clips=["hum_000"],
                                            cfg=2.0)), pipeline=pipe, progress=False)
+
+
+def test_a_local_clap_model_adds_clap_scores_and_a_fad_style_distance(tmp_path, setup):
+    _, clips, _, pipe, _, _ = setup
+    clap = make_tiny_clap(tmp_path / "clap")
+    spec = load_spec(spec_text(clips, tmp_path / "out", [], clips=["bounce_000", "hum_000"],
+                               clap_model=str(clap), mp4=False, seeds=[3, 4]))
+    result = run_evaluation(spec, pipeline=pipe, progress=False)
+    assert result.summary["clap"]["status"] == "ok"
+    records = _records(result.summary)
+    assert len(records) == 4 and all(-1.0 <= r["metrics"]["clap_score"] <= 1.0 for r in records)
+    assert all((result.output_dir / r["clap_embedding"]).is_file() for r in records)
+    group = result.summary["adapters"][0]["by_strength"][0]
+    assert group["fad_clap"] >= 0.0
+    refs = result.summary["reference_clips"]
+    assert all("clap_score" in r["metrics"] for r in refs)

@@ -58,7 +58,8 @@ def metric_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def _columns(summary: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
     """(adapter row, strength) in grid order: baseline first."""
     cols = []
-    adapters = sorted(summary.get("adapters", []), key=lambda r: not r.get("baseline"))
+    adapters = sorted((r for r in summary.get("adapters", []) if r.get("status") != "skipped"),
+                      key=lambda r: not r.get("baseline"))
     for row in adapters:
         for s in row.get("strengths", []):
             cols.append((row, s))

@@ -337,6 +337,8 @@ def run_evaluation(
     adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
     jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
             for s in spec.strengths_of(a) for seed in spec.seed_list for c in clips]
+    keys = {j.key for j in jobs}
+    state.records = {k: r for k, r in state.records.items() if k in keys}
     summary["progress"] = {"done": 0, "total": len(jobs)}
     summary["_records"] = []
     state.write()
@@ -520,7 +522,7 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
                 clap, emb = scorers.clap_of(clip, wave[:n], sr)
                 if clap is not None:
                     row["metrics"]["clap_score"] = clap
-                    row["clap_embedding"] = [round(float(x), 6) for x in np.asarray(emb).ravel()]
+                    row["clap_embedding"] = _save_embedding(out, rel, emb)
         elif clip.role == "eval":
             row["reason"] = "the clip has no sound (no audio track, no same-stem audio file)"
         rows.append(row)
@@ -653,13 +655,28 @@ def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, referenc
     clap, emb = scorers.clap_of(job.clip, wave, sr)
     if clap is not None:
         metrics["clap_score"] = clap
-        rec["clap_embedding"] = [round(float(x), 6) for x in np.asarray(emb).ravel()]
+        rec["clap_embedding"] = _save_embedding(out, rel, emb)
     rec["metrics"] = metrics
     rec["metrics_s"] = round(time.perf_counter() - t0, 4)
     state.records[job.key] = rec
     state.rendered += 1
     _sync_summary(state)
     state.write()
+
+
+def _save_embedding(out: Path, audio_rel: str, emb: Any) -> str:
+    """A render's (or reference's) CLAP embedding beside it as ``<name>.clap.safetensors``."""
+    from selva_core.atomic import save_safetensors_atomic
+
+    rel = str(Path(audio_rel).with_suffix(".clap.safetensors"))
+    save_safetensors_atomic(out / rel, {"clap": torch.from_numpy(np.asarray(emb, np.float32))})
+    return rel
+
+
+def _load_embeddings(out: Path, rels: list[str]) -> np.ndarray:
+    from safetensors.torch import load_file
+
+    return np.stack([load_file(str(out / r))["clap"].numpy() for r in rels])
 
 
 _MUX_NOTE: dict[str, str] = {}
@@ -730,15 +747,17 @@ def _fad(summary: dict[str, Any], clips) -> None:
     """FAD-style distance of every adapter x strength's renders to the references (CLAP)."""
     from selva_core.evaluation.embeddings import frechet_distance
 
-    refs = [r.get("clap_embedding") for r in summary.get("reference_clips", [])
-            if r.get("clap_embedding")]
+    out = Path(summary["output_dir"])
+    refs = [r["clap_embedding"] for r in summary.get("reference_clips", [])
+            if r.get("clap_embedding") and (out / r["clap_embedding"]).is_file()]
     for row in summary["adapters"]:
         for group in row.get("by_strength", []):
             embs = [r["clap_embedding"] for r in row.get("clips", [])
                     if r["role"] == "eval" and r["strength"] == group["strength"]
-                    and r.get("clap_embedding")]
+                    and r.get("clap_embedding") and (out / r["clap_embedding"]).is_file()]
             if len(embs) >= 2 and len(refs) >= 2:
-                group["fad_clap"] = frechet_distance(np.array(embs), np.array(refs))
+                group["fad_clap"] = frechet_distance(_load_embeddings(out, embs),
+                                                     _load_embeddings(out, refs))
 
 
 __all__ = ["run_evaluation", "EvalResult", "EvalInterrupted", "render_key", "render_relpath",
