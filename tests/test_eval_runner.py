@@ -229,3 +229,49 @@ def test_a_local_clap_model_adds_clap_scores_and_a_fad_style_distance(tmp_path, 
     assert group["fad_clap"] >= 0.0
     refs = result.summary["reference_clips"]
     assert all("clap_score" in r["metrics"] for r in refs)
+
+
+def test_drift_clips_are_compared_with_the_baseline_only(tmp_path, setup):
+    _, clips, adapter, pipe, _, _ = setup
+    drift = make_clips(tmp_path / "drift", silent=False)
+    spec = load_spec(spec_text(clips, tmp_path / "out", [{"id": "a", "path": str(adapter)}],
+                               clips=["hum_000"], drift_dir=str(drift), mp4=False))
+    result = run_evaluation(spec, pipeline=pipe, progress=False)
+    drift_recs = [r for r in _records(result.summary) if r["role"] == "drift"]
+    assert {(r["clip"], r["adapter"]) for r in drift_recs} == {
+        (c, a) for c in ("bounce_000", "hum_000") for a in ("baseline", "a")}
+    for r in drift_recs:
+        assert "/drift/" in r["wav"] and "lsd_db" not in r["metrics"]
+        assert ("drift_lsd_db" in r["metrics"]) == (r["adapter"] == "a")
+    row = next(a for a in result.summary["adapters"] if a["id"] == "a")
+    assert row["drift_avg_metrics"]["drift_lsd_db"] > 0
+    assert "Drift clips" in (result.output_dir / "index.html").read_text(encoding="utf-8")
+
+
+def test_features_come_from_the_training_runs_cache_when_they_match(tmp_path, setup):
+    from safetensors import safe_open
+
+    from selva_core.data import scan_dataset
+    from selva_core.evaluation.runner import default_model_tag
+    from selva_core.training.feature_cache import FeatureCacheSettings, build_feature_cache
+
+    _, clips, _, pipe, _, _ = setup
+    run = tmp_path / "run"
+    settings = FeatureCacheSettings(variant="tiny_16k", duration=1.0, window_policy="first",
+                                    model_tag=default_model_tag("tiny_16k"))
+    cached = build_feature_cache(scan_dataset(clips), pipe, run / "feature_cache", settings,
+                                 progress=False)
+    (run / "config.json").write_text(json.dumps({"data_dir": str(clips), "variant": "tiny_16k",
+                                                 "duration": 1.0, "window": "first"}))
+    (run / "summary.json").write_text(json.dumps({"val_clip_names": ["hum_000#w0"]}))
+    spec = load_spec(json.dumps({"data_dir": str(run), "output_dir": str(tmp_path / "out"),
+                                 "steps": 1, "mp4": False}))
+    result = run_evaluation(spec, pipeline=pipe, progress=False)
+    assert result.completed
+    saved = next((tmp_path / "out" / "features").glob("hum_000.*.safetensors"))
+    with safe_open(str(saved), framework="pt") as f:
+        assert json.loads(f.metadata()["extra"])["from"] == "run cache"
+        ours = f.get_tensor("sync_f")[0]
+    entry = next(e for e in cached if e.name == "hum_000#w0")
+    np.testing.assert_array_equal(ours.numpy(), entry.load()["sync_f"][: ours.shape[0]].numpy())
+    assert result.summary["reference_clips"][0]["duration"] == 1.0  # the run's window

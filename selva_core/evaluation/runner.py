@@ -52,6 +52,7 @@ from selva_core.evaluation.clips import (
     read_run_folder,
 )
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
+from selva_core.variants import TRAIN_DURATION_S
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,8 @@ def run_evaluation(
     features: dict[str, Any] = {}
     usable: list[EvalClip] = []
     for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
-        duration = default_duration(clip.seconds, spec)
+        duration = default_duration(clip.seconds, spec,
+                                    run.duration if run is not None else TRAIN_DURATION_S)
         try:
             features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration, feature_dir,
                                                           model_tag, run)

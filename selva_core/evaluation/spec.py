@@ -63,7 +63,8 @@ FIELD_HELP: tuple[tuple[str, str, str], ...] = (
     ("steps", "25", "Euler steps per render"),
     ("cfg", "4.5", "classifier-free guidance strength"),
     ("negative_prompt", "\"\"", "text for the unconditional CFG branch"),
-    ("duration", "clip length up to 8 s", "seconds rendered per clip"),
+    ("duration", "clip length up to 8 s", "seconds rendered per clip (a training run's "
+     "folder as data_dir: up to its training window)"),
     ("clips", "held-out clips of a run, else all", "clip names (file stems) to evaluate"),
     ("variant", "the adapters' own", "model variant (tiny_16k runs without any download)"),
     ("models_dir", "the pipeline's default", "folder of the model weight files"),
@@ -417,13 +418,15 @@ def run_folder_adapters(folder: str | os.PathLike) -> list[tuple[str, int | None
     return found
 
 
-def default_duration(clip_seconds: float | None, spec: EvalSpec) -> float:
-    """Seconds rendered for a clip: the spec's duration, else the clip's length up to 8 s."""
+def default_duration(clip_seconds: float | None, spec: EvalSpec,
+                     longest: float = TRAIN_DURATION_S) -> float:
+    """Seconds rendered for a clip: the spec's duration, else the clip's length up to
+    ``longest`` (8 s, or a training run's window when data_dir is a run folder)."""
     if spec.duration is not None:
         return float(spec.duration)
     if clip_seconds is None:
-        return TRAIN_DURATION_S
-    return max(min_duration(), min(TRAIN_DURATION_S, float(clip_seconds)))
+        return longest
+    return max(min_duration(), min(longest, float(clip_seconds)))
 
 
 __all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "FIELD_HELP", "load_spec",
