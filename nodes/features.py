@@ -1,10 +1,14 @@
 """SelVA Feature Extractor: video (core VIDEO, or IMAGE frames + fps) + prompt -> features.
 
 Frames are resampled by timestamps to 25 fps, optionally masked, and keyed by content
-(:mod:`selva_core.frames`); the pipeline's ``extract_features`` does the rest.
+(:mod:`selva_core.frames`; a video file is decoded as uint8, never as float); the pipeline's
+``extract_features`` does the rest.
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 from comfy_api.latest import io
 
@@ -80,12 +84,9 @@ class SelvaFeatureExtractor(io.ComfyNode):
     @classmethod
     def execute(cls, model: SelvaModel, prompt: str, video=None, images=None, fps: float = 0.0,
                 duration: float = 0.0, mask=None, mask_strength: float = 1.0) -> io.NodeOutput:
-        from selva_core.frames import content_key, prepare_frames
+        from selva_core.frames import content_key
 
-        images, fps = _frames_and_rate(video, images, fps)
-        with reported(NODE):
-            prepared = prepare_frames(images, fps, duration=duration, mask=mask,
-                                      mask_strength=mask_strength)
+        prepared = _prepare(video, images, fps, duration, mask, mask_strength)
         key = content_key(model.uid, prepared.frames, prompt, prepared.duration)
         cache = feature_cache()
         features = cache.get(key)
@@ -102,22 +103,51 @@ class SelvaFeatureExtractor(io.ComfyNode):
         return io.NodeOutput(features, info)
 
 
-def _frames_and_rate(video, images, fps: float):
-    """(IMAGE frames, frame rate) from the connected source; one clear error otherwise."""
-    import math
+def _video_file(video) -> str | None:
+    """The file behind a core VIDEO (Load Video's ``VideoFromFile``), when there is one."""
+    source = getattr(video, "get_stream_source", None)
+    path = source() if callable(source) else None
+    if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
+        return os.fspath(path)
+    return None
+
+
+def _prepare(video, images, fps: float, duration: float, mask, mask_strength: float):
+    """25 fps frames from the connected source; one clear error otherwise.
+
+    A video file is decoded from the file (uint8); other VIDEO values (made from frames) and
+    IMAGE batches are resampled from their frames.
+    """
+    from selva_core.frames import FrameInputError, prepare_frames, prepare_video_file
 
     if video is not None and images is not None:
         raise node_error(NODE, "images", "both a video and frames are connected",
                          "connect only one of 'video' and 'images'")
     if video is not None:
+        path = _video_file(video)
+        if path is not None:
+            with reported(NODE, "video"):
+                try:
+                    return prepare_video_file(path, duration=duration, mask=mask,
+                                              mask_strength=mask_strength)
+                except FrameInputError as exc:
+                    if exc.input_name == "images":
+                        exc.input_name = "video"
+                    raise
         with reported(NODE, "video", fix="load the video again or connect its frames"):
             components = video.get_components()
-        frames = components.images
-        rate = float(components.frame_rate)
+        frames, rate = components.images, float(components.frame_rate)
         if frames is None or len(frames) == 0:
             raise node_error(NODE, "video", "the video has no frames",
                              "load a video with at least one frame")
-        return frames, rate
+        with reported(NODE):
+            try:
+                return prepare_frames(frames, rate, duration=duration, mask=mask,
+                                      mask_strength=mask_strength)
+            except FrameInputError as exc:
+                if exc.input_name in ("images", "fps"):
+                    exc.input_name = "video"
+                raise
     if images is None:
         raise node_error(NODE, "images", "no frames: neither 'video' nor 'images' is connected",
                          "connect a VIDEO (Load Video) or an IMAGE batch with its fps")
@@ -129,7 +159,9 @@ def _frames_and_rate(video, images, fps: float):
     if len(images) == 0:
         raise node_error(NODE, "images", "the IMAGE batch has no frames",
                          "connect a batch with at least one frame")
-    return images, fps
+    with reported(NODE):
+        return prepare_frames(images, fps, duration=duration, mask=mask,
+                              mask_strength=mask_strength)
 
 
 NODES = [SelvaFeatureExtractor]

@@ -9,9 +9,11 @@ rate — duplicating or dropping frames, never interpolating.
 
 An optional mask (one (H, W) mask or one per source frame, 1 = keep) fades the rest of each
 frame to neutral grey 0.5 by ``mask_strength`` (0 = no effect, 1 = fully grey), the closest
-tool's way to point the model at one sound source. :func:`content_key` hashes the resampled
-frames and settings, so a cache of features can be keyed by content (a re-loaded identical
-video hits, any changed pixel misses); :class:`ContentCache` is that small in-memory cache.
+tool's way to point the model at one sound source. :func:`prepare_video_file` does the same
+for a video file, decoding to uint8 (long clips never sit in memory as float).
+:func:`content_key` hashes the resampled frames and settings, so a cache of features can be
+keyed by content (a re-loaded identical video hits, any changed pixel misses);
+:class:`ContentCache` is that small in-memory cache.
 
 Errors are :class:`FrameInputError` (a ``ValueError``) naming the input (``images``, ``fps``,
 ``mask``, ``duration``) and what to do.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +127,50 @@ def _check_mask(mask: torch.Tensor, num_frames: int, height: int, width: int) ->
     return mask.clamp(0.0, 1.0)
 
 
+def _plan(n: int, fps: float, duration: float) -> tuple[float, int]:
+    """(seconds the features cover, 25 fps frames to take) for ``n`` frames at ``fps``."""
+    available = max(1, math.floor(n / fps * SYNC_FPS + 1e-6))
+    clip_s = available / SYNC_FPS
+    duration = float(duration)
+    if not math.isfinite(duration) or duration < 0:
+        raise FrameInputError("duration", f"the duration must be 0 (the whole video) or a "
+                              f"positive number of seconds, got {duration!r}")
+    if duration == 0:
+        duration = clip_s
+    elif duration * SYNC_FPS > available + PAD_TOLERANCE_FRAMES:
+        raise FrameInputError(
+            "duration", f"{duration:g} s is longer than the video ({clip_s:.2f} s: {n} frames at "
+            f"{fps:g} fps); set duration to 0 (the whole video) or at most {clip_s:.2f}")
+    if duration < min_duration():
+        raise FrameInputError(
+            "duration" if duration < clip_s else "images",
+            f"{duration:.2f} s of video is too short: SelVA needs at least "
+            f"{min_duration():.2f} s (16 frames at {SYNC_FPS} fps); use a longer clip")
+    return duration, min(available, math.ceil(duration * SYNC_FPS - 1e-6))
+
+
+def _check_strength(mask: torch.Tensor | None, mask_strength: float) -> float:
+    strength = float(mask_strength)
+    if mask is not None and (not math.isfinite(strength) or not 0.0 <= strength <= 1.0):
+        raise FrameInputError("mask_strength", f"must be between 0 and 1, got {strength!r}")
+    return strength
+
+
+def _masked(chunk: torch.Tensor, mask: torch.Tensor | None, sel: torch.Tensor,
+            strength: float) -> torch.Tensor:
+    """Float frames (n, H, W, 3) in [0, 1] with the area outside the mask faded to grey."""
+    if mask is None or strength <= 0:
+        return chunk
+    m = mask[0:1] if mask.shape[0] == 1 else mask.index_select(0, sel.to(mask.device))
+    keep = 1.0 - strength * (1.0 - m.float().cpu().unsqueeze(-1))
+    return chunk * keep + 0.5 * (1.0 - keep)
+
+
+def _to_uint8(chunk: torch.Tensor) -> torch.Tensor:
+    """(n, H, W, 3) float in [0, 1] -> (n, 3, H, W) uint8."""
+    return (chunk.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 3, 1, 2)
+
+
 def prepare_frames(
     images: torch.Tensor,
     fps: float,
@@ -142,27 +189,8 @@ def prepare_frames(
     images = _check_images(images)
     fps = check_fps(fps)
     n, height, width = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
-    available = max(1, math.floor(n / fps * SYNC_FPS + 1e-6))
-    clip_s = available / SYNC_FPS
-    duration = float(duration)
-    if not math.isfinite(duration) or duration < 0:
-        raise FrameInputError("duration", f"the duration must be 0 (the whole video) or a "
-                              f"positive number of seconds, got {duration!r}")
-    if duration == 0:
-        duration = clip_s
-    elif duration * SYNC_FPS > available + PAD_TOLERANCE_FRAMES:
-        raise FrameInputError(
-            "duration", f"{duration:g} s is longer than the video ({clip_s:.2f} s: {n} frames at "
-            f"{fps:g} fps); set duration to 0 (the whole video) or at most {clip_s:.2f}")
-    if duration < min_duration():
-        raise FrameInputError(
-            "duration" if duration < clip_s else "images",
-            f"{duration:.2f} s of video is too short: SelVA needs at least "
-            f"{min_duration():.2f} s (16 frames at {SYNC_FPS} fps); use a longer clip")
-    strength = float(mask_strength)
-    if mask is not None and (not math.isfinite(strength) or not 0.0 <= strength <= 1.0):
-        raise FrameInputError("mask_strength", f"must be between 0 and 1, got {strength!r}")
-    count = min(available, math.ceil(duration * SYNC_FPS - 1e-6))
+    duration, count = _plan(n, fps, duration)
+    strength = _check_strength(mask, mask_strength)
     idx = resample_indices(n, fps, count)
     mask_t = _check_mask(mask, n, height, width) if mask is not None else None
 
@@ -172,14 +200,47 @@ def prepare_frames(
         chunk = images.index_select(0, sel.to(images.device)).float().cpu()[..., :3]
         if chunk.shape[-1] == 1:
             chunk = chunk.expand(-1, -1, -1, 3)
-        if mask_t is not None and strength > 0:
-            m = mask_t[0:1] if mask_t.shape[0] == 1 else mask_t.index_select(
-                0, sel.to(mask_t.device))
-            keep = 1.0 - strength * (1.0 - m.float().cpu().unsqueeze(-1))
-            chunk = chunk * keep + 0.5 * (1.0 - keep)
-        out[start:start + _CHUNK] = (chunk.clamp(0.0, 1.0) * 255.0).round().to(
-            torch.uint8).permute(0, 3, 1, 2)
+        out[start:start + _CHUNK] = _to_uint8(_masked(chunk, mask_t, sel, strength))
     return PreparedFrames(frames=out, source_frames=n, source_fps=fps, duration=duration)
+
+
+def prepare_video_file(
+    path: str | os.PathLike,
+    *,
+    duration: float = 0.0,
+    mask: torch.Tensor | None = None,
+    mask_strength: float = 1.0,
+) -> PreparedFrames:
+    """:func:`prepare_frames` for a video file, without holding its frames as float.
+
+    The pictures the duration needs are decoded once each as uint8 at the stream's average
+    rate, then held per timestamp exactly as :func:`prepare_frames` does, so a file and its
+    frames as an IMAGE batch give the same 25 fps frames. A per-frame mask is matched to the
+    source pictures.
+    """
+    from .data.video import decode_frames, probe_video
+
+    info = probe_video(path)
+    fps = float(info.fps) if info.fps else float(SYNC_FPS)
+    n = max(1, round(info.duration * fps))
+    duration, count = _plan(n, fps, duration)
+    strength = _check_strength(mask, mask_strength)
+    mask_t = _check_mask(mask, n, info.height, info.width) if mask is not None else None
+    idx = resample_indices(n, fps, count)
+    # decoded at the stream's own rate (each picture once, uint8), then held per timestamp
+    native = decode_frames(path, fps=fps, num_frames=int(idx.max()) + 1)
+    if native.shape[0] == 0:
+        raise FrameInputError("video", f"no frame of {path} could be decoded; re-encode it, "
+                              "e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
+    idx = idx.clamp(max=native.shape[0] - 1)
+    frames = native.index_select(0, idx)
+    del native
+    if mask_t is not None and strength > 0:
+        for start in range(0, frames.shape[0], _CHUNK):
+            block = frames[start:start + _CHUNK].permute(0, 2, 3, 1).float() / 255.0
+            sel = idx[start:start + _CHUNK]
+            frames[start:start + _CHUNK] = _to_uint8(_masked(block, mask_t, sel, strength))
+    return PreparedFrames(frames=frames, source_frames=n, source_fps=fps, duration=duration)
 
 
 def content_key(*parts: Any) -> str:
@@ -227,4 +288,4 @@ class ContentCache:
 
 
 __all__ = ["ContentCache", "FrameInputError", "PreparedFrames", "check_fps", "content_key",
-           "prepare_frames", "resample_indices"]
+           "prepare_frames", "prepare_video_file", "resample_indices"]

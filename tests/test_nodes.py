@@ -220,6 +220,23 @@ def test_feature_extractor_takes_core_video_like_frames_and_fps(tiny, images, fe
     assert "12 fps" in info
 
 
+def test_a_video_file_is_read_from_its_file_like_the_same_frames(tiny, tmp_path):
+    from selva_core.data.synthetic import write_video
+    from tests.test_nodes_frames import _decoded
+
+    g = torch.Generator().manual_seed(3)
+    frames = (torch.rand(24, 32, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+    path = write_video(tmp_path / "clip.mp4", frames, fps=12)
+    images, rate = _decoded(path)
+    video = fake_video(images, rate)
+    video.get_stream_source = lambda: str(path)
+    from_file, info = run_node("SelVAFeatureExtractor", model=tiny, prompt="rain", video=video)
+    from_frames, _ = run_node("SelVAFeatureExtractor", model=tiny, prompt="rain",
+                              images=images, fps=rate)
+    assert from_frames is from_file  # the same 25 fps frames: the content cache hits
+    assert info.startswith("24 frames at 12 fps")
+
+
 def test_feature_cache_is_keyed_by_content(tiny, images, features):
     again, info = run_node("SelVAFeatureExtractor", model=tiny, prompt="a dog barks",
                            images=images.clone(), fps=12.0)

@@ -111,3 +111,31 @@ def test_content_cache_evicts_the_least_recently_used():
     cache.put("c", 3)
     assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
     assert len(cache) == 2
+
+
+def _decoded(path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        rate = float(stream.average_rate)
+    return torch.from_numpy(np.stack(frames)).float() / 255.0, rate
+
+
+def test_a_video_file_is_decoded_straight_to_the_same_25_fps_frames(tmp_path):
+    from selva_core.data.synthetic import synthetic_clip, write_video
+    from selva_core.frames import prepare_video_file
+
+    frames, audio = synthetic_clip("bounce", 0, duration=2.0, fps=12, size=32)
+    path = write_video(tmp_path / "clip.mp4", frames, fps=12, audio=audio)
+    images, rate = _decoded(path)
+    mask = torch.zeros(len(images), 32, 32)
+    mask[:, 8:24, 8:24] = 1.0
+    for kw in ({}, {"duration": 1.0}, {"mask": mask, "mask_strength": 0.7}):
+        direct = prepare_video_file(path, **kw)
+        via_images = prepare_frames(images, rate, **kw)
+        assert torch.equal(direct.frames, via_images.frames), kw
+        assert direct.duration == via_images.duration
+        assert direct.summary == via_images.summary

@@ -123,8 +123,10 @@ def _decode_video(path: Path):
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         rate = Fraction(stream.average_rate)
     images = torch.from_numpy(np.stack(frames)).float() / 255.0
-    return SimpleNamespace(get_components=lambda: SimpleNamespace(
-        images=images, audio=None, frame_rate=rate, metadata=None))
+    return SimpleNamespace(  # like core VideoFromFile: components, or the file itself
+        get_components=lambda: SimpleNamespace(images=images, audio=None, frame_rate=rate,
+                                               metadata=None),
+        get_stream_source=lambda: str(path))
 
 
 RECORDED: dict[str, list] = {}
