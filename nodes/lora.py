@@ -76,7 +76,7 @@ class SelvaLoraLoader(io.ComfyNode):
                                       "for this model's variant"):
             pipeline = model.pipeline.with_adapters([(path, strength)])
         applied = pipeline.adapters[-1]
-        prompt, settings = adapter_training_info(applied.metadata)
+        prompt, settings = adapter_training_info(applied.metadata, applied.source)
         label = f"{model.label} + {os.path.basename(path)} @ {strength:g}"
         return io.NodeOutput(model.derived(pipeline, label), prompt,
                              json.dumps(settings, indent=1, sort_keys=True, default=str))

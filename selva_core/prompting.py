@@ -13,7 +13,6 @@ prompt(s) and the settings), for front ends that show it next to the loaded adap
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -21,8 +20,6 @@ from typing import Any
 from .features import ConditionFeatures
 
 PROMPT_KEYS = ("prompt", "prompts", "train_prompts", "training_prompts")
-SETTING_KEYS = ("model_variant", "lora_kind", "init", "rank", "alpha", "use_rslora", "targets",
-                "storage_dtype")
 
 
 def with_prompt(pipeline, features: ConditionFeatures,
@@ -45,35 +42,26 @@ def with_prompt(pipeline, features: ConditionFeatures,
                    prompts=prompts, extra=extra)
 
 
-def _decoded(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def adapter_training_info(metadata: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+def adapter_training_info(metadata: Mapping[str, str],
+                          source: str = "adapter") -> tuple[str, dict[str, Any]]:
     """(training prompt(s) joined by newlines, settings) from an adapter file's metadata.
 
-    Settings: the adapter's own fields (variant, kind, rank, alpha, targets...) plus what the
-    trainer stored (steps, learning rate, ...), JSON values decoded. The prompt comes from the
-    first of :data:`PROMPT_KEYS` found at the top level or among the trainer's fields; empty
-    when the file does not say.
+    Settings: the adapter's own fields as the LoRA library reads them (model variant, kind,
+    rank, alpha, targets, ...; old files included) plus what the trainer stored (steps,
+    learning rate, ...). The prompt comes from the first of :data:`PROMPT_KEYS` the trainer
+    stored; empty when the file does not say.
     """
-    user = _decoded(metadata.get("user", "{}"))
-    user = user if isinstance(user, dict) else {}
-    settings: dict[str, Any] = {k: _decoded(metadata[k]) for k in SETTING_KEYS if k in metadata}
+    from .model.lora.io import parse_adapter_metadata
+
+    info = parse_adapter_metadata(metadata, source)
+    user = dict(info.user)
+    settings: dict[str, Any] = {
+        "model_variant": info.model_variant, "lora_kind": info.kind, "init": info.init,
+        "rank": info.rank, "alpha": info.alpha, "use_rslora": info.use_rslora,
+        "targets": list(info.targets), "storage": info.storage,
+    }
     settings.update({k: v for k, v in user.items() if k not in PROMPT_KEYS})
-    prompt: Any = ""
-    for source in (metadata, user):
-        for key in PROMPT_KEYS:
-            if source.get(key):
-                prompt = _decoded(source[key])
-                break
-        if prompt:
-            break
+    prompt: Any = next((user[k] for k in PROMPT_KEYS if user.get(k)), "")
     if isinstance(prompt, (list, tuple)):
         prompt = "\n".join(dict.fromkeys(str(p) for p in prompt))
     elif isinstance(prompt, dict):

@@ -376,7 +376,9 @@ def test_lora_loader_never_changes_the_base_model_two_branches(tiny, features, t
     assert state.keys() == base_state.keys()
     assert all(torch.equal(state[k], base_state[k]) for k in state)
     assert tiny.pipeline.adapters == () and adapted is not tiny
-    assert prompt == "a dog barks" and json.loads(settings)["steps"] == 7
+    info = json.loads(settings)
+    assert prompt == "a dog barks" and info["steps"] == 7
+    assert info["model_variant"] == "tiny_16k" and info["rank"] == 4
 
 
 def test_lora_loader_strength_and_stacking(tiny, features, tmp_path):
