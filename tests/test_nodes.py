@@ -361,6 +361,20 @@ def test_gpu_resident_models_are_registered_with_comfy_model_management(tiny, fe
     assert _sample(tiny, features)["waveform"].abs().max() > 0
 
 
+def test_offloading_models_ask_comfy_for_room_and_are_not_kept_loaded(common):
+    import comfy.model_management as mm
+
+    net = torch.nn.Linear(10, 10)
+    pipeline = type("Pipe", (), {"offload": "cpu", "device": torch.device("cuda"),
+                                 "networks": lambda self: {"net": net}})()
+    model = common.SelvaModel(pipeline=pipeline, label="offloading")
+    mm.FREE_MEMORY_CALLS.clear()
+    with common.on_device(model) as pipe:
+        assert pipe is pipeline
+    assert mm.FREE_MEMORY_CALLS == [(int(110 * 4 * 1.2), torch.device("cuda"))]
+    assert model._patcher is None  # never registered: it rests on the CPU between runs
+
+
 # --- LoRA loader ------------------------------------------------------------------------------
 def test_lora_loader_never_changes_the_base_model_two_branches(tiny, features, tmp_path):
     path = _adapter_file(tiny.pipeline, tmp_path / "style.safetensors")

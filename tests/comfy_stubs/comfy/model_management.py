@@ -8,6 +8,7 @@ import torch
 current_loaded_models: list = []
 _interrupted = False
 SOFT_EMPTY_CACHE_CALLS = [0]
+FREE_MEMORY_CALLS: list = []  # (bytes, device) asked to be freed
 OOM_EXCEPTION = torch.cuda.OutOfMemoryError
 
 
@@ -68,6 +69,11 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False,
             current_loaded_models.insert(0, LoadedModel(patcher))
         patcher.model.to(patcher.load_device)
         patcher.model.device = patcher.load_device
+
+
+def free_memory(memory_required, device, keep_loaded=()):
+    FREE_MEMORY_CALLS.append((memory_required, device))
+    return []
 
 
 def loaded_models(only_currently_used=False):
