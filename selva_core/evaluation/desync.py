@@ -345,8 +345,10 @@ class DesyncScorer:
     def video_features_from_file(self, path: str | Path, duration: float) -> torch.Tensor:
         from selva_core.data.video import decode_frames
 
-        frames = decode_frames(path, fps=SYNC_FPS, num_frames=int(SYNC_FPS * duration))
-        return self.model.video_features(self.prepare_frames(frames))
+        # resized chunk by chunk as they are decoded: full-resolution frames never pile up
+        frames = decode_frames(path, fps=SYNC_FPS, num_frames=int(SYNC_FPS * duration),
+                               transform=self.prepare_frames)
+        return self.model.video_features(frames)
 
     def score(self, video_feats: torch.Tensor, wave: Any, sample_rate: int) -> float | None:
         """Mean |offset| (s) over the first and last ``segments`` segments; None when the clip
