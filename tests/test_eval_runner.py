@@ -82,6 +82,16 @@ def test_names_never_drift_when_a_clip_lacks_audio(setup):
                 rel=1e-3)
 
 
+def test_sound_metric_means_cover_the_same_clips_as_the_reference_mean(setup):
+    _, _, _, _, _, result = setup
+    base = next(a for a in result.summary["adapters"] if a["id"] == "baseline")
+    with_sound = [r for r in base["clips"] if r["clip"] != SILENT]
+    expected = np.mean([r["metrics"]["spectral_centroid_hz"] for r in with_sound])
+    assert base["avg_metrics"]["spectral_centroid_hz"] == pytest.approx(expected)
+    everyone = np.mean([r["metrics"]["desync_s"] for r in base["clips"]])
+    assert base["avg_metrics"]["desync_s"] == pytest.approx(everyone)  # defined for all clips
+
+
 def test_drift_is_measured_against_the_same_clip_and_seed_baseline(setup):
     _, _, _, _, _, result = setup
     out = result.output_dir

@@ -702,23 +702,38 @@ def _mux(job: _Job, wave: np.ndarray, sr: int, out: Path) -> str | None:
     return rel
 
 
+def _eval_means(recs: list[dict[str, Any]], with_reference: set[str]) -> dict[str, float]:
+    """Means over eval renders. The sound-describing metrics, which are read against the
+    reference's, average over the clips that have a reference (as ``reference_avg`` does;
+    every clip when none has one); the others over every clip."""
+    evals = [r for r in recs if r["role"] == "eval"]
+    out = M.mean_metrics([r["metrics"] for r in evals])
+    if with_reference and any(r["clip"] not in with_reference for r in evals):
+        ref_means = M.mean_metrics([r["metrics"] for r in evals if r["clip"] in with_reference])
+        for key in M.SPECTRAL_KEYS:
+            if key in ref_means:
+                out[key] = ref_means[key]
+    return out
+
+
 def _sync_summary(state: _State) -> None:
     """Put the records into the summary (per adapter, in grid order) and refresh averages."""
     by_adapter: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rec in state.records.values():
         by_adapter[rec["adapter"]].append(rec)
+    with_reference = {r["clip"] for r in state.summary.get("reference_clips", [])
+                      if r.get("role") == "eval" and r.get("audio")}
     for row in state.summary["adapters"]:
         recs = sorted(by_adapter.get(row["id"], []),
                       key=lambda r: (r["role"], r["clip"], r["strength"], r["seed"]))
         row["clips"] = recs
-        evals = [r["metrics"] for r in recs if r["role"] == "eval"]
-        row["avg_metrics"] = M.mean_metrics(evals)
+        row["avg_metrics"] = _eval_means(recs, with_reference)
         drift = [r["metrics"] for r in recs if r["role"] == "drift"]
         row["drift_avg_metrics"] = M.mean_metrics(drift) if drift else {}
         row["by_strength"] = [
             {"strength": s,
-             "avg_metrics": M.mean_metrics([r["metrics"] for r in recs
-                                            if r["role"] == "eval" and r["strength"] == s]),
+             "avg_metrics": _eval_means([r for r in recs if r["strength"] == s],
+                                        with_reference),
              "drift_avg_metrics": M.mean_metrics([r["metrics"] for r in recs
                                                   if r["role"] == "drift"
                                                   and r["strength"] == s])}
