@@ -352,6 +352,26 @@ def test_interruption_stops_within_one_sampling_step_and_frees_memory(tiny, feat
                        _sample(tiny, features, seed=5)["waveform"])
 
 
+def test_an_error_during_sampling_still_frees_memory_and_leaves_the_model_usable(tiny,
+                                                                                   features):
+    import comfy.model_management as mm
+
+    def fail(module, args, output):
+        raise RuntimeError("simulated device failure")
+
+    before = _sample(tiny, features)["waveform"]
+    empties = mm.SOFT_EMPTY_CACHE_CALLS[0]
+    handle = tiny.pipeline.generator.final_layer.register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            _sample(tiny, features)
+    finally:
+        handle.remove()
+    assert mm.SOFT_EMPTY_CACHE_CALLS[0] > empties
+    assert not tiny.pipeline.generator.training
+    assert torch.equal(_sample(tiny, features)["waveform"], before)
+
+
 def test_gpu_resident_models_are_registered_with_comfy_model_management(tiny, features):
     import comfy.model_management as mm
 
