@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except expected as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the model loads: nothing of the grid was started
+        print("\ninterrupted; run the same command again", file=sys.stderr)
+        return 130
     print(format_summary(result.summary))
     if result.status == "interrupted":
         print("interrupted: run the same command again to finish (nothing done is redone)")

@@ -285,3 +285,15 @@ def test_features_come_from_the_training_runs_cache_when_they_match(tmp_path, se
     entry = next(e for e in cached if e.name == "hum_000#w0")
     np.testing.assert_array_equal(ours.numpy(), entry.load()["sync_f"][: ours.shape[0]].numpy())
     assert result.summary["reference_clips"][0]["duration"] == 1.0  # the run's window
+
+
+def test_a_stop_before_any_render_keeps_every_finished_render_listed(tmp_path, setup):
+    _, clips, _, pipe, _, _ = setup
+    spec = load_spec(spec_text(clips, tmp_path / "out", [], clips=["hum_000"], mp4=False))
+    run_evaluation(spec, pipeline=pipe, progress=False)
+    stopped = run_evaluation(spec, pipeline=pipe, progress=False, should_stop=lambda: True)
+    assert stopped.status == "interrupted" and stopped.summary["stage"] == "features"
+    on_disk = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert len(_records(on_disk)) == 1  # the finished render is still listed
+    again = run_evaluation(spec, pipeline=pipe, progress=False)
+    assert again.completed and again.rendered == 0 and "stage" not in again.summary

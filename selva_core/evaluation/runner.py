@@ -264,10 +264,9 @@ def run_evaluation(
     settings = {"variant": variant, "steps": spec.steps, "cfg": spec.cfg,
                 "negative_prompt": spec.negative_prompt, "duration": spec.duration,
                 "model_tag": model_tag}
-    summary = _load_or_start(spec, out, settings)
+    summary, finished = _load_or_start(spec, out, settings)
     state = _State(spec, out, summary)
-    for rec in summary.get("_records", []):
-        state.records[rec["key"]] = rec
+    state.records = {rec["key"]: rec for rec in finished}
     summary.update({
         "name": spec.name, "data_dir": spec.data_dir, "clips_dir": str(clips_dir),
         "run_dir": str(run.run_dir) if run else None, "output_dir": str(out),
@@ -311,30 +310,40 @@ def run_evaluation(
 
     from tqdm.auto import tqdm
 
-    # features, references
+    # features, references (each clip's features are saved as soon as they exist)
     feature_dir = out / "features"
     durations: dict[str, float] = {}
     features: dict[str, Any] = {}
     usable: list[EvalClip] = []
-    for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
-        duration = default_duration(clip.seconds, spec,
-                                    run.duration if run is not None else TRAIN_DURATION_S)
-        try:
-            features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration, feature_dir,
-                                                          model_tag, run)
-        except BadClipError as exc:
-            skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
-            log.warning("skipping clip %s: %s", clip.name, exc)
-            continue
-        durations[_ckey(clip)] = duration
-        usable.append(clip)
-    clips = usable
-    summary["skipped"] = skipped
-    summary["n_clips"] = len([c for c in clips if c.role == "eval"])
-    summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
+    try:
+        for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
+            if should_stop is not None and should_stop():
+                raise EvalInterrupted("stopped")
+            duration = default_duration(clip.seconds, spec,
+                                        run.duration if run is not None else TRAIN_DURATION_S)
+            try:
+                features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration,
+                                                              feature_dir, model_tag, run)
+            except BadClipError as exc:
+                skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
+                log.warning("skipping clip %s: %s", clip.name, exc)
+                continue
+            durations[_ckey(clip)] = duration
+            usable.append(clip)
+        clips = usable
+        summary["skipped"] = skipped
+        summary["n_clips"] = len([c for c in clips if c.role == "eval"])
+        summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
 
-    scorers = _Scorers.create(spec, pipeline, summary)
-    references = _write_references(clips, durations, out, sr, scorers, summary)
+        scorers = _Scorers.create(spec, pipeline, summary)
+        references = _write_references(clips, durations, out, sr, scorers, summary)
+    except (KeyboardInterrupt, EvalInterrupted):
+        log.warning("evaluation interrupted while preparing the clips; the features extracted "
+                    "so far are kept in %s; run the same spec again to continue", feature_dir)
+        summary.update(status="interrupted", stage="features", skipped=skipped)
+        _sync_summary(state)  # keeps the renders finished by earlier runs listed
+        write_json_atomic(out / SUMMARY_FILE, _json_safe(summary))
+        return EvalResult("interrupted", out, summary, out / SUMMARY_FILE)
 
     adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
     jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
@@ -342,7 +351,8 @@ def run_evaluation(
     keys = {j.key for j in jobs}
     state.records = {k: r for k, r in state.records.items() if k in keys}
     summary["progress"] = {"done": 0, "total": len(jobs)}
-    summary["_records"] = []
+    summary.pop("stage", None)
+    _sync_summary(state)
     state.write()
 
     total = len(jobs)
@@ -410,7 +420,10 @@ def _select_clips(spec: EvalSpec, run: RunInfo | None, clips_dir: Path
     return clips, skipped
 
 
-def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary of an earlier run in ``out`` (same settings) and its finished renders
+    (those whose WAV exists), or a fresh summary."""
     path = out / SUMMARY_FILE
     if path.is_file():
         try:
@@ -426,10 +439,9 @@ def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]) -> dict[
                     f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in diff.items())}"
                     "); choose another output_dir, or delete that folder to start over")
             records = [r for c in old.get("adapters", []) for r in c.get("clips", [])]
-            old["_records"] = [r for r in records if (out / r.get("wav", "\0")).is_file()]
-            return old
+            return old, [r for r in records if (out / r.get("wav", "\0")).is_file()]
     return {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "started_at": _now(),
-            "progress": {"done": 0, "total": 0}}
+            "progress": {"done": 0, "total": 0}}, []
 
 
 # --- scorers: DeSync and CLAP ----------------------------------------------------------------
@@ -749,7 +761,6 @@ def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResu
         _fad(summary, clips)
     summary["status"] = status
     summary["completed_at"] = _now() if status == "completed" else None
-    summary.pop("_records", None)
     state.write()
     paths = report.write_reports(state.out, summary)
     summary["reports"] = {k: str(Path(v).relative_to(state.out)) for k, v in paths.items()
