@@ -81,3 +81,26 @@ def test_the_sweep_node_reports_a_bad_sweep_in_one_message(model):
         run_node("SelVALoraSweep", model=model, sweep='{"base": {"rank": 0}, "experiments": []}')
     message = str(err.value)
     assert message.startswith("SelVA LoRA Sweep: sweep:") and "experiments" in message
+
+
+def test_the_sweep_node_trains_every_experiment_and_returns_summary_and_curves(model):
+    from selva_core.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(COMFY_ROOT / "input" / "sweep_clips", clips_per_class=2,
+                           duration=1.0, seed=0)
+    sweep = json.dumps({
+        "name": "node_sweep", "output_dir": "node_sweep",
+        "base": {"data_dir": "sweep_clips", "duration": 1.0, "steps": 1, "warmup_steps": 0,
+                 "batch_size": 1, "save_every": 1, "val_every": 1, "val_clips": 1,
+                 "samples": False, "surgery": False},
+        "experiments": [{"id": "r2", "rank": 2}, {"id": "r4", "rank": 4}]})
+    summary, curves, summary_path = run_node("SelVALoraSweep", model=model, sweep=sweep)
+    assert "node_sweep: completed" in summary
+    assert curves.ndim == 4 and curves.shape[-1] == 3
+    data = json.loads(open(summary_path).read())
+    assert [(e["id"], e["status"]) for e in data["experiments"]] == [
+        ("r2", "finished"), ("r4", "finished")]
+    out = COMFY_ROOT / "output" / "node_sweep"
+    assert (out / "r2" / "adapter_final.safetensors").is_file()
+    assert json.loads((out / "r4" / "config.json").read_text())["variant"] == "tiny_16k"
+    assert not model.pipeline.adapters  # experiments trained on forks
