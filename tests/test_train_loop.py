@@ -461,13 +461,13 @@ def test_bf16_autocast_keeps_fp32_adapter_weights_and_gradients(tiny, tmp_path):
 
 # --- interruption by the caller, the caller's pipeline, the adapter's input dropout ---------
 def test_should_stop_hook_ends_the_run_with_a_resumable_checkpoint(straight, tiny, tmp_path):
-    polls = []
+    done = []
 
-    def should_stop():
-        polls.append(1)
-        return len(polls) == 3  # polled after every step: stop after step 3
+    def should_stop():  # polled before each clip's extraction and after every step
+        return done[-1:] == [3]
 
-    result = train(tiny, tmp_path, hooks=TrainHooks(should_stop=should_stop))
+    result = train(tiny, tmp_path, hooks=TrainHooks(
+        after_step=lambda trainer, step: done.append(step), should_stop=should_stop))
     assert result.status == "interrupted" and result.steps_done == 3
     entry = ckpt.CheckpointManager(tmp_path / "checkpoints").find()
     assert entry.step == 3 and entry.reason == "interrupt"
