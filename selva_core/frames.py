@@ -2,10 +2,12 @@
 
 Front ends hand over frames in their own layout at their own rate (ComfyUI: an IMAGE batch
 (N, H, W, 3) float in [0, 1] plus an fps). SelVA's video encoder reads 25 fps, so
-:func:`prepare_frames` resamples by timestamps: output frame k shows what the video shows at
-t = k / 25 s, i.e. source frame ``floor(k * fps / 25)`` (a frame is held until the next one
-starts, the same rule a player uses), which keeps the clip's length and sync at any source
-rate — duplicating or dropping frames, never interpolating.
+:func:`prepare_frames` resamples by timestamps with the rule SelVA's inference decoder and the
+trainer's :func:`selva_core.data.video.decode_frames` use: output frame k (t = k / 25 s) is the
+first source frame whose timestamp is at or after t, i.e. ``ceil(k * fps / 25)``. The same
+video therefore gives the same 25 fps frames in a node and in the training feature cache; the
+clip's length and sync are kept at any source rate (frames are duplicated or dropped, never
+interpolated).
 
 An optional mask (one (H, W) mask or one per source frame, 1 = keep) fades the rest of each
 frame to neutral grey 0.5 by ``mask_strength`` (0 = no effect, 1 = fully grey), the closest
@@ -78,6 +80,7 @@ def resample_indices(num_frames: int, fps: float, count: int | None = None,
 
     ``count`` output frames (default: as many as fit in the clip, ``floor(N / fps * 25)``);
     indices past the last source frame are clamped to it (the last frame is held).
+    Output k takes the first source frame at or after k / target_fps (see the module doc).
     """
     fps = check_fps(fps)
     if num_frames <= 0:
@@ -86,7 +89,7 @@ def resample_indices(num_frames: int, fps: float, count: int | None = None,
     if count is None:
         count = max(1, math.floor(num_frames / fps * target_fps + 1e-6))
     k = torch.arange(count, dtype=torch.float64)
-    idx = torch.floor(k * fps / target_fps + 1e-6).long()
+    idx = torch.ceil(k * fps / target_fps - 1e-6).long()
     return idx.clamp_(max=num_frames - 1)
 
 

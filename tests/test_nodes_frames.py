@@ -16,14 +16,27 @@ from selva_core.frames import (
 )
 
 
-def test_resampling_holds_each_frame_for_its_time_span():
-    # 12 fps -> 25 fps: output frame k shows the source frame on screen at k / 25 s
+def test_resampling_takes_the_first_source_frame_at_or_after_each_output_time():
+    # 12 fps -> 25 fps: output frame k is the first source frame at or after k / 25 s
     idx = resample_indices(24, 12.0)
     assert len(idx) == 50
-    assert idx.tolist() == [math.floor(k * 12 / 25 + 1e-6) for k in range(50)]
+    expected = [min(23, math.ceil(k * 12 / 25 - 1e-6)) for k in range(50)]
+    assert idx.tolist() == expected
     assert torch.equal(resample_indices(50, 25.0), torch.arange(50))  # 25 fps: unchanged
     idx30 = resample_indices(60, 30.0)  # 30 fps -> 25: drops one frame in six
-    assert len(idx30) == 50 and idx30[-1] == 58 and len(set(idx30.tolist())) == 50
+    assert len(idx30) == 50 and idx30[-1] == 59 and len(set(idx30.tolist())) == 50
+
+
+@pytest.mark.parametrize("fps", [10, 12, 30])
+def test_node_resampling_equals_the_trainers_video_decoder(tmp_path, fps):
+    """A video gives the same 25 fps frames in a node as in the training feature cache."""
+    from selva_core.data.synthetic import write_tone_clip
+    from selva_core.data.video import decode_frames
+
+    path = write_tone_clip(tmp_path / f"clip_{fps}.mp4", duration=2.0, fps=fps)
+    decoded = decode_frames(path, num_frames=40)
+    source = decode_frames(path, fps=fps)  # every source frame, in order
+    assert torch.equal(decoded, source[resample_indices(source.shape[0], float(fps), 40)])
 
 
 def test_ntsc_rates_keep_the_clip_length():
