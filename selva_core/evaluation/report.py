@@ -164,7 +164,8 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
     return savefig_atomic(out / CHART_FILE, fig)
 
 
-def _curves(out: Path, summary: dict[str, Any], name: str, xs_of) -> Path | None:
+def _curves(out: Path, summary: dict[str, Any], name: str, xs_of, xlabel: str
+            ) -> Path | None:
     """Line charts of the distance metrics against x (strength or step) per adapter group."""
     series = xs_of(summary)
     if not series:
@@ -181,6 +182,7 @@ def _curves(out: Path, summary: dict[str, Any], name: str, xs_of) -> Path | None
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
         ax.set_title(key, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -188,11 +190,15 @@ def _curves(out: Path, summary: dict[str, Any], name: str, xs_of) -> Path | None
 
 
 def _strength_series(summary: dict[str, Any]):
+    """Per adapter with several strengths: (strength, means); the baseline is strength 0."""
     series = {}
+    base = next((r for r in summary.get("adapters", []) if r.get("baseline")), None)
     for row in summary.get("adapters", []):
         if row.get("baseline") or len(row.get("strengths", [])) < 2:
             continue
         pts = []
+        if base is not None and base.get("avg_metrics") and 0.0 not in row["strengths"]:
+            pts.append((0.0, {**base["avg_metrics"], "drift_lsd_db": 0.0}))
         for g in row.get("by_strength", []):
             ys = dict(g.get("avg_metrics", {}))
             if "drift_lsd_db" in g.get("drift_avg_metrics", {}):
@@ -394,8 +400,10 @@ def write_reports(out: str | Path, summary: dict[str, Any]) -> dict[str, Path | 
     """CSV, charts and the HTML page; returns their paths (None for a chart not drawn)."""
     out = Path(out)
     charts = {"chart": write_comparison_chart(out, summary),
-              "strength_chart": _curves(out, summary, STRENGTH_CHART, _strength_series),
-              "checkpoint_chart": _curves(out, summary, CHECKPOINT_CHART, _checkpoint_series)}
+              "strength_chart": _curves(out, summary, STRENGTH_CHART, _strength_series,
+                                        "adapter strength (0 = baseline)"),
+              "checkpoint_chart": _curves(out, summary, CHECKPOINT_CHART, _checkpoint_series,
+                                          "training step")}
     paths: dict[str, Path | None] = dict(charts)
     paths["csv"] = write_csv(out, summary)
     paths["html"] = write_html(out, summary, charts)
