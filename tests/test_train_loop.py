@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from selva_core.model.lora import load_adapter, trainable_parameters
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
+from selva_core.training.feature_cache import read_feature_cache
 from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.trainer import TrainHooks, TrainingDivergedError
@@ -166,6 +167,30 @@ def test_final_adapter_loads_on_a_fresh_generator_with_its_metadata(straight, ti
     assert user["steps"] == 6 and user["config"]["rank"] == 4
     assert user["surgery"]["decision"] in ("kept", "reverted")
     assert meta["model_variant"] == "tiny_16k" and meta["lora_kind"] == "lora"
+    prompts = {e.prompt for e in read_feature_cache(tiny[2])}
+    assert user["prompts"] and set(user["prompts"]) <= prompts
+
+
+def test_lora_kind_dora_trains_a_dora_adapter_and_resume_checks_the_kind(straight, tiny,
+                                                                         tmp_path):
+    result = train(tiny, tmp_path / "dora", lora_kind="dora", steps=2, warmup_steps=1, save_every=2,
+                   val_every=2, surgery=False)
+    assert result.completed
+    from safetensors import safe_open
+
+    with safe_open(str(result.adapter_path), "pt") as fh:
+        assert fh.metadata()["lora_kind"] == "dora"
+        assert any("magnitude" in k for k in fh.keys())
+    shutil.copytree(straight[0], tmp_path / "resume", dirs_exist_ok=True)
+    with pytest.raises(ckpt.CheckpointError, match=r"lora_kind: checkpoint 'lora' vs this run"):
+        train(tiny, tmp_path / "resume", lora_kind="dora", resume=True)
+
+
+def test_checkpoints_written_before_lora_kind_existed_resume_as_plain_lora(tmp_path):
+    identity = {"variant": "tiny_16k", "rank": 4}
+    ckpt.check_identity(identity, {**identity, "lora_kind": "lora"}, tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match="lora_kind"):
+        ckpt.check_identity(identity, {**identity, "lora_kind": "dora"}, tmp_path)
 
 
 def test_validation_loss_is_deterministic_and_logged_per_t(straight):

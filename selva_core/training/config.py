@@ -26,6 +26,7 @@ from typing import Any
 from selva_core.data.errors import ON_BAD_CLIP_CHOICES as BAD_CLIP_POLICIES
 from selva_core.data.windows import WINDOW_POLICIES
 from selva_core.model.lora.config import INIT_MODES
+from selva_core.model.lora.kind import kind_names
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
@@ -107,6 +108,10 @@ class TrainConfig:
         "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "
         "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
         "--lr).", choices=INIT_MODES, group="model"))
+    lora_kind: str = field(default="lora", metadata=_opt(
+        "Kind of adapter: 'lora' (W + s B A) or 'dora' (weight-decomposed: the direction of "
+        "W + s B A rescaled by a learned per-output magnitude).", choices=tuple(kind_names()),
+        group="model"))
     rslora: bool = field(default=False, metadata=_opt(
         "Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank. Keep alpha fixed "
         "when you change the rank; do not combine with alpha = 2*rank.",
@@ -295,7 +300,8 @@ class TrainConfig:
         for name, allowed in (("timestep_mode", TIMESTEP_MODES), ("lr_schedule", LR_SCHEDULES),
                               ("init", INIT_MODES), ("window", WINDOW_POLICIES),
                               ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", PRECISIONS),
-                              ("base_dtype", BASE_DTYPE_CHOICES)):
+                              ("base_dtype", BASE_DTYPE_CHOICES),
+                              ("lora_kind", tuple(kind_names()))):
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(allowed)}")
@@ -329,7 +335,8 @@ class TrainConfig:
 
 # Fields that define the adapter's shape and meaning: a checkpoint can only be resumed when all
 # of them match the current run.
-ADAPTER_IDENTITY_FIELDS = ("variant", "rank", "alpha", "target", "init", "rslora", "duration")
+ADAPTER_IDENTITY_FIELDS = ("variant", "lora_kind", "rank", "alpha", "target", "init", "rslora",
+                           "duration")
 
 _GROUP_TITLES = {
     "data": "data",

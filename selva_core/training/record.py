@@ -20,8 +20,9 @@ from selva_core.training.config import ADAPTER_IDENTITY_FIELDS, TrainConfig
 
 def lora_config(cfg: TrainConfig) -> LoRAConfig:
     """The adapter a run trains, from its configuration."""
-    return LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, use_rslora=cfg.rslora, init=cfg.init,
-                      targets=tuple(cfg.target), seed=cfg.seed, dropout=cfg.lora_dropout)
+    return LoRAConfig(kind=cfg.lora_kind, rank=cfg.rank, alpha=cfg.alpha, use_rslora=cfg.rslora,
+                      init=cfg.init, targets=tuple(cfg.target), seed=cfg.seed,
+                      dropout=cfg.lora_dropout)
 
 
 def adapter_identity(cfg: TrainConfig) -> dict[str, Any]:
@@ -39,6 +40,22 @@ def dataset_fingerprint(examples: Sequence) -> str:
     for e in examples:
         h.update(f"{e.name}|{getattr(e, 'cache_key', '')}\n".encode())
     return h.hexdigest()[:16]
+
+
+#: Most distinct training prompts an adapter file lists (a node shows them; a run over hundreds
+#: of differently prompted clips keeps the most frequent ones).
+MAX_RECORDED_PROMPTS = 16
+
+
+def training_prompts(examples: Sequence) -> list[str]:
+    """The training examples' distinct prompts, most frequent first (ties alphabetically)."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        prompt = getattr(e, "prompt", None)
+        if prompt:
+            counts[prompt] = counts.get(prompt, 0) + 1
+    ranked = sorted(counts, key=lambda p: (-counts[p], p))
+    return ranked[:MAX_RECORDED_PROMPTS]
 
 
 @dataclass
@@ -67,6 +84,7 @@ class RunRecord:
     adapted_layers: int
     trainable_params: int
     data_info: dict[str, Any] = field(default_factory=dict)
+    train_prompts: list[str] = field(default_factory=list)
 
     def _training(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -85,7 +103,8 @@ class RunRecord:
 
     def _adapter(self) -> dict[str, Any]:
         cfg = self.cfg
-        return {"variant": cfg.variant, "rank": cfg.rank, "alpha": self.lora.effective_alpha,
+        return {"variant": cfg.variant, "lora_kind": cfg.lora_kind, "rank": cfg.rank,
+                "alpha": self.lora.effective_alpha,
                 "scale": self.lora.scale, "init": cfg.init, "target": list(cfg.target),
                 "adapted_layers": self.adapted_layers,
                 "trainable_params": self.trainable_params}
@@ -93,7 +112,8 @@ class RunRecord:
     def adapter_metadata(self, progress: Progress, **extra: Any) -> dict[str, Any]:
         """Caller metadata stored in every adapter file (how it was trained)."""
         return {"trainer": "selva_core.training (train_lora.py)", "steps": progress.step,
-                "target_steps": self.cfg.steps, **self._training(),
+                "target_steps": self.cfg.steps, "prompts": list(self.train_prompts),
+                **self._training(),
                 "val_loss": progress.val_loss, "val_loss_base": progress.val_loss_base,
                 **extra}
 

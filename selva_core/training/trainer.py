@@ -72,6 +72,7 @@ from selva_core.training.record import (
     adapter_identity,
     dataset_fingerprint,
     lora_config,
+    training_prompts,
 )
 from selva_core.training.report import (
     CURVE_FILE,
@@ -267,6 +268,7 @@ class LoRATrainer:
             base_dtype=str(self.base_dtype),
             train_examples=len(self.train_store), val_examples=len(self.val_store),
             train_set=dataset_fingerprint(self.train_store.examples),
+            train_prompts=training_prompts(self.train_store.examples),
             adapted_layers=len(self.handle.layers),
             trainable_params=sum(p.numel() for p in self.params), data_info=dict(data_info or {}))
 
