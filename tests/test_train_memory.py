@@ -163,7 +163,7 @@ def test_a_contradicting_precision_is_one_clear_cli_error(base, precision, tmp_p
     assert not out.exists()
 
 
-def test_auto_base_dtype_is_bf16_on_a_bf16_gpu_unless_precision_is_fp32(monkeypatch):
+def test_auto_base_dtype_is_bf16_on_a_native_bf16_gpu_unless_precision_is_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
 
@@ -180,6 +180,11 @@ def test_auto_base_dtype_is_bf16_on_a_bf16_gpu_unless_precision_is_fp32(monkeypa
     assert resolved(cpu, base_dtype="bf16") == (bf16, bf16)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolved(gpu) == (None, fp32)  # a GPU without bf16: fp32 as before
+    # a card that only emulates bf16 (before compute capability 8.0) stays fp32 too
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    assert resolved(gpu) == (None, fp32)
+    assert resolved(gpu, base_dtype="bf16") == (bf16, bf16)  # asked for: still possible
 
 
 # --- resume ------------------------------------------------------------------------------------

@@ -30,10 +30,21 @@ BASE_DTYPES: dict[str, torch.dtype] = {
 BASE_DTYPE_CHOICES = ("auto", *BASE_DTYPES)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True on a GPU that computes bfloat16 natively (CUDA compute capability 8.0 or newer, or
+    ROCm). Older cards only emulate it, far slower than fp32, so ``auto`` keeps fp32 there."""
+    if device.type != "cuda":
+        return False
+    if device.index is None:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_base_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a CUDA GPU that supports it, fp32 elsewhere; else the named dtype."""
+    """``auto``: bf16 on a GPU that computes it natively, fp32 elsewhere; else the named dtype."""
     if choice == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if native_bf16(device):
             return torch.bfloat16
         return torch.float32
     if choice not in BASE_DTYPES:

@@ -54,7 +54,12 @@ from selva_core.model.lora import (
     training_state_dict,
 )
 from selva_core.model.lora.targets import resolve_targets
-from selva_core.model.precision import cast_frozen_weights, peak_memory_bytes, resolve_base_dtype
+from selva_core.model.precision import (
+    cast_frozen_weights,
+    native_bf16,
+    peak_memory_bytes,
+    resolve_base_dtype,
+)
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import DataOrder, example_seed, mix_seed
@@ -160,7 +165,7 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if native_bf16(device):  # not on cards that only emulate bf16 (slower than fp32)
         return torch.bfloat16
     return None
 
