@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -16,8 +17,11 @@ CLIP_SECONDS = 1.2
 SILENT = "aaa_silent"  # sorts first: a clip without sound before the others
 
 
+@functools.lru_cache(maxsize=1)
 def tiny_pipeline() -> SelvaPipeline:
-    """The tiny model with random weights (fast; independent of the bundled files)."""
+    """The tiny model with random weights (fast; independent of the bundled files), built once
+    per test session: evaluation, sweeps and nodes leave the pipeline they are given as found
+    (adapters and training go onto forks)."""
     if "trained" in inspect.signature(SelvaPipeline.tiny).parameters:
         return SelvaPipeline.tiny(seed=0, trained=False)
     return SelvaPipeline.tiny(seed=0)
