@@ -354,7 +354,9 @@ def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
         description=(
             "Train a LoRA adapter for SelVA (text-steered video-to-audio) on a folder of clips. "
             "Writes OUTPUT_DIR/adapter_final.safetensors, loadable in ComfyUI with the SelVA "
-            "LoRA loader. Multi-GPU: torchrun --nproc_per_node N train_lora.py ..."
+            "LoRA loader. Multi-GPU: torchrun --nproc_per_node N train_lora.py ... "
+            "Several experiments from one JSON file (base settings + overrides, features "
+            "extracted once, reruns resume): train_lora.py --sweep SWEEP.json (see the README)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
