@@ -239,3 +239,51 @@ def test_checkpointing_with_bf16_weights_under_ddp_follows_the_single_process_ru
     summary = json.loads((ddp_out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["gradient_checkpointing"] is True
     assert summary["base_dtype"] == "torch.bfloat16"
+
+
+# --- fp16: loss scaling -------------------------------------------------------------------------
+def _overflow_at_first_step(trainer, step, micro):
+    """Stands for fp16 gradients that overflowed in the first step."""
+    if step == 0:
+        trainer.params[0].grad.fill_(float("inf"))
+
+
+def _train_records(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def test_fp16_base_scales_the_loss_skips_an_overflow_and_resumes_exactly(tiny, tmp_path):
+    from selva_core.training import checkpoint as ckpt
+    from selva_core.training.trainer import LOSS_SCALE_INIT
+
+    kw = dict(base_dtype="fp16", save_every=1, val_every=2)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = run_training(make_cfg(tiny, straight, **kw), pipeline=fresh(tiny[0]),
+                          hooks=TrainHooks(after_micro_step=_overflow_at_first_step))
+    assert result.completed and result.summary["precision"] == "torch.float16"
+    first, second = _train_records(straight)
+    # the overflowing step updated nothing (B starts at zero) and halved the scale
+    assert (first["loss_scale"], first["skipped"], first["grad_norm"]) == (
+        LOSS_SCALE_INIT, True, None)
+    step1 = load_file(str(straight / "checkpoints/step_000001/adapter.safetensors"))
+    assert all(not v.any() for k, v in step1.items() if k.endswith("_B"))
+    assert (second["loss_scale"], second["skipped"]) == (LOSS_SCALE_INIT / 2, False)
+    assert math.isfinite(second["grad_norm"]) and second["grad_norm"] > 0
+    step2 = load_file(str(straight / "checkpoints/step_000002/adapter.safetensors"))
+    assert any(v.any() for k, v in step2.items() if k.endswith("_B"))
+
+    def ctrl_c(trainer, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hooks = TrainHooks(after_micro_step=_overflow_at_first_step, after_step=ctrl_c)
+    assert run_training(make_cfg(tiny, resumed, **kw), pipeline=fresh(tiny[0]),
+                        hooks=hooks).status == "interrupted"
+    state = ckpt.TrainingState.load(resumed / "checkpoints/step_000001" / ckpt.STATE_FILE)
+    assert state.extra["loss_scale"] == LOSS_SCALE_INIT / 2
+    run_training(make_cfg(tiny, resumed, resume=True, **kw), pipeline=fresh(tiny[0]))
+    assert _train_records(resumed)[-1]["loss_scale"] == LOSS_SCALE_INIT / 2
+    again = load_file(str(resumed / "checkpoints/step_000002/adapter.safetensors"))
+    assert again.keys() == step2.keys()
+    assert all(torch.equal(again[k], step2[k]) for k in step2)

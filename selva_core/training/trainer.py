@@ -97,6 +97,13 @@ ADAPTER_NAME = "default"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 _GLOBAL_RNG_SEED = 0xD20F
+# fp16 autocast (``--base_dtype fp16``): the loss is multiplied by a power of two before the
+# backward pass so that small gradients do not underflow fp16, and the gradients divided by it
+# (exactly) before clipping. Gradients that overflow skip the update and halve the scale; it
+# doubles after LOSS_SCALE_GROWTH_STEPS clean steps (torch's GradScaler rule). bf16 and fp32
+# have fp32's range and need none of this.
+LOSS_SCALE_INIT = 2.0**16
+LOSS_SCALE_GROWTH_STEPS = 2000
 
 
 class TrainingDivergedError(RuntimeError):
@@ -231,6 +238,8 @@ class LoRATrainer:
         self.hooks = hooks or TrainHooks()
         self.device, self.is_main, self.out = self.dist.device, self.dist.is_main, cfg.output_path
         self.autocast_dtype, self.base_dtype = resolve_precision(cfg, self.device)
+        self.loss_scale = LOSS_SCALE_INIT if self.autocast_dtype == torch.float16 else None
+        self._clean_steps = 0  # fp16: steps since the loss scale last changed
         self.variant = get_variant(cfg.variant)
         self.gen = generator
         self.gen.update_seq_lengths(self.variant.sequence_lengths(cfg.duration))
@@ -362,18 +371,27 @@ class LoRATrainer:
             with self._grad_sync(micro == cfg.grad_accum - 1):
                 with self.autocast():
                     loss = training_loss(self.model, self.gen, batch, draws).mean()
-                (loss / cfg.grad_accum).backward()
+                scaled = loss / cfg.grad_accum
+                if self.loss_scale is not None:
+                    scaled = scaled * self.loss_scale
+                scaled.backward()
             losses.append(loss.detach())
             if self.hooks.after_micro_step:
                 self.hooks.after_micro_step(self, self.step, micro)
         mean_loss = float(all_reduce_mean(torch.stack(losses).mean(), self.dist))
         if not math.isfinite(mean_loss):
             self._diverged("loss", mean_loss, names)
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        if not math.isfinite(grad_norm):
-            self._diverged("gradient norm", grad_norm, names)
-        self._update()
+        overflow = self.loss_scale is not None and not self._unscale_gradients()
+        if overflow and self.loss_scale <= 1.0:
+            self._diverged("gradient norm", float("inf"), names)
+        grad_norm = None
+        if not overflow:
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+            if not math.isfinite(grad_norm):
+                self._diverged("gradient norm", grad_norm, names)
+        scale = self.loss_scale
+        self._update(overflow)
         dt = time.perf_counter() - t0
         self.elapsed += dt
         self.recent_losses.append(mean_loss)
@@ -382,6 +400,8 @@ class LoRATrainer:
                   "epoch": self.order.epoch_of(self.stream_pos - 1),
                   "clips_per_s": self.step_size / dt if dt > 0 else None,
                   "elapsed_s": round(self.elapsed, 4)}
+        if scale is not None:
+            record.update(loss_scale=scale, skipped=overflow)
         self.log.write(record)
         if self.hooks.after_step:
             self.hooks.after_step(self, self.step)
@@ -404,10 +424,27 @@ class LoRATrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def _update(self) -> None:
-        """AdamW step and the step boundary (the state a checkpoint captures)."""
+    def _unscale_gradients(self) -> bool:
+        """fp16: divide the gradients by the loss scale; False when any of them overflowed."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        for g in grads:
+            g.mul_(1.0 / self.loss_scale)  # a power of two: exact
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def _update(self, overflow: bool = False) -> None:
+        """AdamW step (skipped, with the fp16 loss scale halved, on overflow) and the step
+        boundary (the state a checkpoint captures)."""
         self._in_update = True
-        self.optimizer.step()
+        if not overflow:
+            self.optimizer.step()
+        if self.loss_scale is not None:
+            self._clean_steps = 0 if overflow else self._clean_steps + 1
+            if overflow:
+                self.loss_scale /= 2
+                log.warning("step %d: fp16 gradients overflowed; update skipped, loss scale "
+                            "now %g", self.step + 1, self.loss_scale)
+            elif self._clean_steps >= LOSS_SCALE_GROWTH_STEPS:
+                self.loss_scale, self._clean_steps = self.loss_scale * 2, 0
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.stream_pos += self.step_size
@@ -498,6 +535,9 @@ class LoRATrainer:
         self._boundary_rng = (state.rng_tensors, state.rng_meta)
         self.step, self.stream_pos, self.elapsed = state.step, state.stream_pos, state.elapsed_s
         self.val_base = state.extra.get("val_base")
+        if self.loss_scale is not None and state.extra.get("loss_scale") is not None:
+            self.loss_scale = float(state.extra["loss_scale"])
+            self._clean_steps = int(state.extra.get("loss_scale_clean_steps", 0))
         if self.is_main:
             self.ckpt.forget_after(self.step)
             self.log.truncate_after(self.step)
@@ -526,7 +566,9 @@ class LoRATrainer:
             train_loss=smooth(self.recent_losses)[-1] if self.recent_losses else None,
             val_loss=self.last_val.loss if self.last_val else None,
             elapsed_s=self.elapsed, config=self.cfg.to_dict(), rng_tensors=rng_t,
-            rng_meta=rng_m, extra=self.record.state_extra(self.progress),
+            rng_meta=rng_m, extra={**self.record.state_extra(self.progress), **(
+                {"loss_scale": self.loss_scale, "loss_scale_clean_steps": self._clean_steps}
+                if self.loss_scale is not None else {})},
         )
 
     # --- validation / samples / checkpoints -------------------------------------------------
