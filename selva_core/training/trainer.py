@@ -9,6 +9,8 @@
   every process takes its shard of the same global batch and gradients are averaged (no sync
   until the last micro-batch);
 * a NaN/Inf loss or gradient norm stops the run (the last good checkpoint stays the newest);
+  under fp16 autocast the loss is scaled, and overflowing gradients first skip the update and
+  halve the scale;
 * gradient clipping, AdamW step (weight decay 0 by default; LoRA+ groups optional).
 
 The loop (:meth:`LoRATrainer.run`): every ``val_every`` steps the deterministic validation
