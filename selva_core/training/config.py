@@ -165,10 +165,11 @@ class TrainConfig:
     base_dtype: str = field(default="auto", metadata=_opt(
         "Storage of the frozen generator weights while training: 'fp32', 'bf16' or 'fp16' "
         "(half the memory of the largest tensors; adapters stay fp32 and every forward runs "
-        "under autocast in that dtype, so --precision must be auto or the same dtype), or "
-        "'auto' = bf16 on a GPU that supports it unless --precision fp32, else fp32. The "
-        "adapter file is the same whatever the base dtype (it holds no base weights), and a "
-        "run may be resumed with another one.",
+        "under autocast in that dtype, so --precision must be auto or the same dtype; fp16, "
+        "for GPUs without native bf16, scales the loss), or 'auto' = bf16 on a GPU with native "
+        "bf16 (Ampere or newer) unless --precision fp32, else fp32. The adapter file is the "
+        "same whatever the base dtype (it holds no base weights), and a run may be resumed "
+        "with another one.",
         "--base-dtype", choices=BASE_DTYPE_CHOICES))
     gradient_checkpointing: bool = field(default=False, metadata=_opt(
         "Recompute each MM-DiT block in the backward pass instead of keeping its activations: "
