@@ -66,9 +66,17 @@ def train_losses(out) -> list[float]:
 
 @pytest.fixture(scope="module")
 def fp32_run(tiny, tmp_path_factory):
+    """An fp32 run; records the devices whose peak-memory mark run_training reset."""
+    import selva_core.training.run as run_module
+
     out = tmp_path_factory.mktemp("fp32")
-    result = run_training(make_cfg(tiny, out, base_dtype="fp32", surgery=True),
-                          pipeline=fresh(tiny[0]))
+    resets = []
+    with pytest.MonkeyPatch.context() as mp_:
+        real = run_module.reset_peak_memory
+        mp_.setattr(run_module, "reset_peak_memory", lambda d: (resets.append(d), real(d)))
+        result = run_training(make_cfg(tiny, out, base_dtype="fp32", surgery=True),
+                              pipeline=fresh(tiny[0]))
+    result.resets = resets
     return out, result
 
 
@@ -145,6 +153,20 @@ def test_summary_and_cli_summary_give_the_runs_peak_memory(bf16_run, fp32_run):
     bf16 = json.loads((bf16_run[0] / "summary.json").read_text())
     assert bf16["base_dtype"] == "torch.bfloat16" and bf16["gradient_checkpointing"] is True
     assert "base weights bfloat16, gradient checkpointing on" in format_summary(bf16)
+
+
+def test_a_run_reports_its_own_cuda_peak_not_the_processes(fp32_run, monkeypatch):
+    from selva_core.model.precision import peak_memory_bytes, reset_peak_memory
+
+    assert fp32_run[1].resets == [torch.device("cpu")]  # once, at the start of the run
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(d))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**30)
+    gpu = torch.device("cuda", 0)
+    reset_peak_memory(gpu)
+    reset_peak_memory(torch.device("cpu"))  # a process's resident peak cannot be reset
+    assert calls == [gpu]
+    assert peak_memory_bytes(gpu) == (3 * 2**30, "cuda max_memory_allocated")
 
 
 # --- precision and base dtype together --------------------------------------------------------

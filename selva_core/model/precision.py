@@ -80,6 +80,14 @@ def cast_frozen_weights(model: nn.Module, dtype: torch.dtype) -> int:
     return saved
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_memory_bytes` where that is possible (CUDA), so a run
+    inside a long-lived process (ComfyUI) reports its own peak. A process's peak resident
+    memory cannot be reset: on a CPU the figure covers the whole process."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     """The run's peak memory and how it was measured.
 

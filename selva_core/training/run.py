@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from selva_core.data import SkipReport, scan_dataset
+from selva_core.model.precision import reset_peak_memory
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -289,6 +290,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
     dist = init_distributed(cfg.device)
     try:
         resolve_precision(cfg, dist.device)  # a contradicting --precision fails before any work
+        reset_peak_memory(dist.device)  # the summary's peak memory is this run's
         if dist.is_main:
             check_folders(cfg)
         barrier(dist)
