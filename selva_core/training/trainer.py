@@ -245,7 +245,6 @@ class LoRATrainer:
         self.variant = get_variant(cfg.variant)
         self.gen = generator
         self.gen.update_seq_lengths(self.variant.sequence_lengths(cfg.duration))
-        self.gen.to(self.device)
         check_rank(self.gen, cfg)
         self.handle = attach_lora(self.gen, lora_config(cfg), ADAPTER_NAME,
                                   variant_name=cfg.variant)
@@ -256,6 +255,10 @@ class LoRATrainer:
         # Files record the fingerprint of the weights as loaded, whatever dtype they train in.
         self.handle.spec.base_fingerprint = base_fingerprint(self.gen, self.handle.layers)
         cast_frozen_weights(self.gen, self.base_dtype)  # new parameters: shared tensors untouched
+        # After the cast: a generator resting in host memory reaches the GPU already in
+        # --base_dtype (large_44k: 2 GB in bf16 instead of 4 GB in fp32).
+        self.gen.to(self.device)
+        self.params = trainable_parameters(self.gen, ADAPTER_NAME)
         self.gen.set_gradient_checkpointing(cfg.gradient_checkpointing)
         self.train_store = ExampleStore(train_examples, self.gen)
         self.val_store = ExampleStore(val_examples, self.gen)
