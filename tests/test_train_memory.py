@@ -93,7 +93,28 @@ def bf16_run(tiny, tmp_path_factory):
 
     cfg = make_cfg(tiny, out, base_dtype="bf16", precision="bf16", gradient_checkpointing=True,
                    surgery=True, samples=True)
-    result = run_training(cfg, pipeline=pipe, hooks=TrainHooks(after_step=check))
+    moved = []  # the dtype of a frozen weight when the trainer moves the generator to its device
+
+    def to_device(gen):
+        real = gen.to
+
+        def to(*args, **kwargs):
+            layers = [layer for _, layer in iter_lora_layers(gen)]
+            moved.append(layers[0].base_layer.weight.dtype if layers else None)
+            return real(*args, **kwargs)
+        return to
+
+    real_fork = type(pipe).fork
+
+    def fork(self):
+        child = real_fork(self)
+        child.generator.to = to_device(child.generator)
+        return child
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(type(pipe), "fork", fork)
+        result = run_training(cfg, pipeline=pipe, hooks=TrainHooks(after_step=check))
+    result.moved = moved
     return out, result, pipe, seen
 
 
@@ -102,6 +123,7 @@ def test_bf16_base_on_cpu_trains_validates_operates_and_samples_under_bf16(bf16_
     out, result, pipe, seen = bf16_run
     assert result.completed and result.steps_done == 2
     assert seen == [(torch.bfloat16, torch.bfloat16)] * 2
+    assert result.moved[:1] == [torch.bfloat16]  # cast first, then moved to the device
     # surgery's calibration and validation forwards and the samples ran on the bf16 weights
     surgery = json.loads((out / "surgery.json").read_text())
     assert surgery["decision"] in ("kept", "reverted")
