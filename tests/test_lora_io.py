@@ -21,11 +21,13 @@ from selva_core.model.lora import (
     iter_lora_layers,
     load_adapter,
     load_training_state_dict,
+    read_adapter_file,
     reduce_intruders,
     save_adapter,
     set_strength,
     training_state_dict,
 )
+from selva_core.model.lora.io import _legacy_fingerprint
 from tests.test_lora_common import (
     make_inputs,
     make_model,
@@ -156,7 +158,7 @@ def test_file_metadata_records_scale_kind_targets_layers_and_model_identity(tmp_
     assert json.loads(meta["use_rslora"]) is True
     assert json.loads(meta["targets"]) == ["attn"]
     assert "joint_blocks.0.latent_block.linear1" in json.loads(meta["layers"])
-    assert meta["model_variant"] == "tiny_test" and len(meta["base_fingerprint"]) == 16
+    assert meta["model_variant"] == "tiny_test" and meta["base_fingerprint"].startswith("stats1:")
     assert json.loads(meta["user"]) == {"steps": 120}
 
 
@@ -310,6 +312,27 @@ def test_other_base_weights_only_warn(tmp_path, good_file, caplog):
     with caplog.at_level(logging.WARNING):
         load_adapter(other, path)
     assert "different base weights" in caplog.text
+
+
+def test_the_same_base_in_half_precision_is_recognised_without_a_warning(good_file, caplog):
+    path, _, _ = good_file
+    for dtype in (torch.bfloat16, torch.float16):
+        half = make_model().to(dtype)
+        with caplog.at_level(logging.WARNING):
+            load_adapter(half, path)
+        assert "different base weights" not in caplog.text, dtype
+
+
+def test_files_with_the_older_hashed_fingerprint_still_load_without_a_warning(tmp_path, good_file,
+                                                                        caplog):
+    path, _, _ = good_file
+    tensors, meta = read_adapter_file(path)
+    meta["base_fingerprint"] = _legacy_fingerprint(_trained(), json.loads(meta["layers"]))
+    older = tmp_path / "older.safetensors"
+    save_file(tensors, str(older), metadata=meta)
+    with caplog.at_level(logging.WARNING):
+        load_adapter(make_model(), older)
+    assert "different base weights" not in caplog.text
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):

@@ -17,9 +17,9 @@ Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``l
 (lora/dora), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``, ``alpha``,
 ``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (plus ``storage_rel_error`` for the
 lossy storages), ``targets``/``exclude``/``layers`` (JSON lists), ``model_variant`` (e.g.
-small_16k) and ``base_fingerprint`` (hash of rounded statistics of the adapted base weights; a
-mismatch on load is a warning, the model variant a hard check), ``user`` (JSON object of caller
-metadata such as training steps).
+small_16k) and ``base_fingerprint`` (statistics of the adapted base weights, compared with a
+tolerance; a mismatch on load is a warning, the model variant a hard check), ``user`` (JSON
+object of caller metadata such as training steps).
 
 Loading checks everything before touching the model, and every refusal is one
 :class:`AdapterLoadError` naming the file and the field or tensor: a folder or pickle where a
@@ -88,22 +88,64 @@ class AdapterNotFoundError(AdapterLoadError, FileNotFoundError):
 
 
 # -- identity of the base model ----------------------------------------------------------------
-def base_fingerprint(model: nn.Module, layers: list[str]) -> str:
-    """16-hex hash of each adapted layer's name, shape, sum |W| and sum W^2 (4 digits).
+#: Prefix of fingerprints that carry the statistics themselves (older files hold a 16-hex hash).
+_STATS_PREFIX = "stats1:"
+#: Relative difference of a layer's statistics still taken as the same base weights: far above
+#: what a bf16 / fp16 copy of a checkpoint changes (rounding errors average out over a layer),
+#: far below what fine-tuning or another checkpoint changes.
+BASE_STATS_RTOL = 1e-3
 
-    Rounded statistics survive a bf16/fp32 cast of the same checkpoint but differ between
-    checkpoints, so the check catches "adapter trained on another base" without storing it.
-    """
-    h = hashlib.sha256()
+
+def _layer_stats(model: nn.Module, layers: list[str]) -> list[tuple[str, float, float]]:
+    """(path, sum |W|, sum W^2) of each adapted layer's base weight, in sorted path order."""
+    stats = []
     for path in sorted(layers):
         module = model.get_submodule(path)
         w = module.original_weight2d() if isinstance(module, LoRALayer) else module.weight
         w = w.detach().double()
-        h.update(
-            f"{path}|{tuple(w.shape)}|{w.abs().sum().item():.4e}|{w.pow(2).sum().item():.4e}\n"
-            .encode()
-        )
+        stats.append((path, w.abs().sum().item(), w.pow(2).sum().item()))
+    return stats
+
+
+def base_fingerprint(model: nn.Module, layers: list[str]) -> str:
+    """Statistics of the adapted base weights (sum |W| and sum W^2 per layer) as a string.
+
+    Compared with a relative tolerance by :func:`same_base`, so the same checkpoint is
+    recognised whether the model holds it in fp32, bf16 or fp16 (a bf16 ComfyUI pipeline loads
+    adapters trained on the fp32 weights without a false warning), while another checkpoint
+    differs. No base weight is stored.
+    """
+    return _STATS_PREFIX + ",".join(f"{a:.6e}/{b:.6e}" for _, a, b in
+                                    _layer_stats(model, layers))
+
+
+def _legacy_fingerprint(model: nn.Module, layers: list[str]) -> str:
+    """The 16-hex hash of rounded statistics that files written before the stats form hold."""
+    h = hashlib.sha256()
+    for path, a, b in _layer_stats(model, layers):
+        module = model.get_submodule(path)
+        w = module.original_weight2d() if isinstance(module, LoRALayer) else module.weight
+        h.update(f"{path}|{tuple(w.shape)}|{a:.4e}|{b:.4e}\n".encode())
     return h.hexdigest()[:16]
+
+
+def same_base(recorded: str, model: nn.Module, layers: list[str]) -> bool:
+    """Whether ``model``'s adapted layers hold the base weights a file's fingerprint describes."""
+    if not recorded.startswith(_STATS_PREFIX):
+        return recorded == _legacy_fingerprint(model, layers)
+    try:
+        saved = [tuple(float(v) for v in item.split("/"))
+                 for item in recorded[len(_STATS_PREFIX):].split(",")]
+    except ValueError:
+        return False
+    now = _layer_stats(model, layers)
+    if len(saved) != len(now):
+        return False
+    return all(
+        len(pair) == 2 and all(abs(x - y) <= BASE_STATS_RTOL * max(abs(x), abs(y), 1e-12)
+                               for x, y in zip(pair, (a, b)))
+        for pair, (_, a, b) in zip(saved, now)
+    )
 
 
 def model_variant_name(model: nn.Module) -> str | None:
@@ -301,7 +343,9 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         _refuse_pickle(path)
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            # own, aligned memory: a view into the file's buffer sits at whatever offset the
+            # header length gives, and SIMD kernels then round differently
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except OSError as e:
         raise AdapterLoadError(f"cannot read adapter file {path}: {e.strerror or e}") from None
     except (SafetensorError, RuntimeError, ValueError) as e:
@@ -617,11 +661,10 @@ def load_adapter_tensors(
         handle = attach_adapter_states(model, spec, states, freeze_base=freeze_base)
     except ValueError as e:
         raise AdapterLoadError(f"cannot load {path}: {e}") from None
-    fp_now = base_fingerprint(model, list(info.layers))
-    if info.fingerprint and info.fingerprint != fp_now:
+    if info.fingerprint and not same_base(info.fingerprint, model, list(info.layers)):
         logger.warning(
-            "%s was trained on different base weights (fingerprint %s, model %s); its effect "
-            "may differ", path, info.fingerprint, fp_now,
+            "%s was trained on different base weights (their statistics differ from this "
+            "model's by more than %g); its effect may differ", path, BASE_STATS_RTOL,
         )
     logger.info(
         "loaded LoRA adapter %r from %s: %d layers, kind %s, scale %.6g, strength %g",
