@@ -45,6 +45,7 @@ from .audio.mel import MelConverter
 from .features import ConditionFeatures
 from .flow_matching import DEFAULT_CONFIG, euler_sample
 from .model.lora import AdapterLoadError
+from .model.precision import BASE_DTYPE_CHOICES, BASE_DTYPES, resolve_base_dtype
 from .variants import (
     CLIP_FPS,
     SYNC_FPS,
@@ -76,12 +77,10 @@ _RESIZE_CHUNK = 32  # frames resized at a time (bounds memory for long HD clips)
 
 ProgressCallback = Callable[[int, int], None]
 
-#: ``precision`` choices of :meth:`SelvaPipeline.build` (``auto``: bf16 on a CUDA GPU that
-#: supports it, fp32 elsewhere).
-PRECISIONS: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: ``precision`` choices of :meth:`SelvaPipeline.build` (``auto``: bf16 on a GPU that computes
+#: it natively, fp32 elsewhere): the same names and rule as the trainer's ``--base_dtype``.
+PRECISIONS: dict[str, torch.dtype] = BASE_DTYPES
+PRECISION_CHOICES = BASE_DTYPE_CHOICES
 #: ``offload`` choices: where the networks rest between runs (``gpu``: on the compute device;
 #: ``cpu``: in host memory, moved to the compute device for each run and back after it).
 OFFLOAD_CHOICES = ("auto", "gpu", "cpu")
@@ -95,19 +94,14 @@ _ADAPTER_NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def resolve_precision(precision: str | torch.dtype, device: torch.device | str) -> torch.dtype:
-    """``auto`` -> bf16 on a CUDA GPU that supports it, else fp32; or the named dtype."""
+    """``auto`` -> bf16 on a GPU that computes it natively, else fp32; or the named dtype."""
     if isinstance(precision, torch.dtype):
         if precision not in PRECISIONS.values():
             raise ValueError(f"precision {precision} is not one of {list(PRECISIONS)}")
         return precision
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if precision not in PRECISIONS:
+    if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISION_CHOICES}")
-    return PRECISIONS[precision]
+    return resolve_base_dtype(precision, torch.device(device))
 
 
 def _module_device(module: nn.Module) -> torch.device | None:
