@@ -9,7 +9,8 @@ For one generator variant at the training window (8 s), rank 16 on ``attn``:
   ``max_memory_allocated``. ``activation_ckpt_over_plain`` is their ratio (target <= 0.35).
 * ``saved_mb_per_clip_{plain,ckpt}``: bytes autograd keeps for the backward pass per clip
   (distinct storages, counted with saved-tensor hooks): deterministic, whatever the allocator.
-* ``step_ckpt_over_plain``: median step time with checkpointing over without (target <= 1.40).
+* ``step_ckpt_over_plain``: median step time with checkpointing over without (target <= 1.40),
+  both measured on one model in alternating pairs (process CPU time on CPU, wall on CUDA).
 * on CUDA: ``peak_gb_large_44k_batch4``: peak allocated memory of a large_44k step at batch 4
   with a bf16 base and checkpointing (target <= 8).
 
@@ -127,15 +128,31 @@ def worker(spec: dict) -> dict:
         peak_total = _maxrss_bytes()
         step_bytes = peak_total - before
     saved = _saved_bytes(gen, inputs, autocast_dtype)
-    times = []
-    for _ in range(spec["repeats"]):
-        _sync(device)
-        t0 = time.perf_counter()
-        _step(gen, inputs, autocast_dtype)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"step_bytes": step_bytes, "peak_bytes": peak_total, "saved_bytes": saved,
-            "step_s": statistics.median(times)}
+    return {"step_bytes": step_bytes, "peak_bytes": peak_total, "saved_bytes": saved}
+
+
+def timing_worker(spec: dict) -> dict:
+    """Plain and checkpointed steps of one model, alternated in pairs (same load for both)."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    gen = _build(spec["variant"], spec["duration"], device, spec["base_dtype"])
+    inputs = _inputs(gen, spec["batch"], device)
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+        spec["autocast"]]
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(spec["repeats"] + 1):
+        for ckpt in (False, True) if i % 2 == 0 else (True, False):
+            gen.set_gradient_checkpointing(ckpt)
+            _sync(device)
+            t0 = clock()
+            _step(gen, inputs, autocast_dtype)
+            _sync(device)
+            if i > 0:  # the first pair warms up
+                times[ckpt].append(clock() - t0)
+    return {"step_s_plain": statistics.median(times[False]),
+            "step_s_ckpt": statistics.median(times[True]),
+            "clock": "wall" if device.type == "cuda" else "process cpu"}
 
 
 def _run(spec: dict) -> dict:
@@ -154,12 +171,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="default: small_16k on CPU, large_44k on a GPU")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
+    ap.add_argument("--repeats", type=int, default=4, help="timed (plain, ckpt) step pairs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
-        print(json.dumps(worker(json.loads(args._worker))))
+        spec = json.loads(args._worker)
+        print(json.dumps(timing_worker(spec) if spec.get("timing") else worker(spec)))
         return {}
     device = torch.device(args.device)
     variant = args.variant or ("large_44k" if device.type == "cuda" else "small_16k")
@@ -170,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
               "autocast": autocast}
     runs = {(ckpt, b): _run({**common, "checkpointing": ckpt, "batch": b})
             for ckpt in (False, True) for b in (1, 2)}
+    timing = _run({**common, "timing": True, "batch": 2})
 
     def per_clip(ckpt: bool, key: str) -> float:
         return (runs[(ckpt, 2)][key] - runs[(ckpt, 1)][key]) / MB
@@ -182,8 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
         "activation_mb_per_clip_ckpt": per_clip(True, "step_bytes"),
         "saved_mb_per_clip_plain": per_clip(False, "saved_bytes"),
         "saved_mb_per_clip_ckpt": per_clip(True, "saved_bytes"),
-        "step_s_plain_batch2": runs[(False, 2)]["step_s"],
-        "step_s_ckpt_batch2": runs[(True, 2)]["step_s"],
+        "step_s_plain_batch2": timing["step_s_plain"],
+        "step_s_ckpt_batch2": timing["step_s_ckpt"], "step_clock": timing["clock"],
         "peak_mb_plain_batch2": runs[(False, 2)]["peak_bytes"] / MB,
         "peak_mb_ckpt_batch2": runs[(True, 2)]["peak_bytes"] / MB,
         "memory_method": ("cuda max_memory_allocated" if device.type == "cuda"
