@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     try:
         data_dir = _dataset(args, root)
         clip_count = len(scan_dataset(data_dir))
-        pipe = SelvaPipeline.tiny(seed=0, duration=args.duration)
+        pipe = SelvaPipeline.tiny(seed=0, duration=args.duration, trained=False)
         cold = _job(args, pipe, data_dir, root / "cache", root / "out_cold", clock)
         warm = _job(args, pipe, data_dir, root / "cache", root / "out_warm", clock)
         floor = _floor(args, pipe, clock)

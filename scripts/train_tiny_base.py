@@ -68,6 +68,7 @@ log = logging.getLogger("train_tiny_base")
 VARIANT = "tiny_16k"
 HELD_OUT_CLASS = "burst"
 ENCODER_SEED = TINY_TRAINED_TEXT_SEED  # seed of the tiny random encoders the generator reads
+STAGES = ("vae", "vocoder", "generator")
 DATA_SEED = 1000  # base clips; the demo makes its clips with seed 0, so they stay unseen
 
 
@@ -84,10 +85,10 @@ class BaseTrainConfig:
     vae_crop_frames: int = 64
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-3
-    vocoder_steps: int = 800
+    vocoder_steps: int = 1000
     vocoder_batch: int = 4
     vocoder_crop_frames: int = 16
-    vocoder_lr: float = 2e-3
+    vocoder_lr: float = 1e-3
     generator_steps: int = 1300
     generator_batch: int = 8
     generator_lr: float = 1e-3
@@ -201,7 +202,7 @@ def train_vae(mels: torch.Tensor, cfg: BaseTrainConfig, variant):
         recon = vae.decode(post.mean)
         full_l1 = (recon - mels).abs().mean().item()
     log.info("VAE: full-clip reconstruction L1 %.4f (log10 mel)", full_l1)
-    return vae, recon, {"vae_final_l1": round(full_l1, 5),
+    return vae, {"vae_final_l1": round(full_l1, 5),
                         "vae_train_l1_last100": round(float(np.mean(history[-100:])), 5)}
 
 
@@ -224,34 +225,56 @@ def fan_in_init_(vocoder, seed: int) -> None:
 
 
 @torch.no_grad()
-def data_dependent_scale_(vocoder, mels: torch.Tensor, out_rms: float = 0.1) -> None:
-    """Scale ``conv_pre`` to unit-RMS features and ``conv_post`` so the pre-tanh output has
-    RMS ``out_rms`` on ``mels`` (an unscaled random vocoder saturates its tanh: no gradient)."""
-    pre = vocoder.conv_pre
-    rms = pre(mels).pow(2).mean().sqrt()
-    pre.parametrizations.weight.original0.div_(rms)
-    pre.bias.div_(rms)
-    seen = []
-    handle = vocoder.conv_post.register_forward_hook(lambda m, i, o: seen.append(o))
-    vocoder(mels)
-    handle.remove()
+def data_dependent_init_(vocoder, mels: torch.Tensor, out_rms: float = 0.1) -> None:
+    """Start every stage at unit RMS on ``mels``: ``conv_pre`` and each upsampler are scaled
+    in turn, residual branches start small (second convs at 0.1), and ``conv_post`` gives a
+    pre-tanh RMS of ``out_rms`` (unscaled, the activations grow stage after stage, the snake
+    functions oscillate wildly and the tanh saturates)."""
+    for name, p in vocoder.named_parameters():
+        if ".convs2." in name and name.endswith("original0"):
+            p.mul_(0.1)
+
+    def unit_(conv, x):
+        rms = conv(x).pow(2).mean().sqrt()
+        conv.parametrizations.weight.original0.div_(rms)
+        conv.bias.div_(rms)
+        return conv(x)
+
+    h = unit_(vocoder.conv_pre, mels)
+    k = vocoder.num_kernels
+    for i, up in enumerate(vocoder.ups):
+        h = unit_(up[0], h)
+        h = sum(block(h) for block in vocoder.resblocks[i * k:(i + 1) * k]) / k
     post = vocoder.conv_post
-    post.parametrizations.weight.original0.mul_(out_rms / seen[0].pow(2).mean().sqrt())
+    rms = post(vocoder.activation_post(h)).pow(2).mean().sqrt()
+    post.parametrizations.weight.original0.mul_(out_rms / rms)
 
 
 STFT_RESOLUTIONS = ((256, 64), (512, 128), (1024, 256))
+#: Floors of the log-magnitude losses, relative to a full-scale sine's peak (about 60 dB below
+#: it): with a tiny floor, every near-silent bin of the (mostly silent) data weighs as much as
+#: a loud one, and a silent output becomes the cheapest answer.
+STFT_FLOOR_PER_SAMPLE = 1e-4  # times n_fft
+MEL_FLOOR = 1e-3  # on the mel magnitude (log10 -3; the VAE's mels floor at -5)
 
 
-def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution STFT loss: spectral convergence + log-magnitude L1, averaged."""
-    total = pred.new_zeros(())
+def _log_mel(mel: MelConverter, wave: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.matmul(mel.mel_basis, mel.magnitude(wave)) + MEL_FLOOR)
+
+
+def vocoder_loss(pred: torch.Tensor, target: torch.Tensor, mel: MelConverter) -> torch.Tensor:
+    """Log-mel L1 plus a multi-resolution STFT loss (spectral convergence + log-magnitude L1,
+    averaged over resolutions), log magnitudes floored (see :data:`STFT_FLOOR_PER_SAMPLE`)."""
+    total = (_log_mel(mel, pred) - _log_mel(mel, target)).abs().mean()
+    stft = pred.new_zeros(())
     for n_fft, hop in STFT_RESOLUTIONS:
         window = torch.hann_window(n_fft)
-        sp = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs() + 1e-5
-        st = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs() + 1e-5
-        sc = torch.linalg.norm(st - sp) / torch.linalg.norm(st)
-        total = total + sc + (sp.log() - st.log()).abs().mean()
-    return total / len(STFT_RESOLUTIONS)
+        floor = STFT_FLOOR_PER_SAMPLE * n_fft
+        sp = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs()
+        st = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs()
+        sc = torch.linalg.norm(st - sp) / (torch.linalg.norm(st) + floor)
+        stft = stft + sc + ((sp + floor).log() - (st + floor).log()).abs().mean()
+    return total + stft / len(STFT_RESOLUTIONS)
 
 
 def train_vocoder(recon_mels: torch.Tensor, audio: torch.Tensor, cfg: BaseTrainConfig, variant,
@@ -259,7 +282,7 @@ def train_vocoder(recon_mels: torch.Tensor, audio: torch.Tensor, cfg: BaseTrainC
     torch.manual_seed(cfg.seed + 2)
     vocoder = build_component("vocoder", variant)
     fan_in_init_(vocoder, cfg.seed + 2)
-    data_dependent_scale_(vocoder, recon_mels[:8, :, :cfg.vocoder_crop_frames])
+    data_dependent_init_(vocoder, recon_mels[:8, :, :cfg.vocoder_crop_frames])
     vocoder.train()
     opt = torch.optim.AdamW(vocoder.parameters(), lr=cfg.vocoder_lr, betas=(0.8, 0.99),
                             weight_decay=0.0)
@@ -274,8 +297,9 @@ def train_vocoder(recon_mels: torch.Tensor, audio: torch.Tensor, cfg: BaseTrainC
         x = torch.stack([recon_mels[i, :, s:s + crop] for i, s in zip(idx, start)])
         y = torch.stack([audio[i, s * hop:(s + crop) * hop] for i, s in zip(idx, start)])
         out = vocoder(x).squeeze(1)
-        mel_l1 = (mel(out) - mel(y)).abs().mean() * math.log(10)  # natural-log units
-        loss = mel_l1 + stft_loss(out, y)
+        with torch.no_grad():  # the front end's own log-mel distance, for the log
+            mel_l1 = (mel(out) - mel(y)).abs().mean() * math.log(10)
+        loss = vocoder_loss(out, y, mel)
         set_lr(opt, lr_at(step, cfg.vocoder_steps, cfg.vocoder_lr, cfg.warmup_steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,28 +422,45 @@ def save_weights(out: Path, generator, vae, vocoder, encoders, cfg: BaseTrainCon
     }
 
 
-def load_codec(folder: Path, variant):
-    """The VAE (raw MP weights, normalised in the forward) and vocoder of an earlier run."""
+def load_outputs(folder: Path, variant, skip: set[str]) -> dict:
+    """Every network an earlier run wrote to ``folder`` (to retrain only some stages): the
+    VAE with raw MP weights (normalised in the forward), vocoder, generator and encoders."""
     from safetensors.torch import load_file
 
+    from selva_core.pipeline import SelvaPipeline
+
+    def read(name):
+        return {k: v.float() for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
+
     vae = build_component("vae", variant)
-    vae.load_state_dict({k: v.float() for k, v in load_file(str(folder / "vae.safetensors")
-                                                             ).items()})
+    vae.load_state_dict(read("vae"))
     vae._weights_normalized = True  # used under forced_weight_norm only
-    vocoder = build_component("vocoder", variant)
-    vocoder.load_state_dict(load_file(str(folder / "vocoder.safetensors")))
-    summary = json.loads((folder / "train_summary.json").read_text())
-    log.info("reusing the VAE and vocoder of %s", folder)
-    return vae.eval(), vocoder.eval(), {k: v for k, v in summary.items()
-                                        if k.startswith(("vae_", "vocoder_"))}
+    vocoder = generator = None
+    if "vocoder" not in skip:
+        vocoder = build_component("vocoder", variant)
+        vocoder.load_state_dict(read("vocoder"))
+        vocoder.eval()
+    if "generator" not in skip:
+        generator = build_component("generator", variant)
+        generator.load_state_dict(read("generator"))
+        generator.eval()
+    pipe = SelvaPipeline.tiny(seed=ENCODER_SEED, **_random_kwargs())
+    encoders = {"video_encoder": pipe.video_encoder, "t5": pipe.t5}
+    for name, module in encoders.items():
+        module.load_state_dict(read(name))
+    log.info("reusing the networks of %s", folder)
+    return {"vae": vae.eval(), "vocoder": vocoder, "generator": generator,
+            "encoders": encoders,
+            "summary": json.loads((folder / "train_summary.json").read_text())}
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, BaseTrainConfig]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the three safetensors files")
-    parser.add_argument("--codec_from", default=None,
-                        help="reuse the VAE and vocoder of an earlier run's --out folder "
-                             "(train the generator only)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="stages to train (comma-separated); the others come from --reuse")
+    parser.add_argument("--reuse", default=None,
+                        help="an earlier run's --out folder holding the stages not trained")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every step count (e.g. 0.05 for a smoke run)")
     for f in fields(BaseTrainConfig):
@@ -440,6 +481,14 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
     variant = get_variant(VARIANT)
     mel = MelConverter(variant.mel)
+    stages = set(args.stages.split(","))
+    if stages - set(STAGES) or (stages != set(STAGES) and not args.reuse):
+        raise SystemExit(f"--stages must be a subset of {','.join(STAGES)}; the stages left "
+                         "out need --reuse DIR (an earlier run's --out folder)")
+    reused = load_outputs(Path(args.reuse), variant, stages) if args.reuse else {}
+    summary = {k: v for k, v in reused.pop("summary", {}).items()
+               if k.startswith(tuple(f"{s}_" for s in set(STAGES) - stages))}
+    seconds = {}
     t0 = time.time()
     seq = variant.sequence_lengths(cfg.duration)
     _, codec_audio, _, _ = make_clips(list(CLASS_PROMPTS), cfg.codec_clips_per_class, cfg,
@@ -447,25 +496,34 @@ def main(argv=None) -> int:
     mels = mel(codec_audio)
     log.info("codec data: %d clips, mel %s (%.0f s)", len(mels), tuple(mels.shape),
              time.time() - t0)
-    if args.codec_from:
-        vae, vocoder, summary = load_codec(Path(args.codec_from), variant)
-        t_vae = t_voc = time.time()
+    if "vae" in stages:
+        start = time.time()
+        vae, s = train_vae(mels, cfg, variant)
+        summary.update(s)
+        seconds["vae"] = round(time.time() - start)
     else:
-        vae, recon, summary = train_vae(mels, cfg, variant)
-        t_vae = time.time()
+        vae = reused["vae"]
+    if "vocoder" in stages:
+        start = time.time()
+        with forced_weight_norm(), torch.no_grad():
+            recon = vae.decode(vae.encode(mels).mean)
         vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
         summary.update(s)
-        t_voc = time.time()
-    encoders, data, seq = extract_generator_data(cfg, variant, vae, mel)
-    generator, s = train_generator(data, seq, cfg, variant)
-    summary.update(s)
-    t_gen = time.time()
+        seconds["vocoder"] = round(time.time() - start)
+    else:
+        vocoder = reused["vocoder"]
+    if "generator" in stages:
+        start = time.time()
+        encoders, data, seq = extract_generator_data(cfg, variant, vae, mel)
+        generator, s = train_generator(data, seq, cfg, variant)
+        summary.update(s)
+        seconds["generator"] = round(time.time() - start)
+    else:
+        generator, encoders = reused["generator"], reused["encoders"]
     digests = save_weights(Path(args.out), generator, vae, vocoder, encoders, cfg)
-    summary.update({
-        "seconds": {"vae": round(t_vae - t0), "vocoder": round(t_voc - t_vae),
-                    "generator": round(t_gen - t_voc), "total": round(time.time() - t0)},
-        "sha256": digests, "config": asdict(cfg),
-    })
+    seconds["total"] = round(time.time() - t0)
+    summary.update({"seconds": seconds, "stages": sorted(stages), "sha256": digests,
+                    "config": asdict(cfg)})
     write_text_atomic(Path(args.out) / "train_summary.json", json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0

@@ -515,7 +515,7 @@ class SelvaPipeline:
         device: torch.device | str = "cpu",
         duration: float = TRAIN_DURATION_S,
         dtype: torch.dtype = torch.float32,
-        trained: bool = False,
+        trained: bool = True,
     ) -> SelvaPipeline:
         """The ``tiny_16k`` variant: same classes, toy width, no downloads.
 

@@ -464,14 +464,19 @@ _register(ModelVariant(
     ),
     mel=MEL_16K,
     vae=VAEConfig(data_dim=80, embed_dim=8, hidden_dim=32),
-    vocoder=replace(BIGVGAN_V1_16K, upsample_initial_channel=64),
+    # three upsamplers (8, 8, 4) keep 8 channels at the output rate (six halvings of 64 would
+    # leave 1, which cannot learn to make a tone), two resblock kernels keep it cheap on a CPU
+    vocoder=replace(BIGVGAN_V1_16K, upsample_rates=(8, 8, 4), upsample_kernel_sizes=(16, 16, 8),
+                    upsample_initial_channel=64, resblock_kernel_sizes=(3, 7),
+                    resblock_dilation_sizes=((1, 3, 5), (1, 3, 5))),
     video_encoder=TextSynchConfig(
         embed_dim=TINY_SYNC_DIM, depth=1, num_heads=1, mlp_hidden=128, frame_size=32,
         patch_size=16, text_dim=TINY_T5_DIM,
     ),
     text_encoders=TextEncoderConfig(tiny=True),
     generator_file=None, video_encoder_file=None, vae_file=None, vocoder_file=None,
-    description="tiny random model of the same classes (tests and --demo; no downloads)",
+    description="tiny model of the same classes, trained on synthetic clips and shipped in the "
+                "package (tests and --demo; no downloads)",
 ))
 
 
@@ -485,7 +490,25 @@ class BundledFile:
 
 #: Trained weights shipped with the package, per variant and component
 #: (``scripts/train_tiny_base.py``; loaded by :mod:`selva_core.bundled`).
-BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {}
+BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {
+    "tiny_16k": {
+        "generator": BundledFile(
+            "tiny_16k/generator.safetensors",
+            "10a2d1afff7ac7cfe83130be0062cbd1443c325a63bd806ab18888dc838ac2a6"),
+        "vae": BundledFile(
+            "tiny_16k/vae.safetensors",
+            "f3c4829d04dc12872dd50ca96f9148e8bfdfee2cdcf6ec2be126122f50002b32"),
+        "vocoder": BundledFile(
+            "tiny_16k/vocoder.safetensors",
+            "5257cc769465451dc1f05ee7427453a2491b5d7afc2ac42b5c000ffb4273158f"),
+        "video_encoder": BundledFile(
+            "tiny_16k/video_encoder.safetensors",
+            "648c21129c5ea6e53a26e120bd8b1053922145146def1d8afde9d630c345f305"),
+        "t5": BundledFile(
+            "tiny_16k/t5.safetensors",
+            "e3a5ce12e40e3a022ed604239704d8f1dcc3ddaabad89520c30487b04b8ac0d7"),
+    },
+}
 #: Seed of the tiny CLIP-text encoder whose features the bundled tiny generator was trained on
 #: (that encoder is rebuilt from its seed, not shipped: it is mostly a 49k-token embedding).
 TINY_TRAINED_TEXT_SEED = 0

@@ -376,7 +376,7 @@ def test_bad_settings_are_rejected(kw, needle):
 
 def test_tiny_pipeline_end_to_end_matches_direct_extraction(data, tmp_path):
     pipeline_mod = pytest.importorskip("selva_core.pipeline")
-    pipe = pipeline_mod.SelvaPipeline.tiny(seed=0)
+    pipe = pipeline_mod.SelvaPipeline.tiny(seed=0, trained=False)
     write_tone_clip(data / "a.mp4", duration=4.2, size=48)
     clips = scan_dataset(data, on_bad_clip="stop")
     cfg = settings(window_policy="all", model_tag="tiny seed 0")

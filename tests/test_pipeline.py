@@ -25,7 +25,7 @@ def _frames(num: int = 25, seed: int = 0, size: tuple[int, int] = (40, 56)) -> t
 
 @pytest.fixture(scope="module")
 def pipe() -> SelvaPipeline:
-    return SelvaPipeline.tiny(seed=0, duration=DURATION)
+    return SelvaPipeline.tiny(seed=0, duration=DURATION, trained=False)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_generate_returns_cpu_waveform_and_rate(pipe):
 
 def test_tiny_is_deterministic_given_the_seed_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
-    a, b, c = (SelvaPipeline.tiny(seed=s, duration=DURATION) for s in (4, 4, 5))
+    a, b, c = (SelvaPipeline.tiny(seed=s, duration=DURATION, trained=False) for s in (4, 4, 5))
     assert (a.decode(torch.ones(1, 4, 8)) - c.decode(torch.ones(1, 4, 8))).abs().max() > 1e-3
     assert torch.equal(torch.get_rng_state(), state)
     for name in ("generator", "video_encoder", "vae", "vocoder", "clip_text", "t5"):
@@ -227,7 +227,7 @@ def test_encode_audio_rejects_nan(pipe):
 
 # --- freeing encoders -----------------------------------------------------------------------------
 def test_free_encoders_keeps_sampling_and_explains_what_is_gone():
-    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
+    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION, trained=False)
     feats = pipe.extract_features(_frames(), "a dog barks")
     pipe.free_encoders()
     assert pipe.video_encoder is None and pipe.clip_text is None and pipe.t5 is None
@@ -315,7 +315,7 @@ def test_from_pretrained_loads_local_files_like_the_reference_formats(tmp_path, 
 
 
 def test_encode_audio_without_the_vae_encoder_says_how_to_get_it():
-    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION)
+    pipe = SelvaPipeline.tiny(seed=0, duration=DURATION, trained=False)
     pipe.vae.drop_encoder()
     with pytest.raises(RuntimeError, match="need_vae_encoder=True"):
         pipe.encode_audio(torch.zeros(16000), 16000)

@@ -29,7 +29,7 @@ def tiny_training_set(root: Path, *, clips_per_class: int, seed: int,
     data_dir, cache_dir = root / "clips", root / "cache"
     make_synthetic_dataset(data_dir, clips_per_class=clips_per_class, duration=duration,
                            seed=seed)
-    pipe = SelvaPipeline.tiny(seed=0, duration=duration)
+    pipe = SelvaPipeline.tiny(seed=0, duration=duration, trained=False)
     settings = FeatureCacheSettings(variant="tiny_16k", duration=duration,
                                     window_policy="first", model_tag="tiny seed 0")
     examples = build_feature_cache(scan_dataset(data_dir), pipe, cache_dir, settings,
