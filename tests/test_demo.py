@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +118,36 @@ def test_listening_comparison_writes_same_length_renders_and_the_report(tmp_path
     (row,) = report["clips"]
     assert row["clip"] == "burst_000" and row["lsd_base_db"] > 0 and row["lsd_adapted_db"] > 0
     assert row["adapted_closer"] == (row["lsd_adapted_db"] < row["lsd_base_db"])
+
+
+@pytest.fixture
+def train_lora_cli():
+    spec = importlib.util.spec_from_file_location(
+        "train_lora_cli_demo", Path(__file__).resolve().parents[1] / "train_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    yield module
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+
+
+def test_demo_teaches_the_held_out_class_and_writes_the_listening_files(train_lora_cli,
+                                                                        tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = train_lora_cli.main(["--demo", "--output_dir", str(out), "--steps", "3",
+                                "--warmup_steps", "1", "--val_every", "3", "--save_every", "3",
+                                "--sample_steps", "2"])
+    assert code == 0
+    prompts = (out / "demo_data" / "prompts.txt").read_text()
+    assert CLASS_PROMPTS["burst"] in prompts and CLASS_PROMPTS["hum"] not in prompts
+    report = json.loads((out / LISTEN_DIR / REPORT_NAME).read_text())
+    names = [row["clip"] for row in report["clips"]]
+    assert len(names) == 2 and all(n.startswith("burst_") for n in names)
+    for name in names:
+        for part in ("true", "base", "adapted", "side_by_side"):
+            assert (out / LISTEN_DIR / f"{name}_{part}.wav").is_file()
+    assert f"{LISTEN_DIR}/{names[0]}_side_by_side.wav" in capsys.readouterr().out
