@@ -395,10 +395,14 @@ def train_generator(data: FeatureBatch, seq, cfg: BaseTrainConfig, variant):
 
 
 # --- saving ------------------------------------------------------------------------------------
+METADATA_KEY = "selva_tiny_base"  # ONE key: safetensors orders several keys differently per run
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> str:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp),
+                  metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -494,19 +494,19 @@ BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {
     "tiny_16k": {
         "generator": BundledFile(
             "tiny_16k/generator.safetensors",
-            "10a2d1afff7ac7cfe83130be0062cbd1443c325a63bd806ab18888dc838ac2a6"),
+            "9e161f24ae9c8c4355ac7a12b97ed9790e3443fba7adb367405858409bfecfc6"),
         "vae": BundledFile(
             "tiny_16k/vae.safetensors",
-            "f3c4829d04dc12872dd50ca96f9148e8bfdfee2cdcf6ec2be126122f50002b32"),
+            "fbbcc227fa4b9cec78d335110925c29831d823a7735195772bbf367cf6985372"),
         "vocoder": BundledFile(
             "tiny_16k/vocoder.safetensors",
-            "5257cc769465451dc1f05ee7427453a2491b5d7afc2ac42b5c000ffb4273158f"),
+            "65c5a490df6f13c95501e9df583eda7b6c6972957481435b31ff17ed4875d34e"),
         "video_encoder": BundledFile(
             "tiny_16k/video_encoder.safetensors",
-            "648c21129c5ea6e53a26e120bd8b1053922145146def1d8afde9d630c345f305"),
+            "b644e7dc74a02f7b9894b2495e4c509cac7b8320d5af418c03bb622c0230cfba"),
         "t5": BundledFile(
             "tiny_16k/t5.safetensors",
-            "e3a5ce12e40e3a022ed604239704d8f1dcc3ddaabad89520c30487b04b8ac0d7"),
+            "10efa1ddab5f3d9c8f929b513072203b4ecdebe73bc014fc82ded34272bfae01"),
     },
 }
 #: Seed of the tiny CLIP-text encoder whose features the bundled tiny generator was trained on
