@@ -44,12 +44,14 @@ SCHEMA = {
         {"model": "SELVA_MODEL", "data_dir": "STRING", "output_dir": "STRING", "steps": "INT",
          "rank": "INT", "lr": "FLOAT", "target": "COMBO", "init": "COMBO",
          "batch_size": "INT", "warmup_steps": "INT", "duration": "FLOAT",
-         "save_every": "INT", "seed": "INT", "resume": "BOOLEAN"},
+         "save_every": "INT", "seed": "INT", "resume": "BOOLEAN", "lora_kind": "COMBO",
+         "gradient_checkpointing": "BOOLEAN", "base_dtype": "COMBO"},
         ["STRING", "IMAGE", "SELVA_MODEL"]),
 }
 OPTIONAL = {"SelVAModelLoader": {"models_dir"},
             "SelVAFeatureExtractor": {"video", "images", "mask"},
-            "SelVALoraLoader": {"lora_path"}}
+            "SelVALoraLoader": {"lora_path"},
+            "SelVALoraTrainer": {"lora_kind", "gradient_checkpointing", "base_dtype"}}
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -479,6 +481,18 @@ def test_trainer_node_writes_the_cli_outputs_and_leaves_the_model_alone(tiny, fe
     assert len(trained.pipeline.adapters) == 1 and tiny.pipeline.adapters == ()
     assert torch.equal(_sample(tiny, features)["waveform"], before["waveform"])
     assert [c[1:] for c in comfy.utils.PROGRESS_CALLS if c[2] == 2][:2] == [(1, 2), (2, 2)]
+
+
+def test_trainer_node_passes_the_memory_options_and_the_lora_kind_to_the_trainer(tiny, clips,
+                                                                                tmp_path):
+    import json
+
+    _train(tiny, clips, tmp_path / "run", lora_kind="dora", gradient_checkpointing=True,
+           base_dtype="fp32")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["lora_kind"] == "dora" and summary["gradient_checkpointing"] is True
+    seed = next(i for i in node("SelVALoraTrainer").define_schema().inputs if i.id == "seed")
+    assert seed.control_after_generate is False  # a re-queued run keeps its seed
 
 
 def test_trainer_cancel_writes_a_resumable_checkpoint(tiny, clips, tmp_path):

@@ -42,13 +42,21 @@ def _load(name: str, api: bool) -> dict:
 
 def _widgets(node_type: str) -> list[tuple[str, int]]:
     """Widget names in the UI's widgets_values order (required, then optional) and how many
-    extra values follow each (the seed's 'control after generate')."""
+    extra values follow each: the frontend adds a 'control after generate' value where the
+    schema asks for one, and also to an INT named seed / noise_seed that does not say."""
     if node_type in CORE:
         return CORE[node_type][1]
     schema = node(node_type).define_schema()
     ws = [i for i in schema.inputs if str(i.io_type) in WIDGET_TYPES]
     ordered = [i for i in ws if not i.optional] + [i for i in ws if i.optional]
-    return [(i.id, 1 if getattr(i, "control_after_generate", None) else 0) for i in ordered]
+
+    def extra(i) -> int:
+        control = getattr(i, "control_after_generate", None)
+        if control is None:
+            return 1 if str(i.io_type) == "INT" and i.id in ("seed", "noise_seed") else 0
+        return 1 if control else 0
+
+    return [(i.id, extra(i)) for i in ordered]
 
 
 def _ui_to_api(ui: dict) -> dict:
