@@ -1,24 +1,29 @@
 #!/usr/bin/env python
 """Train the ``tiny_16k`` base model (mel VAE, BigVGAN vocoder, generator) from scratch.
 
-    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k        # ~20 min, 1 core
-    python scripts/train_tiny_base.py --out /tmp/tiny_smoke --scale 0.05     # quick smoke run
+    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~20 min CPU, 1 thread
+    python scripts/train_tiny_base.py --out /tmp/tiny_smoke --scale 0.02   # smoke run, ~15 s
+    python scripts/train_tiny_base.py --out D --stages vocoder --reuse D   # retrain one stage
 
 The data are the synthetic clips of :mod:`selva_core.data.synthetic` (sounds tied to the
-picture). Three stages, each deterministic given ``--seed`` (one CPU thread, seeded draws):
+picture). Everything runs on one CPU thread with seeded draws, so a run is deterministic:
+the same command writes byte-identical files on the same torch build. Then put the printed
+sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
 
 1. **Mel VAE** on the log-mels of every class: L1 reconstruction + a small KL term, with EDM2's
    forced weight normalisation (each MP-conv uses ``w / (eps sqrt(fan_in) + ||w||)`` of its raw
    weight, and the raw rows are kept at unit norm), so the saved raw weights followed by
    ``MelVAE.normalize_weights_()`` give exactly the trained network. ``data_mean`` /
    ``data_std`` are the per-bin statistics of the training mels.
-2. **Vocoder** (BigVGAN v1 at tiny width) on the VAE's reconstructions of those mels (what it
-   receives at inference): log-mel L1 of its output plus a multi-resolution STFT loss (spectral
-   convergence + log-magnitude L1); no discriminator at this scale.
+2. **Vocoder** (BigVGAN v1 at the tiny width) on what the shipped float16 VAE reconstructs from
+   those mels (what it receives at inference): log-mel L1 plus a multi-resolution STFT loss
+   (spectral convergence + log-magnitude L1) with floored logs, no discriminator at this
+   scale. A data-dependent init starts every stage at unit RMS (:func:`data_dependent_init_`).
 3. **Generator** with the project's flow-matching objective
    (:func:`selva_core.training.objective.training_loss`: logit-normal t, condition dropout 0.1)
    on VAE latents of the trained classes, conditioned on the features of the tiny random
-   encoders that ``SelvaPipeline.tiny(seed=0)`` builds (TextSynch, CLIP-text, T5 are not
+   encoders that ``SelvaPipeline.tiny(trained=False)`` builds at
+   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED` (TextSynch, CLIP-text, T5 are not
    trained; the generator learns to read their deterministic features). The TextSynch and
    T5 weights are shipped too (float16), so the generator keeps the exact features it was
    trained on; the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
@@ -27,14 +32,15 @@ The codec (VAE + vocoder) hears every class, like the real SelVA codec trained o
 audio; the generator never sees the held-out class (``burst``), which the demo's LoRA
 teaches. Output: ``generator.safetensors`` (float16), ``vae.safetensors`` (float16 raw MP
 weights, float32 statistics), ``vocoder.safetensors`` (float32, weight-norm form),
-``video_encoder.safetensors`` and ``t5.safetensors`` (float16), plus their sha256 for the
-registry (``selva_core.variants.BUNDLED_WEIGHTS``).
+``video_encoder.safetensors`` and ``t5.safetensors`` (float16), ``train_summary.json``
+(losses, seconds per stage, sha256 of each file).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -395,6 +401,7 @@ def train_generator(data: FeatureBatch, seq, cfg: BaseTrainConfig, variant):
 
 
 # --- saving ------------------------------------------------------------------------------------
+KEEP_FP32 = ("latent_mean", "latent_std", "data_mean", "data_std", "learnable_gain")
 METADATA_KEY = "selva_tiny_base"  # ONE key: safetensors orders several keys differently per run
 
 
@@ -412,10 +419,8 @@ def save_weights(out: Path, generator, vae, vocoder, encoders, cfg: BaseTrainCon
     meta = {"variant": VARIANT, "trained_by": "scripts/train_tiny_base.py",
             "held_out_class": HELD_OUT_CLASS, "encoder_seed": str(ENCODER_SEED),
             "config": json.dumps(asdict(cfg), sort_keys=True)}
-    keep_fp32 = ("latent_mean", "latent_std", "data_mean", "data_std", "learnable_gain")
-
     def half(sd):
-        return {k: (v if k.endswith(keep_fp32) else v.half()) for k, v in sd.items()}
+        return {k: (v if k.endswith(KEEP_FP32) else v.half()) for k, v in sd.items()}
 
     return {
         "generator": _save(half(generator.state_dict()), out / "generator.safetensors", meta),
@@ -509,8 +514,13 @@ def main(argv=None) -> int:
         vae = reused["vae"]
     if "vocoder" in stages:
         start = time.time()
+        shipped_vae = copy.deepcopy(vae)  # the vocoder learns what the float16 file decodes
+        with torch.no_grad():
+            for name, p in shipped_vae.named_parameters():
+                if not name.endswith(KEEP_FP32):
+                    p.copy_(p.half().float())
         with forced_weight_norm(), torch.no_grad():
-            recon = vae.decode(vae.encode(mels).mean)
+            recon = shipped_vae.decode(shipped_vae.encode(mels).mean)
         vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
         summary.update(s)
         seconds["vocoder"] = round(time.time() - start)
