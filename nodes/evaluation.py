@@ -6,8 +6,9 @@ the command lines run (:func:`selva_core.evaluation.runner.run_evaluation`,
 :func:`selva_core.training.sweep.run_sweep`), show progress, stop cleanly on Cancel (a rerun
 continues where they stopped) and return the text summary and the comparison chart. Relative
 folders in a spec: ``data_dir`` (and ``base.data_dir``) under ComfyUI's input folder,
-``output_dir`` under its output folder, adapter paths under ``models/loras`` when a file of
-that name is there, else under the input folder.
+``output_dir`` under its output folder, adapter paths under ``models/loras``, else under the
+output folder (where the LoRA Trainer writes), else under the input folder: the first that
+holds the file (the output folder's path when none does).
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ def _adapter_path(path: str) -> str:
             return found
     except (ImportError, KeyError):
         pass
-    return resolve_user_path(path, "input")
+    for base in ("output", "input"):
+        candidate = resolve_user_path(path, base)
+        if os.path.isfile(candidate):
+            return candidate
+    return resolve_user_path(path, "output")
 
 
 def _resolve_eval_paths(data: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +154,7 @@ class SelvaLoraEvaluator(io.ComfyNode):
                                 tooltip="Evaluation spec as JSON, or the path of a .json file "
                                         "(eval_adapters.py --help lists every field). "
                                         "Relative data_dir: under input/; output_dir: under "
-                                        "output/; adapters: models/loras/ or input/."),
+                                        "output/; adapters: models/loras/, output/ or input/."),
             ],
             outputs=[
                 io.String.Output(display_name="summary"),

@@ -9,6 +9,7 @@ checkpoint; run again with ``resume`` on to continue.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from comfy_api.latest import io
 
@@ -129,6 +130,16 @@ class SelvaLoraTrainer(io.ComfyNode):
         if warmup_steps >= steps:
             raise node_error(NODE, "warmup_steps", f"{warmup_steps} warm-up steps for a "
                              f"{steps}-step run", "make warmup_steps smaller than steps")
+        if not resume:
+            # The library's own message names CLI flags (--resume, --overwrite): say it in
+            # this node's inputs instead.
+            from selva_core.training.run import holds_a_run
+
+            found = holds_a_run(Path(out)) if os.path.isdir(out) else []
+            if found:
+                raise node_error(NODE, "output_dir", f"{out} already holds a training run "
+                                 f"({', '.join(found)})", "turn on 'resume' to continue it, or "
+                                 "choose a new output_dir")
         with reported(NODE):
             cfg = TrainConfig(
                 data_dir=data, output_dir=out, variant=pipeline.variant.name, rank=int(rank),
@@ -147,7 +158,7 @@ class SelvaLoraTrainer(io.ComfyNode):
         if result.status != "completed":
             raise_if_interrupted()  # Cancel: ComfyUI reports the interruption
             raise node_error(NODE, None, f"training ended with status {result.status!r}",
-                             f"see {os.path.join(out, 'train.log')}")
+                             f"see {os.path.join(out, 'summary.json')} and the ComfyUI log")
         adapter = str(result.adapter_path)
         with library_mode(), reported(NODE, "output_dir"):
             trained = pipeline.with_adapters([(adapter, 1.0)])

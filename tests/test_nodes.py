@@ -515,6 +515,17 @@ def test_trainer_cancel_writes_a_resumable_checkpoint(tiny, clips, tmp_path):
     assert summary.get("steps_done", summary.get("steps", 3)) == 3
 
 
+def test_trainer_rerun_into_a_finished_run_names_the_node_inputs_not_cli_flags(common, tiny,
+                                                                             clips, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "adapter_final.safetensors").write_bytes(b"a finished run")
+    with pytest.raises(common.SelvaNodeError) as excinfo:
+        _train(tiny, clips, tmp_path / "run")
+    message = str(excinfo.value)
+    assert message.startswith("SelVA LoRA Trainer: output_dir: ") and "--" not in message
+    assert "already holds a training run" in message and "'resume'" in message
+
+
 # --- one clear error per bad input ------------------------------------------------------------
 @pytest.mark.parametrize("case", ["no_frames", "nothing_connected", "fps_zero", "fps_nan",
                                   "mask_size", "too_long", "both_sources"])

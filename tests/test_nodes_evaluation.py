@@ -36,6 +36,21 @@ def test_both_nodes_are_registered():
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["SelVALoraSweep"] == "SelVA LoRA Sweep"
 
 
+def test_a_relative_adapter_path_finds_the_trainers_output_before_the_input_folder():
+    pack = load_pack()
+    evaluation = sys.modules[f"{pack.__name__}.nodes.evaluation"]
+    relative = "selva_lora/h10_run/adapter_final.safetensors"
+    for base in ("output", "input"):
+        (COMFY_ROOT / base / relative).parent.mkdir(parents=True, exist_ok=True)
+        (COMFY_ROOT / base / relative).write_bytes(b"adapter")
+    assert evaluation._adapter_path(relative) == str(COMFY_ROOT / "output" / relative)
+    (COMFY_ROOT / "output" / relative).unlink()
+    assert evaluation._adapter_path(relative) == str(COMFY_ROOT / "input" / relative)
+    (COMFY_ROOT / "input" / relative).unlink()
+    missing = evaluation._adapter_path(relative)  # named where the trainer would have put it
+    assert missing == str(COMFY_ROOT / "output" / relative)
+
+
 def test_the_evaluator_node_renders_the_grid_with_progress_and_returns_summary_and_chart(model):
     import comfy.utils
 
