@@ -41,7 +41,7 @@ LISTEN_DIR = "listen"
 REPORT_NAME = "demo_report.json"
 LISTEN_GAP_S = 0.5  # silence between the parts of a side-by-side file
 DEMO_CLIP_SECONDS = 2.0
-# Sized for ~1-2 minutes on a 2-core CPU; the tiny random model needs a larger lr than 1e-4.
+# Sized for about a minute on a 2-core CPU; the tiny model needs a larger lr than 1e-4.
 DEMO_SETTINGS = {
     "variant": "tiny_16k",
     "duration": 2.0,
