@@ -10,7 +10,6 @@ holds each file's sha256; :func:`load_bundled` checks it, then loads strictly th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
+from .checksums import file_sha256
 from .variants import BUNDLED_WEIGHTS, BundledFile
 from .weights import CheckpointError, load_checked
 
@@ -38,14 +38,6 @@ def has_bundled_weights(variant: str) -> bool:
 
 def bundled_path(file: BundledFile) -> Path:
     return ASSETS_DIR / file.path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_bundled_file(file: BundledFile) -> Path:

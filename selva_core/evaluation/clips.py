@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from selva_core.checksums import file_sha256
 from selva_core.data.audio import AUDIO_EXTENSIONS
 from selva_core.data.errors import BadClipError
 from selva_core.data.npz_import import NPZ_EXTENSION, read_feature_npz
@@ -182,19 +183,13 @@ def read_run_folder(folder: str | Path) -> RunInfo | None:
 
 
 # --- features ----------------------------------------------------------------------------------
-def _file_sha(path: Path) -> str:
-    from selva_core.training.feature_cache import file_sha256
-
-    return file_sha256(path)
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "clip"
 
 
 def features_key(clip: EvalClip, duration: float, variant: str, model_tag: str) -> str:
     """sha256 over the clip's files, prompt, duration, variant and encoder weights."""
-    material = {"files": [(r, _file_sha(p)) for r, p in clip.files()], "prompt": clip.prompt,
+    material = {"files": [(r, file_sha256(p)) for r, p in clip.files()], "prompt": clip.prompt,
                 "duration": round(float(duration), 6), "variant": variant,
                 "model_tag": model_tag, "version": FEATURES_VERSION}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -227,7 +222,7 @@ def _from_run_cache(pipeline, clip: EvalClip, duration: float, run: RunInfo, mod
                                         window_policy=run.window, model_tag=model_tag)
     except ValueError:
         return None
-    key = cache_key([(r, _file_sha(p)) for r, p in clip.files()], settings, clip.prompt,
+    key = cache_key([(r, file_sha256(p)) for r, p in clip.files()], settings, clip.prompt,
                     Window(0, 0.0, run.duration, run.duration))
     path = run.cache_dir / f"{_safe_stem(clip.name)}.w0.{key[:16]}.safetensors"
     if not _reusable(path, key):

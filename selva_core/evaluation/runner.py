@@ -25,7 +25,6 @@ is reported in the summary and skipped; everything else is still done.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from selva_core.atomic import write_json_atomic
+from selva_core.checksums import file_sha256
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation import metrics as M
 from selva_core.evaluation.clips import (
@@ -122,14 +122,6 @@ def render_relpath(job_or_clip, adapter: AdapterEntry | None = None, strength: f
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _file_sha(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _finite(x: Any) -> bool:
@@ -294,7 +286,7 @@ def run_evaluation(
                          f"evaluation runs {variant!r}; evaluate it in a spec with 'variant': "
                          f"{file_variant!r}")
             if error is None:
-                row["sha256"] = _file_sha(entry.path)
+                row["sha256"] = file_sha256(entry.path)
             if error is not None:
                 row.update(status="skipped", error=error)
                 log.warning("adapter %s skipped: %s", entry.id, error)

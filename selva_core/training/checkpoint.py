@@ -50,6 +50,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from selva_core.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from selva_core.checksums import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +191,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 

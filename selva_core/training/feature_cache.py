@@ -52,6 +52,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from selva_core.atomic import save_safetensors_atomic, write_json_atomic
+from selva_core.checksums import file_sha256
 from selva_core.data.audio import load_mono
 from selva_core.data.clips import ClipSource
 from selva_core.data.errors import (
@@ -90,7 +91,6 @@ TENSOR_KEYS: tuple[str, ...] = (
     "latent_mean", "latent_std", "sync_f", "sync_valid", "text_clip_f", "audio_valid_samples",
 )
 CLIP_RECORD_FORMAT = "selva.training_features.clip"
-_HASH_CHUNK = 1 << 20
 _EPS = 1e-6
 
 
@@ -225,15 +225,6 @@ class CacheStats:
 
 
 # --- hashing ----------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's whole content (streamed in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_key(
     file_hashes: list[tuple[str, str]], settings: FeatureCacheSettings, prompt: str, window: Window
 ) -> str:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..checksums import file_digests
 from ..variants import HUB_URL, CheckpointFile
 from .errors import CheckpointError
-from .models_dir import check_digests, file_digests, record_download
+from .models_dir import check_digests, record_download
 
 logger = logging.getLogger(__name__)
 

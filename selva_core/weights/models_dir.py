@@ -12,7 +12,6 @@ mtime) makes the next load hash it and compare.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..checksums import file_digests
 from ..variants import CheckpointFile
 from .errors import CheckpointError
 
@@ -68,17 +68,6 @@ def destinations(
 
 
 # --- checksums -----------------------------------------------------------------------------------
-def file_digests(path: str | os.PathLike, chunk_size: int = _CHUNK) -> dict[str, str]:
-    """``{"md5": ..., "sha256": ...}`` of a file in one chunked pass (never all in memory)."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_size):
-            md5.update(block)
-            sha.update(block)
-    return {"md5": md5.hexdigest(), "sha256": sha.hexdigest()}
-
-
 def file_md5(path: str | os.PathLike) -> str:
     """md5 hex digest of a file."""
     return file_digests(path)["md5"]
