@@ -3,7 +3,6 @@ the single-process loss trajectory (same global batch), and only process 0 write
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import socket
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 
 from selva_core.training.config import TrainConfig
 from selva_core.training.run import run_training
-from tests.training_data import tiny_training_set
+from tests.training_data import fresh, tiny_training_set
 
 DURATION = 1.0
 STEPS = 5
@@ -37,17 +36,11 @@ def _cfg(tiny, out, batch_size: int) -> TrainConfig:
                        device="cpu")
 
 
-def _fresh(pipe):
-    p = copy.copy(pipe)
-    p.generator = copy.deepcopy(pipe.generator)
-    return p
-
-
 def _worker(rank: int, world: int, port: int, cfg: TrainConfig, pipe) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    result = run_training(cfg, pipeline=_fresh(pipe))
+    result = run_training(cfg, pipeline=fresh(pipe))
     assert result.completed
 
 
@@ -64,7 +57,7 @@ def _losses(out):
 
 def test_two_gloo_processes_match_the_single_process_loss_trajectory(tiny, tmp_path):
     single_out, ddp_out = tmp_path / "single", tmp_path / "ddp"
-    run_training(_cfg(tiny, single_out, batch_size=4), pipeline=_fresh(tiny[0]))
+    run_training(_cfg(tiny, single_out, batch_size=4), pipeline=fresh(tiny[0]))
     # fork: the children inherit the built pipeline and the imported modules
     mp.start_processes(_worker, args=(2, _free_port(), _cfg(tiny, ddp_out, batch_size=2),
                                       tiny[0]),

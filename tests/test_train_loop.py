@@ -26,7 +26,7 @@ from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.trainer import TrainHooks, TrainingDivergedError
 from tests.generator_inputs import random_generator_inputs
-from tests.training_data import tiny_training_set
+from tests.training_data import fresh, tiny_training_set
 
 DURATION = 1.0
 
@@ -37,13 +37,6 @@ def tiny(tmp_path_factory):
     s = tiny_training_set(tmp_path_factory.mktemp("train_loop"), clips_per_class=4, seed=0,
                           duration=DURATION)
     return s.pipe, s.data_dir, s.cache_dir
-
-
-def fresh(pipe):
-    """A pipeline sharing the frozen networks but owning a fresh copy of the generator."""
-    p = copy.copy(pipe)
-    p.generator = copy.deepcopy(pipe.generator)
-    return p
 
 
 def make_cfg(tiny, out, **kw) -> TrainConfig:

@@ -29,7 +29,7 @@ from selva_core.training.record import adapter_identity
 from selva_core.training.report import format_summary
 from selva_core.training.run import run_training
 from selva_core.training.trainer import TrainHooks, resolve_precision
-from tests.training_data import tiny_training_set
+from tests.training_data import fresh, tiny_training_set
 
 DURATION = 1.0
 
@@ -40,13 +40,6 @@ def tiny(tmp_path_factory):
     s = tiny_training_set(tmp_path_factory.mktemp("train_memory"), clips_per_class=2, seed=3,
                           duration=DURATION)
     return s.pipe, s.data_dir, s.cache_dir
-
-
-def fresh(pipe):
-    """A pipeline sharing the frozen networks but owning a fresh copy of the generator."""
-    p = copy.copy(pipe)
-    p.generator = copy.deepcopy(pipe.generator)
-    return p
 
 
 def make_cfg(tiny, out, **kw) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,3 +36,10 @@ def tiny_training_set(root: Path, *, clips_per_class: int, seed: int,
     examples = build_feature_cache(scan_dataset(data_dir), pipe, cache_dir, settings,
                                    progress=False)
     return TinyTrainingSet(pipe, data_dir, cache_dir, examples)
+
+
+def fresh(pipe):
+    """A pipeline sharing the frozen networks but owning a fresh copy of the generator."""
+    p = copy.copy(pipe)
+    p.generator = copy.deepcopy(pipe.generator)
+    return p
