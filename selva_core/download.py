@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .console import say
 from .variants import DEFAULT_VARIANT, OFFICIAL_VARIANTS, VARIANTS, CheckpointFile
 from .weights import (
     CheckpointError,
@@ -35,6 +36,7 @@ from .weights.hub import part_path
 from .weights.preflight import file_size_label, human_size
 
 log = logging.getLogger("selva_core.download")
+
 
 
 def _variants(names: Sequence[str]) -> list[str]:
@@ -97,9 +99,9 @@ def print_listing(files: dict[str, CheckpointFile], folder: Path, out=None) -> N
     """``URL<TAB>size<TAB>destination`` per file, after a ``#`` header line."""
     out = out or sys.stdout
     paths = destinations(files, folder)
-    print("# url\tsize\tdestination", file=out)
+    say("# url\tsize\tdestination", file=out)
     for key, file in files.items():
-        print(f"{file_url(file)}\t{file_size_label(file)}\t{paths[key].absolute()}", file=out)
+        say(f"{file_url(file)}\t{file_size_label(file)}\t{paths[key].absolute()}", file=out)
 
 
 def print_table(
@@ -121,7 +123,7 @@ def print_table(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths)]
-        print("  ".join([*cells, row[-1]]).rstrip(), file=out)
+        say("  ".join([*cells, row[-1]]).rstrip(), file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = _variants(args.variant or [DEFAULT_VARIANT])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        print(f"error: unknown variant {', '.join(unknown)}; choose from "
+        say(f"error: unknown variant {', '.join(unknown)}; choose from "
               f"{', '.join(OFFICIAL_VARIANTS)} or all", file=sys.stderr)
         return 1
     files = files_for(variants)
     folder = resolve_models_dir(args.models_dir)
     if not files:
-        print(f"{', '.join(variants)} needs no weight files (a tiny random test model).")
+        say(f"{', '.join(variants)} needs no weight files (a tiny random test model).")
         return 0
     if args.list:
         print_listing(files, folder)
@@ -154,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=_command(variants, args.models_dir),
         )
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = [p for p in map(part_path, paths.values()) if p.is_file() and p.stat().st_size]
-        print("\ninterrupted." + (
+        say("\ninterrupted." + (
             " Partial downloads kept: " + ", ".join(str(p) for p in kept)
             + "; run the same command to resume." if kept else ""
         ), file=sys.stderr)

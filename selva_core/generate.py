@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .console import say
 from .data.errors import BadClipError
 from .data.prompts import PROMPTS_FILENAME, parse_prompts
 from .data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
@@ -39,6 +40,7 @@ from .variants import DEFAULT_VARIANT, SYNC_FPS, VARIANTS, min_duration
 from .weights import CheckpointError
 
 logger = logging.getLogger(__name__)
+
 
 EXIT_OK, EXIT_SOME_SKIPPED, EXIT_NOTHING_DONE = 0, 1, 2
 DEFAULT_OUTPUT_DIR = "selva_output"
@@ -243,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.adapter:
             pipe = pipe.with_adapters([(path, strength) for path, strength in args.adapter])
     except (CheckpointError, AdapterLoadError, ValueError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return EXIT_NOTHING_DONE
 
     names = output_names(videos)
@@ -274,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - started
-    print(f"{len(done)} of {len(videos)} clip(s) done in {seconds:.1f} s "
+    say(f"{len(done)} of {len(videos)} clip(s) done in {seconds:.1f} s "
           f"({args.variant}, {len(args.adapter)} adapter(s)); outputs in {args.output_dir}"
           + (f"; {len(skipped)} skipped" if skipped else ""))
     if not done:

@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from selva_core.atomic import savefig_atomic, write_json_atomic
+from selva_core.console import say
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
 
 SUMMARY_FILE = "sweep_summary.json"
 CHART_FILE = "val_curves.png"
@@ -480,9 +482,9 @@ def main_sweep(argv: list[str] | None = None) -> int:
         result = run_sweep(sweep, progress=not args.quiet)
     except (SweepError, BadClipError, CheckpointError, FileExistsError, FileNotFoundError,
             ValueError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        say(f"\nerror: {exc}", file=sys.stderr)
         return 2
-    print(format_sweep_summary(result.summary))
+    say(format_sweep_summary(result.summary))
     return 0 if result.completed else 130
 
 
