@@ -19,6 +19,7 @@ from .common import (
 )
 
 NODE = "Model Loader"
+# copies of the library's choices (the pack imports without the library; a test keeps them equal)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OFFLOADS = ("auto", "gpu", "cpu")
 DEFAULT_FOLDER = "(ComfyUI models/selva)"

@@ -28,6 +28,7 @@ from .common import (
 )
 
 NODE = "LoRA Trainer"
+# copies of the library's choices (the pack imports without the library; a test keeps them equal)
 TARGET_PRESETS = ("attn", "qkv", "ffn", "attn+ffn", "all")
 INIT_MODES = ("standard", "gaussian", "pissa")
 LORA_KINDS = ("lora", "dora")

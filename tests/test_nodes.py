@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.node_harness import ROOT, STUBS, fake_video, load_pack, node, run_node
+from tests.node_harness import PACK_NAME, ROOT, STUBS, fake_video, load_pack, node, run_node
 
 NODE_IDS = ("SelVAModelLoader", "SelVAFeatureExtractor", "SelVASampler", "SelVALoraLoader",
             "SelVALoraTrainer")
@@ -177,6 +177,24 @@ def test_model_loader_builds_the_tiny_model_without_downloads(common):
     assert not any(p.requires_grad for m in pipeline.networks().values()
                    for p in m.parameters())
     assert info.startswith("tiny_16k, float32 on cpu")
+
+
+def test_the_nodes_choice_lists_equal_the_librarys(pack):
+    """The nodes keep light copies of the library's choices (fast pack import); same values."""
+    from selva_core.model.lora.config import INIT_MODES
+    from selva_core.model.lora.kind import kind_names
+    from selva_core.model.lora.targets import PRESETS
+    from selva_core.model.precision import BASE_DTYPE_CHOICES
+    from selva_core.pipeline import OFFLOAD_CHOICES, PRECISION_CHOICES
+
+    loader = sys.modules[f"{PACK_NAME}.nodes.loader"]
+    trainer = sys.modules[f"{PACK_NAME}.nodes.trainer"]
+    assert set(loader.PRECISIONS) == set(PRECISION_CHOICES)
+    assert set(loader.OFFLOADS) == set(OFFLOAD_CHOICES)
+    assert set(trainer.INIT_MODES) == set(INIT_MODES)
+    assert set(trainer.LORA_KINDS) == set(kind_names())
+    assert set(trainer.BASE_DTYPES) == set(BASE_DTYPE_CHOICES)
+    assert set(trainer.TARGET_PRESETS) <= set(PRESETS)
 
 
 def test_importing_the_pack_loads_no_torch_heavy_library_code():

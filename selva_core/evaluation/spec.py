@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
 
 BASELINE_ID = "baseline"
@@ -43,7 +44,7 @@ FINAL_ADAPTER = "adapter_final.safetensors"
 CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = BASE_DTYPE_CHOICES  # the pipeline's precision names
 
 
 #: Every spec field with its default and meaning (the CLI's --help and the node's tooltip).
