@@ -2,17 +2,28 @@
 
 For one generator variant at the training window (8 s), rank 16 on ``attn``:
 
-* ``activation_mb_per_clip_{plain,ckpt}``: memory one more clip in the batch adds to a
+Three modes: ``plain`` (no checkpointing), ``ckpt`` (the shipped selective checkpointing,
+which keeps a few dear-to-recompute outputs per block) and ``full`` (plain checkpointing: only
+block inputs kept; the baseline the selective policy improves on).
+
+* ``activation_mb_per_clip_{plain,ckpt,full}``: memory one more clip in the batch adds to a
   training step (forward + backward), measured as the difference between batch 2 and
-  batch 1; on CPU from the process's peak resident memory above the resident memory before
-  the step (each configuration runs in a fresh process), on CUDA from
-  ``max_memory_allocated``. ``activation_ckpt_over_plain`` is their ratio (target <= 0.35).
-* ``saved_mb_per_clip_{plain,ckpt}``: bytes autograd keeps for the backward pass per clip
+  batch 1. On CUDA from ``max_memory_allocated``; on CPU from the same quantity tracked
+  exactly: the peak of live tensor storage created during the step (every op's outputs are
+  followed by a dispatch mode until freed; weights and inputs not counted), which, unlike
+  resident memory, does not depend on the C allocator. ``activation_ckpt_over_plain`` is the
+  ratio (target <= 0.35).
+* ``saved_mb_per_clip_{plain,ckpt,full}``: bytes autograd keeps for the backward pass per clip
   (distinct storages, counted with saved-tensor hooks): deterministic, whatever the allocator.
+* ``peak_mb_{mode}_batch2``: the process's whole peak (resident memory on CPU, each
+  configuration in a fresh process; allocated memory on CUDA). The benchmark never writes
+  the generator's weights, so on CPU they stay out of resident memory.
 * ``step_ckpt_over_plain``: median step time with checkpointing over without (target <= 1.40),
-  both measured on one model in alternating pairs (process CPU time on CPU, wall on CUDA).
+  and ``step_full_over_plain``, all measured on one model in rotating order (process CPU time
+  on CPU, wall on CUDA).
 * on CUDA: ``peak_gb_large_44k_batch4``: peak allocated memory of a large_44k step at batch 4
-  with a bf16 base and checkpointing (target <= 8).
+  with a bf16 base and checkpointing (target <= 8); ``peak_gb_large_44k_batch4_full`` with
+  full checkpointing.
 
 Prints a table, then one JSON object as the last line.
 
@@ -37,6 +48,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
+
 from selva_core.model.generator import SelvaGenerator  # noqa: E402
 from selva_core.model.lora import LoRAConfig, attach_lora, trainable_parameters  # noqa: E402
 from selva_core.model.precision import cast_frozen_weights, resolve_base_dtype  # noqa: E402
@@ -46,13 +61,36 @@ from selva_core.weights import skip_random_init  # noqa: E402
 MB = 2**20
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes of live tensor storage that ops create while the mode is active.
+
+    Follows every op's outputs (forward, backward and recomputation) until their storage is
+    freed; storages that existed before (weights, inputs) are passed as ``existing``.
+    """
+
+    def __init__(self, existing: list[torch.Tensor]):
+        super().__init__()
+        self.existing = {t.untyped_storage()._cdata for t in existing}
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(key)[1]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self.live and key not in self.existing:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.now += storage.nbytes()
+        self.peak = max(self.peak, self.now)
+        return out
 
 
 def _sync(device: torch.device) -> None:
@@ -109,7 +147,7 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     gen = _build(spec["variant"], spec["duration"], device, spec["base_dtype"])
-    gen.set_gradient_checkpointing(spec["checkpointing"])
+    _set_mode(gen, spec["mode"])
     inputs = _inputs(gen, spec["batch"], device)
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
         spec["autocast"]]
@@ -123,16 +161,25 @@ def worker(spec: dict) -> dict:
         peak = torch.cuda.max_memory_allocated(device)
         step_bytes, peak_total = peak - before, peak
     else:
-        before = _rss_bytes()
         _step(gen, inputs, autocast_dtype)
         peak_total = _maxrss_bytes()
-        step_bytes = peak_total - before
+        tracker = TensorPeak([*gen.parameters(), *gen.buffers(), *inputs])
+        with tracker:
+            _step(gen, inputs, autocast_dtype)
+        step_bytes = tracker.peak
     saved = _saved_bytes(gen, inputs, autocast_dtype)
     return {"step_bytes": step_bytes, "peak_bytes": peak_total, "saved_bytes": saved}
 
 
+MODES = ("plain", "ckpt", "full")
+
+
+def _set_mode(gen: SelvaGenerator, mode: str) -> None:
+    gen.set_gradient_checkpointing(mode != "plain", selective=mode == "ckpt")
+
+
 def timing_worker(spec: dict) -> dict:
-    """Plain and checkpointed steps of one model, alternated in pairs (same load for both)."""
+    """Steps of one model in every mode, in rotating order (the same load for each)."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     gen = _build(spec["variant"], spec["duration"], device, spec["base_dtype"])
@@ -140,18 +187,17 @@ def timing_worker(spec: dict) -> dict:
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
         spec["autocast"]]
     clock = time.perf_counter if device.type == "cuda" else time.process_time
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[str, list[float]] = {m: [] for m in MODES}
     for i in range(spec["repeats"] + 1):
-        for ckpt in (False, True) if i % 2 == 0 else (True, False):
-            gen.set_gradient_checkpointing(ckpt)
+        for mode in MODES[i % 3:] + MODES[:i % 3]:
+            _set_mode(gen, mode)
             _sync(device)
             t0 = clock()
             _step(gen, inputs, autocast_dtype)
             _sync(device)
-            if i > 0:  # the first pair warms up
-                times[ckpt].append(clock() - t0)
-    return {"step_s_plain": statistics.median(times[False]),
-            "step_s_ckpt": statistics.median(times[True]),
+            if i > 0:  # the first round warms up
+                times[mode].append(clock() - t0)
+    return {**{f"step_s_{m}": statistics.median(t) for m, t in times.items()},
             "clock": "wall" if device.type == "cuda" else "process cpu"}
 
 
@@ -171,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="default: small_16k on CPU, large_44k on a GPU")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--duration", type=float, default=8.0)
-    ap.add_argument("--repeats", type=int, default=4, help="timed (plain, ckpt) step pairs")
+    ap.add_argument("--repeats", type=int, default=4, help="timed rounds of one step per mode")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -186,58 +232,59 @@ def main(argv: list[str] | None = None) -> dict:
     common = {"variant": variant, "duration": args.duration, "device": args.device,
               "threads": args.threads, "repeats": args.repeats, "base_dtype": base_dtype,
               "autocast": autocast}
-    runs = {(ckpt, b): _run({**common, "checkpointing": ckpt, "batch": b})
-            for ckpt in (False, True) for b in (1, 2)}
+    runs = {(mode, b): _run({**common, "mode": mode, "batch": b})
+            for mode in MODES for b in (1, 2)}
     timing = _run({**common, "timing": True, "batch": 2})
 
-    def per_clip(ckpt: bool, key: str) -> float:
-        return (runs[(ckpt, 2)][key] - runs[(ckpt, 1)][key]) / MB
+    def per_clip(mode: str, key: str) -> float:
+        return (runs[(mode, 2)][key] - runs[(mode, 1)][key]) / MB
 
     result = {
         "variant": variant, "device": args.device, "duration_s": args.duration,
         "base_dtype": str(resolve_base_dtype(base_dtype, device)).replace("torch.", ""),
         "autocast": autocast, "rank": 16, "target": "attn", "threads": args.threads,
-        "activation_mb_per_clip_plain": per_clip(False, "step_bytes"),
-        "activation_mb_per_clip_ckpt": per_clip(True, "step_bytes"),
-        "saved_mb_per_clip_plain": per_clip(False, "saved_bytes"),
-        "saved_mb_per_clip_ckpt": per_clip(True, "saved_bytes"),
-        "step_s_plain_batch2": timing["step_s_plain"],
-        "step_s_ckpt_batch2": timing["step_s_ckpt"], "step_clock": timing["clock"],
-        "peak_mb_plain_batch2": runs[(False, 2)]["peak_bytes"] / MB,
-        "peak_mb_ckpt_batch2": runs[(True, 2)]["peak_bytes"] / MB,
+        **{f"activation_mb_per_clip_{m}": per_clip(m, "step_bytes") for m in MODES},
+        **{f"saved_mb_per_clip_{m}": per_clip(m, "saved_bytes") for m in MODES},
+        **{f"step_s_{m}_batch2": timing[f"step_s_{m}"] for m in MODES},
+        "step_clock": timing["clock"],
+        **{f"peak_mb_{m}_batch2": runs[(m, 2)]["peak_bytes"] / MB for m in MODES},
         "memory_method": ("cuda max_memory_allocated" if device.type == "cuda"
-                          else "peak RSS above RSS before the step, fresh process each"),
+                          else "peak live tensor storage of the step (dispatch-mode tracked)"),
     }
-    result["activation_ckpt_over_plain"] = (result["activation_mb_per_clip_ckpt"]
-                                            / result["activation_mb_per_clip_plain"])
-    result["saved_ckpt_over_plain"] = (result["saved_mb_per_clip_ckpt"]
-                                       / result["saved_mb_per_clip_plain"])
-    result["step_ckpt_over_plain"] = result["step_s_ckpt_batch2"] / result["step_s_plain_batch2"]
+    for m in ("ckpt", "full"):
+        result[f"activation_{m}_over_plain"] = (result[f"activation_mb_per_clip_{m}"]
+                                                / result["activation_mb_per_clip_plain"])
+        result[f"saved_{m}_over_plain"] = (result[f"saved_mb_per_clip_{m}"]
+                                           / result["saved_mb_per_clip_plain"])
+        result[f"step_{m}_over_plain"] = (result[f"step_s_{m}_batch2"]
+                                          / result["step_s_plain_batch2"])
     if device.type == "cuda":
-        big = _run({**common, "variant": "large_44k", "base_dtype": "bf16", "autocast": "bf16",
-                    "checkpointing": True, "batch": 4})
-        result["peak_gb_large_44k_batch4"] = big["peak_bytes"] / 2**30
+        for m, key in (("ckpt", "peak_gb_large_44k_batch4"),
+                       ("full", "peak_gb_large_44k_batch4_full")):
+            big = _run({**common, "variant": "large_44k", "base_dtype": "bf16",
+                        "autocast": "bf16", "mode": m, "batch": 4})
+            result[key] = big["peak_bytes"] / 2**30
 
     print(f"LoRA training-step memory: {variant}, {args.duration:g} s, rank 16 attn, "
           f"{args.device}, base {result['base_dtype']}, autocast {autocast}")
-    rows = [
-        ("activation MB per clip, plain", result["activation_mb_per_clip_plain"]),
-        ("activation MB per clip, checkpointing", result["activation_mb_per_clip_ckpt"]),
-        ("  ratio (target <= 0.35)", result["activation_ckpt_over_plain"]),
-        ("saved-for-backward MB per clip, plain", result["saved_mb_per_clip_plain"]),
-        ("saved-for-backward MB per clip, checkpointing", result["saved_mb_per_clip_ckpt"]),
-        ("  ratio", result["saved_ckpt_over_plain"]),
-        ("step s at batch 2, plain", result["step_s_plain_batch2"]),
-        ("step s at batch 2, checkpointing", result["step_s_ckpt_batch2"]),
-        ("  ratio (target <= 1.40)", result["step_ckpt_over_plain"]),
-        ("peak MB at batch 2, plain", result["peak_mb_plain_batch2"]),
-        ("peak MB at batch 2, checkpointing", result["peak_mb_ckpt_batch2"]),
+    print(f"  {'':<40} {'plain':>9} {'ckpt':>9} {'full':>9}")
+    table = [
+        ("activation MB per clip", "activation_mb_per_clip_{}", None),
+        ("  over plain (ckpt target <= 0.35)", "activation_{}_over_plain", 1.0),
+        ("saved-for-backward MB per clip", "saved_mb_per_clip_{}", None),
+        ("  over plain", "saved_{}_over_plain", 1.0),
+        ("step s at batch 2", "step_s_{}_batch2", None),
+        ("  over plain (ckpt target <= 1.40)", "step_{}_over_plain", 1.0),
+        ("peak MB at batch 2", "peak_mb_{}_batch2", None),
     ]
-    if "peak_gb_large_44k_batch4" in result:
-        rows.append(("large_44k batch 4, bf16 base + ckpt: peak GB (<= 8)",
-                     result["peak_gb_large_44k_batch4"]))
-    for name, value in rows:
-        print(f"  {name:<52} {value:>10.3f}")
+    for name, key, plain_value in table:
+        cells = [plain_value if m == "plain" and plain_value is not None
+                 else result[key.format(m)] for m in MODES]
+        print(f"  {name:<40} " + " ".join(f"{c:>9.3f}" for c in cells))
+    for key, name in (("peak_gb_large_44k_batch4", "ckpt"), ("peak_gb_large_44k_batch4_full",
+                                                             "full")):
+        if key in result:
+            print(f"  large_44k batch 4, bf16 base + {name}: peak GB (<= 8) {result[key]:>9.3f}")
     print(json.dumps(result))
     return result
 

@@ -82,9 +82,10 @@ class SelvaLoraTrainer(io.ComfyNode):
                                optional=True,
                                tooltip="lora, or dora (a learned per-output magnitude)."),
                 io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
-                                 tooltip="Recompute each block in the backward pass: about a "
-                                         "quarter of the activation memory, ~1.3-1.5x the "
-                                         "step time, the same adapter."),
+                                 tooltip="Recompute most of each block in the backward "
+                                         "pass: about a fifth of the activation memory per "
+                                         "clip for about a third more step time, the same "
+                                         "adapter."),
                 io.Combo.Input("base_dtype", options=list(BASE_DTYPES), default="auto",
                                optional=True,
                                tooltip="Storage of the frozen generator weights while training "

@@ -23,9 +23,9 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
+from selva_core.model.checkpointing import checkpoint_block
 from selva_core.model.layers import MLP, ChannelLastConv1d, ConvMLP, HeadRMSNorm, swiglu_hidden_dim
 from selva_core.model.rope import apply_rope, rope_tables
 from selva_core.variants import (
@@ -385,6 +385,7 @@ class SelvaGenerator(nn.Module):
         self._seq = seq
         self.update_seq_lengths(seq)
         self.gradient_checkpointing = False
+        self.selective_checkpointing = True
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -420,19 +421,23 @@ class SelvaGenerator(nn.Module):
             self._build_rope(device)
         return self
 
-    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each MM-DiT block in the backward pass instead of keeping its activations.
+    def set_gradient_checkpointing(self, enabled: bool = True, *, selective: bool = True) -> None:
+        """Recompute most of each MM-DiT block in the backward pass instead of keeping it.
 
-        Only the blocks' inputs are kept while gradients are being recorded; the backward pass
-        re-runs each block's forward (non-reentrant ``torch.utils.checkpoint``, RNG state
-        preserved), so the gradients equal the plain path's. Has no effect without autograd
-        (sampling), and no weight or output changes.
+        While gradients are being recorded, each block keeps its inputs and, when
+        ``selective``, the few outputs that are dear to recompute and cheap to keep
+        (:mod:`selva_core.model.checkpointing`); the backward pass re-runs the rest of the
+        block's forward (non-reentrant ``torch.utils.checkpoint``, RNG state preserved), so the
+        gradients equal the plain path's. ``selective=False`` keeps only the inputs (least
+        memory, slowest). Has no effect without autograd (sampling), and no weight or output
+        changes.
         """
         self.gradient_checkpointing = bool(enabled)
+        self.selective_checkpointing = bool(selective)
 
     def _run_block(self, block: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            return checkpoint_block(block, *args, selective=self.selective_checkpointing)
         return block(*args)
 
     def update_seq_lengths(self, seq: SequenceLengths) -> None:

@@ -172,8 +172,9 @@ class TrainConfig:
         "with another one.",
         "--base-dtype", choices=BASE_DTYPE_CHOICES))
     gradient_checkpointing: bool = field(default=False, metadata=_opt(
-        "Recompute each MM-DiT block in the backward pass instead of keeping its activations: "
-        "much less memory per clip for some extra time; the gradients are the same. Works "
+        "Recompute most of each MM-DiT block in the backward pass instead of keeping its "
+        "activations (the few outputs dear to recompute are kept): much less memory per clip "
+        "for some extra time; the gradients are the same. Works "
         "with several GPUs (torchrun / DDP) as it is, and a run may be resumed with it "
         "switched on or off.",
         "--gradient-checkpointing"))

@@ -281,8 +281,10 @@ class LoRALinear(LoRALayer):
         return F.linear(x, A)
 
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
-        if y.dim() == 2:  # the internal layout: a fresh output, accumulated into in place
-            return y.addmm_(h.to(y.dtype), B.to(y.dtype).t(), alpha=coef)
+        # Out of place: selective checkpointing may keep ``y`` (the base output) for the
+        # backward pass, and a kept tensor must not change.
+        if y.dim() == 2:
+            return torch.addmm(y, h.to(y.dtype), B.to(y.dtype).t(), alpha=coef)
         return torch.add(y, F.linear(h.to(y.dtype), B.to(y.dtype)), alpha=coef)  # 1-D input
 
 
@@ -344,7 +346,7 @@ class LoRAConv1d(LoRALayer):
     def add_b(self, y: torch.Tensor, h: torch.Tensor, B: torch.Tensor, coef: float):
         """``y + coef * B h`` on channel-first ``y`` (B, out, N) and ``h`` (B, r, N)."""
         Bm = B.reshape(B.shape[0], B.shape[1]).to(y.dtype).expand(h.shape[0], -1, -1)
-        return y.baddbmm_(Bm, h.to(y.dtype), alpha=coef)
+        return torch.baddbmm(y, Bm, h.to(y.dtype), alpha=coef)  # out of place, as in LoRALinear
 
     def channel_view(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return v.reshape(-1, 1)
