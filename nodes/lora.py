@@ -8,6 +8,7 @@ and chaining loaders stacks adapters.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from comfy_api.latest import io
@@ -22,6 +23,8 @@ from .common import (
     node_error,
     reported,
 )
+
+log = logging.getLogger("selva.nodes")
 
 NODE = "LoRA Loader"
 NONE = "(none)"
@@ -71,6 +74,8 @@ class SelvaLoraLoader(io.ComfyNode):
             raise node_error(NODE, "strength", f"must be a finite number, got {strength!r}")
         path, input_name = _adapter_path(lora_name, lora_path)
         if path is None:
+            log.warning("SelVA %s: no adapter chosen (lora_name is %s, lora_path is empty); "
+                        "the model passes through unchanged", NODE, NONE)
             return io.NodeOutput(model, "", "{}")
         with library_mode(), reported(NODE, input_name, fix="choose a SelVA adapter trained "
                                       "for this model's variant"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -452,7 +453,7 @@ def test_lora_loader_strength_and_stacking(tiny, features, tmp_path):
                            _sample(first, features)["waveform"])
 
 
-def test_lora_loader_lists_and_loads_adapters_from_models_loras(tiny, tmp_path):
+def test_lora_loader_lists_and_loads_adapters_from_models_loras(tiny, tmp_path, caplog):
     import folder_paths
 
     loras = folder_paths.get_folder_paths("loras")[0]
@@ -463,8 +464,10 @@ def test_lora_loader_lists_and_loads_adapters_from_models_loras(tiny, tmp_path):
     model = run_node("SelVALoraLoader", model=tiny, lora_name="selva_test_style.safetensors",
                      strength=0.8)[0]
     assert model.pipeline.adapters[0].strength == 0.8
-    bare = run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0)[0]
+    with caplog.at_level(logging.WARNING, logger="selva.nodes"):
+        bare = run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0)[0]
     assert bare is tiny
+    assert "no adapter chosen" in caplog.text
 
 
 # --- trainer ----------------------------------------------------------------------------------
