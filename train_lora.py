@@ -28,12 +28,16 @@ from selva_core.data import BadClipError  # noqa: E402
 from selva_core.training.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
 from selva_core.training.config import TrainConfig, config_from_args  # noqa: E402
 from selva_core.training.report import format_summary  # noqa: E402
-from selva_core.training.trainer import TrainingDivergedError  # noqa: E402
+from selva_core.training.trainer import (  # noqa: E402
+    TrainingDivergedError,
+    TrainingOutOfMemoryError,
+)
 from selva_core.weights import CheckpointError as WeightsError  # noqa: E402
 
 log = logging.getLogger("train_lora")
 
 EXPECTED_ERRORS = (BadClipError, CheckpointError, CheckpointWriteError, TrainingDivergedError,
+                   TrainingOutOfMemoryError,
                    FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError,
                    ValueError, WeightsError)
 

@@ -229,3 +229,26 @@ def test_ctrl_c_during_feature_extraction_exits_130_and_keeps_the_features_so_fa
     assert cli.main(_args(clips, out, "--cache_dir", str(cache))) == 0  # the rerun continues
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["features_reused"], summary["features_extracted"]) == (2, 2)
+
+
+def test_running_out_of_memory_is_one_line_naming_the_step_and_the_flags_to_change(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    import selva_core.training.trainer as trainer_module
+    from selva_core.model.precision import OUT_OF_MEMORY_ERROR
+
+    real, calls = trainer_module.training_loss, []
+
+    def second_step_does_not_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OUT_OF_MEMORY_ERROR("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "training_loss", second_step_does_not_fit)
+    out = tmp_path / "out"
+    args = _args(clips, out, "--steps", "3", "--save_every", "1")
+    assert cli.main(args) == 2
+    _one_line_error(capsys, "ran out during optimiser step 2", "--gradient_checkpointing",
+                    "--batch_size 1 --grad_accum 2", "last good checkpoint is step 1",
+                    "--resume")
+    assert (out / "checkpoints" / "step_000001" / "adapter.safetensors").is_file()

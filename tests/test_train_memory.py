@@ -324,3 +324,38 @@ def test_fp16_base_scales_the_loss_skips_an_overflow_and_resumes_exactly(tiny, t
     again = load_file(str(resumed / "checkpoints/step_000002/adapter.safetensors"))
     assert again.keys() == step2.keys()
     assert all(torch.equal(again[k], step2[k]) for k in step2)
+
+
+@pytest.mark.parametrize("failure", ["device", "cpu allocator"])
+def test_out_of_memory_offers_only_the_settings_not_already_in_use(tiny, tmp_path, monkeypatch,
+                                                                   failure):
+    import selva_core.training.trainer as trainer_module
+    from selva_core.model.precision import OUT_OF_MEMORY_ERROR
+
+    def no_memory(*args, **kwargs):
+        if failure == "device":
+            raise OUT_OF_MEMORY_ERROR("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 2147483648 bytes.")
+
+    monkeypatch.setattr(trainer_module, "training_loss", no_memory)
+    cfg = make_cfg(tiny, tmp_path, gradient_checkpointing=True, batch_size=1, save_every=1)
+    with pytest.raises(trainer_module.TrainingOutOfMemoryError) as caught:
+        run_training(cfg, pipeline=fresh(tiny[0]))
+    message = str(caught.value)
+    assert isinstance(caught.value, OUT_OF_MEMORY_ERROR)  # hosts that free memory on OOM see it
+    assert "optimiser step 1" in message and "no checkpoint was written yet" in message
+    assert "--duration (now 1 s)" in message
+    assert "--gradient_checkpointing" not in message and "--batch_size" not in message
+
+
+def test_other_errors_of_a_training_step_pass_through_unchanged(tiny, tmp_path, monkeypatch):
+    import selva_core.training.trainer as trainer_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(trainer_module, "training_loss", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as caught:
+        run_training(make_cfg(tiny, tmp_path), pipeline=fresh(tiny[0]))
+    assert not isinstance(caught.value, trainer_module.TrainingOutOfMemoryError)

@@ -100,3 +100,18 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
     return int(rss * scale), "process peak resident memory"
+
+
+#: What PyTorch raises when a device allocation fails (``torch.cuda.OutOfMemoryError`` before
+#: PyTorch 2.5 named it for every device).
+OUT_OF_MEMORY_ERROR: type[RuntimeError] = getattr(torch, "OutOfMemoryError",
+                                                  torch.cuda.OutOfMemoryError)
+# The CPU allocator raises a plain RuntimeError with this text when malloc fails.
+_CPU_ALLOCATION_FAILED = "can't allocate memory"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed (a GPU out of memory, or the CPU allocator)."""
+    if isinstance(exc, (OUT_OF_MEMORY_ERROR, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and _CPU_ALLOCATION_FAILED in str(exc)

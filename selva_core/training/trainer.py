@@ -57,7 +57,9 @@ from selva_core.model.lora import (
 )
 from selva_core.model.lora.targets import resolve_targets
 from selva_core.model.precision import (
+    OUT_OF_MEMORY_ERROR,
     cast_frozen_weights,
+    is_out_of_memory,
     native_bf16,
     peak_memory_bytes,
     resolve_base_dtype,
@@ -110,6 +112,14 @@ LOSS_SCALE_GROWTH_STEPS = 2000
 
 class TrainingDivergedError(RuntimeError):
     """The loss or the gradient became NaN/Inf; the message names the step and the remedy."""
+
+
+class TrainingOutOfMemoryError(OUT_OF_MEMORY_ERROR):
+    """A training step did not fit in memory; the message names the step and what to change.
+
+    An out-of-memory error itself, so that hosts which free memory on one (ComfyUI unloads its
+    cached models) still recognise it.
+    """
 
 
 @dataclass
@@ -373,13 +383,21 @@ class LoRATrainer:
         for micro in range(cfg.grad_accum):
             batch, draws = self._micro_batch(micro)
             names += batch.names
-            with self._grad_sync(micro == cfg.grad_accum - 1):
-                with self.autocast():
-                    loss = training_loss(self.model, self.gen, batch, draws).mean()
-                scaled = loss / cfg.grad_accum
-                if self.loss_scale is not None:
-                    scaled = scaled * self.loss_scale
-                scaled.backward()
+            out_of_memory = False
+            try:
+                with self._grad_sync(micro == cfg.grad_accum - 1):
+                    with self.autocast():
+                        loss = training_loss(self.model, self.gen, batch, draws).mean()
+                    scaled = loss / cfg.grad_accum
+                    if self.loss_scale is not None:
+                        scaled = scaled * self.loss_scale
+                    scaled.backward()
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = True  # handled outside: the traceback holds the step's tensors
+            if out_of_memory:
+                self._out_of_memory(names)
             losses.append(loss.detach())
             if self.hooks.after_micro_step:
                 self.hooks.after_micro_step(self, self.step, micro)
@@ -459,12 +477,15 @@ class LoRATrainer:
     def _stop_requested(self, signals: _StopSignals) -> bool:
         return signals.requested or bool(self.hooks.should_stop and self.hooks.should_stop())
 
-    def _diverged(self, what: str, value: float, names: list[str]) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _resume_point(self) -> str:
         entries = self.ckpt.entries() if self.ckpt.manifest_path.exists() else []
-        kept = (f"the last good checkpoint is step {entries[-1].step} "
+        return (f"the last good checkpoint is step {entries[-1].step} "
                 f"({self.ckpt.folder(entries[-1])}); resume from it with --resume"
                 if entries else "no checkpoint was written yet")
+
+    def _diverged(self, what: str, value: float, names: list[str]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        kept = self._resume_point()
         self.log.write({"kind": "error", "step": self.step + 1, "error": f"{what} {value}",
                         "clips": names, "time": time.time()})
         raise TrainingDivergedError(
@@ -472,6 +493,37 @@ class LoRATrainer:
             f"(clips in the batch: {', '.join(sorted(set(names)))}). The adapter was not "
             f"updated by this step and {kept}. Lower --lr (or raise --warmup_steps), check "
             "these clips' audio, or use --precision fp32 --base_dtype fp32"
+        )
+
+    def _out_of_memory(self, names: list[str]) -> None:
+        """Free what the failed step held and raise one message with the settings to change."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        where = "the GPU" if self.device.type == "cuda" else "memory"
+        peak, _ = peak_memory_bytes(self.device)
+        size = f"peak {peak / 2**30:.2f} GB"
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            size += f" of {total / 2**30:.1f} GB"
+        remedies = []
+        if not cfg.gradient_checkpointing:
+            remedies.append("--gradient_checkpointing (about a fifth of the activation memory "
+                            "per clip)")
+        if self.base_dtype == torch.float32 and self.device.type == "cuda":
+            remedies.append("--base_dtype bf16 (fp16 on GPUs without bf16): half the weight "
+                            "memory")
+        if cfg.batch_size > 1:
+            remedies.append(f"--batch_size {cfg.batch_size // 2} --grad_accum "
+                            f"{cfg.grad_accum * 2} (about the same clips per step)")
+        remedies.append(f"a shorter --duration (now {cfg.duration:g} s)")
+        self.log.write({"kind": "error", "step": self.step + 1, "error": "out of memory",
+                        "clips": names, "time": time.time()})
+        raise TrainingOutOfMemoryError(
+            f"{where} ran out during optimiser step {self.step + 1} ({cfg.variant}, batch "
+            f"{cfg.batch_size} of {cfg.duration:g} s clips, {size}). The adapter was not "
+            f"updated by this step and {self._resume_point()}. To fit, use "
+            + "; or ".join(remedies)
         )
 
     # --- progress and the run record ---------------------------------------------------------
