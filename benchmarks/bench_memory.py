@@ -21,6 +21,9 @@ block inputs kept; the baseline the selective policy improves on).
 * ``step_ckpt_over_plain``: median step time with checkpointing over without (target <= 1.40),
   and ``step_full_over_plain``, all measured on one model in rotating order (process CPU time
   on CPU, wall on CUDA).
+* with ``--large-batch4-on-cpu`` on CPU: ``tensor_peak_gb_large_44k_batch4_cpu``, the same
+  configuration's weights plus its step's tracked tensor peak (the CPU counterpart of the GPU
+  figure: no CUDA kernels' workspaces, CPU attention kernels).
 * on CUDA: ``peak_gb_large_44k_batch4``: peak allocated memory of a large_44k step at batch 4
   with a bf16 base and checkpointing (target <= 8); ``peak_gb_large_44k_batch4_full`` with
   full checkpointing.
@@ -161,14 +164,20 @@ def worker(spec: dict) -> dict:
         peak = torch.cuda.max_memory_allocated(device)
         step_bytes, peak_total = peak - before, peak
     else:
-        _step(gen, inputs, autocast_dtype)
+        if not spec.get("tracked_only"):
+            _step(gen, inputs, autocast_dtype)
         peak_total = _maxrss_bytes()
         tracker = TensorPeak([*gen.parameters(), *gen.buffers(), *inputs])
         with tracker:
             _step(gen, inputs, autocast_dtype)
         step_bytes = tracker.peak
-    saved = _saved_bytes(gen, inputs, autocast_dtype)
-    return {"step_bytes": step_bytes, "peak_bytes": peak_total, "saved_bytes": saved}
+    weights = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
+               for t in [*gen.parameters(), *gen.buffers()]}
+    out = {"step_bytes": step_bytes, "peak_bytes": peak_total,
+           "weights_bytes": sum(weights.values())}
+    if not spec.get("tracked_only"):
+        out["saved_bytes"] = _saved_bytes(gen, inputs, autocast_dtype)
+    return out
 
 
 MODES = ("plain", "ckpt", "full")
@@ -219,6 +228,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=4, help="timed rounds of one step per mode")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--large-batch4-on-cpu", action="store_true",
+                    help="also run the GPU figure's configuration (large_44k, batch 4, bf16 base, "
+                         "bf16 autocast, checkpointing) on the CPU and report its tensor peak "
+                         "(weights + the step's tracked peak); slow: one step takes minutes")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:
@@ -264,6 +277,11 @@ def main(argv: list[str] | None = None) -> dict:
             big = _run({**common, "variant": "large_44k", "base_dtype": "bf16",
                         "autocast": "bf16", "mode": m, "batch": 4})
             result[key] = big["peak_bytes"] / 2**30
+    elif args.large_batch4_on_cpu:
+        big = _run({**common, "variant": "large_44k", "base_dtype": "bf16", "autocast": "bf16",
+                    "mode": "ckpt", "batch": 4, "tracked_only": True})
+        result["tensor_peak_gb_large_44k_batch4_cpu"] = (
+            (big["weights_bytes"] + big["step_bytes"]) / 2**30)
 
     print(f"LoRA training-step memory: {variant}, {args.duration:g} s, rank 16 attn, "
           f"{args.device}, base {result['base_dtype']}, autocast {autocast}")
@@ -285,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                              "full")):
         if key in result:
             print(f"  large_44k batch 4, bf16 base + {name}: peak GB (<= 8) {result[key]:>9.3f}")
+    if "tensor_peak_gb_large_44k_batch4_cpu" in result:
+        print("  large_44k batch 4, bf16 base + ckpt, on CPU: weights + step tensor peak GB "
+              f"{result['tensor_peak_gb_large_44k_batch4_cpu']:>9.3f}")
     print(json.dumps(result))
     return result
 
