@@ -107,12 +107,13 @@ def test_selective_policy_keeps_down_projections_and_three_tap_output_projection
     assert not checkpointing.keep_output(torch.ops.aten.mul.Tensor, ())
 
 
-@pytest.mark.parametrize("kind", ["lora", "dora"])
-def test_adapters_on_kept_projections_train_bitwise_equal_with_dropout(kind):
+@pytest.mark.parametrize("kind,init", [("lora", "gaussian"), ("dora", "gaussian"),
+                                       ("lora", "pissa")])
+def test_adapters_on_kept_projections_train_bitwise_equal_with_dropout(kind, init):
     """LoRA on ``ffn.w2`` and ``linear1`` (outputs the policy keeps) with dropout active."""
     torch.manual_seed(0)
     gen = SelvaGenerator.from_variant(VARIANT, duration=DURATION)
-    attach_lora(gen, LoRAConfig(rank=4, targets=("attn+ffn",), init="gaussian", seed=3,
+    attach_lora(gen, LoRAConfig(rank=4, targets=("attn+ffn",), init=init, seed=3,
                                 kind=kind, dropout=0.1))
     gen.train()
     results = []
