@@ -516,6 +516,20 @@ def test_trainer_node_passes_the_memory_options_and_the_lora_kind_to_the_trainer
     assert seed.control_after_generate is False  # a re-queued run keeps its seed
 
 
+def test_trainer_node_out_of_memory_reaches_comfyui_as_an_oom_with_the_advice(
+        tiny, clips, tmp_path, monkeypatch):
+    """ComfyUI frees its cached models on an out-of-memory error: the node must not wrap it."""
+    import selva_core.training.trainer as trainer_module
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "training_loss", no_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="optimiser step 1.*--batch_size 1"):
+        _train(tiny, clips, tmp_path / "run")
+    assert tiny.pipeline.adapters == ()
+
+
 def test_trainer_cancel_writes_a_resumable_checkpoint(tiny, clips, tmp_path):
     import comfy.model_management as mm
     import comfy.utils
