@@ -397,6 +397,7 @@ class LoRATrainer:
                     raise
                 out_of_memory = True  # handled outside: the traceback holds the step's tensors
             if out_of_memory:
+                loss = scaled = batch = draws = None  # the error's traceback keeps this frame
                 self._out_of_memory(names)
             losses.append(loss.detach())
             if self.hooks.after_micro_step:
