@@ -2,12 +2,13 @@
 
 Front ends hand over frames in their own layout at their own rate (ComfyUI: an IMAGE batch
 (N, H, W, 3) float in [0, 1] plus an fps). SelVA's video encoder reads 25 fps, so
-:func:`prepare_frames` resamples by timestamps with the rule SelVA's inference decoder and the
-trainer's :func:`selva_core.data.video.decode_frames` use: output frame k (t = k / 25 s) is the
-first source frame whose timestamp is at or after t, i.e. ``ceil(k * fps / 25)``. The same
-video therefore gives the same 25 fps frames in a node and in the training feature cache; the
-clip's length and sync are kept at any source rate (frames are duplicated or dropped, never
-interpolated).
+:func:`prepare_frames` resamples by timestamps (frame i at i / fps) with the one rule every
+front end uses, FFmpeg's ``fps`` filter as the reference model saw its frames
+(:mod:`selva_core.data.fps_filter`; the trainer's :func:`selva_core.data.video.decode_frames`
+applies it to a file's own timestamps): source frame i goes to output slot round(i * 25 / fps)
+and each slot shows the last frame mapped to it. The same video therefore gives the same 25 fps
+frames in a node and in the training feature cache; the clip's length and sync are kept at any
+source rate (frames are duplicated or dropped, never interpolated).
 
 An optional mask (one (H, W) mask or one per source frame, 1 = keep) fades the rest of each
 frame to neutral grey 0.5 by ``mask_strength`` (0 = no effect, 1 = fully grey), the closest
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .data.fps_filter import filter_indices
 from .variants import SYNC_FPS, min_duration
 
 #: Frames the pipeline may add at the end (repeating the last one) to reach a duration.
@@ -79,8 +81,8 @@ def resample_indices(num_frames: int, fps: float, count: int | None = None,
     """Source frame index of each output frame at ``target_fps`` (long tensor).
 
     ``count`` output frames (default: as many as fit in the clip, ``floor(N / fps * 25)``);
-    indices past the last source frame are clamped to it (the last frame is held).
-    Output k takes the first source frame at or after k / target_fps (see the module doc).
+    past the last source frame the last frame is held. Output k shows the last source frame
+    whose slot round(i * target_fps / fps) is at most k (see the module doc).
     """
     fps = check_fps(fps)
     if num_frames <= 0:
@@ -88,9 +90,7 @@ def resample_indices(num_frames: int, fps: float, count: int | None = None,
                               "batch with at least one frame")
     if count is None:
         count = max(1, math.floor(num_frames / fps * target_fps + 1e-6))
-    k = torch.arange(count, dtype=torch.float64)
-    idx = torch.ceil(k * fps / target_fps - 1e-6).long()
-    return idx.clamp_(max=num_frames - 1)
+    return torch.tensor(filter_indices(num_frames, fps, target_fps, count), dtype=torch.long)
 
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
@@ -216,10 +216,10 @@ def prepare_video_file(
 ) -> PreparedFrames:
     """:func:`prepare_frames` for a video file, without holding its frames as float.
 
-    The pictures the duration needs are decoded once each as uint8 at the stream's average
-    rate, then held per timestamp exactly as :func:`prepare_frames` does, so a file and its
-    frames as an IMAGE batch give the same 25 fps frames. A per-frame mask is matched to the
-    source pictures.
+    The 25 fps frames are decoded as uint8 by :func:`selva_core.data.video.decode_frames` (the
+    same rule on the file's own timestamps, turned upright), so a file and its frames as an
+    IMAGE batch give the same 25 fps frames. A per-frame mask is matched to the source
+    pictures by the same rule.
     """
     from .data.video import decode_frames, probe_video
 
@@ -228,17 +228,14 @@ def prepare_video_file(
     n = max(1, round(info.duration * fps))
     duration, count = _plan(n, fps, duration)
     strength = _check_strength(mask, mask_strength)
-    mask_t = _check_mask(mask, n, info.height, info.width) if mask is not None else None
-    idx = resample_indices(n, fps, count)
-    # decoded at the stream's own rate (each picture once, uint8), then held per timestamp
-    native = decode_frames(path, fps=fps, num_frames=int(idx.max()) + 1)
-    if native.shape[0] == 0:
+    frames = decode_frames(path, fps=SYNC_FPS, num_frames=count, pad_tail=count)
+    if frames.shape[0] == 0:
         raise FrameInputError("video", f"no frame of {path} could be decoded; re-encode it, "
                               "e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`")
-    idx = idx.clamp(max=native.shape[0] - 1)
-    frames = native.index_select(0, idx)
-    del native
+    mask_t = (_check_mask(mask, n, frames.shape[2], frames.shape[3]) if mask is not None
+              else None)
     if mask_t is not None and strength > 0:
+        idx = resample_indices(n, fps, count)
         for start in range(0, frames.shape[0], _CHUNK):
             block = frames[start:start + _CHUNK].permute(0, 2, 3, 1).float() / 255.0
             sel = idx[start:start + _CHUNK]

@@ -1,11 +1,13 @@
 """Video probing and frame decoding with PyAV.
 
-Frames are taken by *sample-and-hold* at a target rate (REFERENCE_ARCHITECTURE.md §3.1): the
-k-th output frame of a window starting at ``start`` is the first decoded frame whose timestamp
-is at or after ``start + k / fps``; a slower source therefore repeats frames, a faster one skips
-them. Times count from the video stream's start on the container's timeline (the audio loader
-aligns a video's own track to the same origin, see ``audio.load_mono``). Lengths come from the
-file's packets, not from its header alone, so a truncated file is measured as what it holds.
+Frames are taken as FFmpeg's ``fps`` filter takes them (REFERENCE_ARCHITECTURE.md §3.1, the
+rule in :mod:`selva_core.data.fps_filter`): a source frame at time t goes to output slot
+round(t * fps) and each slot shows the last frame mapped to it, so a slower source repeats
+frames and a faster one skips them. Frames are turned upright as players show them (the
+display matrix of phone videos). Times count from the video stream's start on the container's
+timeline (the audio loader aligns a video's own track to the same origin, see
+``audio.load_mono``). Lengths come from the file's packets, not from its header alone, so a
+truncated file is measured as what it holds.
 When the stream ends at most ``pad_tail`` frames short of the request, the last frame is
 repeated (what the reference training data did for rounding shortfalls, e.g. an 8 s clip at
 24 fps); a larger shortfall returns fewer frames and the caller flags the missing sync
@@ -18,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +36,13 @@ from selva_core.data.container import (
     stream_start,
 )
 from selva_core.data.errors import BadClipError
+from selva_core.data.fps_filter import FpsFilter, exact, nearest_slot
 from selva_core.variants import SYNC_FPS
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 REENCODE_HINT = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4`, or remove it"
-_TIME_EPS = 1e-6  # seconds; absorbs float rounding between frame times and target times
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,32 @@ def probe_video(path: str | Path) -> VideoInfo:
                      a_sr, a_ch, a_dur, header, a_header, offset, audio_problem)
 
 
+def upright(image: np.ndarray, frame) -> np.ndarray:
+    """``image`` (H, W, 3) turned as players show ``frame``: the display matrix of phone videos
+    (rotation in quarter turns, mirrors) is applied the way FFmpeg's own autorotation does."""
+    matrix = None
+    for data in frame.side_data:
+        if getattr(data, "type", None) is not None and data.type.name == "DISPLAYMATRIX":
+            matrix = np.frombuffer(bytes(data), dtype="<i4")
+            break
+    if matrix is None or matrix.size != 9:
+        return image
+    theta = -float(frame.rotation)  # clockwise degrees, as FFmpeg's get_rotation
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        image = image.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(image, -1)
+    elif abs(theta - 180) < 1:
+        image = image[:, ::-1] if matrix[0] < 0 else image
+        image = image[::-1] if matrix[4] < 0 else image
+    elif abs(theta - 270) < 1:
+        image = np.rot90(image, -1)[::-1] if matrix[3] < 0 else np.rot90(image, 1)
+    elif abs(theta) < 1:
+        image = image[::-1] if matrix[4] < 0 else image
+    else:  # not a quarter turn: FFmpeg rotates by resampling; the nearest quarter turn here
+        image = np.rot90(image, -round(theta / 90))
+    return np.ascontiguousarray(image)
+
+
 def decode_frames(
     path: str | Path,
     *,
@@ -122,15 +151,17 @@ def decode_frames(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     chunk: int = 32,
 ) -> torch.Tensor:
-    """Decode frames at ``fps`` by sample-and-hold from ``start`` seconds.
+    """Decode the frames FFmpeg's ``fps`` filter gives at ``fps``, from ``start`` seconds.
 
-    Returns uint8 ``(T, 3, H, W)`` RGB with ``T <= num_frames`` (all remaining frames when
-    ``num_frames`` is None). ``transform`` (e.g. the encoder's resize) is applied to every
-    ``chunk`` frames as they are decoded, so full-resolution frames of a long window are never
-    all in memory at once; the result is then the concatenation of its outputs. Times count
-    from the video stream's own start (``start=0`` is its first picture). Raises BadClipError
-    when the file cannot be decoded; a file whose tail cannot be decoded returns the frames
-    before it (with a warning).
+    Frames are picked by :class:`selva_core.data.fps_filter.FpsFilter` (the reference's rule)
+    on the stream's exact timestamps and turned upright (:func:`upright`). Returns uint8
+    ``(T, 3, H, W)`` RGB with ``T <= num_frames`` (all remaining frames when ``num_frames`` is
+    None). ``start`` is snapped to the nearest output frame (``round(start * fps)``); times
+    count from the video stream's own start (``start=0`` is its first picture). ``transform``
+    (e.g. the encoder's resize) is applied to every ``chunk`` frames as they are decoded, so
+    full-resolution frames of a long window are never all in memory at once; the result is
+    then the concatenation of its outputs. Raises BadClipError when the file cannot be
+    decoded; a file whose tail cannot be decoded returns the frames before it (with a warning).
     """
     path = Path(path)
     if num_frames is not None and num_frames <= 0:
@@ -151,32 +182,46 @@ def decode_frames(
             stream = container.streams.video[0]
             decodable(path, stream, "video", REENCODE_HINT)
             stream.thread_type = "AUTO"
-            # times count from the picture's own start on the container's timeline
-            origin = stream_start(stream) or 0.0
-            if start > 0 and stream.time_base is not None:
-                container.seek(math.floor((origin + start) / stream.time_base), stream=stream,
-                               backward=True, any_frame=False)
-            fallback_dt = 1.0 / float(stream.average_rate) if stream.average_rate else 1 / fps
-        k = 0
-        n_decoded = 0
-        for frame in decode_stream(path, container, stream, "video", REENCODE_HINT):
-            t = frame.time - origin if frame.time is not None else n_decoded * fallback_dt
-            n_decoded += 1
-            if t + _TIME_EPS < start:
-                continue
-            image = None
-            while t + _TIME_EPS >= start + k / fps:
-                if image is None:
+            tb = stream.time_base
+            # slots count from the picture's own start on the container's timeline
+            origin = Fraction(stream.start_time) * tb if stream.start_time is not None and tb \
+                else Fraction(0)
+            filt: FpsFilter[object] = FpsFilter(fps, origin=origin,
+                                                first=nearest_slot(exact(start), exact(fps)),
+                                                count=num_frames)
+            # a window's first slot may show a frame up to half a slot before it
+            seek_to = origin + exact(start) - 1 / exact(fps)
+            if start > 0 and tb is not None and seek_to > origin:
+                container.seek(math.floor(seek_to / tb), stream=stream, backward=True,
+                               any_frame=False)
+            rate = exact(float(stream.average_rate)) if stream.average_rate else exact(fps)
+        last: tuple[object, np.ndarray] | None = None  # (frame, its image): held frames repeat
+
+        def take(picked: list) -> None:
+            nonlocal last
+            for frame in picked:
+                if last is None or last[0] is not frame:
                     with media_errors(path, "video", REENCODE_HINT):
-                        image = frame.to_ndarray(format="rgb24")
-                frames.append(image)
-                k += 1
+                        last = (frame, upright(frame.to_ndarray(format="rgb24"), frame))
+                frames.append(last[1])
                 if len(frames) >= chunk:
                     flush()
-                if num_frames is not None and k >= num_frames:
-                    break
-            if num_frames is not None and k >= num_frames:
+
+        n_decoded = 0
+        end = origin
+        for frame in decode_stream(path, container, stream, "video", REENCODE_HINT):
+            if frame.pts is not None and frame.time_base is not None:
+                t = Fraction(frame.pts) * frame.time_base
+                step = Fraction(frame.duration) * frame.time_base if frame.duration else 1 / rate
+            else:
+                t, step = origin + n_decoded / rate, 1 / rate
+            n_decoded += 1
+            end = max(end, t + step)
+            take(filt.push(t, frame))
+            if filt.done:
                 break
+        if not filt.done:
+            take(filt.finish(end))
     flush()
     if not done:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
