@@ -16,11 +16,12 @@ from selva_core.frames import (
 )
 
 
-def test_resampling_takes_the_first_source_frame_at_or_after_each_output_time():
-    # 12 fps -> 25 fps: output frame k is the first source frame at or after k / 25 s
+def test_resampling_shows_the_last_source_frame_rounded_to_each_output_slot():
+    # 12 fps -> 25 fps (the fps filter): frame i goes to slot round(i * 25 / 12); slot k shows
+    # the last frame with i * 25 / 12 < k + 1/2
     idx = resample_indices(24, 12.0)
     assert len(idx) == 50
-    expected = [min(23, math.ceil(k * 12 / 25 - 1e-6)) for k in range(50)]
+    expected = [min(23, ((2 * k + 1) * 12 - 1) // 50) for k in range(50)]
     assert idx.tolist() == expected
     assert torch.equal(resample_indices(50, 25.0), torch.arange(50))  # 25 fps: unchanged
     idx30 = resample_indices(60, 30.0)  # 30 fps -> 25: drops one frame in six

@@ -35,7 +35,7 @@ from selva_core.variants import SYNC_FPS, TRAIN_DURATION_S
 
 log = logging.getLogger(__name__)
 
-FEATURES_VERSION = "selva-eval-features-1"
+FEATURES_VERSION = "selva-eval-features-2"  # 2: frames by the fps filter, AAC trimmed
 _WINDOW_SUFFIX = re.compile(r"#w\d+$")
 
 

@@ -86,7 +86,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "selva.training_features"
 FORMAT_VERSION = 1
-EXTRACTOR_VERSION = "selva-lora-features-1"  # bump when extraction code changes its output
+EXTRACTOR_VERSION = "selva-lora-features-2"  # bump when extraction code changes its output
+# 2: frames by the fps filter (data/fps_filter.py), turned upright; AAC priming and padding trimmed
 TENSOR_KEYS: tuple[str, ...] = (
     "latent_mean", "latent_std", "sync_f", "sync_valid", "text_clip_f", "audio_valid_samples",
 )
