@@ -16,6 +16,10 @@ BadClipError naming the file.
   picture: when the audio stream starts later than the video stream, silence is put in
   front; when it starts earlier, the audio before the first picture is dropped. Each applied
   offset is logged.
+* **End padding**: an encoder pads its last frame (AAC: always 1024 samples); the samples past
+  the last packet's duration (MP4's edit list) are dropped as FFmpeg's own decode drops them,
+  so a track is as long as ``ffmpeg -i`` decodes it (the priming at the start FFmpeg already
+  skips).
 * **What the model hears**: resampling uses soxr (high quality) via librosa. The silence check
   runs on the resampled audio, so a clip whose sound lies entirely above the model's band is
   rejected as silent with that reason, and one that loses most of its energy in resampling
@@ -31,6 +35,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -252,6 +257,19 @@ def probe_audio_file(path: str | Path) -> AudioInfo:
 
 
 # --- decoding ---------------------------------------------------------------------------------
+def end_padding(frame) -> int:
+    """Samples of a decoded audio frame past its packet's duration: the encoder's end padding
+    (an AAC track's last frame is always a full 1024 samples; MP4's edit list says how many
+    are real). FFmpeg's own decode drops them; durations are only trusted beyond one tick of
+    the stream's time base (Matroska rounds them to milliseconds)."""
+    rate = getattr(frame, "sample_rate", None)
+    if not frame.duration or frame.time_base is None or not rate:
+        return 0
+    tick = Fraction(frame.time_base) * rate
+    pad = frame.samples - Fraction(frame.duration) * tick
+    return int(round(pad)) if pad > max(tick, Fraction(1)) else 0
+
+
 def _decode_with_pyav(path: Path, from_video: bool) -> DecodedAudio:
     """First audio stream of any container PyAV opens, as float32 ``(channels, samples)``."""
     with open_media(path, "video" if from_video else "audio", UNREADABLE_FIX) as container, \
@@ -272,13 +290,19 @@ def _decode_with_pyav(path: Path, from_video: bool) -> DecodedAudio:
         resampler = av.AudioResampler(format="fltp")
         chunks: list[np.ndarray] = []
         first_time = None
+        padding = 0
         for frame in decode_stream(path, container, stream, "audio", UNREADABLE_FIX):
             if first_time is None and frame.time is not None:
                 first_time = float(frame.time)
+            padding = end_padding(frame)
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray())
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray())
+    if padding and chunks:
+        kept = sum(c.shape[1] for c in chunks) - padding
+        samples = np.concatenate(chunks, axis=1)[:, :max(kept, 0)]
+        chunks = [samples]
     if first_time is None:
         first_time = stream_start(stream)
     offset = 0.0
