@@ -107,3 +107,81 @@ def test_frechet_distance_of_two_gaussians_by_hand():
     # (mu_a - mu_b)^2 + (s_a - s_b)^2 for 1-D Gaussians = 9 + 1
     assert frechet_distance(a, b) == pytest.approx(10.0, rel=1e-6)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def _av_benchmark_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """av-benchmark's documented video steps with torchvision: Resize(size, bicubic) on uint8
+    frames, CenterCrop(size), ToDtype(float32, scale), Normalize(0.5, 0.5)."""
+    v2 = pytest.importorskip("torchvision.transforms.v2")
+    steps = v2.Compose([
+        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
+    return steps(frames)
+
+
+@pytest.mark.parametrize(("height", "width"), [(480, 854), (37, 50), (50, 37), (32, 32)])
+def test_frames_are_prepared_as_torchvision_does_for_av_benchmark(height, width):
+    model = D.Synchformer(D.tiny_config(get_variant("tiny_16k").video_encoder))
+    scorer = D.DesyncScorer(model, "tiny")
+    frames = torch.randint(0, 256, (3, 3, height, width), generator=torch.Generator()
+                           .manual_seed(0), dtype=torch.uint8)
+    ours = scorer.prepare_frames(frames)
+    expected = _av_benchmark_frames(frames, scorer.cfg.video.frame_size)
+    assert ours.shape == expected.shape
+    # torchvision resizes uint8 in two fixed-point passes, rounding between them; one float
+    # pass here: under half a grey level on average (a grey level is 2/255 on this scale)
+    diff = (ours - expected).abs().flatten()
+    assert diff.mean() < 0.5 * 2 / 255  # under half a grey level on average
+    assert torch.quantile(diff, 0.99) <= 2 * 2 / 255 + 1e-6  # two grey levels
+
+
+def test_resize_keeps_torchvisions_truncated_long_side():
+    model = D.Synchformer(D.tiny_config(get_variant("tiny_16k").video_encoder))
+    scorer = D.DesyncScorer(model, "tiny")
+    # 854x480 at 224: torchvision gives 398 wide (int(224 * 854 / 480) = 398, not 399)
+    seen = {}
+    original = D.F.interpolate
+
+    def spy(x, size=None, **kw):
+        seen["size"] = size
+        return original(x, size=size, **kw)
+
+    object.__setattr__(scorer, "cfg", D.replace(scorer.cfg, video=D.replace(
+        scorer.cfg.video, frame_size=224)))
+    D.F.interpolate = spy
+    try:
+        scorer.prepare_frames(torch.zeros(1, 3, 480, 854, dtype=torch.uint8))
+    finally:
+        D.F.interpolate = original
+    assert seen["size"] == (224, 398)
+
+
+def test_desync_logits_equal_av_benchmarks_computation_path():
+    """Seeded tiny Synchformer: the scorer's logits equal av-benchmark's documented path
+    (torchvision frames; 16-frame video / 10240-sample audio segments of the window cut from
+    the start; the first and the last N segments of each stream compared)."""
+    scorer, status = D.create_scorer(get_variant("tiny_16k"))
+    model, n = scorer.model, scorer.cfg.segments
+    frames = torch.randint(0, 256, (60, 3, 36, 64), generator=torch.Generator()
+                           .manual_seed(3), dtype=torch.uint8)
+    duration = 60 / 25
+    wave = np.random.default_rng(4).standard_normal(int(16000 * duration) + 3000) * 0.1
+    wave = wave.astype(np.float32)
+    ours = scorer.comparisons(model.video_features(scorer.prepare_frames(frames)), wave, 16000)
+
+    # av-benchmark: video (T - 16) // 8 + 1 segments of the transformed frames
+    x = _av_benchmark_frames(frames, scorer.cfg.video.frame_size)
+    count = (x.shape[0] - 16) // 8 + 1
+    vis = model.video_features(x[: 16 + 8 * (count - 1)])
+    # audio read to the clip's length (longer audio cut, shorter refused), segments of 10240
+    audio = torch.from_numpy(wave[: int(16000 * duration)])
+    a_count = (audio.shape[0] - 10240) // 5120 + 1
+    aud = model.audio_features(audio[: 10240 + 5120 * (a_count - 1)])
+    assert vis.shape[0] == aud.shape[0] == 6
+    expected = [model.offset_logits(vis[None, :n], aud[None, :n])[0],
+                model.offset_logits(vis[None, -n:], aud[None, -n:])[0]]
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
+    # audio shorter than the video's segments is refused, not scored on fewer segments
+    assert scorer.comparisons(vis, wave[: (16 + 8 * 5) * 640 - 1], 16000) is None

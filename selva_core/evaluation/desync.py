@@ -7,8 +7,9 @@ segments of a clip (0.64 s segments every 0.32 s, i.e. the first and last 4.8 s)
 comparison gives the offset class with the largest logit, and DeSync is the mean of
 ``|offset|`` over both (lower is better; 0 = in sync). Inputs as av-benchmark prepares them:
 
-* video: 25 fps frames, shorter side resized to 224 (bicubic), centre crop 224, in [-1, 1],
-  cut into 16-frame segments with stride 8;
+* video: 25 fps frames as FFmpeg's ``fps`` filter gives them, ``Resize(224)`` as torchvision
+  does it on uint8 frames (bicubic, antialiased; longer side ``int(224 * long / short)``),
+  centre crop 224, in [-1, 1], cut into 16-frame segments with stride 8;
 * audio: mono 16 kHz, 10240-sample segments with stride 5120, each a 128-band mel power
   spectrogram (n_fft 1024, window 400, hop 160, HTK mels, no norm, centred with reflection),
   ``log(x + 1e-6)``, zero-padded to 66 frames, normalised by ``(x + 4.2677393) / (2 * 4.5689974)``.
@@ -328,18 +329,25 @@ class DesyncScorer:
         self.source = source
 
     def prepare_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, 3, H, W) -> [-1, 1] (T, 3, S, S): shorter side to S, centre crop."""
+        """uint8 (T, 3, H, W) -> [-1, 1] (T, 3, S, S) as av-benchmark's torchvision steps:
+        ``Resize(S)`` bicubic with antialias on the uint8 frames (shorter side to S, longer
+        side ``int(S * long / short)``, the result rounded to uint8), ``CenterCrop(S)``, then
+        scaled to [0, 1] and normalised by mean 0.5, std 0.5."""
         size = self.cfg.video.frame_size
         out = []
         for i in range(0, frames.shape[0], 32):
-            x = frames[i: i + 32].float() / 255.0
+            x = frames[i: i + 32].float()
             h, w = x.shape[-2:]
-            scale = size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False,
-                              antialias=True)
-            top, left = (nh - size) // 2, (nw - size) // 2
-            out.append((x[..., top: top + size, left: left + size].clamp(0, 1) - 0.5) / 0.5)
+            if h <= w:
+                nh, nw = size, int(size * w / h)
+            else:
+                nh, nw = int(size * h / w), size
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False,
+                                  antialias=True).round_().clamp_(0, 255)
+            top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+            x = x[..., top: top + size, left: left + size] / 255.0
+            out.append((x - 0.5) / 0.5)
         return torch.cat(out)
 
     def video_features_from_file(self, path: str | Path, duration: float) -> torch.Tensor:
@@ -350,25 +358,39 @@ class DesyncScorer:
                                transform=self.prepare_frames)
         return self.model.video_features(frames)
 
-    def score(self, video_feats: torch.Tensor, wave: Any, sample_rate: int) -> float | None:
-        """Mean |offset| (s) over the first and last ``segments`` segments; None when the clip
-        is shorter than one comparison (``cfg.min_seconds``)."""
+    def comparisons(self, video_feats: torch.Tensor, wave: Any, sample_rate: int
+                    ) -> list[torch.Tensor] | None:
+        """Offset logits of the first and of the last ``segments`` segments, av-benchmark's
+        way: the audio is cut to the span of the video's segments and each stream's first and
+        last ``segments`` segments are compared. None when the clip is shorter than one
+        comparison (``cfg.min_seconds``) or the audio is shorter than the video's segments
+        (av-benchmark refuses such audio)."""
         wave = np.asarray(wave, dtype=np.float32).reshape(-1)
         if sample_rate != AUDIO_RATE:
             from selva_core.data.audio import resample
 
             wave = resample(wave, sample_rate, AUDIO_RATE)
-        aud = self.model.audio_features(torch.from_numpy(np.ascontiguousarray(wave)))
-        n = min(aud.shape[0], video_feats.shape[0])
         s = self.cfg.segments
-        if n < s:
+        v = self.cfg.video
+        if video_feats.shape[0] < s:
+            return None
+        span = v.segment_frames + v.segment_step * (video_feats.shape[0] - 1)
+        needed = span * AUDIO_RATE // SYNC_FPS
+        if wave.shape[0] < needed:
+            log.info("DeSync: the audio holds %.2f s, less than the video's %.2f s; not scored",
+                     wave.shape[0] / AUDIO_RATE, span / SYNC_FPS)
+            return None
+        aud = self.model.audio_features(torch.from_numpy(np.ascontiguousarray(wave[:needed])))
+        return [self.model.offset_logits(vis[None], snd[None])[0]
+                for vis, snd in ((video_feats[:s], aud[:s]), (video_feats[-s:], aud[-s:]))]
+
+    def score(self, video_feats: torch.Tensor, wave: Any, sample_rate: int) -> float | None:
+        """Mean |offset| (s) of :meth:`comparisons`' most likely offsets (None as there)."""
+        logits = self.comparisons(video_feats, wave, sample_rate)
+        if logits is None:
             return None
         grid = self.cfg.offset_grid()
-        values = []
-        for sl in (slice(0, s), slice(n - s, n)):
-            logits = self.model.offset_logits(video_feats[sl][None], aud[:n][sl][None])
-            values.append(abs(float(grid[int(logits.argmax(-1))])))
-        return float(np.mean(values))
+        return float(np.mean([abs(float(grid[int(x.argmax())])) for x in logits]))
 
 
 def find_checkpoint(path: str | os.PathLike | None, models_dir: str | os.PathLike | None
