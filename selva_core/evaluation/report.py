@@ -252,7 +252,7 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     fig.suptitle(f"{summary.get('name', 'eval')}: means over clips and seeds", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return savefig_atomic(out / CHART_FILE, fig)
 
 
@@ -324,24 +324,25 @@ def _checkpoint_series(summary: dict[str, Any]):
 
 # --- HTML --------------------------------------------------------------------------------------
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1em;line-height:1.4;max-width:1400px}
+body{font-family:system-ui,sans-serif;margin:1em;line-height:1.4}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
 th{text-align:left}.scroll{overflow-x:auto;max-width:100%}
 img{max-width:100%;height:auto}
 .verdict{background:#f3f6fb;border-left:4px solid #4c72b0;padding:.6em 1em;margin:1em 0}
 .verdict p{margin:.3em 0}.none{color:#777}.links{font-size:12px}
 table.m td{border:none;padding:0 4px;font-size:12px}
-table.grid td{min-width:200px}table.grid td.clip{min-width:120px}
-table.grid video,table.grid audio{width:240px;max-width:100%;display:block}
-table.grid video{background:#000;aspect-ratio:auto}
+.grid>tbody>tr>td{max-width:280px}.grid>tbody>tr>td.clip{max-width:160px}
+.grid video,.grid audio{width:240px;max-width:100%;display:block}
+.grid video{background:#000}
 @media (max-width:700px){
  body{margin:.5em}
- table.grid,table.grid tbody,table.grid tr,table.grid td{display:block;width:auto}
- table.grid tr.head{display:none}
- table.grid tr{border-top:3px solid #4c72b0;margin-top:.8em}
- table.grid td{border:none;border-bottom:1px solid #ddd;min-width:0}
- table.grid td[data-col]::before{content:attr(data-col);display:block;font-weight:bold}
- table.grid video,table.grid audio{width:100%}
+ .grid,.grid>tbody,.grid>tbody>tr,.grid>tbody>tr>td{display:block}
+ .grid>tbody>tr.head{display:none}
+ .grid>tbody>tr{border-top:3px solid #4c72b0;margin-top:.8em}
+ .grid>tbody>tr>td{border:none;border-bottom:1px solid #ddd}
+ .grid>tbody>tr>td,.grid>tbody>tr>td.clip{max-width:none}
+ .grid>tbody>tr>td[data-col]::before{content:attr(data-col);display:block;font-weight:bold}
+ .grid video,.grid audio{width:100%;max-width:360px}
 }
 """
 
@@ -412,7 +413,7 @@ def _guide_html(summary: dict[str, Any]) -> str:
             better = esc(f"{m['better']} is better")
         rows.append(f"<tr><td>{esc(m['label'])}{esc(unit)}</td><td>{better}</td>"
                     f"<td>{esc(m.get('about', ''))}</td><td>{esc(against)}</td></tr>")
-    return ("<details><summary><b>Metric guide</b>: what each figure means and which way is "
+    return ("<details open><summary><b>Metric guide</b>: what each figure means and which way is "
             "better</summary><div class='scroll'><table><tr><th>metric</th><th>better</th>"
             f"<th>what it tells</th><th>measured</th></tr>{''.join(rows)}</table></div>"
             "</details>")
