@@ -44,10 +44,12 @@ class SelvaLoraLoader(io.ComfyNode):
                 "loaders to stack adapters."),
             inputs=[
                 SelvaModelType.Input("model"),
-                io.Combo.Input("lora_name", options=[NONE] + list_files(LORA_FOLDER),
-                               default=NONE,
-                               tooltip="Adapter file under models/loras (a SelVA adapter: "
-                                       ".safetensors written by the trainer)."),
+                # a short label leaves the widget room for the file name it shows
+                io.Combo.Input("lora_name", display_name="adapter",
+                               options=[NONE] + list_files(LORA_FOLDER), default=NONE,
+                               tooltip="lora_name: the adapter file under models/loras (a "
+                                       "SelVA adapter: .safetensors written by the trainer); "
+                                       "the list shows each file's full name."),
                 io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
                                tooltip="0 = no effect, 1 = as trained; negative values "
                                        "subtract the adapter."),

@@ -230,6 +230,14 @@ def test_only_the_missing_files_are_listed(tmp_path, monkeypatch, no_network):
     assert "4 of 12" in str(info.value) and "flan-t5-base" not in str(info.value)
 
 
+def test_the_missing_weights_message_starts_with_what_to_do(tmp_path, no_network):
+    with pytest.raises(MissingWeightsError) as info:
+        preflight("small_16k", tmp_path)
+    first, *rest = str(info.value).splitlines()
+    assert "Fetch them with: python -m selva_core.download --variant small_16k" in first
+    assert "https://" not in first and any("https://" in line for line in rest)
+
+
 # --- simulated hub -------------------------------------------------------------------------------
 def test_download_from_simulated_hub_verifies_and_records_each_file(sim_hub, tmp_path):
     paths = ensure_files(FILES, tmp_path, download=True, progress=_quiet)

@@ -409,14 +409,18 @@ def find_checkpoint(path: str | os.PathLike | None, models_dir: str | os.PathLik
 def create_scorer(variant, *, path: str | None = None, models_dir: str | None = None,
                   device: torch.device | str = "cpu") -> tuple[DesyncScorer | None,
                                                                 dict[str, Any]]:
-    """(scorer, status) for ``variant``; status ``{"status": "ok"|"unavailable", "reason"}``."""
+    """(scorer, status) for ``variant``; status ``{"status": "ok"|"unavailable", "reason"}``.
+
+    With ``"status": "ok"`` the status says ``"weights"``: ``"trained"`` (the checkpoint,
+    checked key by key) or ``"random"`` (the tiny variant's test Synchformer: its figures
+    exercise the code and mean nothing, so reports show DeSync as unavailable)."""
     if getattr(variant, "is_tiny", False) and not path:
         model = Synchformer(tiny_config(variant.video_encoder))
         _random_init_(model, seed=0)
         model.to(device)
         return DesyncScorer(model, "tiny random Synchformer (seed 0)"), {
             "status": "ok", "source": "tiny random Synchformer (seed 0; tests only)",
-            "min_seconds": model.cfg.min_seconds}
+            "weights": "random", "min_seconds": model.cfg.min_seconds}
     found, places = find_checkpoint(path, models_dir)
     if found is None:
         reason = (f"{CHECKPOINT_NAME} not found (looked in {', '.join(str(p) for p in places)}); "
@@ -451,6 +455,7 @@ def create_scorer(variant, *, path: str | None = None, models_dir: str | None = 
         return None, {"status": "unavailable", "reason": reason}
     model.to(device)
     return DesyncScorer(model, str(found)), {"status": "ok", "source": str(found),
+                                             "weights": "trained",
                                              "min_seconds": model.cfg.min_seconds}
 
 

@@ -57,17 +57,28 @@ class MetricInfo:
     unit: str
     better: str  # "lower", "higher" or "closer to the reference"
     needs: str = ""  # "", "reference" or "baseline"
+    about: str = ""  # one plain sentence: what the figure tells a listener (reports show it)
 
 
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("hf_energy_ratio", "HF energy ratio", "", "closer to the reference"),
-    MetricInfo("spectral_centroid_hz", "spectral centroid", "Hz", "closer to the reference"),
-    MetricInfo("spectral_rolloff_hz", "spectral rolloff (85 %)", "Hz", "closer to the reference"),
-    MetricInfo("spectral_flatness", "spectral flatness", "", "closer to the reference"),
-    MetricInfo("temporal_variance", "temporal variance (RMS CV)", "", "closer to the reference"),
-    MetricInfo("lsd_db", "log-spectral distance", "dB", "lower", "reference"),
-    MetricInfo("mcd_db", "mel-cepstral distance", "dB", "lower", "reference"),
-    MetricInfo("drift_lsd_db", "drift from baseline (LSD)", "dB", "lower", "baseline"),
+    MetricInfo("hf_energy_ratio", "HF energy ratio", "", "closer to the reference",
+               about="share of the sound's power in the upper part of the band (brightness)"),
+    MetricInfo("spectral_centroid_hz", "spectral centroid", "Hz", "closer to the reference",
+               about="the power-weighted mean frequency: where the sound's weight sits"),
+    MetricInfo("spectral_rolloff_hz", "spectral rolloff (85 %)", "Hz", "closer to the reference",
+               about="the frequency below which 85 % of the power lies"),
+    MetricInfo("spectral_flatness", "spectral flatness", "", "closer to the reference",
+               about="near 1 for noise-like sound, near 0 for tones"),
+    MetricInfo("temporal_variance", "temporal variance (RMS CV)", "", "closer to the reference",
+               about="how much the loudness moves over time (0 = steady)"),
+    MetricInfo("lsd_db", "log-spectral distance", "dB", "lower", "reference",
+               about="how far the render's spectrum is from the reference recording's, frame "
+                     "by frame"),
+    MetricInfo("mcd_db", "mel-cepstral distance", "dB", "lower", "reference",
+               about="how far the render's timbre (spectral envelope) is from the reference's"),
+    MetricInfo("drift_lsd_db", "drift from baseline (LSD)", "dB", "lower", "baseline",
+               about="how much the adapter changes the sound of the model without it; on "
+                     "drift clips it should stay small"),
 )
 SPECTRAL_KEYS = tuple(m.key for m in METRICS[:5])
 METRIC_KEYS = tuple(m.key for m in METRICS)

@@ -7,10 +7,18 @@
   evaluated clips and seeds; ``strength_curves.png`` (metrics against strength, one line per
   adapter) when an adapter has several strengths, and ``checkpoint_curves.png`` (metrics
   against the training step) when the spec listed a run folder.
-* ``index.html``: the listening grid, one table per seed: rows are clips, columns reference /
-  baseline / each adapter x strength; each cell holds a video player (the render muxed onto
-  the clip's picture), an audio player (the WAV) and the render's metrics. Links are relative
-  and nothing is fetched from the network, so the folder works offline and can be zipped.
+* ``index.html``: the verdict (:mod:`.verdict`: which column is closest to the references,
+  with the spread over seeds), a metric guide built from the registry, the charts, and the
+  listening grid, one table per seed: rows are clips, columns reference / baseline / each
+  adapter x strength; each cell holds a video player (the render muxed onto the clip's
+  picture, which browsers play), an audio player (the WAV) and the render's metrics. Players
+  load only metadata and show the clip's poster frame until played. The page reads on a
+  phone: below 700 px the grid becomes one block per cell. Links are relative and nothing is
+  fetched from the network, so the folder works offline and can be zipped.
+
+Metrics whose model is off, missing or untrained (DeSync from the tiny variant's random test
+Synchformer) are left out of every table and chart and named in the guide with the reason
+(:func:`unavailable_metrics`).
 
 Plots use matplotlib's object API on the Agg canvas (no display); files are written
 atomically.
@@ -22,37 +30,76 @@ import csv
 import html
 import io
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from selva_core.atomic import savefig_atomic, write_text_atomic
+from selva_core.evaluation.verdict import best_choice
+from selva_core.evaluation.verdict import column_label as _col_label
 
 CHART_FILE = "metric_comparison.png"
 STRENGTH_CHART = "strength_curves.png"
 CHECKPOINT_CHART = "checkpoint_curves.png"
 CSV_FILE = "metrics.csv"
 HTML_FILE = "index.html"
+#: Metrics the evaluator adds beside the registry's: key, label, unit, better, needs, about.
 EXTRA_METRICS = (
-    ("desync_s", "DeSync (|offset|)", "s", "lower", ""),
-    ("clap_score", "CLAP text-audio score", "", "higher", ""),
+    ("desync_s", "DeSync (|offset|)", "s", "lower", "",
+     "how far the sound is shifted in time against the picture, estimated by Synchformer"),
+    ("clap_score", "CLAP text-audio score", "", "higher", "",
+     "how well the sound matches the clip's prompt, by the CLAP model"),
 )
+FAD_METRIC = {"key": "fad_clap", "label": "FAD-style distance (CLAP)", "unit": "",
+              "better": "lower", "needs": "reference",
+              "about": "distance between the renders' and the references' CLAP embeddings, "
+                       "over all clips"}
 SOUND_METRICS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_rolloff_hz",
                  "spectral_flatness", "temporal_variance", "desync_s", "clap_score")
+#: Status blocks of the summary and the metrics each one's model produces.
+_STATUS_METRICS = {"desync": ("desync_s",), "clap": ("clap_score", "fad_clap")}
+_NEEDS = {"reference": "against the clip's reference recording",
+          "baseline": "against the render without the adapter (same clip and seed)"}
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def metric_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Metric descriptions: the summary's plus DeSync and CLAP."""
+def _all_metrics(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = list(summary.get("metrics_info", []))
-    for key, label, unit, better, needs in EXTRA_METRICS:
+    for key, label, unit, better, needs, about in EXTRA_METRICS:
         rows.append({"key": key, "label": label, "unit": unit, "better": better,
-                     "needs": needs})
+                     "needs": needs, "about": about})
     return rows
+
+
+def unavailable_metrics(summary: dict[str, Any]) -> dict[str, str]:
+    """Metric key -> why the reports show it as unavailable: its model is missing or off, or
+    its figures came from random weights (the tiny variant's test Synchformer) and mean
+    nothing."""
+    out: dict[str, str] = {}
+    for block, keys in _STATUS_METRICS.items():
+        status = summary.get(block) or {}
+        if status.get("weights") == "random":
+            reason = (f"computed with {status.get('source') or 'random weights'}: its weights "
+                      "are random, so the figures mean nothing")
+        elif status and status.get("status") != "ok":
+            reason = status.get("reason") or str(status.get("status"))
+        else:
+            continue
+        for key in keys:
+            out[key] = reason
+    return out
+
+
+def metric_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Descriptions of the metrics the reports show: the summary's registry plus DeSync and
+    CLAP, less those :func:`unavailable_metrics` names."""
+    gone = unavailable_metrics(summary)
+    return [m for m in _all_metrics(summary) if m["key"] not in gone]
 
 
 def _columns(summary: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
@@ -66,8 +113,9 @@ def _columns(summary: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
     return cols
 
 
-def _col_label(row: dict[str, Any], strength: float) -> str:
-    return row["id"] if row.get("baseline") else f"{row['id']} × {strength:g}"
+def _verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's verdict (an older summary without one: computed now)."""
+    return summary.get("verdict") or best_choice(summary)
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -95,13 +143,50 @@ def _fmt_csv(x: Any) -> str:
 
 
 # --- charts ------------------------------------------------------------------------------------
+#: Charts are drawn at this many dots per inch; the page shows them at their own size (at most
+#: the page's width), so the font sizes below are what a reader sees on a laptop.
+CHART_DPI = 90
+_PALETTE = ["#888888", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860",
+            "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=90)
+    fig = Figure(figsize=(width, height), dpi=CHART_DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def chart_title(m: dict[str, Any]) -> str:
+    """``label (unit): lower is better``: what a chart panel shows and which way is better."""
+    unit = f" ({m['unit']})" if m.get("unit") else ""
+    return f"{m['label']}{unit}: {m['better']} is better"
+
+
+def _plain_ticks(ax) -> None:
+    """Tick labels as plain numbers (no offset or scientific notation)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}"))
+
+
+def _y_range(ax, values: list[float], *, from_zero: bool) -> None:
+    """A y range that shows ``values`` without magnifying small differences: at least 20 % of
+    the largest magnitude is spanned (0.3 dB of 25 dB stays a small wiggle); bars start at 0."""
+    lo, hi = min(values), max(values)
+    if from_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        span = (hi - lo) or 1.0
+        ax.set_ylim(lo - 0.02 * span if lo < 0 else 0.0, hi + 0.18 * span if hi > 0 else 0.0)
+        return
+    span = max(hi - lo, 0.2 * max(abs(lo), abs(hi)), 1e-9)
+    mid = 0.5 * (lo + hi)
+    bottom, top = mid - 0.6 * span, mid + 0.6 * span
+    if lo >= 0.0 > bottom:  # a non-negative figure: the axis need not go below zero
+        bottom, top = 0.0, top - bottom
+    ax.set_ylim(bottom, top)
 
 
 def _avg(row: dict[str, Any], strength: float, key: str, role: str = "eval") -> float | None:
@@ -115,12 +200,16 @@ def _avg(row: dict[str, Any], strength: float, key: str, role: str = "eval") -> 
     return None
 
 
+def _chart_metrics(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    gone = unavailable_metrics(summary)
+    return metric_table(summary) + ([FAD_METRIC] if FAD_METRIC["key"] not in gone else [])
+
+
 def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
     cols = _columns(summary)
     ref = summary.get("reference_avg", {})
     metrics = []
-    for m in metric_table(summary) + [{"key": "fad_clap", "label": "FAD-style (CLAP)",
-                                       "unit": "", "better": "lower"}]:
+    for m in _chart_metrics(summary):
         has = any(_avg(r, s, m["key"]) is not None for r, s in cols) or (
             m["key"] in SOUND_METRICS and _finite(ref.get(m["key"])))
         if m["key"] == "drift_lsd_db":
@@ -132,10 +221,8 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
     n = len(metrics)
     ncols = 2 if n > 1 else 1
     nrows = math.ceil(n / ncols)
-    fig = _figure(6.5 * ncols, 2.6 + 2.4 * nrows)
+    fig = _figure(6.0 * ncols, 1.0 + 3.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    palette = ["#888888", "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860",
-               "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
     for i, m in enumerate(metrics):
         ax = axes[i // ncols][i % ncols]
         labels, values, colours = [], [], []
@@ -144,47 +231,63 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
             values.append(ref[m["key"]])
             colours.append("#2f2f2f")
         for j, (row, s) in enumerate(cols):
-            role = "eval"
-            v = _avg(row, s, m["key"], role)
+            v = _avg(row, s, m["key"])
             if v is None and m["key"] == "drift_lsd_db":
                 v = _avg(row, s, m["key"], "drift")
             labels.append(_col_label(row, s))
-            values.append(v if v is not None else 0.0)
-            colours.append(palette[j % len(palette)] if v is not None else "#eeeeee")
-        ax.bar(range(len(values)), values, color=colours)
+            values.append(v)
+            colours.append(_PALETTE[j % len(_PALETTE)])
+        shown = [v if v is not None else 0.0 for v in values]
+        bars = ax.bar(range(len(shown)), shown, color=colours)
+        # every bar carries its value: 25.0 and 24.7 dB look alike as bars from zero
+        ax.bar_label(bars, labels=[f"{v:.4g}" if v is not None else "n/a" for v in values],
+                     fontsize=8, rotation=90 if len(values) > 6 else 0, padding=2)
         ax.set_xticks(range(len(values)))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-        unit = f" ({m['unit']})" if m.get("unit") else ""
-        ax.set_title(f"{m['label']}{unit}: {m['better']} is better", fontsize=9)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=9)
+        ax.set_title(chart_title(m), fontsize=11)
+        _plain_ticks(ax)
+        _y_range(ax, shown, from_zero=True)
+        ax.tick_params(axis="y", labelsize=9)
         ax.grid(axis="y", alpha=0.3)
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    fig.suptitle(f"{summary.get('name', 'eval')}: means over clips and seeds", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"{summary.get('name', 'eval')}: means over clips and seeds", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return savefig_atomic(out / CHART_FILE, fig)
 
 
 def _curves(out: Path, summary: dict[str, Any], name: str, xs_of, xlabel: str
             ) -> Path | None:
-    """Line charts of the distance metrics against x (strength or step) per adapter group."""
+    """Line charts of the directional metrics (lower or higher is better) against x
+    (strength or step), one line per adapter group; two panels to a row."""
     series = xs_of(summary)
     if not series:
         return None
-    keys = [k for k in ("lsd_db", "mcd_db", "drift_lsd_db", "desync_s", "clap_score")
-            if any(_finite(y) for pts in series.values() for _, ys in pts for y in [ys.get(k)])]
-    if not keys:
+    metrics = [m for m in _chart_metrics(summary) if m.get("better") in ("lower", "higher")
+               and any(_finite(ys.get(m["key"])) for pts in series.values() for _, ys in pts)]
+    if not metrics:
         return None
-    fig = _figure(5.0 * len(keys), 3.6)
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys):
+    ncols = 2 if len(metrics) > 1 else 1
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = _figure(6.0 * ncols, 3.8 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, m in enumerate(metrics):
+        ax = axes[i // ncols][i % ncols]
+        values = []
         for label, pts in series.items():
-            pts = sorted((x, ys.get(key)) for x, ys in pts if _finite(ys.get(key)))
+            pts = sorted((x, ys.get(m["key"])) for x, ys in pts if _finite(ys.get(m["key"])))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
+                values += [p[1] for p in pts]
+        ax.set_title(chart_title(m), fontsize=11)
+        ax.set_xlabel(xlabel, fontsize=10)
+        _plain_ticks(ax)
+        _y_range(ax, values, from_zero=False)
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
+    for j in range(len(metrics), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
     fig.tight_layout()
     return savefig_atomic(out / name, fig)
 
@@ -220,6 +323,30 @@ def _checkpoint_series(summary: dict[str, Any]):
 
 
 # --- HTML --------------------------------------------------------------------------------------
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1em;line-height:1.4}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;vertical-align:top}
+th{text-align:left}.scroll{overflow-x:auto;max-width:100%}
+img{max-width:100%;height:auto}
+.verdict{background:#f3f6fb;border-left:4px solid #4c72b0;padding:.6em 1em;margin:1em 0}
+.verdict p{margin:.3em 0}.none{color:#777}.links{font-size:12px}
+table.m td{border:none;padding:0 4px;font-size:12px}
+.grid>tbody>tr>td{max-width:280px}.grid>tbody>tr>td.clip{max-width:160px}
+.grid video,.grid audio{width:240px;max-width:100%;display:block}
+.grid video{background:#000}
+@media (max-width:700px){
+ body{margin:.5em}
+ .grid,.grid>tbody,.grid>tbody>tr,.grid>tbody>tr>td{display:block}
+ .grid>tbody>tr.head{display:none}
+ .grid>tbody>tr{border-top:3px solid #4c72b0;margin-top:.8em}
+ .grid>tbody>tr>td{border:none;border-bottom:1px solid #ddd}
+ .grid>tbody>tr>td,.grid>tbody>tr>td.clip{max-width:none}
+ .grid>tbody>tr>td[data-col]::before{content:attr(data-col);display:block;font-weight:bold}
+ .grid video,.grid audio{width:100%;max-width:360px}
+}
+"""
+
+
 def _url(rel: str | None) -> str:
     return quote(rel or "", safe="/")
 
@@ -234,17 +361,62 @@ def _metrics_html(metrics: dict[str, Any], table: list[dict[str, Any]]) -> str:
     return f"<table class='m'>{''.join(rows)}</table>" if rows else ""
 
 
-def _players(video: str | None, audio: str | None) -> str:
+def _players(video: str | None, audio: str | None, poster: str | None = None) -> str:
+    """A video and an audio player that load only their metadata (duration, picture size)
+    until played; the video shows ``poster`` (the clip's first frame) meanwhile."""
     parts = []
     if video:
-        parts.append(f"<video controls preload='none' src='{_url(video)}'></video>")
+        shown = f" poster='{_url(poster)}'" if poster else ""
+        parts.append(f"<video controls playsinline preload='metadata'{shown} "
+                     f"src='{_url(video)}'></video>")
     if audio:
-        parts.append(f"<audio controls preload='none' src='{_url(audio)}'></audio>")
+        parts.append(f"<audio controls preload='metadata' src='{_url(audio)}'></audio>")
     if video or audio:
         links = " · ".join(f"<a href='{_url(p)}'>{html.escape(Path(p).suffix[1:])}</a>"
                            for p in (video, audio) if p)
         parts.append(f"<div class='links'>{links}</div>")
     return "".join(parts)
+
+
+def _verdict_html(summary: dict[str, Any]) -> str:
+    esc = html.escape
+    verdict = _verdict(summary)
+    parts = [f"<p><b>{esc(verdict['text'])}</b></p>"]
+    ranking = verdict.get("ranking") or []
+    if ranking:
+        unit = f" {verdict['unit']}" if verdict.get("unit") else ""
+        lines = "".join(
+            f"<tr><td>{i + 1}</td><td>{esc(r['label'])}</td><td>{r['mean']:.4g}{unit}</td>"
+            f"<td>{r['spread']:.3g}{unit}</td><td>{r['seeds']}</td></tr>"
+            for i, r in enumerate(ranking))
+        parts.append(
+            f"<div class='scroll'><table><tr><th>#</th><th>column</th>"
+            f"<th>{esc(verdict['label'])} ({esc(verdict['better'])} is better)</th>"
+            f"<th>spread over seeds</th><th>seeds</th></tr>{lines}</table></div>")
+    parts.append("<p>Numbers guide, listening decides: play the top columns in the listening "
+                 "grid below before you choose.</p>")
+    return f"<div class='verdict'><h2>Verdict</h2>{''.join(parts)}</div>"
+
+
+def _guide_html(summary: dict[str, Any]) -> str:
+    """One row per metric of the registry (and DeSync, CLAP, FAD): what it tells, which way
+    is better, what it is measured against; unavailable ones with the reason."""
+    esc = html.escape
+    gone = unavailable_metrics(summary)
+    rows = []
+    for m in _all_metrics(summary) + [FAD_METRIC]:
+        unit = f" ({m['unit']})" if m.get("unit") else ""
+        against = _NEEDS.get(m.get("needs", ""), "the render on its own")
+        if m["key"] in gone:
+            better = f"<span class='none'>unavailable: {esc(gone[m['key']])}</span>"
+        else:
+            better = esc(f"{m['better']} is better")
+        rows.append(f"<tr><td>{esc(m['label'])}{esc(unit)}</td><td>{better}</td>"
+                    f"<td>{esc(m.get('about', ''))}</td><td>{esc(against)}</td></tr>")
+    return ("<details open><summary><b>Metric guide</b>: what each figure means and which way is "
+            "better</summary><div class='scroll'><table><tr><th>metric</th><th>better</th>"
+            f"<th>what it tells</th><th>measured</th></tr>{''.join(rows)}</table></div>"
+            "</details>")
 
 
 def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None]) -> Path:
@@ -256,7 +428,8 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
         for rec in row.get("clips", []):
             recs[(rec["role"], rec["clip"], row["id"], rec["strength"], rec["seed"])] = rec
     esc = html.escape
-    body = [f"<h1>{esc(str(summary.get('name', 'eval')))}</h1>"]
+    body = [f"<h1>{esc(str(summary.get('name', 'eval')))}</h1>", _verdict_html(summary),
+            _guide_html(summary)]
     info = [("status", summary.get("status")), ("variant", summary.get("variant")),
             ("clips", f"{summary.get('n_clips')} ({summary.get('clip_selection', '')})"),
             ("steps / cfg", f"{summary.get('steps')} / {summary.get('cfg')}"),
@@ -267,8 +440,9 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
             ("CLAP / FAD-style", _status_text(summary.get("clap"))),
             ("started / finished", f"{summary.get('started_at')} / "
                                    f"{summary.get('completed_at') or '—'}")]
-    body.append("<table class='info'>" + "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in info) + "</table>")
+    body.append("<div class='scroll'><table class='info'>" + "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in info)
+        + "</table></div>")
     notes = [f"clip {s['clip']}: {s['reason']}" for s in summary.get("skipped", [])]
     notes += [f"adapter {r['id']}: {r['error']}" for r in summary.get("adapters", [])
               if r.get("error")]
@@ -277,7 +451,8 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
                     + "</ul>")
     for key in ("chart", "strength_chart", "checkpoint_chart"):
         if charts.get(key):
-            body.append(f"<p><img src='{_url(Path(charts[key]).name)}' alt='{key}'></p>")
+            src = _url(Path(charts[key]).name)
+            body.append(f"<p><a href='{src}'><img src='{src}' alt='{key}'></a></p>")
     # averages table
     avg_keys = [m for m in table if any(_avg(r, s, m["key"]) is not None for r, s in cols)]
     if avg_keys:
@@ -291,8 +466,8 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
             cells = "".join(f"<td>{v:.4g}</td>" if (v := _avg(row, s, m["key"])) is not None
                             else "<td></td>" for m in avg_keys)
             lines.append(f"<tr><td>{esc(_col_label(row, s))}</td>{cells}</tr>")
-        body.append(f"<h2>Means over clips and seeds</h2><table class='avg'><tr><th></th>"
-                    f"{head}</tr>{''.join(lines)}</table>")
+        body.append(f"<h2>Means over clips and seeds</h2><div class='scroll'><table class='avg'>"
+                    f"<tr><th></th>{head}</tr>{''.join(lines)}</table></div>")
     # listening grids
     for role, title in (("eval", "Listening grid"), ("drift", "Drift clips (unlike the "
                                                               "training set)")):
@@ -305,35 +480,34 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
             lines = []
             for name in clip_names:
                 ref = refs[(role, name)]
+                poster = ref.get("poster")
                 if role == "eval" and ref.get("audio"):
-                    ref_cell = _players(ref.get("video"), ref.get("audio")) + _metrics_html(
-                        ref.get("metrics", {}), table)
+                    ref_cell = _players(ref.get("video"), ref.get("audio"), poster) + \
+                        _metrics_html(ref.get("metrics", {}), table)
                 else:
                     why = ref.get("reason") or ("drift clip: compared with the baseline"
                                                 if role == "drift" else "no sound")
-                    ref_cell = _players(ref.get("video"), None) + (
+                    ref_cell = _players(ref.get("video"), None, poster) + (
                         f"<div class='none'>{esc(why)}</div>")
                 cells = [f"<td class='clip'><b>{esc(name)}</b><br><small>"
-                         f"{esc(ref.get('prompt', ''))}</small></td>", f"<td>{ref_cell}</td>"]
+                         f"{esc(ref.get('prompt', ''))}</small></td>",
+                         f"<td data-col='reference'>{ref_cell}</td>"]
                 for row, s in cols:
                     rec = recs.get((role, name, row["id"], s, seed))
+                    col = esc(_col_label(row, s), quote=True)
                     if rec is None:
-                        cells.append("<td class='none'>not rendered</td>")
+                        cells.append(f"<td class='none' data-col='{col}'>not rendered</td>")
                     else:
-                        cells.append("<td>" + _players(rec.get("mp4"), rec.get("wav"))
+                        cells.append(f"<td data-col='{col}'>"
+                                     + _players(rec.get("mp4"), rec.get("wav"), poster)
                                      + _metrics_html(rec.get("metrics", {}), table) + "</td>")
                 lines.append(f"<tr>{''.join(cells)}</tr>")
             body.append(f"<h2>{esc(title)}: seed {seed}</h2><div class='scroll'>"
-                        f"<table class='grid'><tr>{head}</tr>{''.join(lines)}</table></div>")
-    style = (
-        "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
-        "table.grid video{width:240px;display:block}table.grid audio{width:240px}"
-        "table.m td{border:none;padding:0 4px;font-size:11px}.none{color:#999}"
-        ".links{font-size:11px}.scroll{overflow-x:auto}img{max-width:100%}"
-        "table.info th{text-align:left}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
-            f"{esc(str(summary.get('name', 'eval')))}</title><style>{style}</style></head>"
+                        f"<table class='grid'><tr class='head'>{head}</tr>{''.join(lines)}"
+                        f"</table></div>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>"
+            f"{esc(str(summary.get('name', 'eval')))}</title><style>{_STYLE}</style></head>"
             f"<body>{''.join(body)}</body></html>\n")
     return write_text_atomic(out / HTML_FILE, page)
 
@@ -341,6 +515,9 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
 def _status_text(status: dict[str, Any] | None) -> str:
     if not status:
         return "—"
+    if status.get("weights") == "random":
+        return (f"unavailable: computed with {status.get('source') or 'random weights'}, whose "
+                "random weights make the figures meaningless")
     text = status.get("status", "")
     detail = status.get("source") or status.get("reason")
     return f"{text}: {detail}" if detail else text
@@ -352,9 +529,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("desync_s", "DeSync s"), ("clap_score", "CLAP"),
             ("spectral_centroid_hz", "centroid Hz")]
     cols = _columns(summary)
-    keys = [(k, t) for k, t in keys if any(_avg(r, s, k) is not None for r, s in cols)
-            or (k == "drift_lsd_db" and any(_avg(r, s, k, "drift") is not None
-                                            for r, s in cols))]
+    gone = unavailable_metrics(summary)
+    keys = [(k, t) for k, t in keys if k not in gone and (
+        any(_avg(r, s, k) is not None for r, s in cols)
+        or (k == "drift_lsd_db" and any(_avg(r, s, k, "drift") is not None for r, s in cols)))]
     width = max([len(_col_label(r, s)) for r, s in cols] + [9])
     lines = ["=" * 78,
              f"SelVA adapter evaluation {summary.get('name')}: {summary.get('status')}",
@@ -381,6 +559,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             cells.append(f"{v:>13.4g}" if v is not None else f"{'':>13}")
         status = "" if row.get("status") == "ok" else f"  [{row.get('status')}]"
         lines.append(f"{_col_label(row, s):<{width}}  {''.join(cells)}{status}")
+    lines += ["-" * 78, *textwrap.wrap(_verdict(summary)["text"], 78),
+              "Numbers guide, listening decides: play the top columns on the page."]
     skipped = [f"clip {x['clip']}: {x['reason']}" for x in summary.get("skipped", [])]
     skipped += [f"adapter {r['id']}: {r['error']}" for r in summary.get("adapters", [])
                 if r.get("error")]
@@ -411,4 +591,5 @@ def write_reports(out: str | Path, summary: dict[str, Any]) -> dict[str, Path | 
 
 
 __all__ = ["format_summary", "write_reports", "write_csv", "write_html",
-           "write_comparison_chart", "CHART_FILE", "CSV_FILE", "HTML_FILE"]
+           "write_comparison_chart", "metric_table", "unavailable_metrics", "chart_title",
+           "CHART_FILE", "CSV_FILE", "HTML_FILE"]

@@ -7,11 +7,13 @@
 2. extract each clip's features once (reused from an earlier evaluation or from the training
    run's feature cache) -- adapters only touch the generator, so every render shares them;
 3. copy the reference sound (``reference/<stem><its extension>``, the video's own track as a
-   WAV) and the clip's video, and measure the reference;
+   WAV), the clip's video as an MP4 browsers play (``reference/<stem>.mp4``) with a poster
+   frame (``reference/posters/<stem>.jpg``), and measure the reference;
 4. render baseline first, then every adapter x strength x seed, clips of equal duration
    batched through the sampler; per render a WAV and an MP4 with the sound muxed onto the
-   clip's video, its metrics (:mod:`.metrics`; drift against the baseline render of the same
-   clip and seed), DeSync (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when available;
+   clip's video (its picture re-encoded where browsers do not play it), its metrics
+   (:mod:`.metrics`; drift against the baseline render of the same clip and seed), DeSync
+   (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when available;
    ``eval_summary.json`` is rewritten atomically after every render;
 5. aggregate, write ``metrics.csv``, the charts and ``index.html`` (:mod:`.report`).
 
@@ -495,11 +497,7 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
                                "audio": None, "video": None, "metrics": {}}
         sub = "drift/" if clip.role == "drift" else ""
         if clip.video_path is not None:
-            rel = f"reference/{sub}{clip.name}{clip.video_path.suffix.lower()}"
-            if not (out / rel).is_file():
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(clip.video_path, out / rel)
-            row["video"] = rel
+            row["video"], row["poster"] = _page_video(clip, out, f"reference/{sub}")
         if clip.role == "eval" and clip.has_audio:
             try:
                 src = clip.audio_path or clip.video_path
@@ -535,6 +533,31 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
     summary["reference_clips"] = rows
     summary["reference_avg"] = M.mean_metrics([r["metrics"] for r in rows if r["metrics"]])
     return waves
+
+
+def _page_video(clip: EvalClip, out: Path, folder: str) -> tuple[str, str | None]:
+    """The clip's video as the page shows it (an MP4 browsers play) and its poster frame."""
+    from selva_core.media import browser_video, write_poster
+
+    rel = f"{folder}{clip.name}.mp4"
+    poster: str | None = f"{folder}posters/{clip.name}.jpg"
+    (out / poster).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not (out / rel).is_file():
+            browser_video(clip.video_path, out / rel)
+    except Exception as exc:  # a picture the page cannot show must not stop the evaluation
+        log.warning("%s: no browser-playable copy (%s); the page links the original", clip.name,
+                    exc)
+        rel = f"{folder}{clip.name}{clip.video_path.suffix.lower()}"
+        if not (out / rel).is_file():
+            shutil.copy2(clip.video_path, out / rel)
+    try:
+        if not (out / poster).is_file():
+            write_poster(clip.video_path, out / poster)
+    except Exception as exc:
+        log.warning("%s: no poster frame (%s)", clip.name, exc)
+        poster = None
+    return rel, poster
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -699,7 +722,7 @@ def _mux(job: _Job, wave: np.ndarray, sr: int, out: Path) -> str | None:
     rel = render_relpath(job, suffix=".mp4")
     try:
         mux_audio(job.clip.video_path, torch.from_numpy(np.ascontiguousarray(wave)), sr,
-                  out / rel)
+                  out / rel, browser=True)
     except Exception as exc:  # a broken container must not stop the grid
         log.warning("%s: MP4 not written (%s)", rel, exc)
         return None
@@ -746,11 +769,13 @@ def _sync_summary(state: _State) -> None:
 
 def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResult:
     from selva_core.evaluation import report
+    from selva_core.evaluation.verdict import best_choice
 
     summary = state.summary
     _sync_summary(state)
     if scorers.clap is not None:
         _fad(summary, clips)
+    summary["verdict"] = best_choice(summary)
     summary["status"] = status
     summary["completed_at"] = _now() if status == "completed" else None
     state.write()

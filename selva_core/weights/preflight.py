@@ -66,9 +66,12 @@ def _missing_message(
     partial: str = "",
 ) -> str:
     n = len(missing)
+    # the first line says what to do (a dialog may show nothing else); the list follows
+    todo = (f" Fetch {'it' if n == 1 else 'them'} with: {command}" if command else
+            " Download each file below and put it at its path.")
     lines = [
         f"{label}: {n} of {total} weight file{'s' if total != 1 else ''} "
-        f"{'is' if n == 1 else 'are'} missing from {folder.absolute()} and {reason}."
+        f"{'is' if n == 1 else 'are'} missing from {folder.absolute()} and {reason}.{todo}"
     ]
     for m in missing:
         lines.append(f"  {m.file.relative_path} ({file_size_label(m.file)})")
@@ -77,13 +80,10 @@ def _missing_message(
     if partial:
         lines.append(partial)
     if command:
-        lines.append(f"Fetch them all with:\n  {command}")
         lines.append(
-            "or download the URLs above on a machine with internet access and put each file "
-            f"at its path (`{command} --list` prints them without network access)."
+            "Without internet access here: download the URLs above on another machine and put "
+            f"each file at its path (`{command} --list` prints them without network access)."
         )
-    else:
-        lines.append("Download the URLs above and put each file at its path.")
     return "\n".join(lines)
 
 
