@@ -62,7 +62,7 @@ if str(ROOT) not in sys.path:
 from selva_core.atomic import write_json_atomic  # noqa: E402
 from selva_core.features import ConditionFeatures  # noqa: E402
 from selva_core.model.lora import LoRAConfig, attach_lora, trainable_parameters  # noqa: E402
-from selva_core.model.precision import cast_frozen_weights, resolve_base_dtype  # noqa: E402
+from selva_core.model.precision import cast_frozen_weights  # noqa: E402
 from selva_core.pipeline import SelvaPipeline, resolve_precision  # noqa: E402
 from selva_core.variants import get_variant  # noqa: E402
 from selva_core.weights import build_component, skip_random_init  # noqa: E402
@@ -94,6 +94,9 @@ class Plan:
     eval_steps: int = 10
     eval_repeats: int = 2
     threads: int = 4  # CPU threads of the memory workers
+    # Training (memory, speed): bf16 base under bf16 autocast, the GPU's configuration; the
+    # dry run keeps it, so the CPU exercises the same dtype path.
+    train_dtype: torch.dtype = torch.bfloat16
 
     @classmethod
     def dry(cls) -> Plan:
@@ -106,14 +109,10 @@ class Plan:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    @property
-    def half(self) -> torch.dtype:
-        """Base / render dtype: bf16 where the GPU computes it natively, else fp32."""
-        return resolve_base_dtype("auto", self.device)
-
-    @property
-    def autocast(self) -> torch.dtype | None:
-        return None if self.half == torch.float32 else self.half
+    def autocast(self) -> torch.autocast:
+        """A fresh autocast context for one training forward in ``train_dtype``."""
+        return torch.autocast(self.device.type, dtype=self.train_dtype,
+                              enabled=self.train_dtype != torch.float32)
 
     @property
     def tag(self) -> str:
@@ -241,7 +240,8 @@ def section_memory(ctx: Context) -> dict:
     from benchmarks.bench_memory import _run
 
     p = ctx.plan
-    half = "bf16" if p.half == torch.bfloat16 else "fp32"
+    # Only strings here: this process touches no CUDA before the workers have measured.
+    half = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[p.train_dtype]
     common = {"variant": p.variant, "duration": p.duration, "device": str(p.device),
               "threads": p.threads, "base_dtype": half, "autocast": half, "batch": p.batch,
               "tracked_only": True}
@@ -273,16 +273,13 @@ def section_speed(ctx: Context) -> dict:
     ours = copy.deepcopy(base)
     attach_lora(ours, LoRAConfig(rank=p.rank, targets=TARGETS), variant_name=p.variant)
     for model in (base, ours):
-        cast_frozen_weights(model, p.half)
+        cast_frozen_weights(model, p.train_dtype)
     _free(p.device)
     opt = torch.optim.AdamW(trainable_parameters(ours), lr=1e-4)
     latent, feats, t, target = _inputs(p.variant, p.duration, p.batch, p.device)
-    autocast = torch.autocast(p.device.type, dtype=p.autocast or torch.float32,
-                              enabled=p.autocast is not None)
-
     def floor():
         x = latent.detach().requires_grad_(True)
-        with autocast:
+        with p.autocast():
             loss = F.mse_loss(base(x, *feats, t).float(), target)
         loss.backward()
 
@@ -290,7 +287,7 @@ def section_speed(ctx: Context) -> dict:
         def run():
             ours.set_gradient_checkpointing(checkpointing, selective=True)
             opt.zero_grad(set_to_none=True)
-            with autocast:
+            with p.autocast():
                 loss = F.mse_loss(ours(latent, *feats, t).float(), target)
             loss.backward()
             opt.step()
@@ -305,7 +302,8 @@ def section_speed(ctx: Context) -> dict:
         "clips_per_s": p.batch / _median(times, "step"),
         "clips_per_s_ckpt": p.batch / _median(times, "step_ckpt"),
         "floor_s": _median(times, "floor"), "step_s": _median(times, "step"),
-        "step_ckpt_s": _median(times, "step_ckpt"), "speed_dtype": str(p.half)[6:],
+        "step_ckpt_s": _median(times, "step_ckpt"),
+        "speed_dtype": str(p.train_dtype).removeprefix("torch."),
     }
     say(f"speed: step / floor {out['step_over_floor']:.3f}, {out['clips_per_s']:.2f} clips/s")
     return out
@@ -363,7 +361,7 @@ def section_render(ctx: Context) -> dict:
         f"rtf_{p.long_s:g}s_windowed": t_long / p.long_s,
         "render_s": statistics.median(times), "render_long_s": t_long,
         "render_long_windows": windows, "render_peak_gb": peak,
-        "render_dtype": str(pipe.dtype)[6:], "render_steps": p.steps,
+        "render_dtype": str(pipe.dtype).removeprefix("torch."), "render_steps": p.steps,
         "render_long_finite": bool(torch.isfinite(wave).all()),
     }
     say(f"render: RTF {out[f'rtf_{p.duration:g}s']:.4f} ({p.duration:g} s), "
@@ -528,7 +526,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("no CUDA device here; run with --dry-run for the CPU check of the script")
     ctx = Context(plan)
     result: dict = {"dry_run": args.dry_run, "variant": plan.variant,
-                    "device": str(plan.device), "torch": torch.__version__}
+                    "device": str(plan.device), "torch": torch.__version__,
+                    "cuda_initialized_before_memory": torch.cuda.is_initialized()}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
     # The memory workers run first, before this process holds any device memory.
@@ -559,10 +558,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"\nGPU acceptance: {plan.variant} on {result.get('gpu', plan.device)}, torch "
           f"{torch.__version__}{' (dry run)' if args.dry_run else ''}")
-    print(f"  {'figure':<46} {'value':>12}   target")
+    print(f"  {'figure':<52} {'value':>12}   target")
     for label, key, target in _rows(plan):
         if key in result:
-            print(f"  {label:<46} {_show(result[key]):>12}   {target}")
+            print(f"  {label:<52} {_show(result[key]):>12}   {target}")
     for name, msg in errors.items():
         print(f"  ERROR in {name}: {msg}")
     print("  seconds per section: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items()))
