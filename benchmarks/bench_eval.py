@@ -31,6 +31,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def batched_vs_one_by_one(pipe, batch, singles, seeds, repeats: int, **render_kw) -> dict:
+    """Times of rendering ``batch`` (one ``render`` call, one seed per clip) and of rendering
+    ``singles`` one call each, in ``repeats`` pairs of alternating order after one warm-up of
+    each (which also gives the largest difference between the two results)."""
+    import torch
+
+    def batched():
+        return pipe.render(batch, seed=seeds, **render_kw)
+
+    def one_by_one():
+        return torch.cat([pipe.render(f, seed=s, **render_kw) for f, s in zip(singles, seeds)])
+
+    a, b = batched(), one_by_one()  # warm-up, and the same audio either way
+    out = {"max_abs_diff": float((a - b).abs().max()), "batched_s": [], "one_by_one_s": [],
+           "ratios": []}
+    for r in range(repeats):
+        order = (batched, one_by_one) if r % 2 == 0 else (one_by_one, batched)
+        times = {}
+        for fn in order:
+            t0 = time.perf_counter()
+            fn()  # render returns CPU tensors: the device work is done when it returns
+            times[fn.__name__] = time.perf_counter() - t0
+        out["batched_s"].append(times["batched"])
+        out["one_by_one_s"].append(times["one_by_one"])
+        out["ratios"].append(times["batched"] / times["one_by_one"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=8)
@@ -64,25 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(len(clips)))
     kw = dict(num_steps=args.steps, cfg_strength=4.5)
 
-    def batched():
-        return pipe.render(batch, seed=seeds, **kw)
-
-    def one_by_one():
-        return torch.cat([pipe.render(f, seed=s, **kw) for f, s in zip(feats, seeds)])
-
-    a, b = batched(), one_by_one()  # warm-up, and the same audio either way
-    max_diff = float((a - b).abs().max())
-    ratios, t_batched, t_single = [], [], []
-    for r in range(args.repeats):
-        order = (batched, one_by_one) if r % 2 == 0 else (one_by_one, batched)
-        times = {}
-        for fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[fn.__name__] = time.perf_counter() - t0
-        t_batched.append(times["batched"])
-        t_single.append(times["one_by_one"])
-        ratios.append(times["batched"] / times["one_by_one"])
+    timing = batched_vs_one_by_one(pipe, batch, feats, seeds, args.repeats, **kw)
+    max_diff, t_batched, t_single, ratios = (timing["max_abs_diff"], timing["batched_s"],
+                                             timing["one_by_one_s"], timing["ratios"])
 
     # -- a whole evaluation --------------------------------------------------------------------
     from selva_core.model.lora import LoRAConfig, attach_lora, save_adapter, trainable_parameters

@@ -24,6 +24,8 @@ block inputs kept; the baseline the selective policy improves on).
 * with ``--large-batch4-on-cpu`` on CPU: ``tensor_peak_gb_large_44k_batch4_cpu``, the same
   configuration's weights plus its step's tracked tensor peak (the CPU counterpart of the GPU
   figure: no CUDA kernels' workspaces, CPU attention kernels).
+* each CUDA worker also reports the device memory in use (``torch.cuda.mem_get_info``) before
+  its first tensor (the CUDA context) and after its step (context + the allocator's cache).
 * on CUDA: ``peak_gb_large_44k_batch4``: peak allocated memory of a large_44k step at batch 4
   with a bf16 base and checkpointing (target <= 8); ``peak_gb_large_44k_batch4_full`` with
   full checkpointing.
@@ -105,12 +107,13 @@ def _build(variant: str, duration: float, device: torch.device, base_dtype: str)
     v = get_variant(variant)
     with skip_random_init():
         gen = SelvaGenerator(v.generator, v.sequence_lengths(duration))
-    gen.to(device)
     for p in gen.parameters():
         p.requires_grad_(False)
     attach_lora(gen, LoRAConfig(rank=16, targets=("attn",), init="gaussian", seed=0))
+    # Cast, then move, as the trainer does: the fp32 weights never reach the device (its
+    # allocator would keep their blocks cached).
     cast_frozen_weights(gen, resolve_base_dtype(base_dtype, device))
-    return gen
+    return gen.to(device)
 
 
 def _inputs(gen: SelvaGenerator, batch: int, device: torch.device):
@@ -149,6 +152,10 @@ def worker(spec: dict) -> dict:
     """One configuration in this process: peak memory of one step, saved bytes, step times."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
+    device_used = {}
+    if device.type == "cuda":  # device memory in use before any tensor: context (+ others')
+        free, total = torch.cuda.mem_get_info(device)
+        device_used["device_used_before_bytes"] = total - free
     gen = _build(spec["variant"], spec["duration"], device, spec["base_dtype"])
     _set_mode(gen, spec["mode"])
     inputs = _inputs(gen, spec["batch"], device)
@@ -163,6 +170,9 @@ def worker(spec: dict) -> dict:
         _sync(device)
         peak = torch.cuda.max_memory_allocated(device)
         step_bytes, peak_total = peak - before, peak
+        free, total = torch.cuda.mem_get_info(device)  # the allocator keeps its peak cache
+        device_used.update(device_used_after_bytes=total - free,
+                           reserved_peak_bytes=torch.cuda.max_memory_reserved(device))
     else:
         if not spec.get("tracked_only"):
             _step(gen, inputs, autocast_dtype)
@@ -174,7 +184,7 @@ def worker(spec: dict) -> dict:
     weights = {t.untyped_storage()._cdata: t.untyped_storage().nbytes()
                for t in [*gen.parameters(), *gen.buffers()]}
     out = {"step_bytes": step_bytes, "peak_bytes": peak_total,
-           "weights_bytes": sum(weights.values())}
+           "weights_bytes": sum(weights.values()), **device_used}
     if not spec.get("tracked_only"):
         out["saved_bytes"] = _saved_bytes(gen, inputs, autocast_dtype)
     return out
@@ -214,7 +224,8 @@ def _run(spec: dict) -> dict:
     """Run :func:`worker` in a fresh interpreter (a clean peak-memory mark per configuration)."""
     out = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)],
                          capture_output=True, text=True, check=False,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
     if out.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

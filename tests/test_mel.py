@@ -73,3 +73,30 @@ def test_buffers_are_not_persistent():
 def test_bad_waveform_raises_value_error(wave):
     with pytest.raises(ValueError, match="waveform"):
         MelConverter(MEL_16K)(wave)
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin,fmax", [
+    (16000, 1024, 80, 0.0, 8000.0), (44100, 2048, 128, 0.0, None), (22050, 512, 40, 300.0, 7000.0),
+])
+def test_slaney_filterbank_is_bit_exact_librosa(sr, n_fft, n_mels, fmin, fmax):
+    librosa = pytest.importorskip("librosa")
+    from dataclasses import replace
+
+    import numpy as np
+
+    from selva_core.audio.mel import slaney_mel_basis
+
+    cfg = replace(MEL_16K, sample_rate=sr, n_fft=n_fft, win_size=n_fft, n_mels=n_mels,
+                  fmin=fmin, fmax=fmax)
+    theirs = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert np.array_equal(slaney_mel_basis(cfg).numpy(), theirs)
+
+
+def test_mel_front_end_imports_without_librosa():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['librosa'] = None; import selva_core.pipeline; "
+            "from selva_core.audio.mel import MelConverter; from selva_core.variants import "
+            "MEL_44K; MelConverter(MEL_44K)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,8 @@ module reproduces it step by step:
 2. reflect-pad ``(n_fft - hop) // 2`` samples on both sides;
 3. STFT with ``center=False``, a periodic Hann window of ``win_size``, onesided, unnormalised;
 4. magnitude ``sqrt(re^2 + im^2 + 1e-9)`` (the epsilon keeps the gradient finite at 0);
-5. project with librosa's Slaney mel filterbank (Slaney scale, Slaney area norm);
+5. project with librosa's Slaney mel filterbank (Slaney scale, Slaney area norm), built here
+   with numpy to librosa's exact recipe so that rendering needs no librosa (and no numba);
 6. ``log10`` (16 kHz) or natural ``log`` (44.1 kHz) of ``clamp(x, min=1e-5)``.
 
 For a waveform of ``L`` samples this yields ``(L - hop) // hop + 1`` frames, i.e. exactly
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-import librosa
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,12 +33,42 @@ MAGNITUDE_EPS = 1e-9  # added to re^2 + im^2 before the square root
 LOG_FLOOR = 1e-5  # mel energies are clamped to this before the log
 
 
+_SLANEY_F_SP = 200.0 / 3  # Hz per mel in the linear part
+_SLANEY_MIN_LOG_HZ = 1000.0  # start of the log part
+_SLANEY_LOGSTEP = np.log(6.4) / 27.0
+
+
+def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    mel = hz / _SLANEY_F_SP
+    log = hz >= _SLANEY_MIN_LOG_HZ
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    mel[log] = min_log_mel + np.log(hz[log] / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOGSTEP
+    return mel
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    hz = _SLANEY_F_SP * mel
+    min_log_mel = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
+    log = mel >= min_log_mel
+    hz[log] = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOGSTEP * (mel[log] - min_log_mel))
+    return hz
+
+
 def slaney_mel_basis(cfg: MelConfig) -> torch.Tensor:
-    """The (n_mels, n_fft // 2 + 1) float32 mel filterbank of ``cfg`` (librosa, Slaney)."""
-    basis = librosa.filters.mel(
-        sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax
-    )
-    return torch.from_numpy(basis).to(torch.float32)
+    """The (n_mels, n_fft // 2 + 1) float32 mel filterbank of ``cfg``: bit-for-bit
+    ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)`` (Slaney scale and area norm, the
+    same float64 steps and float32 rows)."""
+    fmax = cfg.sample_rate / 2 if cfg.fmax is None else cfg.fmax
+    fft_hz = np.fft.rfftfreq(n=cfg.n_fft, d=1.0 / cfg.sample_rate)
+    edges = np.array([cfg.fmin, fmax], dtype=np.float64)
+    mel_f = _slaney_mel_to_hz(np.linspace(*_hz_to_slaney_mel(edges), cfg.n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_hz)
+    weights = np.zeros((cfg.n_mels, fft_hz.shape[0]), dtype=np.float32)
+    for i in range(cfg.n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, np.newaxis]
+    return torch.from_numpy(weights)
 
 
 class MelConverter(nn.Module):
