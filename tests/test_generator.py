@@ -354,3 +354,19 @@ def test_time_embedding_uses_t_in_unit_range_cosine_first():
     out = seen[0]
     want = torch.tensor([[math.cos(0.5), math.cos(0.005), math.sin(0.5), math.sin(0.005)]])
     torch.testing.assert_close(out, want)
+
+
+def test_time_embedding_table_follows_a_device_context_and_stays_real_under_meta():
+    from selva_core.model.generator import TimestepEmbedder
+
+    with torch.device("meta"):
+        emb = TimestepEmbedder(8, freq_dim=16, max_period=10000.0)
+    assert emb.freqs.device.type == "cpu" and emb.mlp[0].weight.device.type == "meta"
+    from unittest import mock
+
+    # A CUDA context: the table is created where the context points (moved there from the CPU).
+    with mock.patch.object(TimestepEmbedder, "_make_freqs", wraps=emb._make_freqs) as make:
+        with torch.device("cpu"):
+            TimestepEmbedder(8, freq_dim=16, max_period=10000.0)
+    assert make.call_args.args[0] == torch.device("cpu")
+    assert torch.equal(TimestepEmbedder(8, freq_dim=16, max_period=10000.0).freqs, emb._make_freqs("cpu"))

@@ -151,7 +151,11 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim = freq_dim
         self.max_period = float(max_period)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.register_buffer("freqs", self._make_freqs(), persistent=False)
+        # Computed on the CPU (same numbers everywhere), placed where a surrounding
+        # ``with torch.device(...)`` builds the module; a real CPU table under "meta".
+        where = torch.empty(0).device
+        self.register_buffer("freqs", self._make_freqs("cpu" if where.type == "meta" else where),
+                             persistent=False)
 
     def _make_freqs(self, device: torch.device | str = "cpu") -> torch.Tensor:
         k2 = torch.arange(0, self.freq_dim, 2, dtype=torch.float32, device="cpu")
