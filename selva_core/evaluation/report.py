@@ -39,7 +39,9 @@ EXTRA_METRICS = (
     ("clap_score", "CLAP text-audio score", "", "higher", ""),
 )
 SOUND_METRICS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_rolloff_hz",
-                 "spectral_flatness", "temporal_variance", "desync_s", "clap_score")
+                 "spectral_flatness", "temporal_variance", "desync_s", "clap_score",
+                 "motion_corr_lag0", "motion_best_lag_ms", "motion_corr_best")
+NA = "n/a"  # a metric that is undefined here (a correlation on silence), never shown as 0
 
 
 def _finite(x: Any) -> bool:
@@ -151,6 +153,9 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
             labels.append(_col_label(row, s))
             values.append(v if v is not None else 0.0)
             colours.append(palette[j % len(palette)] if v is not None else "#eeeeee")
+            if v is None:
+                ax.text(len(values) - 1, 0.0, NA, ha="center", va="bottom", fontsize=7,
+                        color="#777777")
         ax.bar(range(len(values)), values, color=colours)
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
@@ -170,7 +175,8 @@ def _curves(out: Path, summary: dict[str, Any], name: str, xs_of, xlabel: str
     series = xs_of(summary)
     if not series:
         return None
-    keys = [k for k in ("lsd_db", "mcd_db", "drift_lsd_db", "desync_s", "clap_score")
+    keys = [k for k in ("lsd_db", "mcd_db", "drift_lsd_db", "desync_s", "clap_score",
+                        "env_corr_lag0", "motion_corr_lag0")
             if any(_finite(y) for pts in series.values() for _, ys in pts for y in [ys.get(k)])]
     if not keys:
         return None
@@ -231,6 +237,8 @@ def _metrics_html(metrics: dict[str, Any], table: list[dict[str, Any]]) -> str:
         if _finite(v):
             unit = f" {m['unit']}" if m.get("unit") else ""
             rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{v:.4g}{unit}</td></tr>")
+        elif m["key"] in metrics:  # measured but undefined (NaN in JSON is null)
+            rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{NA}</td></tr>")
     return f"<table class='m'>{''.join(rows)}</table>" if rows else ""
 
 
@@ -289,7 +297,7 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
             and _finite(ref.get(m["key"])) else "<td></td>" for m in avg_keys) + "</tr>"]
         for row, s in cols:
             cells = "".join(f"<td>{v:.4g}</td>" if (v := _avg(row, s, m["key"])) is not None
-                            else "<td></td>" for m in avg_keys)
+                            else f"<td class='none'>{NA}</td>" for m in avg_keys)
             lines.append(f"<tr><td>{esc(_col_label(row, s))}</td>{cells}</tr>")
         body.append(f"<h2>Means over clips and seeds</h2><table class='avg'><tr><th></th>"
                     f"{head}</tr>{''.join(lines)}</table>")
@@ -350,7 +358,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen text summary ``eval_adapters.py`` prints (means per column)."""
     keys = [("lsd_db", "LSD dB"), ("mcd_db", "MCD dB"), ("drift_lsd_db", "drift dB"),
             ("desync_s", "DeSync s"), ("clap_score", "CLAP"),
-            ("spectral_centroid_hz", "centroid Hz")]
+            ("env_corr_lag0", "env corr"), ("env_best_lag_ms", "env lag ms"),
+            ("motion_corr_lag0", "motion corr"), ("spectral_centroid_hz", "centroid Hz")]
     cols = _columns(summary)
     keys = [(k, t) for k, t in keys if any(_avg(r, s, k) is not None for r, s in cols)
             or (k == "drift_lsd_db" and any(_avg(r, s, k, "drift") is not None
@@ -378,7 +387,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             v = _avg(row, s, k)
             if v is None and k == "drift_lsd_db":
                 v = _avg(row, s, k, "drift")
-            cells.append(f"{v:>13.4g}" if v is not None else f"{'':>13}")
+            cells.append(f"{v:>13.4g}" if v is not None else f"{NA:>13}")
         status = "" if row.get("status") == "ok" else f"  [{row.get('status')}]"
         lines.append(f"{_col_label(row, s):<{width}}  {''.join(cells)}{status}")
     skipped = [f"clip {x['clip']}: {x['reason']}" for x in summary.get("skipped", [])]
