@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from selva_core.atomic import savefig_atomic, write_text_atomic
+from selva_core.evaluation.metrics import MOTION_KEYS
 
 CHART_FILE = "metric_comparison.png"
 STRENGTH_CHART = "strength_curves.png"
@@ -40,7 +41,7 @@ EXTRA_METRICS = (
 )
 SOUND_METRICS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_rolloff_hz",
                  "spectral_flatness", "temporal_variance", "desync_s", "clap_score",
-                 "motion_corr_lag0", "motion_best_lag_ms", "motion_corr_best")
+                 *MOTION_KEYS)  # the reference's onsets vs motion: what the true sound scores
 NA = "n/a"  # a metric that is undefined here (a correlation on silence), never shown as 0
 
 

@@ -10,8 +10,10 @@
    WAV) and the clip's video, and measure the reference;
 4. render baseline first, then every adapter x strength x seed, clips of equal duration
    batched through the sampler; per render a WAV and an MP4 with the sound muxed onto the
-   clip's video, its metrics (:mod:`.metrics`; drift against the baseline render of the same
-   clip and seed), DeSync (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when available;
+   clip's video, its metrics (:mod:`.metrics`, every one on the 16-bit samples its WAV holds;
+   drift against the baseline render of the same clip and seed; the weight-free sync figures
+   against the reference sound and the clip's motion energy), DeSync (:mod:`.desync`) and
+   CLAP (:mod:`.embeddings`) when available;
    ``eval_summary.json`` is rewritten atomically after every render;
 5. aggregate, write ``metrics.csv``, the charts and ``index.html`` (:mod:`.report`).
 
