@@ -52,7 +52,16 @@ metrics (no download):
   lsd_db, mcd_db      log-spectral and mel-cepstral distance to the reference (lower = closer)
   drift_lsd_db        LSD between the render with the adapter and the baseline render of the
                       same clip and seed (how much the adapter changes; use drift_dir clips
-                      unlike the training set to see what it should leave alone)
+                      unlike the training set to see what it should leave alone); both sides
+                      as their 16-bit WAVs hold them, so strength 0 drifts by exactly 0
+  env_corr_lag0, env_best_lag_ms, env_corr_best
+                      weight-free sync against the reference recording: Pearson correlation
+                      of the 1-6 kHz RMS envelopes (20 ms frames) at lag 0, the lag within
+                      +-0.5 s where it peaks (ms, + = render late) and the correlation there
+  motion_corr_lag0, motion_best_lag_ms, motion_corr_best
+                      the same for the render's onsets against the picture's motion energy
+                      (every clip with a video; no reference needed). Correlations: higher
+                      is better; lags: closer to 0; n/a where the sound is silent
   desync_s            av-benchmark's DeSync from Synchformer (ext_weights/
                       synchformer_state_dict.pth, which SelVA/MMAudio ship); "unavailable" with
                       the reason when the file is missing

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -100,6 +101,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / inf floats as None (nested dicts, lists, tuples), so it is strict
+    JSON (browsers and jq read it) and an undefined figure reads as null, never as a number."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> Path:

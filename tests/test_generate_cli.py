@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import soundfile as sf
 import torch
 
+from selva_core.audio.sync import motion_sync
 from selva_core.data.audio import read_video_audio
 from selva_core.data.synthetic import make_synthetic_dataset, write_tone_clip
-from selva_core.data.video import probe_video
+from selva_core.data.video import decode_frames, probe_video
 from selva_core.generate import build_arg_parser, folder_prompts, main, parse_adapter
 from selva_core.model.lora import LoRAConfig, attach_lora, save_adapter
 from selva_core.pipeline import SelvaPipeline
-from selva_core.variants import get_variant
+from selva_core.variants import SYNC_FPS, get_variant
 
 FAST = ["--variant", "tiny_16k", "--steps", "2", "--device", "cpu", "--quiet"]
 RATE = 16000
@@ -46,13 +49,31 @@ def test_a_folder_gives_a_wav_and_an_mp4_per_clip_and_one_line_per_bad_clip(
     assert any("broken.mp4" in line for line in skipped)
     assert any("short.mp4" in line and "0.64" in line for line in skipped)
     assert sorted(p.name for p in out.iterdir()) == [
-        "bounce_000.mp4", "bounce_000.wav", "hum_000.mp4", "hum_000.wav"]
+        "bounce_000.mp4", "bounce_000.wav", "generate_summary.json", "hum_000.mp4",
+        "hum_000.wav"]
     wave, rate = sf.read(out / "hum_000.wav", dtype="float32")
     assert rate == RATE and wave.shape == (_samples(1.0),) and wave.std() > 1e-3
     info = probe_video(out / "hum_000.mp4")
     assert info.has_audio and abs(info.duration - 1.0) < 0.05
     sound, sr = read_video_audio(out / "hum_000.mp4")
     assert sr == RATE and sound.shape[-1] >= RATE * 0.95
+
+
+def test_the_summary_gives_each_clip_its_files_and_onset_vs_motion_figures(
+    clips, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert main([str(clips / "bounce_000.mp4"), "--output_dir", str(out), *FAST]) == 0
+    summary = json.loads((out / "generate_summary.json").read_text(encoding="utf-8"))
+    (rec,) = summary["clips"]
+    assert rec["clip"] == "bounce_000" and rec["wav"] == "bounce_000.wav"
+    # the recorded figures are those of the written sound against the clip's own picture
+    wave, _ = sf.read(out / "bounce_000.wav", dtype="float32")
+    frames = decode_frames(clips / "bounce_000.mp4", fps=SYNC_FPS)
+    expected = motion_sync(wave, RATE, frames[: int(1.0 * SYNC_FPS)], SYNC_FPS)
+    assert rec["motion_corr_lag0"] == pytest.approx(expected.corr_lag0, abs=0.05)
+    assert abs(rec["motion_best_lag_ms"]) <= 500
+    assert "onsets vs motion" in capsys.readouterr().out
 
 
 def test_duration_cuts_the_sound_and_the_picture(clips, tmp_path):

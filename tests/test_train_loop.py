@@ -22,6 +22,7 @@ from selva_core.model.lora import load_adapter, trainable_parameters
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.feature_cache import read_feature_cache
+from selva_core.training.report import format_summary
 from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.trainer import TrainHooks, TrainingDivergedError
@@ -116,6 +117,23 @@ def test_run_writes_every_artefact(straight):
     assert summary["adapter_storage"] == "float32"  # auto: a plain adapter is stored exactly
     size = (out / "adapter_final.safetensors").stat().st_size
     assert summary["adapter_mb"] == pytest.approx(size / 1e6)
+
+
+def test_each_sample_records_its_envelope_sync_with_the_clip_audio(straight):
+    out, result = straight
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    samples = [r for r in records if r["kind"] == "sample"]
+    assert [r["tag"] for r in samples] == ["step_000000_base", "step_000002", "step_000004",
+                                           "step_000006", "final"]
+    for rec in samples:
+        assert (out / rec["wav"]).is_file()
+        lag0, best, lag = rec["env_corr_lag0"], rec["env_corr_best"], rec["env_best_lag_ms"]
+        assert -1.0 <= lag0 <= best <= 1.0  # the best lag is at least as good as lag 0
+        assert -500.0 <= lag <= 500.0 and lag / 20 == pytest.approx(round(lag / 20))  # frames
+    sync = json.loads((out / "summary.json").read_text())["sample_sync"]
+    assert sync["base"]["tag"] == "step_000000_base" and sync["last"]["tag"] == "final"
+    assert sync["last"]["env_corr_lag0"] == samples[-1]["env_corr_lag0"]
+    assert "sample sync" in format_summary(result.summary)
 
 
 def test_q16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,

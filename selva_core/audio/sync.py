@@ -40,6 +40,9 @@ SYNC_BAND_HZ = (1000.0, 6000.0)
 SYNC_FRAME_S = 0.02
 SYNC_MAX_LAG_S = 0.5
 _FILTER_ORDER = 4
+#: Key prefixes of the two families in metric tables (``env_corr_lag0``, ``motion_best_lag_ms``).
+ENVELOPE_PREFIX = "env_"
+MOTION_PREFIX = "motion_"
 
 
 @dataclass(frozen=True)
@@ -165,13 +168,20 @@ def motion_sync(
     frames: np.ndarray | torch.Tensor, fps: float,
 ) -> SyncFigures:
     """How well the render's sound onsets follow the picture's motion energy (no reference)."""
-    onsets = onset_envelope(band_envelope(render, sample_rate))
-    motion = motion_energy(frames)
+    return motion_energy_sync(render, sample_rate, motion_energy(frames), fps)
+
+
+def motion_energy_sync(
+    render: np.ndarray | torch.Tensor, sample_rate: int, motion: np.ndarray, fps: float,
+) -> SyncFigures:
+    """:func:`motion_sync` from a motion energy already computed (one value per frame at
+    ``fps``), so a clip decoded once serves every render of it."""
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    frame_times = np.arange(len(motion)) / float(fps)
-    env_times = (np.arange(len(onsets)) + 0.5) * SYNC_FRAME_S
+    onsets = onset_envelope(band_envelope(render, sample_rate))
+    motion = np.asarray(motion, dtype=np.float64)
     if len(motion) == 0:
         return lagged_correlation(onsets, np.zeros(len(onsets)))
-    motion_on_env = np.interp(env_times, frame_times, motion)
-    return lagged_correlation(onsets, motion_on_env)
+    frame_times = np.arange(len(motion)) / float(fps)
+    env_times = (np.arange(len(onsets)) + 0.5) * SYNC_FRAME_S
+    return lagged_correlation(onsets, np.interp(env_times, frame_times, motion))

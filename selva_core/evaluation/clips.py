@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from selva_core.audio.sync import motion_energy
 from selva_core.checksums import file_sha256
 from selva_core.data.audio import AUDIO_EXTENSIONS
 from selva_core.data.errors import BadClipError
@@ -36,6 +37,7 @@ from selva_core.variants import SYNC_FPS, TRAIN_DURATION_S
 log = logging.getLogger(__name__)
 
 FEATURES_VERSION = "selva-eval-features-2"  # 2: frames by the fps filter, AAC trimmed
+_MOTION_KEY = "motion_energy"  # in a clip's features' extra: its motion energy (JSON list)
 _WINDOW_SUFFIX = re.compile(r"#w\d+$")
 
 
@@ -260,6 +262,13 @@ def extract_clip_features(pipeline, clip: EvalClip, duration: float, feature_dir
     return feats
 
 
+def _sync_frames(pipeline, clip: EvalClip, duration: float) -> torch.Tensor:
+    """The clip's frames at the sync rate, resized as the video encoder takes them."""
+    return decode_frames(clip.video_path, fps=SYNC_FPS,
+                         num_frames=int(math.ceil(duration * SYNC_FPS)) + 1,
+                         transform=_resizer(pipeline))
+
+
 def _extract(pipeline, clip: EvalClip, duration: float) -> ConditionFeatures:
     seq = pipeline.variant.sequence_lengths(duration)
     if clip.npz_path is not None:
@@ -275,17 +284,41 @@ def _extract(pipeline, clip: EvalClip, duration: float) -> ConditionFeatures:
                                  variant=pipeline.variant.name,
                                  extra={"source": str(clip.npz_path)})
     assert clip.video_path is not None
-    frames = decode_frames(clip.video_path, fps=SYNC_FPS,
-                           num_frames=int(math.ceil(duration * SYNC_FPS)) + 1,
-                           transform=_resizer(pipeline))
+    frames = _sync_frames(pipeline, clip, duration)
     try:
         feats = pipeline.extract_features(frames, clip.prompt, duration=duration)
     except ValueError as exc:
         raise BadClipError(clip.video_path, str(exc),
                            "set a shorter 'duration' in the spec or remove the clip") from None
     feats = feats.to("cpu", torch.float32)
-    feats.extra = {"source": str(clip.video_path)}
+    feats.extra = {"source": str(clip.video_path), _MOTION_KEY: json.dumps(
+        motion_energy(frames).tolist()), "motion_fps": str(SYNC_FPS)}
     return feats
+
+
+def clip_motion(pipeline, clip: EvalClip, duration: float, feats: ConditionFeatures | None
+                ) -> tuple[np.ndarray, float] | None:
+    """(motion energy, frames per second) of ``clip``'s first ``duration`` s: from its features
+    when they carry it, else from the video decoded as for the features (None without a
+    video, or when it cannot be decoded: the onset figures are then left out). Extraction keeps
+    the motion energy of the frames the encoder saw in the features' ``extra``, so a clip whose
+    features are reused needs no second decode."""
+    extra = feats.extra if feats is not None else {}
+    if _MOTION_KEY in extra:
+        try:
+            return np.asarray(json.loads(extra[_MOTION_KEY]), np.float64), float(
+                extra.get("motion_fps", SYNC_FPS))
+        except (ValueError, TypeError):
+            pass
+    if clip.video_path is None:
+        return None
+    try:
+        frames = _sync_frames(pipeline, clip, duration)
+    except BadClipError as exc:
+        log.warning("%s: no motion energy (%s); onset-vs-motion figures left out", clip.name,
+                    exc)
+        return None
+    return motion_energy(frames), float(SYNC_FPS)
 
 
 def cat_features(items: list[ConditionFeatures]) -> ConditionFeatures:
@@ -300,4 +333,4 @@ def cat_features(items: list[ConditionFeatures]) -> ConditionFeatures:
 
 
 __all__ = ["EvalClip", "RunInfo", "discover_clips", "read_run_folder", "extract_clip_features",
-           "cat_features", "features_key"]
+           "cat_features", "features_key", "clip_motion"]

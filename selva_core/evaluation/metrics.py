@@ -23,18 +23,32 @@ Three families, all on mono float waveforms at the model's sample rate:
 * **Drift** (``drift_lsd_db``): the log-spectral distance between a render with an adapter and
   the baseline render without it, same clip and seed. On clips unlike the adapter's training
   set it measures how much the adapter changes what it should leave alone.
+* **Sync figures that need no weights** (:mod:`selva_core.audio.sync`, where they are defined):
+  against the reference recording, the correlation of the two 1-6 kHz loudness envelopes
+  (20 ms frames) at lag 0 (``env_corr_lag0``), the lag within ±0.5 s where it peaks
+  (``env_best_lag_ms``; positive: the render is late) and the correlation there
+  (``env_corr_best``); against the clip's picture (any clip with a video, reference or not),
+  the same three for the render's onsets against the picture's motion energy (``motion_*``).
+  ``nan`` where an envelope is flat (silence): no timing to compare.
+
+Every metric sees both sides in the same representation: the evaluator measures renders,
+baselines and references as their 16-bit WAVs hold them (:func:`pcm16`), so rounding is never
+counted as a difference and a render equal to its baseline drifts by exactly 0.
 
 Every function is pure (numpy / torch on the CPU, float64 inside) and deterministic.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from selva_core.audio import sync as S
 
 #: The closest tool's fixed cut and the band it was chosen for (44.1 kHz models).
 REFERENCE_HF_CUT_HZ = 4000.0
@@ -55,8 +69,8 @@ class MetricInfo:
     key: str
     label: str
     unit: str
-    better: str  # "lower", "higher" or "closer to the reference"
-    needs: str = ""  # "", "reference" or "baseline"
+    better: str  # "lower", "higher", "closer to 0" or "closer to the reference"
+    needs: str = ""  # "", "reference", "baseline" or "video"
     about: str = ""  # one plain sentence: what the figure tells a listener (reports show it)
 
 
@@ -79,8 +93,33 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("drift_lsd_db", "drift from baseline (LSD)", "dB", "lower", "baseline",
                about="how much the adapter changes the sound of the model without it; on "
                      "drift clips it should stay small"),
+    MetricInfo(f"{S.ENVELOPE_PREFIX}corr_lag0", "envelope corr. with reference, lag 0", "",
+               "higher", "reference",
+               about="does the render get loud (1-6 kHz) when the reference recording does: "
+                     "1 = same moments, 0 = unrelated"),
+    MetricInfo(f"{S.ENVELOPE_PREFIX}best_lag_ms", "envelope best lag (+ = late)", "ms",
+               "closer to 0", "reference",
+               about="the shift within 0.5 s that lines the render's loudness up best with the "
+                     "reference's; positive = the render is late"),
+    MetricInfo(f"{S.ENVELOPE_PREFIX}corr_best", "envelope corr. at best lag", "", "higher",
+               "reference",
+               about="the envelope correlation at that best shift: high here but low at lag 0 "
+                     "means a constant offset"),
+    MetricInfo(f"{S.MOTION_PREFIX}corr_lag0", "onsets vs motion corr., lag 0", "", "higher",
+               "video",
+               about="do sounds start when the picture changes (no reference audio needed); "
+                     "blind to direction changes at constant speed"),
+    MetricInfo(f"{S.MOTION_PREFIX}best_lag_ms", "onsets vs motion best lag (+ = late)", "ms",
+               "closer to 0", "video",
+               about="the shift within 0.5 s that lines sound onsets up best with motion; "
+                     "positive = sound after picture"),
+    MetricInfo(f"{S.MOTION_PREFIX}corr_best", "onsets vs motion corr. at best lag", "",
+               "higher", "video",
+               about="the onsets-vs-motion correlation at that best shift"),
 )
 SPECTRAL_KEYS = tuple(m.key for m in METRICS[:5])
+ENVELOPE_KEYS = tuple(m.key for m in METRICS if m.key.startswith(S.ENVELOPE_PREFIX))
+MOTION_KEYS = tuple(m.key for m in METRICS if m.key.startswith(S.MOTION_PREFIX))
 METRIC_KEYS = tuple(m.key for m in METRICS)
 
 
@@ -230,16 +269,46 @@ def mel_cepstral_distance(test: Any, reference: Any, sample_rate: int) -> float:
     return float((10.0 / math.log(10.0) * np.sqrt(2.0 * (diff**2).sum(axis=1))).mean())
 
 
+def pcm16(wave: Any) -> np.ndarray:
+    """The mono waveform as a 16-bit PCM WAV of it reads back (float32, clipped to [-1, 1]).
+
+    Exactly what ``soundfile`` returns for a file written with ``subtype="PCM_16"``, computed
+    through the same encoder in memory, so a measured array equals its file bit for bit.
+    """
+    import soundfile as sf
+
+    audio = np.clip(_mono(wave).astype(np.float32), -1.0, 1.0)
+    buf = io.BytesIO()
+    sf.write(buf, audio, 8000, subtype="PCM_16", format="WAV")  # the rate does not matter
+    buf.seek(0)
+    return sf.read(buf, dtype="float32")[0]
+
+
 def render_metrics(wave: Any, sample_rate: int, reference: Any | None = None,
-                   baseline: Any | None = None) -> dict[str, float]:
-    """Every no-download metric of one render; reference / baseline ones only when given."""
+                   baseline: Any | None = None,
+                   motion: tuple[np.ndarray, float] | None = None) -> dict[str, float]:
+    """Every no-download metric of one render; reference / baseline ones only when given;
+    ``motion`` = (the clip's motion energy, its frames per second) adds the onset figures.
+
+    Callers pass every waveform in the same representation (the evaluator: :func:`pcm16`).
+    """
     out = spectral_metrics(wave, sample_rate)
     if reference is not None:
         out["lsd_db"] = log_spectral_distance(wave, reference)
         out["mcd_db"] = mel_cepstral_distance(wave, reference, sample_rate)
+        out.update(S.envelope_sync(wave, reference, sample_rate).as_dict(S.ENVELOPE_PREFIX))
     if baseline is not None:
         out["drift_lsd_db"] = log_spectral_distance(wave, baseline)
+    if motion is not None:
+        out.update(motion_metrics(wave, sample_rate, motion))
     return out
+
+
+def motion_metrics(wave: Any, sample_rate: int, motion: tuple[np.ndarray, float]
+                   ) -> dict[str, float]:
+    """The onset-vs-motion figures of one waveform under :data:`MOTION_KEYS`."""
+    energy, fps = motion
+    return S.motion_energy_sync(wave, sample_rate, energy, fps).as_dict(S.MOTION_PREFIX)
 
 
 def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -256,7 +325,8 @@ def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 __all__ = [
-    "METRICS", "METRIC_KEYS", "SPECTRAL_KEYS", "MetricInfo", "hf_cut_hz", "power_spectrogram",
+    "METRICS", "METRIC_KEYS", "SPECTRAL_KEYS", "ENVELOPE_KEYS", "MOTION_KEYS", "MetricInfo",
+    "pcm16", "motion_metrics", "hf_cut_hz", "power_spectrogram",
     "spectral_metrics", "log_spectral_distance", "mel_cepstral_distance", "mel_cepstrum",
     "mel_power",
     "mel_filterbank", "render_metrics", "mean_metrics",

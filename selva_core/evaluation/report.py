@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from selva_core.atomic import savefig_atomic, write_text_atomic
+from selva_core.evaluation.metrics import MOTION_KEYS
 from selva_core.evaluation.verdict import best_choice
 from selva_core.evaluation.verdict import column_label as _col_label
 
@@ -57,11 +58,14 @@ FAD_METRIC = {"key": "fad_clap", "label": "FAD-style distance (CLAP)", "unit": "
               "about": "distance between the renders' and the references' CLAP embeddings, "
                        "over all clips"}
 SOUND_METRICS = ("hf_energy_ratio", "spectral_centroid_hz", "spectral_rolloff_hz",
-                 "spectral_flatness", "temporal_variance", "desync_s", "clap_score")
+                 "spectral_flatness", "temporal_variance", "desync_s", "clap_score",
+                 *MOTION_KEYS)  # the reference's onsets vs motion: what the true sound scores
 #: Status blocks of the summary and the metrics each one's model produces.
 _STATUS_METRICS = {"desync": ("desync_s",), "clap": ("clap_score", "fad_clap")}
 _NEEDS = {"reference": "against the clip's reference recording",
-          "baseline": "against the render without the adapter (same clip and seed)"}
+          "baseline": "against the render without the adapter (same clip and seed)",
+          "video": "against the clip's picture (its motion energy)"}
+NA = "n/a"  # a metric that is undefined here (a correlation on silence), never shown as 0
 
 
 def _finite(x: Any) -> bool:
@@ -236,11 +240,11 @@ def write_comparison_chart(out: Path, summary: dict[str, Any]) -> Path | None:
                 v = _avg(row, s, m["key"], "drift")
             labels.append(_col_label(row, s))
             values.append(v)
-            colours.append(_PALETTE[j % len(_PALETTE)])
+            colours.append(_PALETTE[j % len(_PALETTE)] if v is not None else "#eeeeee")
         shown = [v if v is not None else 0.0 for v in values]
         bars = ax.bar(range(len(shown)), shown, color=colours)
         # every bar carries its value: 25.0 and 24.7 dB look alike as bars from zero
-        ax.bar_label(bars, labels=[f"{v:.4g}" if v is not None else "n/a" for v in values],
+        ax.bar_label(bars, labels=[f"{v:.4g}" if v is not None else NA for v in values],
                      fontsize=8, rotation=90 if len(values) > 6 else 0, padding=2)
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=9)
@@ -358,6 +362,8 @@ def _metrics_html(metrics: dict[str, Any], table: list[dict[str, Any]]) -> str:
         if _finite(v):
             unit = f" {m['unit']}" if m.get("unit") else ""
             rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{v:.4g}{unit}</td></tr>")
+        elif m["key"] in metrics:  # measured but undefined (NaN in JSON is null)
+            rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{NA}</td></tr>")
     return f"<table class='m'>{''.join(rows)}</table>" if rows else ""
 
 
@@ -464,7 +470,7 @@ def write_html(out: Path, summary: dict[str, Any], charts: dict[str, Path | None
             and _finite(ref.get(m["key"])) else "<td></td>" for m in avg_keys) + "</tr>"]
         for row, s in cols:
             cells = "".join(f"<td>{v:.4g}</td>" if (v := _avg(row, s, m["key"])) is not None
-                            else "<td></td>" for m in avg_keys)
+                            else f"<td class='none'>{NA}</td>" for m in avg_keys)
             lines.append(f"<tr><td>{esc(_col_label(row, s))}</td>{cells}</tr>")
         body.append(f"<h2>Means over clips and seeds</h2><div class='scroll'><table class='avg'>"
                     f"<tr><th></th>{head}</tr>{''.join(lines)}</table></div>")
@@ -527,7 +533,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen text summary ``eval_adapters.py`` prints (means per column)."""
     keys = [("lsd_db", "LSD dB"), ("mcd_db", "MCD dB"), ("drift_lsd_db", "drift dB"),
             ("desync_s", "DeSync s"), ("clap_score", "CLAP"),
-            ("spectral_centroid_hz", "centroid Hz")]
+            ("env_corr_lag0", "env corr"), ("env_best_lag_ms", "env lag ms"),
+            ("motion_corr_lag0", "motion corr"), ("spectral_centroid_hz", "centroid Hz")]
     cols = _columns(summary)
     gone = unavailable_metrics(summary)
     keys = [(k, t) for k, t in keys if k not in gone and (
@@ -556,7 +563,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             v = _avg(row, s, k)
             if v is None and k == "drift_lsd_db":
                 v = _avg(row, s, k, "drift")
-            cells.append(f"{v:>13.4g}" if v is not None else f"{'':>13}")
+            cells.append(f"{v:>13.4g}" if v is not None else f"{NA:>13}")
         status = "" if row.get("status") == "ok" else f"  [{row.get('status')}]"
         lines.append(f"{_col_label(row, s):<{width}}  {''.join(cells)}{status}")
     lines += ["-" * 78, *textwrap.wrap(_verdict(summary)["text"], 78),

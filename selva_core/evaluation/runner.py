@@ -12,8 +12,10 @@
 4. render baseline first, then every adapter x strength x seed, clips of equal duration
    batched through the sampler; per render a WAV and an MP4 with the sound muxed onto the
    clip's video (its picture re-encoded where browsers do not play it), its metrics
-   (:mod:`.metrics`; drift against the baseline render of the same clip and seed), DeSync
-   (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when available;
+   (:mod:`.metrics`, every one on the 16-bit samples its WAV holds; drift against the baseline
+   render of the same clip and seed; the weight-free sync figures against the reference sound
+   and the clip's motion energy), DeSync (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when
+   available;
    ``eval_summary.json`` is rewritten atomically after every render;
 5. aggregate, write ``metrics.csv``, the charts and ``index.html`` (:mod:`.report`).
 
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from selva_core.atomic import write_json_atomic
+from selva_core.atomic import json_safe, write_json_atomic
 from selva_core.checksums import file_sha256
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation import metrics as M
@@ -49,6 +51,7 @@ from selva_core.evaluation.clips import (
     EvalClip,
     RunInfo,
     cat_features,
+    clip_motion,
     discover_clips,
     extract_clip_features,
     read_run_folder,
@@ -130,17 +133,6 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN / inf -> None so the summary is strict JSON (browsers and jq read it)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 # --- variant and adapters ----------------------------------------------------------------------
 def _adapter_variant(entry: AdapterEntry) -> tuple[str | None, dict[str, str], str | None]:
     """(model variant, metadata, error) of an adapter file, read without loading it."""
@@ -193,11 +185,12 @@ class _State:
     rendered: int = 0
     reused: int = 0
     seed_lists: bool | None = None  # does pipeline.render take one seed per clip?
+    motions: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)  # per clip key
 
     def write(self) -> None:
         self.summary["progress"] = {"done": len(self.records), "total":
                                     self.summary["progress"]["total"]}
-        write_json_atomic(self.out / SUMMARY_FILE, _json_safe(self.summary))
+        write_json_atomic(self.out / SUMMARY_FILE, json_safe(self.summary))
 
 
 def default_model_tag(variant: str) -> str:
@@ -323,6 +316,9 @@ def run_evaluation(
                 log.warning("skipping clip %s: %s", clip.name, exc)
                 continue
             durations[_ckey(clip)] = duration
+            motion = clip_motion(pipeline, clip, duration, features[_ckey(clip)])
+            if motion is not None:
+                state.motions[_ckey(clip)] = motion
             usable.append(clip)
         clips = usable
         summary["skipped"] = skipped
@@ -330,13 +326,14 @@ def run_evaluation(
         summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
 
         scorers = _Scorers.create(spec, pipeline, summary)
-        references = _write_references(clips, durations, out, sr, scorers, summary)
+        references = _write_references(clips, durations, out, sr, scorers, summary,
+                                       state.motions)
     except (KeyboardInterrupt, EvalInterrupted):
         log.warning("evaluation interrupted while preparing the clips; the features extracted "
                     "so far are kept in %s; run the same spec again to continue", feature_dir)
         summary.update(status="interrupted", stage="features", skipped=skipped)
         _sync_summary(state)  # keeps the renders finished by earlier runs listed
-        write_json_atomic(out / SUMMARY_FILE, _json_safe(summary))
+        write_json_atomic(out / SUMMARY_FILE, json_safe(summary))
         return EvalResult("interrupted", out, summary, out / SUMMARY_FILE)
 
     adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
@@ -482,8 +479,11 @@ class _Scorers:
 
 # --- references --------------------------------------------------------------------------------
 def _write_references(clips: list[EvalClip], durations: dict[str, float], out: Path, sr: int,
-                      scorers: _Scorers, summary: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Copy each eval clip's reference sound and video; measure the reference."""
+                      scorers: _Scorers, summary: dict[str, Any],
+                      motions: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
+    """Copy each eval clip's reference sound and video; measure the reference (as a 16-bit
+    WAV holds it, like the renders: :func:`~.metrics.pcm16`); its onset-vs-motion figures
+    show what the true sound scores on the clip's picture."""
     from selva_core.data.audio import load_mono
     from selva_core.training.report import write_wav
 
@@ -518,12 +518,15 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
                         write_wav(wave, sr, out / rel)
                 row["audio"] = rel
                 n = int(round(durations[_ckey(clip)] * sr))
-                waves[_ckey(clip)] = wave[:n]
-                row["metrics"] = M.spectral_metrics(wave[:n], sr)
-                ds = scorers.desync_of(clip, durations[_ckey(clip)], wave[:n], sr)
+                wave = M.pcm16(wave[:n])
+                waves[_ckey(clip)] = wave
+                row["metrics"] = M.spectral_metrics(wave, sr)
+                if _ckey(clip) in motions:
+                    row["metrics"].update(M.motion_metrics(wave, sr, motions[_ckey(clip)]))
+                ds = scorers.desync_of(clip, durations[_ckey(clip)], wave, sr)
                 if ds is not None:
                     row["metrics"]["desync_s"] = ds
-                clap, emb = scorers.clap_of(clip, wave[:n], sr)
+                clap, emb = scorers.clap_of(clip, wave, sr)
                 if clap is not None:
                     row["metrics"]["clap_score"] = clap
                     row["clap_embedding"] = _save_embedding(out, rel, emb)
@@ -661,6 +664,9 @@ def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, referenc
     out = state.out
     rel = render_relpath(job)
     write_wav(wave, sr, out / rel)
+    # Measure what the file holds: the baseline is read back from its WAV, so both sides of
+    # every metric are 16-bit (rounding is never counted as drift).
+    wave = M.pcm16(wave)
     rec: dict[str, Any] = {
         "key": job.key, "clip": job.clip.name, "role": job.clip.role, "adapter": job.adapter.id,
         "strength": job.strength, "seed": job.seed, "duration": job.duration, "wav": rel,
@@ -677,7 +683,8 @@ def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, referenc
             import soundfile as sf
 
             baseline = sf.read(str(out / base_rel), dtype="float32")[0]
-    metrics = M.render_metrics(wave, sr, reference=reference, baseline=baseline)
+    metrics = M.render_metrics(wave, sr, reference=reference, baseline=baseline,
+                               motion=state.motions.get(_ckey(job.clip)))
     ds = scorers.desync_of(job.clip, job.duration, wave, sr)
     if ds is not None:
         metrics["desync_s"] = ds

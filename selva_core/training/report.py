@@ -200,6 +200,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"val loss       base model {fmt(summary.get('val_loss_base'))}   final "
         f"{fmt(summary.get('val_loss_final'))}",
     ]
+    sync = summary.get("sample_sync") or {}
+    if sync:
+        def figs(rec: dict[str, Any] | None) -> str:
+            if not rec:
+                return "n/a"
+            return (f"{fmt(rec.get('env_corr_lag0'), '.2f')} (best "
+                    f"{fmt(rec.get('env_corr_best'), '.2f')} at "
+                    f"{fmt(rec.get('env_best_lag_ms'), '+.0f')} ms)")
+
+        lines.append(f"sample sync    {sync.get('clip')}: envelope corr. with its audio, lag 0: "
+                     f"base {figs(sync.get('base'))} -> {(sync.get('last') or {}).get('tag', '')} "
+                     f"{figs(sync.get('last'))}")
     if summary.get("peak_memory_mb") is not None:
         lines.append(
             f"memory         peak {summary['peak_memory_mb']:.0f} MB "

@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from selva_core.atomic import json_safe
+from selva_core.audio.sync import ENVELOPE_PREFIX, envelope_sync
 from selva_core.features import ConditionFeatures
 from selva_core.model.generator import SelvaGenerator
 from selva_core.model.lora import (
@@ -540,13 +542,14 @@ class LoRATrainer:
 
     def result(self, status: str, **end: Any) -> TrainResult:
         """The run's :class:`TrainResult`; process 0 writes ``summary.json``."""
-        losses = ([r["loss"] for r in self.log.read() if r.get("kind") == "train"]
-                  if self.is_main else [])
+        records = self.log.read() if self.is_main else []
+        losses = [r["loss"] for r in records if r.get("kind") == "train"]
         peak, method = peak_memory_bytes(self.device)
         summary = self.record.summary(status, self.progress, losses,
                                       smooth(losses)[-1] if losses else None,
                                       peak_memory_mb=round(peak / 2**20, 1),
-                                      peak_memory_method=method, **end)
+                                      peak_memory_method=method,
+                                      sample_sync=sample_sync(records), **end)
         if self.is_main:
             ckpt.write_json_atomic(self.out / SUMMARY_FILE, summary)
         adapter = summary.get("adapter_path")
@@ -640,7 +643,8 @@ class LoRATrainer:
         log.info("step %d: validation loss %.5f", self.step, result.loss)
         return result
 
-    def _sample_features(self) -> tuple[ConditionFeatures, str] | None:
+    def _sample_features(self) -> tuple[ConditionFeatures, str, torch.Tensor] | None:
+        """The sample clip's features, name and raw latent (its true audio, VAE-encoded)."""
         store = self.val_store if len(self.val_store) else self.train_store
         if not len(store):
             return None
@@ -649,7 +653,7 @@ class LoRATrainer:
         prompt = getattr(store.examples[0], "prompt", "") or ""
         return (ConditionFeatures(text_clip_f=text, sync_f=sync, duration=self.cfg.duration,
                                   prompts=[prompt], variant=self.cfg.variant),
-                store.name(0))
+                store.name(0), batch.latent_mean)
 
     def write_sample(self, tag: str) -> Path | None:
         """A validation clip generated with CFG and a fixed seed -> samples/<tag>.wav + .png."""
@@ -659,7 +663,7 @@ class LoRATrainer:
         found = self._sample_features()
         if found is None:
             return None
-        features, name = found
+        features, name, true_latent = found
         was_training = self.gen.training
         self.gen.eval()
         try:
@@ -668,6 +672,9 @@ class LoRATrainer:
                                               num_steps=self.cfg.sample_steps,
                                               cfg_strength=self.cfg.cfg_strength)
             wave = self.pipeline.decode(latent)[0].float().cpu()
+            # The reference for the sync figures: the clip's own audio through the same VAE
+            # and vocoder, so both sides are in one representation and aligned to the window.
+            reference = self.pipeline.decode(true_latent.to(latent.dtype))[0].float().cpu()
         finally:
             self.gen.train(was_training)
             # Sampling may have set other sequence lengths (the clip's duration): restore the
@@ -679,6 +686,14 @@ class LoRATrainer:
         save_spectrogram_png(wave.numpy(), sr, wav_path.with_suffix(".png"),
                              title=f"{name}: {tag} (cfg {self.cfg.cfg_strength:g}, seed "
                                    f"{self.cfg.seed})")
+        figures = envelope_sync(wave, reference, sr)
+        self.log.write({"kind": "sample", "step": self.step, "tag": tag, "clip": name,
+                        "wav": f"samples/{tag}.wav",
+                        **json_safe(figures.as_dict(ENVELOPE_PREFIX)),
+                        "time": time.time()})
+        log.info("step %d: sample %s: envelope correlation with the clip's audio %.3f at lag "
+                 "0, %.3f at %+.0f ms", self.step, tag, figures.corr_lag0, figures.corr_best,
+                 figures.best_lag_ms)
         return wav_path
 
     def save_checkpoint(self, reason: str) -> ckpt.CheckpointEntry | None:
@@ -727,6 +742,24 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def sample_sync(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The validation samples' envelope figures for the summary: the base model's (step 0)
+    and the newest sample's (the final one once the run has finished); None without
+    samples."""
+    samples = [r for r in records if r.get("kind") == "sample"]
+    if not samples:
+        return None
+    keys = [f"{ENVELOPE_PREFIX}{k}" for k in ("corr_lag0", "best_lag_ms", "corr_best")]
+
+    def pick(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if rec is None else {"tag": rec.get("tag"), "step": rec.get("step"),
+                                         **{k: rec.get(k) for k in keys}}
+
+    base = next((r for r in samples if r.get("step") == 0), None)
+    last = samples[-1] if samples[-1] is not base else None
+    return {"clip": samples[-1].get("clip"), "base": pick(base), "last": pick(last)}
 
 
 def save_config(cfg: TrainConfig, out: Path) -> None:
