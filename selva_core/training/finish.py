@@ -86,7 +86,12 @@ def finish_run(trainer: LoRATrainer) -> TrainResult:
     if trainer.last_val is None or trainer.val_base is None:
         trainer.validate()
     surgery = surgery_decision(trainer)
-    val_final = trainer.validate()
+    # The loop validated this very step; only a kept surgery changed the adapter since, and
+    # it measured the loss after itself: no second validation of the same step.
+    if surgery.get("decision") == "kept":
+        val_loss_final = surgery["val_loss_after"]
+    else:
+        val_loss_final = trainer.last_val.loss if trainer.last_val else None
     intruders = intruder_report(trainer.gen, trainer.adapter_name,
                                 json_path=out / "intruders.json",
                                 png_path=out / "intruders.png")
@@ -96,7 +101,6 @@ def finish_run(trainer: LoRATrainer) -> TrainResult:
                        f"{intruders.top_k}) over {len(intruders.layers)} layers; "
                        "see intruders.json/png"}
     adapter_path = out / FINAL_ADAPTER
-    val_loss_final = val_final.loss if val_final else None
     metadata = trainer.record.adapter_metadata(
         trainer.progress, surgery=surgery,
         intruders={k: intr[k] for k in ("total", "threshold")},
