@@ -45,6 +45,34 @@ class OutOfSpaceError(OSError):
                 f"{space_problem(self.errno)} ({self.strerror}); free some space there")
 
 
+class UnusableFolderError(ValueError):
+    """An output folder that cannot be written into; the message names it and the fix."""
+
+
+def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
+    """``path`` is (or can become) a folder this process can write into; else one
+    :class:`UnusableFolderError` naming ``flag`` and the path (a file where the folder or
+    one of its parents belongs, or no write permission). Nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnusableFolderError(f"{flag} {path} is a file, not a folder; choose another "
+                                  f"{flag}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnusableFolderError(f"{flag} {path}: {existing} is a file, not a folder; choose "
+                                  f"another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UnusableFolderError(f"{flag} {path}: cannot write into {existing} "
+                                  f"({exc.strerror or exc}); make it writable or choose "
+                                  f"another {flag}") from None
+
+
 def space_problem(code: int | None) -> str:
     """What an out-of-space errno means, in words."""
     if code == errno.EFBIG:

@@ -360,6 +360,12 @@ class ModelVariant:
     def sequence_lengths(self, duration: float = TRAIN_DURATION_S) -> SequenceLengths:
         return sequence_lengths(duration, self.mel)
 
+    def render_samples(self, duration: float) -> int:
+        """Samples of a render of ``duration`` seconds: exactly the duration (the generator
+        makes whole latent frames, ``sequence_lengths(duration).audio_samples``, and the
+        render cuts the excess)."""
+        return int(round(float(duration) * self.sample_rate))
+
     def checkpoint_files(self) -> dict[str, CheckpointFile]:
         files = {
             "generator": self.generator_file,

@@ -292,7 +292,7 @@ def test_sampler_returns_comfy_audio_at_the_models_rate(tiny, features):
     wave = audio["waveform"]
     assert set(audio) == {"waveform", "sample_rate"}
     assert wave.dtype == torch.float32 and wave.device.type == "cpu" and wave.is_contiguous()
-    samples = tiny.pipeline.variant.sequence_lengths(features.duration).audio_samples
+    samples = tiny.pipeline.variant.render_samples(features.duration)
     assert tuple(wave.shape) == (1, 1, samples)
     assert type(audio["sample_rate"]) is int and audio["sample_rate"] == 16000
     assert torch.isfinite(wave).all() and wave.abs().max() > 0
@@ -341,8 +341,7 @@ def test_long_clip_progress_counts_steps_over_all_windows(tiny, images):
     assert windows > 1
     assert [c[1:] for c in comfy.utils.PROGRESS_CALLS] == [
         (i, 2 * windows) for i in range(1, 2 * windows + 1)]
-    assert audio["waveform"].shape[-1] == tiny.pipeline.variant.sequence_lengths(
-        feats.duration).audio_samples
+    assert audio["waveform"].shape[-1] == tiny.pipeline.variant.render_samples(feats.duration)
 
 
 def test_interruption_stops_within_one_sampling_step_and_frees_memory(tiny, features):

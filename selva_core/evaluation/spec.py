@@ -36,11 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.model.lora.io import FINAL_ADAPTER_FILE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
 
 BASELINE_ID = "baseline"
-FINAL_ADAPTER = "adapter_final.safetensors"
+FINAL_ADAPTER = FINAL_ADAPTER_FILE
 CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 DEVICES = ("auto", "cpu", "cuda")

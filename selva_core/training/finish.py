@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from selva_core.model.lora import (
+    FINAL_ADAPTER_FILE,
     SurgeryConfig,
     adapter_storage,
     intruder_report,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_ADAPTER = "adapter_final.safetensors"
+FINAL_ADAPTER = FINAL_ADAPTER_FILE
 SURGERY_FILE = "surgery.json"
 SURGERY_BATCHES = 8
 _SURGERY_SEED = 0x5C6E

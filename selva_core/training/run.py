@@ -24,13 +24,13 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selva_core.atomic import UnusableFolderError, check_writable_folder
 from selva_core.data import SkipReport, scan_dataset
 from selva_core.model.precision import reset_peak_memory
 from selva_core.training import checkpoint as ckpt
@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 
 TINY_PIPELINE_SEED = 0  # the tiny random model every tiny run (and its feature cache) uses
 PADDING_WARN_SHARE = 0.5  # warn when less than this share of the windows is real audio
-
-
-class RunFolderError(ValueError):
-    """An output or cache folder the run cannot use; the message names it and the fix."""
 
 
 def build_pipeline(cfg: TrainConfig, device: torch.device):
@@ -101,26 +97,6 @@ def default_model_tag(cfg: TrainConfig) -> str:
 RUN_ARTEFACTS = ("checkpoints", "samples", LOG_FILE, "loss_curve.png", "summary.json",
                  "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
                  "config.json", "train.log", "listen")
-
-
-def _writable_folder(path: Path, flag: str) -> None:
-    """``path`` is (or can become) a folder this process can write into; else one error."""
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"{flag} {path} is a file, not a folder; choose another {flag}")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunFolderError(f"{flag} {path}: {existing} is a file, not a folder; choose "
-                             f"another {flag}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise RunFolderError(f"{flag} {path}: cannot write into {existing} "
-                             f"({exc.strerror or exc}); make it writable or choose another "
-                             f"{flag}") from None
 
 
 def holds_a_run(out: Path) -> list[str]:
@@ -164,13 +140,13 @@ def check_resume(cfg: TrainConfig) -> None:
 
 def check_writable(cfg: TrainConfig) -> None:
     """The output folder (and its samples/ and checkpoints/) and the cache folder are folders
-    this process can write into; else one :class:`RunFolderError` naming the path."""
+    this process can write into; else one ``UnusableFolderError`` naming the path."""
     out = cfg.output_path
-    _writable_folder(out, "--output_dir")
+    check_writable_folder(out, "--output_dir")
     for name in ("samples", "checkpoints"):
         if (out / name).exists():
-            _writable_folder(out / name, f"--output_dir ({name}/)")
-    _writable_folder(cfg.cache_path, "--cache_dir")
+            check_writable_folder(out / name, f"--output_dir ({name}/)")
+    check_writable_folder(cfg.cache_path, "--cache_dir")
 
 
 def no_checkpoint_yet(cfg: TrainConfig) -> bool:
@@ -216,9 +192,9 @@ def _check_not_data_folder(cfg: TrainConfig) -> None:
     except OSError:
         same = False
     if same or data.resolve() == out.resolve():
-        raise RunFolderError(f"--output_dir {out} is the data folder (--data_dir {data}); the "
-                             "run's logs, checkpoints and charts would land among the clips: "
-                             "choose an --output_dir outside it")
+        raise UnusableFolderError(f"--output_dir {out} is the data folder (--data_dir {data}); "
+                                  "the run's logs, checkpoints and charts would land among "
+                                  "the clips: choose an --output_dir outside it")
 
 
 def refuse_folder(cfg: TrainConfig) -> None:

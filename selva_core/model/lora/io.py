@@ -31,6 +31,7 @@ not lie inside another adapter's wrapper) and their shapes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -301,6 +302,9 @@ def save_adapter(
 
 
 # -- reading and validating --------------------------------------------------------------------
+FINAL_ADAPTER_FILE = "adapter_final.safetensors"  # what a training run leaves in its folder
+
+
 def _refuse_pickle(path: Path) -> None:
     """Refuse pickles / torch zip files by their header, before any parser sees them.
 
@@ -329,16 +333,43 @@ def _folder_hint(path: Path) -> str:
     return "pass the adapter's .safetensors file"
 
 
+def resolve_adapter_path(path: str | os.PathLike) -> Path:
+    """``path`` as an adapter file: a training run's folder means its
+    ``adapter_final.safetensors``; anything else that is not a readable file raises
+    :class:`AdapterLoadError` saying what it is (a folder, a symbolic-link loop, a dangling
+    link; :class:`AdapterNotFoundError` when nothing is there)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / FINAL_ADAPTER_FILE).is_file():
+            return path / FINAL_ADAPTER_FILE
+        raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AdapterLoadError(f"{path} is a symbolic-link loop (its links lead back to "
+                                   "themselves); point it at the adapter file") from None
+        if path.is_symlink():
+            raise AdapterNotFoundError(f"adapter file {path} is a link to {os.readlink(path)}, "
+                                       "which does not exist") from None
+        raise AdapterNotFoundError(f"adapter file {path} does not exist") from None
+    if not path.is_file():
+        raise AdapterLoadError(f"{path} is not a regular file; pass the adapter's "
+                               ".safetensors file")
+    return path
+
+
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of an adapter file, with format, version and pickle checks.
 
     Raises :class:`AdapterLoadError` (:class:`AdapterNotFoundError` when nothing is there).
+    A training run's folder is not an adapter file here (only :func:`resolve_adapter_path`
+    maps it to its final adapter).
     """
     path = Path(path)
     if path.is_dir():
         raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
-    if not path.is_file():
-        raise AdapterNotFoundError(f"adapter file {path} does not exist")
+    path = resolve_adapter_path(path)
     try:
         _refuse_pickle(path)
         with safe_open(str(path), framework="pt") as f:
