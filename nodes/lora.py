@@ -13,6 +13,8 @@ import os
 
 from comfy_api.latest import io
 
+from selva_core.model.lora.io import STRENGTH_RANGE
+
 from .common import (
     CATEGORY,
     LORA_FOLDER,
@@ -48,7 +50,8 @@ class SelvaLoraLoader(io.ComfyNode):
                                default=NONE,
                                tooltip="Adapter file under models/loras (a SelVA adapter: "
                                        ".safetensors written by the trainer)."),
-                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0],
+                               max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="0 = no effect, 1 = as trained; negative values "
                                        "subtract the adapter."),
                 io.String.Input("lora_path", default="", optional=True,

@@ -49,10 +49,11 @@ class UnusableFolderError(ValueError):
     """An output folder that cannot be written into; the message names it and the fix."""
 
 
-def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
+def check_writable_folder(path: str | os.PathLike, flag: str, *, probe: bool = True) -> None:
     """``path`` is (or can become) a folder this process can write into; else one
     :class:`UnusableFolderError` naming ``flag`` and the path (a file where the folder or
-    one of its parents belongs, or no write permission). Nothing is left behind."""
+    one of its parents belongs, or no write permission). Nothing is left behind.
+    ``probe=False``: only the file-versus-folder checks (a folder that is only read)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UnusableFolderError(f"{flag} {path} is a file, not a folder; choose another "
@@ -63,10 +64,12 @@ def check_writable_folder(path: str | os.PathLike, flag: str) -> None:
     if not existing.is_dir():
         raise UnusableFolderError(f"{flag} {path}: {existing} is a file, not a folder; choose "
                                   f"another {flag}")
+    if not probe:
+        return
     try:
-        fd, probe = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
+        fd, name = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(name)
     except OSError as exc:
         raise UnusableFolderError(f"{flag} {path}: cannot write into {existing} "
                                   f"({exc.strerror or exc}); make it writable or choose "

@@ -303,6 +303,7 @@ def save_adapter(
 
 # -- reading and validating --------------------------------------------------------------------
 FINAL_ADAPTER_FILE = "adapter_final.safetensors"  # what a training run leaves in its folder
+STRENGTH_RANGE = (-2.0, 2.0)  # the strengths the LoRA Loader node and the evaluator accept
 
 
 def _refuse_pickle(path: Path) -> None:
