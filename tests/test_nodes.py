@@ -623,7 +623,29 @@ def test_damaged_adapter_file_is_one_clear_error(common, tiny, tmp_path):
     with pytest.raises(common.SelvaNodeError) as excinfo:
         run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0,
                  lora_path=str(path))
-    assert "broken.safetensors" in _error(excinfo, "LoRA Loader", "lora_path")
+    message = _error(excinfo, "LoRA Loader", "lora_path")
+    assert "broken.safetensors" in message
+    assert "damaged or is not a SelVA adapter" in message and "variant" not in message
+
+
+def test_random_bytes_in_models_loras_get_the_damaged_file_fix(common, tiny, tmp_path):
+    import os
+
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(common.SelvaNodeError) as excinfo:
+        run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0,
+                 lora_path=str(path))
+    message = _error(excinfo, "LoRA Loader", "lora_path")
+    assert "damaged or is not a SelVA adapter" in message and "variant" not in message
+
+
+def test_every_input_of_every_node_has_a_tooltip():
+    import nodes
+
+    missing = [f"{cls.define_schema().node_id}.{i.id}" for cls in nodes.NODE_LIST
+               for i in cls.define_schema().inputs or [] if not getattr(i, "tooltip", None)]
+    assert len(nodes.NODE_LIST) >= 7 and missing == []
 
 
 def test_missing_lora_file_names_the_input(common, tiny):
