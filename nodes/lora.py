@@ -13,7 +13,7 @@ import os
 
 from comfy_api.latest import io
 
-from selva_core.model.lora.io import STRENGTH_RANGE
+from selva_core.variants import STRENGTH_RANGE
 
 from .common import (
     CATEGORY,

@@ -124,9 +124,10 @@ def test_strengths_outside_the_loaders_range_are_refused_with_the_range(tmp_path
                                             "strengths": [-3.0, 1.0, 50.0]}]}))
 
 
-def test_an_empty_adapter_list_is_refused_not_a_silent_baseline_run(tmp_path):
-    with pytest.raises(EvalSpecError, match="'adapters' is an empty list"):
-        load_spec(json.dumps({"data_dir": str(tmp_path), "adapters": []}))
+def test_an_empty_adapter_list_says_only_the_baseline_is_rendered(tmp_path, caplog):
+    spec = load_spec(json.dumps({"data_dir": str(tmp_path), "adapters": []}))
+    assert [a.id for a in spec.adapters] == [BASELINE_ID]
+    assert "'adapters' is an empty list: only the baseline" in caplog.text
 
 
 def test_the_device_error_lists_cuda_n(tmp_path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +41,8 @@ from typing import Any
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
+
+log = logging.getLogger(__name__)
 
 BASELINE_ID = "baseline"
 FINAL_ADAPTER = FINAL_ADAPTER_FILE
@@ -365,8 +368,8 @@ def _adapters(value: Any, base: Path | None, problems: list[str]) -> list[Adapte
     if value is None:
         value = []
     elif value == []:
-        problems.append("field 'adapters' is an empty list: name at least one adapter (a "
-                        "path of \"\" is the baseline), or leave the field out")
+        log.warning("the spec's 'adapters' is an empty list: only the baseline (the model "
+                    "without adapters) is rendered; list adapters to compare them with it")
     if not isinstance(value, list):
         problems.append(f"field 'adapters' must be a list of {{\"id\", \"path\"}} objects, got "
                         f"{value!r}")

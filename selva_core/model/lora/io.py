@@ -48,6 +48,7 @@ from torch import nn
 
 from ... import __version__
 from ...atomic import save_safetensors_atomic
+from ...variants import STRENGTH_RANGE  # noqa: F401  (re-exported with the LoRA library)
 from .config import LoRAConfig
 from .kind import get_kind, kind_names
 from .layers import AdapterState, LoRALayer
@@ -303,7 +304,6 @@ def save_adapter(
 
 # -- reading and validating --------------------------------------------------------------------
 FINAL_ADAPTER_FILE = "adapter_final.safetensors"  # what a training run leaves in its folder
-STRENGTH_RANGE = (-2.0, 2.0)  # the strengths the LoRA Loader node and the evaluator accept
 
 
 def _refuse_pickle(path: Path) -> None:
