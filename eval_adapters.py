@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from selva_core.atomic import check_writable_folder, is_out_of_space
     from selva_core.data import BadClipError
     from selva_core.evaluation.report import format_summary
     from selva_core.evaluation.runner import run_evaluation
@@ -125,9 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             spec.output_dir = args.output_dir
         if args.device:
             spec.device = args.device
+        check_writable_folder(spec.output_dir, "output_dir")
         result = run_evaluation(spec, progress=not args.quiet)
     except expected as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        print(f"\nerror: {exc}; what was rendered so far is kept: run the same command again "
+              "once there is room (nothing done is redone)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while the model loads: nothing of the grid was started
         print("\ninterrupted; run the same command again", file=sys.stderr)

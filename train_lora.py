@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from selva_core.atomic import is_out_of_space  # noqa: E402
 from selva_core.data import BadClipError  # noqa: E402
 from selva_core.training.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
 from selva_core.training.config import TrainConfig, config_from_args  # noqa: E402
@@ -64,7 +65,7 @@ def setup_logging(cfg: TrainConfig) -> None:
         root.addHandler(handler)
 
 
-def _fail(exc: BaseException) -> int:
+def _fail(exc: BaseException | str) -> int:
     log.error("%s", exc)
     print(f"\nerror: {exc}", file=sys.stderr)
     return 2
@@ -77,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_sweep(args)
     cfg = config_from_args(argv)
-    from selva_core.training.run import check_writable, run_training
+    from selva_core.training.run import refuse_folder, resume_advice, run_training
 
     try:
-        check_writable(cfg)  # before the log file is opened in the output folder
+        # Before the log file is opened: a refused folder keeps every byte (train.log too).
+        refuse_folder(cfg)
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run_training(cfg)
     except EXPECTED_ERRORS as exc:
         return _fail(exc)
+    except OSError as exc:
+        if not is_out_of_space(exc):
+            raise
+        return _fail(f"{exc}; then {resume_advice(cfg)}")  # nothing written before is lost
     except KeyboardInterrupt:
         print("\ninterrupted; the newest checkpoint (if any) is the resume point "
               "(--resume)", file=sys.stderr)

@@ -53,7 +53,9 @@ class SelvaFeatureExtractor(io.ComfyNode):
                 "are resampled by timestamp to 25 fps; an optional mask greys out what should "
                 "not make the sound."),
             inputs=[
-                SelvaModelType.Input("model"),
+                SelvaModelType.Input("model", tooltip="The SelVA model (from the Model "
+                                                      "Loader) whose encoders read the "
+                                                      "video."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What should sound (SelVA steers the video encoder "
                                         "with it)."),

@@ -13,6 +13,8 @@ import os
 
 from comfy_api.latest import io
 
+from selva_core.variants import STRENGTH_RANGE
+
 from .common import (
     CATEGORY,
     LORA_FOLDER,
@@ -27,6 +29,10 @@ from .common import (
 log = logging.getLogger("selva.nodes")
 
 NODE = "LoRA Loader"
+# Advice for a refusal whose message carries none (a damaged file, or not an adapter at all);
+# a file for another variant says so itself.
+ADAPTER_FIX = ("the file is damaged or is not a SelVA adapter: choose an adapter .safetensors "
+               "written by the SelVA trainer (or re-copy this one)")
 NONE = "(none)"
 SelvaModelType = io.Custom(MODEL_TYPE)
 
@@ -43,14 +49,17 @@ class SelvaLoraLoader(io.ComfyNode):
                 "as it is, so a branch without the adapter keeps giving the base output. Chain "
                 "loaders to stack adapters."),
             inputs=[
-                SelvaModelType.Input("model"),
+                SelvaModelType.Input("model", tooltip="The SelVA model to adapt; it stays "
+                                                      "unchanged (the output is an adapted "
+                                                      "copy)."),
                 # a short label leaves the widget room for the file name it shows
                 io.Combo.Input("lora_name", display_name="adapter",
                                options=[NONE] + list_files(LORA_FOLDER), default=NONE,
                                tooltip="lora_name: the adapter file under models/loras (a "
                                        "SelVA adapter: .safetensors written by the trainer); "
                                        "the list shows each file's full name."),
-                io.Float.Input("strength", default=1.0, min=-2.0, max=2.0, step=0.05,
+                io.Float.Input("strength", default=1.0, min=STRENGTH_RANGE[0],
+                               max=STRENGTH_RANGE[1], step=0.05,
                                tooltip="0 = no effect, 1 = as trained; negative values "
                                        "subtract the adapter."),
                 io.String.Input("lora_path", default="", optional=True,
@@ -79,8 +88,7 @@ class SelvaLoraLoader(io.ComfyNode):
             log.warning("SelVA %s: no adapter chosen (lora_name is %s, lora_path is empty); "
                         "the model passes through unchanged", NODE, NONE)
             return io.NodeOutput(model, "", "{}")
-        with library_mode(), reported(NODE, input_name, fix="choose a SelVA adapter trained "
-                                      "for this model's variant"):
+        with library_mode(), reported(NODE, input_name, fix=ADAPTER_FIX):
             pipeline = model.pipeline.with_adapters([(path, strength)])
         applied = pipeline.adapters[-1]
         prompt, settings = adapter_training_info(applied.metadata, applied.source)

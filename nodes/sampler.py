@@ -35,8 +35,11 @@ class SelvaSampler(io.ComfyNode):
                 "than the window are rendered in overlapping windows joined by a crossfade. "
                 "Output: AUDIO at the model's sample rate, one item per clip."),
             inputs=[
-                SelvaModelType.Input("model"),
-                SelvaFeaturesType.Input("features"),
+                SelvaModelType.Input("model", tooltip="The SelVA model (from the Model "
+                                                      "Loader, or with adapters from a LoRA "
+                                                      "Loader)."),
+                SelvaFeaturesType.Input("features", tooltip="The video's features from the "
+                                                            "Feature Extractor."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Empty: the prompt the features were extracted with. "
                                         "Otherwise replaces the generator's text condition "
@@ -53,7 +56,8 @@ class SelvaSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=4.5, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance strength."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
-                             control_after_generate=True),
+                             control_after_generate=True,
+                             tooltip="Noise seed: the same seed gives the same sound."),
                 io.Float.Input("window_s", default=8.0, min=0.0, max=3600.0, step=0.01,
                                tooltip="Window length for long clips (the models were trained "
                                        "on 8 s); 0: one window for the whole clip."),

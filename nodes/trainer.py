@@ -57,13 +57,23 @@ class SelvaLoraTrainer(io.ComfyNode):
                                 tooltip="Run folder (relative: under ComfyUI's output folder): "
                                         "adapter_final.safetensors, checkpoints/, samples/, "
                                         "curves."),
-                io.Int.Input("steps", default=2000, min=1, max=1_000_000),
-                io.Int.Input("rank", default=16, min=1, max=512),
-                io.Float.Input("lr", default=1e-4, min=1e-7, max=1.0, step=1e-5, round=1e-7),
+                io.Int.Input("steps", default=2000, min=1, max=1_000_000,
+                             tooltip="Optimiser steps to train (each sees batch_size "
+                                     "windows)."),
+                io.Int.Input("rank", default=16, min=1, max=512,
+                             tooltip="Adapter rank: its capacity and file size (8-32 is "
+                                     "typical)."),
+                io.Float.Input("lr", default=1e-4, min=1e-7, max=1.0, step=1e-5, round=1e-7,
+                               tooltip="Learning rate of the adapter weights (AdamW)."),
                 io.Combo.Input("target", options=list(TARGET_PRESETS), default="attn",
                                tooltip="Layers to adapt (attn = q/k/v + output projection)."),
-                io.Combo.Input("init", options=list(INIT_MODES), default="standard"),
-                io.Int.Input("batch_size", default=4, min=1, max=256),
+                io.Combo.Input("init", options=list(INIT_MODES), default="standard",
+                               tooltip="How the adapter starts: standard or gaussian (a "
+                                       "zero change), pissa (the weights' principal "
+                                       "directions)."),
+                io.Int.Input("batch_size", default=4, min=1, max=256,
+                             tooltip="Training windows per step; lower it if memory runs "
+                                     "out."),
                 io.Int.Input("warmup_steps", default=100, min=0, max=100_000,
                              tooltip="Must be smaller than steps."),
                 io.Float.Input("duration", default=8.0, min=0.64, max=60.0, step=0.01,
@@ -74,7 +84,9 @@ class SelvaLoraTrainer(io.ComfyNode):
                                      "steps."),
                 # no 'control after generate': a re-queued run must not re-seed and start over
                 io.Int.Input("seed", default=42, min=0, max=2**31 - 1,
-                             control_after_generate=False),
+                             control_after_generate=False,
+                             tooltip="Seed of the adapter's start, the data order and the "
+                                     "noise; a resumed run must keep it."),
                 io.Boolean.Input("resume", default=False,
                                  tooltip="Continue the run in output_dir from its newest "
                                          "checkpoint."),

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .atomic import UnusableFolderError, check_writable_folder
 from .console import say
 from .variants import DEFAULT_VARIANT, OFFICIAL_VARIANTS, VARIANTS, CheckpointFile
 from .weights import (
@@ -137,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     files = files_for(variants)
     folder = resolve_models_dir(args.models_dir)
+    try:
+        check_writable_folder(folder, "--models_dir", probe=bool(files) and not args.list)
+    except UnusableFolderError as exc:
+        say(f"error: {exc}", file=sys.stderr)
+        return 2
     if not files:
         say(f"{', '.join(variants)} needs no weight files (a tiny random test model).")
         return 0

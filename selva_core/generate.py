@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import json_safe, write_json_atomic
+from .atomic import (
+    OutOfSpaceError,
+    UnusableFolderError,
+    check_writable_folder,
+    json_safe,
+    write_json_atomic,
+)
 from .audio.sync import MOTION_PREFIX, motion_energy, motion_energy_sync
 from .console import say
 from .data.errors import BadClipError
@@ -42,9 +48,15 @@ from .data.prompts import PROMPTS_FILENAME, parse_prompts
 from .data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
 from .flow_matching import DEFAULT_CONFIG
 from .media import mux_audio, write_wav
-from .model.lora import AdapterLoadError
-from .pipeline import DEFAULT_OVERLAP_S, OFFLOAD_CHOICES, PRECISION_CHOICES, SelvaPipeline
-from .variants import DEFAULT_VARIANT, SYNC_FPS, VARIANTS, min_duration
+from .model.lora import AdapterLoadError, resolve_adapter_path
+from .pipeline import (
+    DEFAULT_OVERLAP_S,
+    OFFLOAD_CHOICES,
+    PRECISION_CHOICES,
+    SelvaPipeline,
+    plan_windows,
+)
+from .variants import DEFAULT_VARIANT, SYNC_FPS, TRAIN_DURATION_S, VARIANTS, min_duration
 from .weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +94,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
 def _duration(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < min_duration():
@@ -115,7 +141,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="noise seed; the same seed gives the same sound (default: 0)")
     p.add_argument("--steps", type=_positive_int, default=DEFAULT_CONFIG.num_steps,
                    help=f"sampling steps (default: {DEFAULT_CONFIG.num_steps})")
-    p.add_argument("--cfg", type=float, default=DEFAULT_CONFIG.cfg_strength,
+    p.add_argument("--cfg", type=_finite, default=DEFAULT_CONFIG.cfg_strength,
                    help="classifier-free guidance strength; below 1 turns guidance off "
                         f"(default: {DEFAULT_CONFIG.cfg_strength})")
     p.add_argument("--duration", type=_duration, default=None,
@@ -134,7 +160,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=parse_adapter, action="append", default=[],
                    metavar="FILE[:STRENGTH]",
                    help="LoRA adapter with its strength (default 1), e.g. "
-                        "style.safetensors:0.8; repeat to stack adapters")
+                        "style.safetensors:0.8; a training run's folder means its "
+                        "adapter_final.safetensors; repeat to stack adapters")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
@@ -142,12 +169,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "fp32 otherwise)")
     p.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
                    help="where the networks rest between clips (default: auto)")
-    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_S,
+    p.add_argument("--overlap", type=_overlap, default=DEFAULT_OVERLAP_S,
                    help="seconds of overlap between the windows of a long clip "
                         f"(default: {DEFAULT_OVERLAP_S:g})")
     p.add_argument("--no_mp4", action="store_true", help="write only the WAV files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def check_overlap(overlap_s: float) -> None:
+    """``--overlap`` leaves the render's windows room to advance (UsageError otherwise)."""
+    window = TRAIN_DURATION_S
+    try:
+        plan_windows(4 * window, window, overlap_s)
+    except ValueError as exc:
+        raise UsageError(f"--overlap {overlap_s:g}: {exc}") from None
 
 
 def find_videos(path: Path) -> list[Path]:
@@ -204,8 +240,9 @@ def render_clip(pipe: SelvaPipeline, video: Path, prompt: str, args, progress=No
         raise BadClipError(video, f"it lasts {info.duration:.2f} s; SelVA needs at least "
                                   f"{min_duration():.2f} s", "use a longer clip")
     if args.duration is not None and info.duration < args.duration:
-        logger.info("%s lasts %.2f s (< --duration %g s): scoring all of it", video,
-                    info.duration, args.duration)
+        logger.warning("%s lasts %.2f s, shorter than --duration %g s: its sound is %.2f s "
+                       "long (all of the clip)", video, info.duration, args.duration,
+                       info.duration)
     frames = decode_frames(video, fps=SYNC_FPS, num_frames=int(math.floor(duration * SYNC_FPS
                                                                             + 1e-6)),
                            transform=_resize_to_encoder(pipe))
@@ -258,10 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         videos = find_videos(args.input)
-        for path, _ in args.adapter:
-            if not path.is_file():
-                raise UsageError(f"adapter file {path} does not exist")
-    except UsageError as exc:
+        args.adapter = [(resolve_adapter_path(path), strength)
+                        for path, strength in args.adapter]
+        check_writable_folder(args.output_dir, "--output_dir")
+        check_overlap(args.overlap)
+    except (UsageError, AdapterLoadError, UnusableFolderError) as exc:
         parser.error(str(exc))
     prompts, bad_lines = ({}, {}) if args.prompt is not None or not args.input.is_dir() \
         else folder_prompts(args.input, videos)
@@ -302,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "seconds": round(wave.shape[-1] / pipe.sample_rate, 4),
                             **_sync_record(wave, pipe.sample_rate, motion)})
             done.append(name)
+        except OutOfSpaceError as exc:  # every later clip would fail alike: stop here
+            bar.close()
+            say(f"error: {exc}; the {len(done)} clip(s) done before are complete in "
+                f"{args.output_dir}: rerun for the rest once there is room", file=sys.stderr)
+            return EXIT_NOTHING_DONE
         except (BadClipError, ValueError, OSError) as exc:
             text = str(exc) if str(video) in str(exc) else f"{video}: {exc}"
             bar.write(f"skipped {text}", file=sys.stderr)

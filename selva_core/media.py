@@ -18,6 +18,7 @@ clip with its own sound, :func:`write_poster` a small JPEG of a clip's first fra
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from fractions import Fraction
@@ -63,8 +64,12 @@ def write_wav(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_r
     """16-bit PCM WAV of ``wave`` ((samples,) or (channels, samples), clipped to [-1, 1])."""
     audio = _channels_first(wave)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio.T, int(sample_rate), subtype="PCM_16", format="WAV")
+    # Encoded in memory, then written as bytes: libsndfile reports a full disk without its
+    # errno, a plain write raises the OSError that names the space problem.
+    buffer = io.BytesIO()
+    sf.write(buffer, audio.T, int(sample_rate), subtype="PCM_16", format="WAV")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
     return path
 
 

@@ -993,8 +993,10 @@ class SelvaPipeline:
     ) -> torch.Tensor:
         """Waveform (B, samples) float32 on the CPU for ANY duration of ``features``.
 
-        Up to one window (``window_s``, default the variant's training duration of
-        :data:`~selva_core.variants.TRAIN_DURATION_S`) this is exactly ``decode(sample(...))``.
+        Exactly ``duration`` seconds long (:meth:`ModelVariant.render_samples`). Up to one
+        window (``window_s``, default the variant's training duration of
+        :data:`~selva_core.variants.TRAIN_DURATION_S`) this is ``decode(sample(...))`` cut to
+        that length.
         Longer clips are cut into windows that start on sync-segment boundaries and overlap
         by at least ``overlap_s`` (:meth:`plan_render`); each window is sampled from its own
         span of the features with its own seed (:func:`window_seed`) and decoded, and
@@ -1013,7 +1015,8 @@ class SelvaPipeline:
                 negative_prompt=negative_prompt, duration=duration,
                 progress_callback=progress_callback,
             )
-            return self.decode(latent).cpu()
+            wave = self.decode(latent).cpu()
+            return wave[:, : self._variant.render_samples(duration)].contiguous()
 
         negative_text_f = self._negative_text(negative_prompt, features.batch_size)
         total_steps = num_steps * len(windows)
@@ -1023,7 +1026,7 @@ class SelvaPipeline:
             start + self._variant.sequence_lengths(w.duration_s).audio_samples
             for start, w in zip(starts, windows)
         ]
-        length = min(self._variant.sequence_lengths(duration).audio_samples, ends[-1])
+        length = min(self._variant.render_samples(duration), ends[-1])
         out: torch.Tensor | None = None
         for k, (w, start, end) in enumerate(zip(windows, starts, ends)):
             def step(i: int, n: int, done: int = k * num_steps) -> None:

@@ -24,6 +24,9 @@ SYNC_TOKENS_PER_SEGMENT = 8  # output tokens per window (16 frames / tubelet 2)
 TEXT_SEQ_LEN = 77  # CLIP context length
 LATENT_DOWNSAMPLE = 2  # the VAE halves the mel frame rate
 NUM_SUP_TOKENS = 5  # SelVA's supplementary [SUP] text tokens
+# Adapter strengths the LoRA Loader node offers and the evaluator accepts (light to import: the
+# node pack reads it at import time).
+STRENGTH_RANGE = (-2.0, 2.0)
 TRAIN_DURATION_S = 8.0  # duration the official generators were trained at
 
 # Official hub repositories.
@@ -359,6 +362,12 @@ class ModelVariant:
 
     def sequence_lengths(self, duration: float = TRAIN_DURATION_S) -> SequenceLengths:
         return sequence_lengths(duration, self.mel)
+
+    def render_samples(self, duration: float) -> int:
+        """Samples of a render of ``duration`` seconds: exactly the duration (the generator
+        makes whole latent frames, ``sequence_lengths(duration).audio_samples``, and the
+        render cuts the excess)."""
+        return int(round(float(duration) * self.sample_rate))
 
     def checkpoint_files(self) -> dict[str, CheckpointFile]:
         files = {

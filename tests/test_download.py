@@ -166,6 +166,18 @@ def test_list_prints_url_size_and_destination_of_every_file_without_network(
     assert not any(tmp_path.iterdir())  # listing writes nothing
 
 
+@pytest.mark.parametrize("listing", [False, True])
+def test_a_models_dir_that_is_a_file_is_named_in_one_line(tmp_path, capsys, no_network,
+                                                          listing):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    argv = ["--variant", "small_16k", "--models_dir", str(notes), *(["--list"] * listing)]
+    assert download_cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert f"--models_dir {notes} is a file, not a folder" in captured.err
+    assert captured.out == "" and notes.read_text() == "mine"
+
+
 def test_tiny_variant_needs_no_files(tmp_path, no_network):
     assert preflight("tiny_16k", tmp_path, download=True) == {}
 

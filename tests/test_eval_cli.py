@@ -47,3 +47,35 @@ def test_a_tiny_spec_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "eval_summary.json").read_text())
     assert summary["status"] == "completed" and summary["variant"] == "tiny_16k"
     assert clips.is_dir() and (tmp_path / "out" / "index.html").is_file()
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"data_dir": str(tmp_path), "output_dir": str(out)}))
+    assert eval_adapters.main([str(spec), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir {out} is a file, not a folder" in err and "Errno" not in err
+    assert out.read_text() == "my notes"
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_how_to_finish(tmp_path, capsys,
+                                                                     monkeypatch):
+    import errno
+
+    import selva_core.evaluation.runner as runner
+    from selva_core.atomic import OutOfSpaceError
+
+    def full(spec, progress=True):
+        raise OutOfSpaceError(tmp_path / "o" / "renders" / "a.wav", errno.ENOSPC)
+
+    monkeypatch.setattr(runner, "run_evaluation", full)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"data_dir": str(tmp_path), "output_dir": str(tmp_path / "o")}))
+    assert eval_adapters.main([str(spec), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"in {tmp_path / 'o' / 'renders'}: the disk is full" in lines[0]
+    assert "run the same command again" in lines[0]

@@ -103,3 +103,33 @@ def test_a_folder_without_adapters_is_an_error(tmp_path):
     with pytest.raises(EvalSpecError, match="folder without an adapter"):
         load_spec(json.dumps({"data_dir": str(tmp_path), "adapters": [
             {"id": "r", "path": str(tmp_path / "empty")}]}))
+
+
+# --- issue 20 ------------------------------------------------------------------------------
+def test_a_utf16_spec_with_a_byte_order_mark_is_read_and_other_bytes_name_the_file(tmp_path):
+    data = {"data_dir": str(tmp_path), "output_dir": str(tmp_path / "o")}
+    path = tmp_path / "spec.json"
+    path.write_bytes(json.dumps(data).encode("utf-16"))  # with its byte-order mark
+    assert load_spec(str(path)).data_dir == str(tmp_path)
+    path.write_bytes(json.dumps(data).encode("utf-8")[:-1] + b"\xe9}")
+    with pytest.raises(EvalSpecError, match=rf"{path} is not UTF-8 text.*save it as UTF-8"):
+        load_spec(str(path))
+
+
+def test_strengths_outside_the_loaders_range_are_refused_with_the_range(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    with pytest.raises(EvalSpecError, match=r"-3, 50 lie\(s\) outside \[-2, 2\]"):
+        load_spec(json.dumps({"data_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
+                              "adapters": [{"id": "a", "path": str(tmp_path / "a.safetensors"),
+                                            "strengths": [-3.0, 1.0, 50.0]}]}))
+
+
+def test_an_empty_adapter_list_says_only_the_baseline_is_rendered(tmp_path, caplog):
+    spec = load_spec(json.dumps({"data_dir": str(tmp_path), "adapters": []}))
+    assert [a.id for a in spec.adapters] == [BASELINE_ID]
+    assert "'adapters' is an empty list: only the baseline" in caplog.text
+
+
+def test_the_device_error_lists_cuda_n(tmp_path):
+    with pytest.raises(EvalSpecError, match=r"choose one of auto, cpu, cuda, cuda:N"):
+        load_spec(json.dumps({"data_dir": str(tmp_path), "device": "tpu"}))

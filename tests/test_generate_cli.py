@@ -29,7 +29,7 @@ def clips(tmp_path_factory):
 
 
 def _samples(seconds: float) -> int:
-    return get_variant("tiny_16k").sequence_lengths(seconds).audio_samples
+    return get_variant("tiny_16k").render_samples(seconds)
 
 
 def test_a_folder_gives_a_wav_and_an_mp4_per_clip_and_one_line_per_bad_clip(
@@ -170,3 +170,102 @@ def test_prompts_txt_gives_each_clip_its_prompt_and_a_bad_line_names_its_clip(cl
     (tmp_path / "prompts.txt").write_text("bounce_000.mp4: a ball\nhum_000 no colon here\n")
     prompts, bad = folder_prompts(tmp_path, videos)
     assert prompts == {"bounce_000": "a ball"} and set(bad) == {"hum_000"}
+
+
+# --- issue 20: flags, adapter folders, output folder, clip length, full disk ----------------
+@pytest.mark.parametrize("flags, needle", [
+    (["--cfg", "nan"], "--cfg: must be a finite number"),
+    (["--overlap", "-1"], "--overlap: must be >= 0"),
+    (["--overlap", "8"], "--overlap 8"),
+])
+def test_a_non_finite_cfg_or_an_impossible_overlap_is_refused(clips, tmp_path, capsys, flags,
+                                                              needle):
+    with pytest.raises(SystemExit) as info:
+        main([str(clips / "hum_000.mp4"), "--output_dir", str(tmp_path / "o"), *FAST, *flags])
+    assert info.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_run_folder_means_its_final_adapter_and_other_folders_are_named(clips, tmp_path,
+                                                                          capsys):
+    video = str(clips / "hum_000.mp4")
+    run = tmp_path / "run"
+    run.mkdir()
+    _adapter(run / "adapter_final.safetensors")
+    by_file, by_folder = tmp_path / "file", tmp_path / "folder"
+    assert main([video, "--no_mp4", "--output_dir", str(by_file), *FAST, "--adapter",
+                 f"{run / 'adapter_final.safetensors'}:0.8"]) == 0
+    assert main([video, "--no_mp4", "--output_dir", str(by_folder), *FAST, "--adapter",
+                 f"{run}:0.8"]) == 0
+    assert (by_file / "hum_000.wav").read_bytes() == (by_folder / "hum_000.wav").read_bytes()
+    other = tmp_path / "notes"
+    other.mkdir()
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop)
+    for path, needle in ((other, "is a folder, not an adapter file"),
+                         (loop, "is a symbolic-link loop")):
+        with pytest.raises(SystemExit) as info:
+            main([video, "--output_dir", str(tmp_path / "o"), *FAST, "--adapter", str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and needle in err and "does not exist" not in err
+
+
+def test_an_output_folder_that_is_a_file_is_named_and_no_clip_is_blamed(clips, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    with pytest.raises(SystemExit) as info:
+        main([str(clips), "--output_dir", str(out), *FAST])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {out} is a file, not a folder" in err and "skipped" not in err
+    assert out.read_text() == "my notes"
+
+
+def test_a_duration_longer_than_the_clip_says_so_and_renders_the_exact_clip_length(
+        clips, tmp_path, caplog):
+    out = tmp_path / "out"
+    clip = clips / "hum_000.mp4"
+    assert main([str(clip), "--duration", "3", "--no_mp4", "--output_dir", str(out),
+                 *FAST]) == 0
+    assert "shorter than --duration 3 s" in caplog.text
+    wave, _ = sf.read(out / "hum_000.wav", dtype="float32")
+    assert wave.shape == (round(probe_video(clip).duration * RATE),)
+
+
+@pytest.mark.parametrize("seconds", [0.8, 1.0])
+def test_a_single_window_render_has_exactly_the_requested_length(clips, tmp_path, seconds):
+    out = tmp_path / "out"
+    assert main([str(clips / "bounce_000.mp4"), "--duration", str(seconds), "--no_mp4",
+                 "--output_dir", str(out), *FAST]) == 0
+    wave, _ = sf.read(out / "bounce_000.wav", dtype="float32")
+    assert wave.shape == (round(seconds * RATE),)
+
+
+def test_a_full_disk_stops_with_one_line_naming_the_folder_and_keeps_the_clips_done(
+        clips, tmp_path, capsys):
+    """A real file-size limit (``ulimit -f``) in a child process: no WAV fits."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    limit = 16 * 1024  # a 1 s 16-bit WAV is ~32 KB
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "selva_core.generate", str(clips), "--output_dir", str(out),
+         *FAST], capture_output=True, text=True, preexec_fn=small_files, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and str(out) in lines[0] and "file-size limit" in lines[0], lines
+    assert "0 clip(s) done before" in lines[0]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing half-written

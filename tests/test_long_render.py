@@ -79,7 +79,7 @@ def test_crossfade_is_equal_power():
 # --- one window ----------------------------------------------------------------------------------
 def test_one_window_is_exactly_sample_then_decode(pipe):
     feats = pipe.extract_features(_frames(1.0), "a dog barks")
-    plain = pipe.decode(pipe.sample(feats, seed=9, num_steps=STEPS)).cpu()
+    plain = pipe.decode(pipe.sample(feats, seed=9, num_steps=STEPS)).cpu()[:, :RATE]  # 1.0 s
     assert torch.equal(pipe.render(feats, seed=9, num_steps=STEPS), plain)
     assert torch.equal(pipe.render(feats, seed=9, num_steps=STEPS, window_s=1.0), plain)
     wave, rate = pipe.generate(_frames(1.0), "a dog barks", seed=9, num_steps=STEPS)
@@ -88,8 +88,7 @@ def test_one_window_is_exactly_sample_then_decode(pipe):
 
 # --- long renders --------------------------------------------------------------------------------
 def test_a_long_render_has_the_length_of_the_duration(long_render):
-    want = get_variant("tiny_16k").sequence_lengths(LONG).audio_samples
-    assert long_render.shape == (1, want) and want >= LONG * RATE
+    assert long_render.shape == (1, round(LONG * RATE))
     assert long_render.dtype == torch.float32 and long_render.device.type == "cpu"
     assert torch.isfinite(long_render).all()
 

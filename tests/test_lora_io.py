@@ -565,3 +565,51 @@ def test_lossy_storage_is_logged_and_recorded_with_its_error(tmp_path, caplog):
     err = float(meta["storage_rel_error"])
     assert meta["storage_dtype"] == "q16" and 0 < err < 1e-4
     assert "stored as q16: relative error of the stored change up to" in caplog.text
+
+
+# -- issue 20: finite files whose change is unusable; a symbolic-link loop ------------------
+def _output_is_finite_with(path) -> bool:
+    model = make_model()
+    load_adapter(model, path)
+    x, t = make_inputs()
+    return bool(torch.isfinite(model(x, t)).all())
+
+
+def test_factors_whose_product_overflows_are_refused_naming_the_layer(tmp_path, good_file):
+    _, tensors, meta = good_file
+    tensors[f"{_QKV}.lora_A"].fill_(1e30)
+    tensors[f"{_QKV}.lora_B"].fill_(1e30)
+    _assert_load_fails_and_model_unchanged(
+        _rewrite(tmp_path, tensors, meta), rf"layer {_QKV}: its change .* overflows")
+
+
+def test_a_huge_finite_scale_is_refused_naming_the_layer(tmp_path, good_file):
+    path, tensors, meta = good_file
+    assert _output_is_finite_with(path)
+    meta = {**meta, "scale": "1e30"}
+    _assert_load_fails_and_model_unchanged(
+        _rewrite(tmp_path, tensors, meta), r"layer .*: its change to the weight is .* times "
+                                           r"the size of the weight")
+
+
+def test_a_dora_update_that_cancels_a_row_of_the_weight_is_refused(tmp_path):
+    path = save_adapter(_trained(kind="dora"), tmp_path / "d.safetensors")
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as f:
+        meta = {**f.metadata(), "scale": "1.0"}
+    W = dict(make_model().named_parameters())[f"{_QKV}.weight"].detach()
+    W = W.reshape(W.shape[0], -1)
+    A, B = tensors[f"{_QKV}.lora_A"], tensors[f"{_QKV}.lora_B"]
+    B[:, 0] = 0.0
+    B[0] = 0.0
+    B[0, 0] = 1.0
+    A[0] = -W[0].reshape(A[0].shape)  # W + 1 * B A: row 0 is exactly zero
+    _assert_load_fails_and_model_unchanged(
+        _rewrite(tmp_path, tensors, meta), rf"layer {_QKV}: DoRA row 0 of W \+ s B A has "
+                                           r"norm 0")
+
+
+def test_a_symbolic_link_loop_is_named_as_one(tmp_path):
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop)
+    _assert_load_fails_and_model_unchanged(loop, "is a symbolic-link loop")

@@ -292,7 +292,7 @@ def test_sampler_returns_comfy_audio_at_the_models_rate(tiny, features):
     wave = audio["waveform"]
     assert set(audio) == {"waveform", "sample_rate"}
     assert wave.dtype == torch.float32 and wave.device.type == "cpu" and wave.is_contiguous()
-    samples = tiny.pipeline.variant.sequence_lengths(features.duration).audio_samples
+    samples = tiny.pipeline.variant.render_samples(features.duration)
     assert tuple(wave.shape) == (1, 1, samples)
     assert type(audio["sample_rate"]) is int and audio["sample_rate"] == 16000
     assert torch.isfinite(wave).all() and wave.abs().max() > 0
@@ -341,8 +341,7 @@ def test_long_clip_progress_counts_steps_over_all_windows(tiny, images):
     assert windows > 1
     assert [c[1:] for c in comfy.utils.PROGRESS_CALLS] == [
         (i, 2 * windows) for i in range(1, 2 * windows + 1)]
-    assert audio["waveform"].shape[-1] == tiny.pipeline.variant.sequence_lengths(
-        feats.duration).audio_samples
+    assert audio["waveform"].shape[-1] == tiny.pipeline.variant.render_samples(feats.duration)
 
 
 def test_interruption_stops_within_one_sampling_step_and_frees_memory(tiny, features):
@@ -624,7 +623,29 @@ def test_damaged_adapter_file_is_one_clear_error(common, tiny, tmp_path):
     with pytest.raises(common.SelvaNodeError) as excinfo:
         run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0,
                  lora_path=str(path))
-    assert "broken.safetensors" in _error(excinfo, "LoRA Loader", "lora_path")
+    message = _error(excinfo, "LoRA Loader", "lora_path")
+    assert "broken.safetensors" in message
+    assert "damaged or is not a SelVA adapter" in message and "variant" not in message
+
+
+def test_random_bytes_in_models_loras_get_the_damaged_file_fix(common, tiny, tmp_path):
+    import os
+
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(common.SelvaNodeError) as excinfo:
+        run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0,
+                 lora_path=str(path))
+    message = _error(excinfo, "LoRA Loader", "lora_path")
+    assert "damaged or is not a SelVA adapter" in message and "variant" not in message
+
+
+def test_every_input_of_every_node_has_a_tooltip():
+    import nodes
+
+    missing = [f"{cls.define_schema().node_id}.{i.id}" for cls in nodes.NODE_LIST
+               for i in cls.define_schema().inputs or [] if not getattr(i, "tooltip", None)]
+    assert len(nodes.NODE_LIST) >= 7 and missing == []
 
 
 def test_missing_lora_file_names_the_input(common, tiny):

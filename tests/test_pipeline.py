@@ -138,7 +138,7 @@ def test_progress_callback_sees_every_step(pipe, features):
 def test_generate_returns_cpu_waveform_and_rate(pipe):
     wave, rate = pipe.generate(_frames(), "a dog barks", seed=0, num_steps=STEPS)
     assert rate == 16000 and wave.device.type == "cpu"
-    assert wave.shape == (1, get_variant("tiny_16k").sequence_lengths(DURATION).audio_samples)
+    assert wave.shape == (1, get_variant("tiny_16k").render_samples(DURATION))
 
 
 def test_tiny_is_deterministic_given_the_seed_and_leaves_global_rng_alone():

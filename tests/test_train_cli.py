@@ -201,9 +201,10 @@ def test_a_rejected_resume_leaves_the_folder_as_it_was(cli, clips, tmp_path, cap
     _one_line_error(capsys, "rank: checkpoint 4 vs this run 8")
     assert cli.main(_args(clips, out, "--resume", "--seed", "7")) == 2
     _one_line_error(capsys, "--seed 42", "--seed 7")
-    after = _tree(out)
-    assert after.pop("train.log")[0] != before.pop("train.log")[0]  # the log says why
-    assert after == before  # config.json, checkpoints, adapter, summary: all as they were
+    assert cli.main(_args(clips, out)) == 2  # another run's folder without --resume
+    _one_line_error(capsys, "already holds a training run", "--resume")
+    # Every byte as it was: config.json, checkpoints, adapter, summary, and train.log too.
+    assert _tree(out) == before
 
 
 def test_ctrl_c_during_feature_extraction_exits_130_and_keeps_the_features_so_far(
@@ -252,3 +253,121 @@ def test_running_out_of_memory_is_one_line_naming_the_step_and_the_flags_to_chan
                     "--batch_size 1 --grad_accum 2", "last good checkpoint is step 1",
                     "--resume")
     assert (out / "checkpoints" / "step_000001" / "adapter.safetensors").is_file()
+
+
+# --- issue 20: devices, data folder, first checkpoint, full disk ----------------------------
+def test_device_cuda_without_cuda_is_one_line_naming_the_fix(cli, clips, tmp_path, capsys,
+                                                             monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(_args(clips, tmp_path / "out", "--device", "cuda")) == 2
+    _one_line_error(capsys, "--device cuda", "CUDA is not available", "--device cpu")
+
+
+def test_an_output_folder_that_is_the_data_folder_is_refused_and_nothing_changes(
+        cli, clips, tmp_path, capsys):
+    data = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(clips, data)
+    before = _tree(data)
+    assert cli.main(_args(data, data)) == 2
+    _one_line_error(capsys, f"--output_dir {data} is the data folder", "outside it")
+    assert _tree(data) == before
+
+
+def test_a_run_killed_while_writing_its_first_checkpoint_resumes_from_step_0(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    import selva_core.training.checkpoint as ckpt
+
+    class Killed(BaseException):
+        """Stands for the process dying mid-write."""
+
+    def die(tensors, path, metadata):
+        raise Killed
+
+    monkeypatch.setattr(ckpt, "_save_file", die)
+    out = tmp_path / "out"
+    with pytest.raises(Killed):
+        cli.main(_args(clips, out))
+    monkeypatch.undo()
+    assert list((out / "checkpoints").glob(".tmp-step_*"))  # what the kill left
+    capsys.readouterr()
+    assert cli.main(_args(clips, out, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "holds no checkpoint yet" in err and "starting again from step 0" in err
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [2]
+    assert (out / "adapter_final.safetensors").is_file()
+
+
+def _file_too_large_on(monkeypatch, needle):
+    """The safetensors writer fails the way it does under ``ulimit -f`` for paths holding
+    ``needle``."""
+    from safetensors import SafetensorError
+
+    import selva_core.atomic as atomic
+
+    real = atomic.save_file
+
+    def write(tensors, path, metadata=None):
+        if needle in str(path):
+            raise SafetensorError("Error while serializing: I/O error: File too large "
+                                  "(os error 27)")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(atomic, "save_file", write)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_checkpoint(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    calls = []
+    import selva_core.atomic as atomic
+
+    real = atomic.save_file
+
+    def second_state_too_large(tensors, path, metadata=None):
+        if "training_state" in str(path):
+            calls.append(path)
+            if len(calls) == 2:
+                from safetensors import SafetensorError
+
+                raise SafetensorError("Error while serializing: I/O error: File too large "
+                                      "(os error 27)")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(atomic, "save_file", second_state_too_large)
+    assert cli.main(_args(clips, out, "--save_every", "1")) == 2
+    _one_line_error(capsys, "checkpoint of step 2", "file-size limit",
+                    f"free some space in {out / 'checkpoints'}", "(step 1", "intact",
+                    "--resume")
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())
+    assert [c["step"] for c in manifest["checkpoints"]] == [1]
+    monkeypatch.undo()
+    assert cli.main(_args(clips, out, "--save_every", "1", "--resume")) == 0
+
+
+def test_a_full_disk_writing_the_final_adapter_names_the_folder_and_the_resume_point(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    _file_too_large_on(monkeypatch, "adapter_final")
+    assert cli.main(_args(clips, out)) == 2
+    _one_line_error(capsys, f"could not write adapter_final.safetensors in {out}",
+                    "file-size limit", "newest checkpoint (step 2) is intact", "--resume")
+    assert not (out / "adapter_final.safetensors").exists()
+    monkeypatch.undo()
+    assert cli.main(_args(clips, out, "--resume")) == 0
+    assert (out / "adapter_final.safetensors").is_file()
+
+
+def test_a_full_disk_in_the_feature_cache_names_the_cache_folder_and_keeps_what_it_has(
+        cli, clips, tmp_path, capsys, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    _file_too_large_on(monkeypatch, str(cache))
+    assert cli.main(_args(clips, out, "--cache_dir", str(cache))) == 2
+    _one_line_error(capsys, f"in {cache}", "file-size limit", "rerun with the same flags")
+    assert not list(cache.glob(".*tmp*"))
+    monkeypatch.undo()
+    assert cli.main(_args(clips, out, "--cache_dir", str(cache))) == 0

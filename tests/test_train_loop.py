@@ -136,6 +136,18 @@ def test_each_sample_records_its_envelope_sync_with_the_clip_audio(straight):
     assert "sample sync" in format_summary(result.summary)
 
 
+def test_the_final_step_is_validated_once(straight):
+    out, result = straight
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    val_steps = [r["step"] for r in records if r["kind"] == "val"]
+    assert val_steps == [0, 2, 4, 6]  # step 6 is a multiple of val_every: once
+    summary = json.loads((out / "summary.json").read_text())
+    surgery = summary["surgery"]
+    expected = (surgery["val_loss_after"] if surgery["decision"] == "kept"
+                else [r for r in records if r["kind"] == "val"][-1]["val_loss"])
+    assert summary["val_loss_final"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_q16_final_adapter_halves_the_file_and_keeps_the_learned_change(straight, tiny,
                                                                          tmp_path):
     out32, _ = straight

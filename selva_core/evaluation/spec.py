@@ -28,7 +28,9 @@ adapter to measure drift), ``desync`` and ``synchformer`` (DeSync and the Synchf
 
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 import math
 import os
 import re
@@ -36,11 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
 
+log = logging.getLogger(__name__)
+
 BASELINE_ID = "baseline"
-FINAL_ADAPTER = "adapter_final.safetensors"
+FINAL_ADAPTER = FINAL_ADAPTER_FILE
 CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 DEVICES = ("auto", "cpu", "cuda")
@@ -174,7 +179,7 @@ def load_spec(path_or_text: str | os.PathLike, *, base_dir: str | os.PathLike | 
         if not path.is_file():
             raise EvalSpecError(str(path), [f"file {path} does not exist; give the path of a "
                                             "JSON spec or the JSON text itself"])
-        source, raw = str(path), path.read_text(encoding="utf-8")
+        source, raw = str(path), _read_spec_text(path)
         base_dir = path.resolve().parent if base_dir is None else base_dir
     try:
         data = json.loads(raw)
@@ -182,6 +187,23 @@ def load_spec(path_or_text: str | os.PathLike, *, base_dir: str | os.PathLike | 
         raise EvalSpecError(source, [f"not valid JSON: {exc.msg} at line {exc.lineno} column "
                                      f"{exc.colno}"]) from None
     return EvalSpec.from_dict(data, source, base_dir)
+
+
+def _read_spec_text(path: Path) -> str:
+    """The spec file's text: UTF-8 (with or without a byte-order mark) or UTF-16 with one
+    (what some Windows editors save); anything else is one error naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EvalSpecError(str(path), [f"cannot read {path} ({exc.strerror or exc})"]) from None
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EvalSpecError(str(path), [
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+            "(or UTF-16 with a byte-order mark)"]) from None
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -254,7 +276,8 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
         value = text(key, default)
         if value is not None and value not in allowed and not (
                 key == "device" and value.startswith("cuda:")):
-            problems.append(f"field {key!r} is {value!r}; choose one of {', '.join(allowed)}")
+            listed = ", ".join(allowed) + (", cuda:N (a GPU's index)" if key == "device" else "")
+            problems.append(f"field {key!r} is {value!r}; choose one of {listed}")
             return default
         return value
 
@@ -333,12 +356,20 @@ def _strengths(value: Any, where: str, problems: list[str]) -> list[float]:
         return [1.0]
     if len(set(value)) != len(value):
         problems.append(f"{where} lists a strength twice: {value!r}")
+    low, high = STRENGTH_RANGE
+    outside = [s for s in value if not low <= s <= high]
+    if outside:
+        problems.append(f"{where}: {', '.join(f'{s:g}' for s in outside)} lie(s) outside "
+                        f"[{low:g}, {high:g}], the strengths the LoRA Loader offers")
     return [float(s) for s in value]
 
 
 def _adapters(value: Any, base: Path | None, problems: list[str]) -> list[AdapterEntry]:
     if value is None:
         value = []
+    elif value == []:
+        log.warning("the spec's 'adapters' is an empty list: only the baseline (the model "
+                    "without adapters) is rendered; list adapters to compare them with it")
     if not isinstance(value, list):
         problems.append(f"field 'adapters' must be a list of {{\"id\", \"path\"}} objects, got "
                         f"{value!r}")

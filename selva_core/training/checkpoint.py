@@ -30,7 +30,6 @@ traceback.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -47,9 +46,16 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open
 
-from selva_core.atomic import atomic_path, remove_stale_temporaries, write_text_atomic
+from selva_core.atomic import (
+    atomic_path,
+    is_out_of_space,
+    remove_stale_temporaries,
+    save_safetensors_file,
+    space_problem,
+    write_text_atomic,
+)
 from selva_core.checksums import file_sha256
 
 log = logging.getLogger(__name__)
@@ -89,7 +95,7 @@ class CheckpointWriteError(RuntimeError):
 
 # --- low-level writers (the single place that touches the disk; tests patch _save_file) -----
 def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    save_file(tensors, str(path), metadata=metadata)
+    save_safetensors_file(tensors, path, metadata)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -576,11 +582,14 @@ class CheckpointManager:
             last = previous[-1] if previous else None
             kept = (f"the previous checkpoint (step {last.step}, {self.root / last.folder}) is "
                     "intact" if last else "no earlier checkpoint exists")
-            hint = ("the disk is full: free some space" if exc.errno == errno.ENOSPC
-                    else "check the folder is writable")
+            if is_out_of_space(exc):
+                why = exc.strerror
+                hint = f"{space_problem(exc.errno)}: free some space in {self.root}"
+            else:
+                why, hint = exc, "check the folder is writable"
             raise CheckpointWriteError(
-                f"could not write the checkpoint of step {state.step} to {final} ({exc}); "
-                f"{kept}. {hint.capitalize()}, then rerun with --resume"
+                f"could not write the checkpoint of step {state.step} to {final} ({why}); "
+                f"{kept}. {hint[0].upper()}{hint[1:]}, then rerun with --resume"
             ) from exc
         self._prune()
         return entry

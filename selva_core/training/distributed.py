@@ -40,16 +40,27 @@ class DistContext:
         return self.rank == 0
 
 
+class DeviceUnavailableError(ValueError):
+    """``--device`` names a device this machine does not have (one line naming the fix)."""
+
+
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this process's GPU when CUDA is available, else the CPU."""
+    """'auto' -> this process's GPU when CUDA is available, else the CPU; a GPU that is not
+    there raises :class:`DeviceUnavailableError`."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {preference} asked for a GPU but CUDA is not "
-                               "available; use --device cpu")
+            raise DeviceUnavailableError(f"--device {preference} asked for a GPU but CUDA is "
+                                         "not available on this machine; use --device cpu "
+                                         "(or auto)")
+        count = torch.cuda.device_count()
         if preference == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", local_rank % count)
+        index = torch.device(preference).index
+        if index is not None and index >= count:
+            raise DeviceUnavailableError(f"--device {preference}: this machine has {count} "
+                                         f"GPU(s) (cuda:0 to cuda:{count - 1})")
     return torch.device(preference)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from selva_core.model.lora import (
+    FINAL_ADAPTER_FILE,
     SurgeryConfig,
     adapter_storage,
     intruder_report,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_ADAPTER = "adapter_final.safetensors"
+FINAL_ADAPTER = FINAL_ADAPTER_FILE
 SURGERY_FILE = "surgery.json"
 SURGERY_BATCHES = 8
 _SURGERY_SEED = 0x5C6E
@@ -86,7 +87,12 @@ def finish_run(trainer: LoRATrainer) -> TrainResult:
     if trainer.last_val is None or trainer.val_base is None:
         trainer.validate()
     surgery = surgery_decision(trainer)
-    val_final = trainer.validate()
+    # The loop validated this very step; only a kept surgery changed the adapter since, and
+    # it measured the loss after itself: no second validation of the same step.
+    if surgery.get("decision") == "kept":
+        val_loss_final = surgery["val_loss_after"]
+    else:
+        val_loss_final = trainer.last_val.loss if trainer.last_val else None
     intruders = intruder_report(trainer.gen, trainer.adapter_name,
                                 json_path=out / "intruders.json",
                                 png_path=out / "intruders.png")
@@ -96,7 +102,6 @@ def finish_run(trainer: LoRATrainer) -> TrainResult:
                        f"{intruders.top_k}) over {len(intruders.layers)} layers; "
                        "see intruders.json/png"}
     adapter_path = out / FINAL_ADAPTER
-    val_loss_final = val_final.loss if val_final else None
     metadata = trainer.record.adapter_metadata(
         trainer.progress, surgery=surgery,
         intruders={k: intr[k] for k in ("total", "threshold")},

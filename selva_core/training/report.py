@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from selva_core.atomic import atomic_path, savefig_atomic, write_text_atomic
+from selva_core.atomic import (
+    OutOfSpaceError,
+    is_out_of_space,
+    savefig_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,13 @@ class JsonlLog:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True, allow_nan=True) + "\n")
+        except OSError as exc:  # a torn last line is skipped by read_jsonl
+            if is_out_of_space(exc):
+                raise OutOfSpaceError(self.path, exc.errno, exc.strerror) from exc
+            raise
 
     def read(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path)
@@ -159,9 +168,9 @@ def save_spectrogram_png(waveform: torch.Tensor | np.ndarray, sample_rate: int, 
 
 def write_wav(waveform: torch.Tensor | np.ndarray, sample_rate: int, path: Path) -> None:
     """Mono 16-bit PCM WAV (clipped to [-1, 1]); atomic."""
-    audio = np.clip(np.asarray(waveform, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio, int(sample_rate), subtype="PCM_16", format="WAV")
+    from selva_core.media import write_wav as write_media_wav
+
+    write_media_wav(path, np.asarray(waveform, dtype=np.float32).reshape(-1), sample_rate)
 
 
 # --- the one-screen summary -----------------------------------------------------------------

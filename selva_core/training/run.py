@@ -19,17 +19,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selva_core.atomic import UnusableFolderError, check_writable_folder
 from selva_core.data import SkipReport, scan_dataset
 from selva_core.model.precision import reset_peak_memory
 from selva_core.training import checkpoint as ckpt
@@ -58,10 +59,6 @@ log = logging.getLogger(__name__)
 
 TINY_PIPELINE_SEED = 0  # the tiny random model every tiny run (and its feature cache) uses
 PADDING_WARN_SHARE = 0.5  # warn when less than this share of the windows is real audio
-
-
-class RunFolderError(ValueError):
-    """An output or cache folder the run cannot use; the message names it and the fix."""
 
 
 def build_pipeline(cfg: TrainConfig, device: torch.device):
@@ -100,26 +97,6 @@ def default_model_tag(cfg: TrainConfig) -> str:
 RUN_ARTEFACTS = ("checkpoints", "samples", LOG_FILE, "loss_curve.png", "summary.json",
                  "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
                  "config.json", "train.log", "listen")
-
-
-def _writable_folder(path: Path, flag: str) -> None:
-    """``path`` is (or can become) a folder this process can write into; else one error."""
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"{flag} {path} is a file, not a folder; choose another {flag}")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunFolderError(f"{flag} {path}: {existing} is a file, not a folder; choose "
-                             f"another {flag}")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".selva_write_check.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise RunFolderError(f"{flag} {path}: cannot write into {existing} "
-                             f"({exc.strerror or exc}); make it writable or choose another "
-                             f"{flag}") from None
 
 
 def holds_a_run(out: Path) -> list[str]:
@@ -163,32 +140,96 @@ def check_resume(cfg: TrainConfig) -> None:
 
 def check_writable(cfg: TrainConfig) -> None:
     """The output folder (and its samples/ and checkpoints/) and the cache folder are folders
-    this process can write into; else one :class:`RunFolderError` naming the path."""
+    this process can write into; else one ``UnusableFolderError`` naming the path."""
     out = cfg.output_path
-    _writable_folder(out, "--output_dir")
+    check_writable_folder(out, "--output_dir")
     for name in ("samples", "checkpoints"):
         if (out / name).exists():
-            _writable_folder(out / name, f"--output_dir ({name}/)")
-    _writable_folder(cfg.cache_path, "--cache_dir")
+            check_writable_folder(out / name, f"--output_dir ({name}/)")
+    check_writable_folder(cfg.cache_path, "--cache_dir")
+
+
+def no_checkpoint_yet(cfg: TrainConfig) -> bool:
+    """``--resume`` on a folder whose run never finished a checkpoint (killed while writing
+    its first one, or before): such a run starts again from step 0 instead of blocking its
+    own folder. A damaged manifest, ``--resume-from`` or a finished adapter never count."""
+    if not cfg.resume or cfg.resume_from is not None:
+        return False
+    out = cfg.output_path
+    started = (out / LOG_FILE).is_file() or (out / CONFIG_FILE).is_file()
+    if not started or (out / "adapter_final.safetensors").exists():
+        return False
+    try:
+        return not ckpt.CheckpointManager(out / "checkpoints").entries()
+    except (ckpt.CheckpointError, ValueError, OSError):
+        return False  # check_resume names the damage
+
+
+def resume_advice(cfg: TrainConfig) -> str:
+    """How to continue after the run stopped on an error it cannot fix itself (a full disk):
+    from the newest checkpoint, or from step 0 when none was written (features are kept)."""
+    try:
+        rows = ckpt.CheckpointManager(cfg.output_path / "checkpoints").entries()
+    except (ckpt.CheckpointError, ValueError, OSError):
+        rows = []
+    if rows:
+        return (f"the newest checkpoint (step {rows[-1].step}) is intact: rerun with --resume "
+                "to continue from it")
+    if no_checkpoint_yet(dataclasses.replace(cfg, resume=True, resume_from=None)):
+        return ("no checkpoint was written yet: rerun with --resume (it starts from step 0; "
+                "the features extracted so far are reused)")
+    return "rerun with the same flags (the features extracted so far are reused)"
+
+
+def _check_not_data_folder(cfg: TrainConfig) -> None:
+    """The output folder is not the data folder (its logs, checkpoints and charts would land
+    among the clips, and be scanned with them)."""
+    if not cfg.data_dir or cfg.demo:
+        return
+    data, out = Path(cfg.data_dir), cfg.output_path
+    try:
+        same = data.exists() and out.exists() and os.path.samefile(data, out)
+    except OSError:
+        same = False
+    if same or data.resolve() == out.resolve():
+        raise UnusableFolderError(f"--output_dir {out} is the data folder (--data_dir {data}); "
+                                  "the run's logs, checkpoints and charts would land among "
+                                  "the clips: choose an --output_dir outside it")
+
+
+def refuse_folder(cfg: TrainConfig) -> None:
+    """Every reason to refuse the output and cache folders, checked without changing anything
+    in them (not even a log line): not writable, the data folder itself, another run without
+    --resume / --overwrite, or a checkpoint that cannot be resumed."""
+    check_writable(cfg)
+    _check_not_data_folder(cfg)
+    if cfg.resume or cfg.resume_from is not None:
+        if not no_checkpoint_yet(cfg):
+            check_resume(cfg)
+        return
+    found = holds_a_run(cfg.output_path)
+    if found and not cfg.overwrite:
+        raise FileExistsError(
+            f"{cfg.output_path} already holds a training run ({', '.join(found)}); pass "
+            "--resume to continue it, --overwrite to start over (its checkpoints are deleted), "
+            "or choose another --output_dir"
+        )
 
 
 def check_folders(cfg: TrainConfig) -> None:
-    """Everything about the output and cache folders that can fail, checked before anything
-    in them changes; then, for a fresh run with --overwrite, the previous run is removed (and
-    the leftovers of a run that stopped before its first step are always removed)."""
+    """Everything about the output and cache folders that can fail (:func:`refuse_folder`),
+    checked before anything in them changes; then, for a fresh run with --overwrite, the
+    previous run is removed (and the leftovers of a run that stopped before its first step,
+    or before its first checkpoint on --resume, are always removed)."""
     out = cfg.output_path
-    check_writable(cfg)
-    resuming = cfg.resume or cfg.resume_from is not None
-    if resuming:
-        check_resume(cfg)
+    refuse_folder(cfg)
+    start_over = no_checkpoint_yet(cfg)
+    if cfg.resume_from is not None or (cfg.resume and not start_over):
         return
     found = holds_a_run(out)
-    if found and not cfg.overwrite:
-        raise FileExistsError(
-            f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
-            "continue it, --overwrite to start over (its checkpoints are deleted), or choose "
-            "another --output_dir"
-        )
+    if start_over:
+        log.warning("--resume: %s holds no checkpoint yet (the run stopped before writing its "
+                    "first one); starting again from step 0", out)
     removed = []
     for name in RUN_ARTEFACTS:
         path = out / name
@@ -199,10 +240,10 @@ def check_folders(cfg: TrainConfig) -> None:
         else:
             path.unlink()
         removed.append(name)
-    if found:
+    if found and not start_over:
         log.warning("--overwrite: removed the previous run's files from %s", out)
     elif removed:
-        log.info("removed what a run that stopped before its first step left in %s (%s)",
+        log.info("removed what a run that stopped before its first checkpoint left in %s (%s)",
                  out, ", ".join(removed))
 
 
@@ -287,6 +328,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
     ``model_tag``: names non-official encoder weights in the cache key.
     """
     cfg.validate()
+    start_over = no_checkpoint_yet(cfg)  # every process decides before process 0 clears it
     dist = init_distributed(cfg.device)
     try:
         resolve_precision(cfg, dist.device)  # a contradicting --precision fails before any work
@@ -294,6 +336,8 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
         if dist.is_main:
             check_folders(cfg)
         barrier(dist)
+        if start_over:
+            cfg = dataclasses.replace(cfg, resume=False)  # nothing to resume: from step 0
         found = scan(cfg)
         if pipeline is None:
             pipeline = build_pipeline(cfg, dist.device)

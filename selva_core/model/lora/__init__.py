@@ -21,6 +21,8 @@ Typical use::
 from .config import LoRAConfig, compute_scale
 from .intruders import IntruderReport, LayerIntruders, intruder_report, reduce_intruders
 from .io import (
+    FINAL_ADAPTER_FILE,
+    STRENGTH_RANGE,
     AdapterFileInfo,
     AdapterLoadError,
     AdapterNotFoundError,
@@ -33,6 +35,7 @@ from .io import (
     load_training_state_dict,
     parse_adapter_metadata,
     read_adapter_file,
+    resolve_adapter_path,
     save_adapter,
     training_state_dict,
 )

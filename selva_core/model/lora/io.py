@@ -31,6 +31,7 @@ not lie inside another adapter's wrapper) and their shapes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from torch import nn
 
 from ... import __version__
 from ...atomic import save_safetensors_atomic
+from ...variants import STRENGTH_RANGE  # noqa: F401  (re-exported with the LoRA library)
 from .config import LoRAConfig
 from .kind import get_kind, kind_names
 from .layers import AdapterState, LoRALayer
@@ -301,6 +303,9 @@ def save_adapter(
 
 
 # -- reading and validating --------------------------------------------------------------------
+FINAL_ADAPTER_FILE = "adapter_final.safetensors"  # what a training run leaves in its folder
+
+
 def _refuse_pickle(path: Path) -> None:
     """Refuse pickles / torch zip files by their header, before any parser sees them.
 
@@ -329,16 +334,43 @@ def _folder_hint(path: Path) -> str:
     return "pass the adapter's .safetensors file"
 
 
+def resolve_adapter_path(path: str | os.PathLike) -> Path:
+    """``path`` as an adapter file: a training run's folder means its
+    ``adapter_final.safetensors``; anything else that is not a readable file raises
+    :class:`AdapterLoadError` saying what it is (a folder, a symbolic-link loop, a dangling
+    link; :class:`AdapterNotFoundError` when nothing is there)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / FINAL_ADAPTER_FILE).is_file():
+            return path / FINAL_ADAPTER_FILE
+        raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AdapterLoadError(f"{path} is a symbolic-link loop (its links lead back to "
+                                   "themselves); point it at the adapter file") from None
+        if path.is_symlink():
+            raise AdapterNotFoundError(f"adapter file {path} is a link to {os.readlink(path)}, "
+                                       "which does not exist") from None
+        raise AdapterNotFoundError(f"adapter file {path} does not exist") from None
+    if not path.is_file():
+        raise AdapterLoadError(f"{path} is not a regular file; pass the adapter's "
+                               ".safetensors file")
+    return path
+
+
 def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of an adapter file, with format, version and pickle checks.
 
     Raises :class:`AdapterLoadError` (:class:`AdapterNotFoundError` when nothing is there).
+    A training run's folder is not an adapter file here (only :func:`resolve_adapter_path`
+    maps it to its final adapter).
     """
     path = Path(path)
     if path.is_dir():
         raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
-    if not path.is_file():
-        raise AdapterNotFoundError(f"adapter file {path} does not exist")
+    path = resolve_adapter_path(path)
     try:
         _refuse_pickle(path)
         with safe_open(str(path), framework="pt") as f:
@@ -588,6 +620,57 @@ def _adapter_states(
     return states
 
 
+# A change this many times the size of the weight it adds to is no trained adapter: it only
+# overflows the activations downstream (a scale or factors far out of range).
+MAX_CHANGE_RATIO = 1e3
+
+
+def _base_weight2d(module: nn.Module) -> torch.Tensor:
+    """The (out, in*k) base weight of a layer, wrapped or not, as fp32."""
+    if isinstance(module, LoRALayer):
+        return module.weight2d().detach().float()
+    w = module.weight.detach()
+    return w.reshape(w.shape[0], -1).float()
+
+
+def check_layer_changes(model: nn.Module, states: Mapping[str, AdapterState], path) -> None:
+    """Refuse (one :class:`AdapterLoadError` naming the layer) an adapter whose finite
+    factors still give an unusable change: ``s B A`` overflowing float32, a change more than
+    :data:`MAX_CHANGE_RATIO` times the size of the weight, or (DoRA) an output row of
+    ``W + s B A`` with norm 0, which the magnitude would divide by. Nothing is attached."""
+    for p, st in states.items():
+        try:
+            module = get_layer(model, p)
+        except ValueError as e:
+            raise AdapterLoadError(f"cannot load {path}: {e}") from None
+        W = _base_weight2d(module).to(st.lora_A.device)
+        B, A = st.factors2d()
+        if tuple(W.shape) != (B.shape[0], A.shape[1]):
+            continue  # attach_adapter_states names the shape mismatch
+        with torch.no_grad():
+            delta = torch.mm(B.float(), A.float()).mul_(st.scale)
+        if not bool(torch.isfinite(delta).all()):
+            raise AdapterLoadError(
+                f"{path}: layer {p}: its change to the weight (scale {st.scale:g} x B A) "
+                "overflows to NaN or infinity; the adapter is damaged (it would make every "
+                "output NaN). Use an earlier file or retrain.")
+        ratio = float(delta.double().norm() / W.double().norm().clamp_min(1e-30))
+        if not ratio <= MAX_CHANGE_RATIO:
+            raise AdapterLoadError(
+                f"{path}: layer {p}: its change to the weight is {ratio:.3g} times the size of "
+                f"the weight itself (more than {MAX_CHANGE_RATIO:g}); the adapter is damaged or "
+                "its scale is wrong (it would overflow the output). Use an earlier file or "
+                "retrain.")
+        if "lora_magnitude" in get_kind(st.kind).extra_keys:
+            norms = (W + delta).double().pow(2).sum(1).sqrt()
+            zero = torch.nonzero(~(norms > 0)).flatten().tolist()
+            if zero:
+                raise AdapterLoadError(
+                    f"{path}: layer {p}: DoRA row {zero[0]} of W + s B A has norm 0 "
+                    f"({len(zero)} row(s)), which the magnitude divides by; the adapter is "
+                    "damaged. Use an earlier file or retrain.")
+
+
 def load_adapter(
     model: nn.Module,
     path: str | os.PathLike,
@@ -653,6 +736,7 @@ def load_adapter_tensors(
         )
     except (TypeError, ValueError) as e:
         raise AdapterLoadError(f"{path}: metadata: {e}") from None
+    check_layer_changes(model, states, path)
     spec = AdapterSpec(
         name=name, config=cfg, scale=info.scale, variant_name=info.model_variant or want,
         init=info.init, source=str(path),
