@@ -86,7 +86,7 @@ def test_svd_merge_at_the_full_rank_is_exact_and_at_a_lower_rank_records_each_la
     assert low.metadata["file_rank"] == "2"
 
 
-# -- against peft's add_weighted_adapter ----------------------------------------------------------
+# -- against peft's add_weighted_adapter ---------------------------------------------------
 def _peft_pair(a, b):
     """A peft model (Linear qkv layers) holding the factors of files ``a`` and ``b``."""
     peft = pytest.importorskip("peft")
@@ -140,7 +140,7 @@ def test_ties_elects_the_sign_of_the_sum_and_averages_agreeing_entries():
     assert torch.equal(got, torch.tensor([[3.0, -1.5], [2.25, -3.0]], dtype=torch.float64))
 
 
-# -- refusals ---------------------------------------------------------------------------------------
+# -- refusals ---------------------------------------------------------------------------
 def test_adapters_of_different_model_variants_are_refused_naming_the_file(tmp_path):
     a = _adapter_file(tmp_path, "a", 1)
     b = _adapter_file(tmp_path, "b", 2, variant="other_variant")
@@ -173,7 +173,7 @@ def test_layers_of_only_one_source_keep_that_source_change(tmp_path):
                    _stacked_output([(a, 0.5), (b, 2.0)])) < 1e-6
 
 
-# -- the command --------------------------------------------------------------------------------------
+# -- the command -----------------------------------------------------------------------
 def test_cli_writes_the_merged_file_and_prints_the_worst_layer_error(tmp_path, capsys):
     a, b = _adapter_file(tmp_path, "a", 1), _adapter_file(tmp_path, "b", 2)
     out = tmp_path / "m.safetensors"
