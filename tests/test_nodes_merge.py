@@ -9,8 +9,8 @@ import pytest
 
 from selva_core.model.lora import read_adapter_file
 from tests.node_harness import PACK_NAME, load_pack, node, run_node
-from tests.test_lora_merge import _adapter_file, _stacked_output
 from tests.test_lora_common import rel_err
+from tests.test_lora_merge import _adapter_file, _stacked_output
 
 
 @pytest.fixture()
