@@ -51,6 +51,7 @@ from .runtime import (
     iter_lora_layers,
     lora_plus_param_groups,
     merge_adapters,
+    merged_state_dict,
     remove_adapter,
     remove_all_adapters,
     set_strength,

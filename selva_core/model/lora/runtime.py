@@ -348,6 +348,19 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's state dict (original keys, as :func:`base_state_dict`) with every
+    active adapter folded into its weights at its strength; the model is not changed. What a
+    tool that knows nothing of adapters loads as a plain model."""
+    merged = {f"{path}.base_layer.weight":
+              layer.base_layer.weight.detach().clone() if layer.merged else layer.merged_weight()
+              for path, layer in iter_lora_layers(model)}
+    out = base_state_dict(model)
+    for key, value in merged.items():
+        out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
 def merge_adapters(model: nn.Module) -> None:
     """Fold all active adapters (at their strengths) into the base weights; forward = base."""
     for _, layer in iter_lora_layers(model):
