@@ -20,8 +20,9 @@ Layers present in only some sources take the others' change as zero. The re-fact
 methods record each layer's relative Frobenius error ``||D - D_R|| / ||D||`` (``D`` the
 merged dense change before truncation) in the file's metadata (``merge_rel_errors``) and
 return the worst. Only kinds whose change does not depend on the base weights merge into a
-file (``lora``); DoRA's does (its magnitude renormalises ``W + s B A``), so a DoRA adapter is
-refused with a pointer to ``selva_core.export``, which bakes any kind into the generator.
+file (``lora``, ``loraxs``: their kind's ``lowrank`` gives the factors); DoRA's does (its
+magnitude renormalises ``W + s B A``), so a DoRA adapter is refused with a pointer to
+``selva_core.export``, which bakes any kind into the generator.
 Every refusal is one :class:`MergeError` (or the loader's ``AdapterLoadError``) naming the
 file or the layer; nothing is written by this module (callers write the returned tensors).
 """
@@ -47,13 +48,12 @@ from .io import (
     parse_adapter_metadata,
     read_adapter_file,
 )
+from .kind import get_kind
 from .lowrank import lowrank_svd, refactor
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("linear", "svd", "ties", "dare")
-#: Kinds whose change ``s B A`` is independent of the base weights, so it can be summed.
-MERGEABLE_KINDS = ("lora",)
 DEFAULT_DENSITY = 0.2  # TIES-Merging keeps the top 20 % of each task vector
 
 
@@ -90,16 +90,17 @@ def _read_source(path: str | os.PathLike, weight: float) -> _Source:
         raise MergeError(f"{path}: weight {weight!r} is not a finite number")
     tensors, meta = read_adapter_file(path)
     info = parse_adapter_metadata(meta, path)
-    if info.kind not in MERGEABLE_KINDS:
+    impl = get_kind(info.kind)
+    states = _adapter_states(tensors, info, path, torch.device("cpu"), 1.0)
+    if impl.lowrank(next(iter(states.values()))) is None:
         raise MergeError(
             f"{path}: adapter kind {info.kind!r} cannot be merged into an adapter file (its "
             "change depends on the base weights); bake it into the generator with "
             "python -m selva_core.export instead"
         )
-    states = _adapter_states(tensors, info, path, torch.device("cpu"), 1.0)
     factors = {}
     for p, st in states.items():
-        A, B = st.factors()
+        A, B = impl.lowrank(st)
         factors[p] = (A.detach() * st.scale, B.detach())  # change = B A exactly
     return _Source(str(path), float(weight), info, factors)
 
