@@ -1,6 +1,6 @@
 """LoRA library for SelVA's generator: adapters on ``nn.Linear`` and ``nn.Conv1d``.
 
-Kinds ``lora`` and ``dora`` (``kinds/``), inits standard / gaussian / PiSSA exact or
+Kinds ``lora``, ``dora`` and ``loraxs`` (``kinds/``), inits standard / gaussian / PiSSA exact or
 randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
 (``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
 with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),

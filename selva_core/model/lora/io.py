@@ -2,8 +2,10 @@
 
 File layout (format ``selva-lora``): per adapted layer ``<module path>.lora_A`` (R, in[, k]) and
 ``<module path>.lora_B`` (out, R[, 1]), plus ``<module path>.lora_magnitude`` (out,) fp32 for
-DoRA. The change on the *unmodified* base weight is ``scale * B A`` with ``scale`` from the
-metadata. PiSSA adapters are written converted to that plain delta: ``A' = [A; A0]``,
+DoRA, ``<module path>.lora_core`` (R, R) for LoRA-XS (change ``scale * B core A``; the shapes
+of a kind's extra tensors come from its ``extra_shapes``). The change on the *unmodified* base
+weight is ``scale * B A`` with ``scale`` from the metadata. PiSSA adapters are written
+converted to that plain delta: ``A' = [A; A0]``,
 ``B' = [B, -B0]`` (R = 2r, same scale), so files never carry base weights and load onto a clean
 base with no SVD. How the factors are stored (``storage_dtype``: exact float32, q16 fixed point
 with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by

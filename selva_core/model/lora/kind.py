@@ -1,9 +1,9 @@
 """The small protocol every LoRA kind implements, and the registry of kinds.
 
-A *kind* (``lora``, ``dora``) owns the math of one adapter on one wrapped layer; the runtime
-(``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and files. One file
-per kind in ``kinds/``, each opening with its formula, its identity-at-init argument and its
-paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
+A *kind* (``lora``, ``dora``, ``loraxs``) owns the math of one adapter on one wrapped layer;
+the runtime (``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and
+files. One file per kind in ``kinds/``, each opening with its formula, its identity-at-init
+argument and its paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
 
 A kind's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
 (tokens, features); Conv1d: module-layout input, channel-first output; see ``layers.py``).
