@@ -28,6 +28,12 @@ on a shared machine disturb far less than wall time (``--clock wall`` to change)
   rank-2r delta in q16; its exact-fp32 size and the q16 file's error after loading onto a
   clean base (dW and layer output, worst layer; ``pissa_dw_over_w`` is the largest
   ||dW|| / ||W|| of that stand-in training, which the output error scales with).
+* ``kinds``: one row per registered adapter kind (lora, dora, loraxs...) at the same rank and
+  targets: trainable parameters, the size of its ``auto``-storage file for ``large_44k``'s qkv
+  layers, its training step over the frozen floor (its own interleaved run) and memory: on
+  CUDA the peak of one step (``max_memory_allocated``, reset before it), on CPU the bytes the
+  adapter holds while training (its tensors, the gradients and AdamW's two moments of the
+  trained ones; a process's resident peak cannot be split by kind).
 
 Prints a table, then one JSON object as the last line.
 
@@ -67,6 +73,7 @@ from selva_core.model.lora import (  # noqa: E402
     trainable_parameters,
     unmerge_adapters,
 )
+from selva_core.model.lora.kind import kind_names  # noqa: E402
 from selva_core.model.lora.runtime import get_layer  # noqa: E402
 from selva_core.variants import get_variant  # noqa: E402
 
@@ -190,6 +197,48 @@ def adapter_files(variant: str, rank: int, out_dir: pathlib.Path) -> dict[str, f
         if init == "pissa":
             sizes.update(_q16_errors(model, variant, out_dir / "pissa_auto.safetensors", g))
     return sizes
+
+
+def _kind_file_mb(kind: str, variant: str, rank: int, out_dir: pathlib.Path) -> float:
+    """Size of the ``auto``-storage file of a rank-``rank`` ``kind`` adapter on the qkv layers."""
+    model = _qkv_stand_in(variant)
+    attach_lora(model, LoRAConfig(rank=rank, targets=("qkv",), kind=kind), variant_name=variant)
+    return save_adapter(model, out_dir / f"kind_{kind}.safetensors").stat().st_size / 1e6
+
+
+def kind_table(base: nn.Module, args, device: torch.device, clock, floor, batch_step,
+               out_dir: pathlib.Path) -> dict[str, dict]:
+    """Per adapter kind: trainable parameters, file MB (large_44k qkv), step / floor, memory."""
+    rows: dict[str, dict] = {}
+    models = {}
+    fns = {"floor": floor}
+    for kind in kind_names():
+        model = copy.deepcopy(base)
+        attach_lora(model, LoRAConfig(rank=args.rank, targets=TARGETS, kind=kind),
+                    variant_name=args.variant)
+        params = trainable_parameters(model)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        models[kind] = (model, params)
+        fns[kind] = batch_step(model, opt)
+    times = _interleaved(fns, args.repeats, args.warmup, device, clock)
+    for kind, (model, params) in models.items():
+        n_train = sum(p.numel() for p in params)
+        held = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                   if ".adapters." in k)
+        memory = {"adapter_train_state_mb": (held + 3 * 4 * n_train) / 1e6}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fns[kind]()
+            torch.cuda.synchronize(device)
+            memory["peak_step_mb"] = torch.cuda.max_memory_allocated(device) / 1e6
+        rows[kind] = {
+            "trainable_params": n_train,
+            "adapter_mb_large_44k_qkv": _kind_file_mb(kind, "large_44k", args.rank, out_dir),
+            "step_over_floor": _ratio(times, kind, "floor"),
+            **memory,
+        }
+    return rows
 
 
 def _bootstrap_ci(times: dict[str, list[float]], num: str, den: str, n: int = 2000):
@@ -350,6 +399,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         sizes = adapter_files("large_44k", args.rank, pathlib.Path(tmp))
+        kinds = kind_table(base, args, device, clock, floor, step, pathlib.Path(tmp))
     n_train = sum(p.numel() for p in trainable_parameters(ours))
     result = {
         "train_step_over_floor": _ratio(train, "ours", "floor"),
@@ -384,6 +434,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "clock": clock_name,
         "repeats": args.repeats,
+        "kinds": kinds,
     }
     rows = [
         ("training step / frozen floor", result["train_step_over_floor"], "<= 1.10"),
@@ -414,6 +465,14 @@ def main() -> None:
         lo, hi = result["ours_over_peft_ci95"]
         print(f"  our step / peft step: 95 % interval of the median [{lo:.3f}, {hi:.3f}] over "
               f"{result['ours_over_peft_pairs']} pairs")
+    mem_key = "peak_step_mb" if device.type == "cuda" else "adapter_train_state_mb"
+    print(f"  per kind (rank {args.rank}, {TARGETS[0]}):")
+    print(f"    {'kind':<8} {'trainable':>11} {'file MB l44k qkv':>17} {'step/floor':>11} "
+          f"{mem_key:>23}")
+    for kind, row in kinds.items():
+        print(f"    {kind:<8} {row['trainable_params']:>11,} "
+              f"{row['adapter_mb_large_44k_qkv']:>17.2f} {row['step_over_floor']:>11.3f} "
+              f"{row[mem_key]:>23.2f}")
     print(json.dumps(result))
 
 

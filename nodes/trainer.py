@@ -31,7 +31,7 @@ NODE = "LoRA Trainer"
 # copies of the library's choices (the pack imports without the library; a test keeps them equal)
 TARGET_PRESETS = ("attn", "qkv", "ffn", "attn+ffn", "all")
 INIT_MODES = ("standard", "gaussian", "pissa")
-LORA_KINDS = ("lora", "dora")
+LORA_KINDS = ("lora", "dora", "loraxs")
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 SelvaModelType = io.Custom(MODEL_TYPE)
 
@@ -92,7 +92,9 @@ class SelvaLoraTrainer(io.ComfyNode):
                                          "checkpoint."),
                 io.Combo.Input("lora_kind", options=list(LORA_KINDS), default="lora",
                                optional=True,
-                               tooltip="lora, or dora (a learned per-output magnitude)."),
+                               tooltip="lora, dora (a learned per-output magnitude) or "
+                                       "loraxs (frozen SVD basis of W, only an r x r core "
+                                       "trained: the fewest parameters)."),
                 io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                                  tooltip="Recompute most of each block in the backward "
                                          "pass: about a fifth of the activation memory per "

@@ -209,6 +209,18 @@ def test_lora_kind_dora_trains_a_dora_adapter_and_resume_checks_the_kind(straigh
         train(tiny, tmp_path / "resume", lora_kind="dora", resume=True)
 
 
+def test_lora_kind_loraxs_trains_only_the_cores_and_its_file_reproduces_them(tiny, tmp_path):
+    result = train(tiny, tmp_path / "xs", lora_kind="loraxs", steps=2, warmup_steps=1,
+                   save_every=2, val_every=2)
+    assert result.completed
+    from safetensors import safe_open
+
+    with safe_open(str(result.adapter_path), "pt") as fh:
+        assert fh.metadata()["lora_kind"] == "loraxs"
+        cores = [fh.get_tensor(k) for k in fh.keys() if k.endswith(".lora_core")]
+    assert cores and any(c.abs().sum() > 0 for c in cores)  # trained away from R = 0
+
+
 def test_checkpoints_written_before_lora_kind_existed_resume_as_plain_lora(tmp_path):
     identity = {"variant": "tiny_16k", "rank": 4}
     ckpt.check_identity(identity, {**identity, "lora_kind": "lora"}, tmp_path)

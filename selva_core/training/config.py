@@ -109,8 +109,10 @@ class TrainConfig:
         "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
         "--lr).", choices=INIT_MODES, group="model"))
     lora_kind: str = field(default="lora", metadata=_opt(
-        "Kind of adapter: 'lora' (W + s B A) or 'dora' (weight-decomposed: the direction of "
-        "W + s B A rescaled by a learned per-output magnitude).", choices=tuple(kind_names()),
+        "Kind of adapter: 'lora' (W + s B A), 'dora' (weight-decomposed: the direction of "
+        "W + s B A rescaled by a learned per-output magnitude) or 'loraxs' (W + s B R A with "
+        "A, B the frozen top-rank SVD basis of W and only the rank x rank core R trained).",
+        choices=tuple(kind_names()),
         group="model"))
     rslora: bool = field(default=False, metadata=_opt(
         "Rank-stabilised scaling alpha/sqrt(rank) instead of alpha/rank. Keep alpha fixed "
@@ -308,6 +310,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(allowed)}")
+        if self.lora_kind == "loraxs" and self.init.startswith("pissa"):
+            problems.append("--lora_kind loraxs builds its own SVD basis of W; use --init "
+                            "standard with it")
         if (self.base_dtype in ("bf16", "fp16") and self.precision != "auto"
                 and self.precision != self.base_dtype):
             problems.append(f"--base_dtype {self.base_dtype} needs every forward under "

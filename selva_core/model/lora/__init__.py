@@ -1,6 +1,6 @@
 """LoRA library for SelVA's generator: adapters on ``nn.Linear`` and ``nn.Conv1d``.
 
-Kinds ``lora`` and ``dora`` (``kinds/``), inits standard / gaussian / PiSSA exact or
+Kinds ``lora``, ``dora`` and ``loraxs`` (``kinds/``), inits standard / gaussian / PiSSA exact or
 randomized (``init.py``), alpha/r or rsLoRA scaling with evidence-based defaults
 (``config.py``), targets by presets and name patterns (``targets.py``), named stacked adapters
 with runtime strength and bit-exact merge / unmerge / removal (``layers.py``, ``runtime.py``),
@@ -54,6 +54,7 @@ from .runtime import (
     iter_lora_layers,
     lora_plus_param_groups,
     merge_adapters,
+    merged_state_dict,
     remove_adapter,
     remove_all_adapters,
     set_strength,

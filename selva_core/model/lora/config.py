@@ -73,7 +73,8 @@ class LoRAConfig:
     ``targets``: presets (``qkv``, ``attn``/``qkv+linear1``, ``ffn``, ``attn+ffn``, ``all``),
     ``re:<regex>`` (full match on the qualified module name), globs (``*``, ``?``, ``[]``) or
     plain dotted names (exact name or a name suffix such as ``attn.qkv``); see ``targets.py``.
-    ``kind``: the LoRA kind, ``lora`` or ``dora`` ("variant" always means the model variant).
+    ``kind``: the LoRA kind, ``lora``, ``dora`` or ``loraxs`` ("variant" always means the
+    model variant).
     ``seed``: seeds the random A init per layer (``None`` uses torch's global generator).
     """
 

@@ -2,8 +2,10 @@
 
 File layout (format ``selva-lora``): per adapted layer ``<module path>.lora_A`` (R, in[, k]) and
 ``<module path>.lora_B`` (out, R[, 1]), plus ``<module path>.lora_magnitude`` (out,) fp32 for
-DoRA. The change on the *unmodified* base weight is ``scale * B A`` with ``scale`` from the
-metadata. PiSSA adapters are written converted to that plain delta: ``A' = [A; A0]``,
+DoRA, ``<module path>.lora_core`` (R, R) for LoRA-XS (change ``scale * B core A``; the shapes
+of a kind's extra tensors come from its ``extra_shapes``). The change on the *unmodified* base
+weight is ``scale * B A`` with ``scale`` from the metadata. PiSSA adapters are written
+converted to that plain delta: ``A' = [A; A0]``,
 ``B' = [B, -B0]`` (R = 2r, same scale), so files never carry base weights and load onto a clean
 base with no SVD. How the factors are stored (``storage_dtype``: exact float32, q16 fixed point
 with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by
@@ -172,7 +174,14 @@ def adapter_storage(model: nn.Module, name: str = "default", storage="auto") -> 
     states = adapter_layers(model, name).values()
     file_rank = max(st.factors()[0].shape[0] for st in states)
     pissa = spec.init.startswith("pissa") or any(st.is_pissa for st in states)
-    return resolve_storage(storage, file_rank, spec.config.rank, pissa=pissa)
+    kind = resolve_storage(storage, file_rank, spec.config.rank, pissa=pissa)
+    impl = next(iter(states)).impl
+    if kind != "float32" and not impl.plain_factors:
+        raise ValueError(
+            f"adapter {name!r} is of kind {impl.name!r}, whose factors are stored exactly "
+            f"(float32); storage {kind!r} would re-factorise them"
+        )
+    return kind
 
 
 def adapter_state_dict(
@@ -589,14 +598,14 @@ def _adapter_states(
             check_layer_tensors(layer_tensors, info.storage, f"{path}: {p}")
         except ValueError as e:
             raise AdapterLoadError(str(e)) from None
+        shapes = impl.extra_shapes(layer_tensors["lora_A"], layer_tensors["lora_B"])
         for key in impl.extra_keys:
             t = tensors[f"{p}.{key}"]
             if not t.is_floating_point():
                 raise AdapterLoadError(f"{path}: {p}.{key} is {t.dtype}, not floating point")
-            out_dim = layer_tensors["lora_B"].shape[0]
-            if tuple(t.shape) != (out_dim,):
+            if tuple(t.shape) != shapes[key]:
                 raise AdapterLoadError(
-                    f"{path}: {p}.{key} has shape {tuple(t.shape)}, expected ({out_dim},)"
+                    f"{path}: {p}.{key} has shape {tuple(t.shape)}, expected {shapes[key]}"
                 )
         if info.file_rank is not None and layer_tensors["lora_A"].shape[0] != info.file_rank:
             raise AdapterLoadError(

@@ -1,9 +1,9 @@
 """The small protocol every LoRA kind implements, and the registry of kinds.
 
-A *kind* (``lora``, ``dora``) owns the math of one adapter on one wrapped layer; the runtime
-(``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and files. One file
-per kind in ``kinds/``, each opening with its formula, its identity-at-init argument and its
-paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
+A *kind* (``lora``, ``dora``, ``loraxs``) owns the math of one adapter on one wrapped layer;
+the runtime (``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and
+files. One file per kind in ``kinds/``, each opening with its formula, its identity-at-init
+argument and its paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
 
 A kind's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
 (tokens, features); Conv1d: module-layout input, channel-first output; see ``layers.py``).
@@ -31,6 +31,18 @@ class LoRAKind(Protocol):
     name: ClassVar[str]
     # extra per-layer tensors (AdapterState attribute names) that files carry, e.g. DoRA's m
     extra_keys: ClassVar[tuple[str, ...]]
+    # A and B are the change's own factors, so a storage may re-factorise them (q16, halves)
+    plain_factors: ClassVar[bool]
+
+    @staticmethod
+    def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """Shape of each extra tensor for a layer with factors ``A``, ``B`` (file checks)."""
+
+    @staticmethod
+    def lowrank(adapter: AdapterState) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, B) in layer shapes with change ``scale * B A`` independent of the base weights
+        (what merging adapter files and the spectral diagnostics sum), or None when the
+        change depends on the base weights (DoRA)."""
 
     @staticmethod
     def init(layer: LoRALayer, adapter: AdapterState) -> None:

@@ -219,20 +219,29 @@ class LoRALayer(nn.Module):
         return self.from_internal(y, x)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Add every active adapter (at its strength) into the base weight; keep the original."""
-        if self.merged:
-            return
+    def merged_weight(self) -> torch.Tensor:
+        """A new tensor: the original base weight plus every active adapter's change at its
+        strength (summed in fp32), in the base weight's shape and dtype."""
         w = self.base_layer.weight
         total = None
         for adapter in self.adapters.values():
             if adapter.strength != 0.0:
                 d = adapter.impl.delta_weight(self, adapter) * adapter.strength
                 total = d if total is None else total + d
+        base = self.original_weight2d()
+        if total is None:
+            return base.reshape(w.shape).clone()
+        return (base.float() + total.to(w.device)).reshape(w.shape).to(w.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add every active adapter (at its strength) into the base weight; keep the original."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        merged = self.merged_weight()
         self._original_weight = w.detach().clone()
-        if total is not None:
-            merged = self.weight2d().float() + total.to(w.device)
-            w.copy_(merged.reshape(w.shape).to(w.dtype))
+        w.copy_(merged)
         self.merged = True
 
     @torch.no_grad()

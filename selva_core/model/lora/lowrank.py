@@ -31,7 +31,12 @@ def refactor(
 
 
 def delta_svd(adapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD of an adapter's learned change ``s B A`` (PiSSA: ``s (B A - B0 A0)``)."""
-    B, A = adapter.factors2d()
+    """SVD of an adapter's learned change ``s B A`` (PiSSA: ``s (B A - B0 A0)``; a kind with
+    other factors gives them through its ``lowrank``)."""
+    factors = adapter.impl.lowrank(adapter)
+    if factors is None:
+        raise ValueError(f"adapter kind {adapter.kind!r} has no low-rank change of its own")
+    A, B = factors
+    B, A = B.reshape(B.shape[0], B.shape[1]), A.reshape(A.shape[0], -1)
     U, S, V = lowrank_svd(B.detach(), A.detach())
     return U, S * adapter.scale, V

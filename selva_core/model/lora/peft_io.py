@@ -72,8 +72,12 @@ def export_peft(
     out_dir = Path(out_dir)
     spec = get_spec(model, name)
     layers = adapter_layers(model, name)
+    kind = next(iter(layers.values())).kind
+    if kind not in ("lora", "dora"):
+        raise ValueError(f"adapter {name!r} is of kind {kind!r}, which peft has no LoRA form "
+                         "for; export the model with selva_core.export instead")
     ours = adapter_state_dict(model, name)
-    is_dora = next(iter(layers.values())).kind == "dora"
+    is_dora = kind == "dora"
     rs = spec.config.use_rslora
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}

@@ -348,6 +348,19 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's state dict (original keys, as :func:`base_state_dict`) with every
+    active adapter folded into its weights at its strength; the model is not changed. What a
+    tool that knows nothing of adapters loads as a plain model."""
+    merged = {f"{path}.base_layer.weight":
+              layer.base_layer.weight.detach().clone() if layer.merged else layer.merged_weight()
+              for path, layer in iter_lora_layers(model)}
+    out = base_state_dict(model)
+    for key, value in merged.items():
+        out[key.replace(".base_layer.", ".")] = value
+    return out
+
+
 def merge_adapters(model: nn.Module) -> None:
     """Fold all active adapters (at their strengths) into the base weights; forward = base."""
     for _, layer in iter_lora_layers(model):
@@ -360,12 +373,13 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 
 def trainable_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parameter]:
-    """Adapter parameters (A, B and the kind's extras) of ``name`` or of all adapters."""
+    """Adapter parameters (A, B and the kind's extras) of ``name`` or of all adapters that
+    require gradients (a kind may freeze some, e.g. LoRA-XS's basis)."""
     params = []
     for _, layer in iter_lora_layers(model):
         for n, st in layer.adapters.items():
             if name is None or n == name:
-                params.extend(p for p in st.parameters())
+                params.extend(p for p in st.parameters() if p.requires_grad)
     return params
 
 
@@ -384,7 +398,11 @@ def lora_plus_param_groups(
             if name is not None and n != name:
                 continue
             for pname, p in st.named_parameters():
-                (group_a if pname == "lora_A" else group_b).append(p)
+                if not p.requires_grad:
+                    continue
+                # B and 1-D extras learn at the higher rate; A and square cores (LoRA-XS) not
+                fast = pname == "lora_B" or p.dim() < 2
+                (group_b if fast else group_a).append(p)
     if not group_a:
         raise ValueError(f"no adapter parameters found (adapter {name!r})")
     return [

@@ -47,6 +47,16 @@ def _base_output(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 class DoRA:
     name = "dora"
     extra_keys: tuple[str, ...] = ("lora_magnitude",)
+    plain_factors = True
+
+    @staticmethod
+    def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        return {"lora_magnitude": (B.shape[0],)}
+
+    @staticmethod
+    def lowrank(adapter) -> None:
+        """None: the magnitude renormalises ``W + s B A``, so the change depends on W."""
+        return None
 
     @staticmethod
     def init(layer, adapter) -> None:

@@ -28,6 +28,15 @@ def needs_fp32_path(x: torch.Tensor, A: torch.Tensor) -> bool:
 class LoRA:
     name = "lora"
     extra_keys: tuple[str, ...] = ()
+    plain_factors = True
+
+    @staticmethod
+    def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    @staticmethod
+    def lowrank(adapter) -> tuple[torch.Tensor, torch.Tensor]:
+        return adapter.factors()
 
     @staticmethod
     def init(layer, adapter) -> None:
