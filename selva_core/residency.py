@@ -53,7 +53,11 @@ def _slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str, str, torch.
 
 def _set_slot(owner: nn.Module, kind: str, name: str, tensor: torch.Tensor) -> None:
     if kind == "p":
-        owner._parameters[name].data = tensor.data
+        param = owner._parameters[name]
+        if torch._has_compatible_shallow_copy_type(param, tensor):
+            param.data = tensor.data
+        else:  # e.g. to or from "meta": a new parameter, as nn.Module._apply makes
+            owner._parameters[name] = nn.Parameter(tensor.data, param.requires_grad)
     else:
         owner._buffers[name] = tensor
 
