@@ -14,8 +14,9 @@ when a node runs, so ComfyUI starts fast and the module also imports outside Com
   :func:`stop_requested` is the non-raising check for loops that must save first (training).
 * :class:`SelvaModel` and :func:`on_device`: the ``SELVA_MODEL`` value passed between nodes,
   and a context manager that registers GPU-resident networks with ``comfy.model_management``
-  (a ``ModelPatcher``), so ComfyUI can unload SelVA when other models need the GPU, and after
-  every run, also after an interruption or an error, empties the device cache.
+  (a ``ModelPatcher``; adapted models are clones of their base's, so the base counts once),
+  so ComfyUI can unload SelVA when other models need the GPU, and after every run, also
+  after an interruption or an error, empties the device cache.
 """
 
 from __future__ import annotations
@@ -159,33 +160,55 @@ class SelvaModel:
     Where the networks rest between runs is the pipeline's ``offload`` (``gpu``: on the
     compute device, registered with ComfyUI so it can unload them when another model needs
     the memory; ``cpu``: the library moves each network in for a run and back after it).
+
+    A model made from another (:meth:`derived`: the LoRA Loader's and the Trainer's output)
+    shares the base's residency in ComfyUI's memory manager, as ComfyUI's own LoRA models
+    do: its ``ModelPatcher`` is a ``clone()`` of the base's, over the one module that holds
+    the base networks and moves every derived pipeline with them
+    (:class:`selva_core.residency.SharedResidency`), and its size is the base's plus only
+    the tensors the derived pipeline owns (its adapters). ComfyUI keeps one entry per base,
+    so the base weights are counted and moved once, however many branches use them.
     """
 
     pipeline: Any
     label: str = ""
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     _patcher: Any = field(default=None, repr=False)
+    _base: SelvaModel | None = field(default=None, repr=False)
 
     def derived(self, pipeline: Any, label: str) -> SelvaModel:
-        """A new value for a pipeline made from this one (e.g. with adapters)."""
-        return SelvaModel(pipeline=pipeline, label=label)
+        """A new value for a pipeline made from this one (e.g. with adapters), sharing the
+        base's residency when both rest on the compute device."""
+        base = self._base or self
+        model = SelvaModel(pipeline=pipeline, label=label, _base=base)
+        if _rests_on_device(pipeline) and _rests_on_device(base.pipeline):
+            # now, while the new pipeline still shares the base's tensors
+            base_patcher = base.patcher()
+            clone = base_patcher.clone()
+            clone.size = base_patcher.model_size() + base_patcher.model.follow(pipeline)
+            model._patcher = clone
+        return model
 
     def patcher(self):
         """The ``ModelPatcher`` through which ComfyUI loads and unloads these networks."""
         if self._patcher is None:
             import comfy.model_patcher
-            from torch import nn
+
+            from selva_core.residency import SharedResidency
 
             mm = _model_management()
-            networks = nn.ModuleDict(dict(self.pipeline.networks()))
             self._patcher = comfy.model_patcher.ModelPatcher(
-                networks, load_device=self.pipeline.device,
+                SharedResidency(self.pipeline.networks()), load_device=self.pipeline.device,
                 offload_device=mm.unet_offload_device(),
             )
         return self._patcher
 
     def __repr__(self) -> str:
         return f"SelvaModel({self.label or self.pipeline!r})"
+
+
+def _rests_on_device(pipeline: Any) -> bool:
+    return getattr(pipeline, "offload", "gpu") == "gpu"
 
 
 def library_mode():
@@ -228,7 +251,7 @@ def on_device(model: SelvaModel) -> Iterator[Any]:
     failure: BaseException | None = None
     try:
         stack.enter_context(library_mode())
-        if getattr(pipeline, "offload", "gpu") == "gpu":
+        if _rests_on_device(pipeline):
             mm.load_models_gpu([model.patcher()], force_full_load=True)
         elif pipeline.device.type != "cpu" and hasattr(mm, "free_memory"):
             size = sum(t.numel() * t.element_size() for m in pipeline.networks().values()

@@ -401,6 +401,60 @@ def test_gpu_resident_models_are_registered_with_comfy_model_management(tiny, fe
     assert _sample(tiny, features)["waveform"].abs().max() > 0
 
 
+def _adapter_bytes(model) -> int:
+    generator = model.pipeline.generator
+    tensors = [*generator.named_parameters(), *generator.named_buffers()]
+    return sum(t.numel() * t.element_size() for n, t in tensors if ".adapters." in f".{n}")
+
+
+def test_adapted_branches_share_the_base_residency_in_comfy_memory_manager(tiny, features,
+                                                                           tmp_path):
+    """Base + two LoRA branches: ComfyUI holds one entry for them, loading a branch after
+    the base asks only for its adapter's bytes, and unloading and reloading works."""
+    import gc
+
+    import comfy.model_management as mm
+
+    cpu = torch.device("cpu")
+    base = tiny.patcher()
+    size = base.model_size()
+    bare = _sample(tiny, features)["waveform"]
+    branches = [run_node("SelVALoraLoader", model=tiny, lora_name="(none)", strength=1.0,
+                         lora_path=str(_adapter_file(tiny.pipeline, tmp_path / f"{s}.st",
+                                                     seed=s)))[0] for s in (1, 2)]
+    extra = [_adapter_bytes(b) for b in branches]
+    assert all(0 < e < size / 20 for e in extra)
+    assert [b.patcher().model_size() for b in branches] == [size + e for e in extra]
+    assert all(b.patcher().is_clone(base) and b.patcher().parent is base for b in branches)
+    sounds = [_sample(b, features)["waveform"] for b in branches]
+
+    mm.unload_all_models()
+    mm.MEMORY_REQUIRED.clear()
+    for model in (tiny, *branches):
+        _sample(model, features)
+    del model
+    assert mm.MEMORY_REQUIRED == [{cpu: size}, {cpu: extra[0]}, {cpu: extra[1]}]
+    assert len(mm.current_loaded_models) == 1  # the base, counted once
+    assert mm.loaded_models()[0] is branches[1].patcher() and base.loaded_size() == size
+
+    mm.unload_all_models()  # ComfyUI freeing the memory for another model
+    assert base.loaded_size() == 0
+    assert torch.equal(_sample(branches[0], features)["waveform"], sounds[0])
+    assert mm.MEMORY_REQUIRED[-1] == {cpu: size + extra[0]}
+    assert torch.equal(_sample(branches[1], features)["waveform"], sounds[1])
+    assert torch.equal(_sample(tiny, features)["waveform"], bare)
+    assert tiny.patcher() is base and tiny.pipeline.adapters == ()
+    base_storages = {p.untyped_storage().data_ptr() for p in tiny.pipeline.generator.parameters()}
+    for b in branches:
+        assert base_storages <= {p.untyped_storage().data_ptr()
+                                 for p in b.pipeline.generator.parameters()}
+
+    _sample(branches[1], features)
+    del b, branches
+    gc.collect()  # a branch ComfyUI no longer caches: its entry falls back to the base
+    assert mm.loaded_models() == [base]
+
+
 def test_offloading_models_ask_comfy_for_room_and_are_not_kept_loaded(common):
     import comfy.model_management as mm
 
