@@ -7,9 +7,11 @@ Every check returns a :class:`Check` (``name``, ``value``, ``threshold``, ``flag
 * ``clipping``: share of samples at full scale (``|x| >= CLIP_LEVEL``) above ``CLIP_SHARE``.
 * ``silence``: BS.1770 integrated loudness below ``SILENT_LUFS``.
 * ``dc_offset``: largest per-channel mean above ``DC_LIMIT``.
-* ``low_snr``: the spread between loud (90th percentile) and quiet (10th percentile) 400 ms
-  blocks below ``SNR_MIN_DB`` while the quiet stretches are noise-like (spectral flatness at
-  least ``NOISE_FLATNESS``); a steady tone or hum is not noise and is not flagged.
+* ``low_snr``: sound events over a noise floor that is close to them: the spread between
+  loud (90th percentile) and quiet (10th percentile) 400 ms blocks between ``SNR_STEADY_DB``
+  and ``SNR_MIN_DB`` while the quiet stretches are noise-like (spectral flatness at least
+  ``NOISE_FLATNESS``). A steady sound (spread below ``SNR_STEADY_DB``: a machine, rain, a
+  hum) has no floor to tell apart and is not flagged.
 * ``band_limited``: the source rate is below the model's, or the spectrum is broadband up to
   an edge (at least ``BAND_FILL`` of the bins below it within ``BAND_FILL_DB`` of the peak)
   and nothing within ``BAND_RANGE_DB`` of the peak lies above it, with the edge below
@@ -52,6 +54,7 @@ CLIP_SHARE = 0.001
 SILENT_LUFS = -60.0
 DC_LIMIT = 0.01
 SNR_MIN_DB = 15.0
+SNR_STEADY_DB = 3.0
 NOISE_FLATNESS = 0.3
 BAND_RANGE_DB = 60.0
 BAND_FILL_DB = 40.0
@@ -133,9 +136,11 @@ def low_snr(mono: np.ndarray, sample_rate: int) -> Check:
     energy = spec.sum(axis=1)
     quiet = spec[energy <= np.percentile(energy, 20)].mean(axis=0)
     noisy = _flatness(quiet[1:]) >= NOISE_FLATNESS
-    return Check("low_snr", snr, SNR_MIN_DB, bool(snr < SNR_MIN_DB and noisy), "dB",
+    flagged = SNR_STEADY_DB <= snr < SNR_MIN_DB and noisy
+    return Check("low_snr", snr, SNR_MIN_DB, bool(flagged), "dB",
                  "loud (90th pct) minus quiet (10th pct) block level below the threshold, "
-                 f"with noise-like quiet stretches (flatness >= {NOISE_FLATNESS})")
+                 f"with noise-like quiet stretches (flatness >= {NOISE_FLATNESS}); steady "
+                 f"sound (below {SNR_STEADY_DB:g} dB) is not flagged")
 
 
 def bandwidth_hz(mono: np.ndarray, sample_rate: int) -> tuple[float, float]:
@@ -245,8 +250,9 @@ def fingerprint(mono: np.ndarray, sample_rate: int) -> np.ndarray:
     sound gives near-identical fingerprints whatever its level."""
     mel = mel_power(mono, sample_rate, FP_MELS)
     edges = np.linspace(0, mel.shape[0], FP_FRAMES + 1).round().astype(int)
-    pooled = np.stack([mel[a:max(b, a + 1)].mean(axis=0) for a, b in zip(edges[:-1],
-                                                                           edges[1:])])
+    last = max(mel.shape[0] - 1, 0)
+    pooled = np.stack([mel[min(a, last):max(b, min(a, last) + 1)].mean(axis=0)
+                       for a, b in zip(edges[:-1], edges[1:])])
     logmel = np.log10(pooled + 1e-10)
     logmel -= logmel.mean()
     norm = np.linalg.norm(logmel)
