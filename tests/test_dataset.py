@@ -343,3 +343,18 @@ def test_the_trainer_warns_about_flagged_clips(tmp_path, caplog):
         assert warn_flagged(tmp_path, ["a", "b", "c"]) == ["a"]
     assert "a: flagged by dataset_report.json: clipping" in caplog.text
     assert warn_flagged(tmp_path / "nowhere", ["a"]) == []
+
+
+def test_near_duplicates_of_training_clips_leave_validation(tmp_path):
+    from types import SimpleNamespace as Ex
+
+    from selva_core.dataset.report import keep_duplicates_together
+
+    (tmp_path / REPORT_JSON).write_text(json.dumps({"clips": [], "near_duplicates": [
+        ["a", "b"], ["c", "d"]]}))
+    train = [Ex(name="a#w0"), Ex(name="c"), Ex(name="d")]
+    val = [Ex(name="b#w0"), Ex(name="b#w1"), Ex(name="e")]
+    new_train, new_val = keep_duplicates_together(tmp_path, train, val)
+    assert [e.name for e in new_train] == ["a#w0", "c", "d", "b#w0", "b#w1"]
+    assert [e.name for e in new_val] == ["e"]
+    assert keep_duplicates_together(tmp_path / "none", train, val) == (train, val)

@@ -46,6 +46,7 @@ import numpy as np
 from selva_core.audio.sync import motion_sync
 from selva_core.data.container import decodable, media_errors, open_media
 from selva_core.data.video import REENCODE_HINT
+from selva_core.dataset.defaults import ROUND_TRIP_LSD_DB
 from selva_core.dataset.loudness import block_levels, integrated_lufs
 from selva_core.evaluation.metrics import mel_power, power_spectrogram
 
@@ -67,7 +68,6 @@ OFFSET_MS = 100.0
 OFFSET_CORR = 0.3
 OFFSET_GAIN = 0.1
 DUPLICATE_FP_CORR = 0.95
-ROUND_TRIP_LSD_DB = 12.0
 FP_FRAMES = 64
 FP_MELS = 32
 

@@ -19,8 +19,8 @@ from selva_core.console import say
 from selva_core.data.errors import BadClipError
 from selva_core.dataset import checks
 from selva_core.dataset.cutting import DEFAULT_MIN_LOUDNESS
+from selva_core.dataset.defaults import DEFAULT_LUFS
 from selva_core.dataset.prepare import (
-    DEFAULT_LUFS,
     PrepareError,
     PrepareSettings,
     prepare,

@@ -61,6 +61,7 @@ from selva_core.dataset.cutting import (
     shot_cuts,
     small_grey,
 )
+from selva_core.dataset.defaults import DEFAULT_LUFS
 from selva_core.dataset.loudness import block_levels, normalize
 from selva_core.media import _audio_stream, _encode_audio, _video_encoder, write_wav
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, get_variant
@@ -68,7 +69,6 @@ from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, get_variant
 log = logging.getLogger(__name__)
 
 SIDECAR = ".{name}.prepare.json"
-DEFAULT_LUFS = -23.0
 DEFAULT_HOP_S = TRAIN_DURATION_S
 X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
 
@@ -341,6 +341,9 @@ def prepare(sources: Sequence[str | Path], out: str | Path, settings: PrepareSet
             progress: Callable[[int, int], None] | None = None) -> PrepareResult:
     """Cut every source into ``out``; bad sources are skipped with one line each.
 
+    ``progress(done, total)`` counts sources and is also called after every clip (the same
+    figures): a callback that raises (a UI's Cancel) stops between clips.
+
     Raises PrepareError for the output inside a source folder, or when writing fails (a full
     disk: what was written stays, a rerun continues); KeyboardInterrupt leaves no partial clip.
     """
@@ -360,7 +363,8 @@ def prepare(sources: Sequence[str | Path], out: str | Path, settings: PrepareSet
     prompts: dict[str, str] = {}
     for i, source in enumerate(found):
         try:
-            prepare_source(source, out, settings, result, prompts)
+            tick = (lambda i=i: progress(i, len(found))) if progress is not None else None
+            prepare_source(source, out, settings, result, prompts, tick)
         except BadClipError as error:
             log.warning("skipping: %s", error)
             result.skipped.append(error)

@@ -76,9 +76,11 @@ def format_summary(result: Inspection) -> str:
         shown = ", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
         lines.append(f"  {flag:<24} {len(names):>4}  {shown}")
     if result.round_trip and result.clips:
-        lsd = [r.checks["round_trip"].value for r in result.clips if "round_trip" in r.checks]
-        lines.append(f"  round-trip LSD: median {float(np.median(lsd)):.1f} dB, worst "
-                     f"{max(lsd):.1f} dB (threshold {checks.ROUND_TRIP_LSD_DB:g})")
+        trips = [r.checks["round_trip"] for r in result.clips if "round_trip" in r.checks]
+        lsd = [c.value for c in trips]
+        if lsd:
+            lines.append(f"  round-trip LSD: median {float(np.median(lsd)):.1f} dB, worst "
+                         f"{max(lsd):.1f} dB (threshold {trips[0].threshold:g})")
     for group in result.straddling:
         lines.append(f"  near duplicates on both sides of the default split: {', '.join(group)}")
     if result.skipped:
@@ -231,3 +233,27 @@ def warn_flagged(data_dir: str | Path, names: list[str]) -> list[str]:
         log.warning("%d of %d clip(s) flagged by the dataset report; see %s", len(hit),
                     len(names), Path(data_dir) / REPORT_HTML)
     return hit
+
+
+def keep_duplicates_together(data_dir: str | Path, train: list, val: list) -> tuple[list, list]:
+    """Move validation examples whose clip has a near duplicate among the training clips
+    (the report's groups) into training, so validation never scores sound the adapter
+    trained on; both keep their order. Without a report nothing changes."""
+    from selva_core.training.validation import clip_of
+
+    path = Path(data_dir) / REPORT_JSON
+    if not val or not path.is_file():
+        return train, val
+    try:
+        groups = json.loads(path.read_text(encoding="utf-8")).get("near_duplicates") or []
+    except (OSError, ValueError, AttributeError):
+        return train, val
+    training = {clip_of(e.name) for e in train}
+    moved = {name for g in groups if training.intersection(g) for name in g} - training
+    moved &= {clip_of(e.name) for e in val}
+    if not moved:
+        return train, val
+    log.warning("%d validation clip(s) moved to training: near duplicates of training clips "
+                "(%s): %s", len(moved), REPORT_JSON, ", ".join(sorted(moved)))
+    return ([e for e in [*train, *val] if clip_of(e.name) in training | moved],
+            [e for e in val if clip_of(e.name) not in moved])
