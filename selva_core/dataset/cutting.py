@@ -1,12 +1,12 @@
 """Where to cut a long source into training clips: shot boundaries and active sound.
 
-* **Shot cuts** (:func:`shot_cuts`): the picture is decoded at 25 fps as small grey frames
-  (:func:`small_grey`); the motion energy of :func:`selva_core.audio.sync.motion_energy`
-  (mean absolute difference of consecutive frames) jumps at a hard cut. A frame starts a new
-  shot when its difference is at least ``CUT_MIN_LEVEL`` (on the 0-255 scale) and
-  ``CUT_RATIO`` times the median difference of the second around it, so steady camera or
-  object motion does not read as a cut. Fades and dissolves are not detected (their
-  differences are spread over many frames).
+* **Shot cuts** (:func:`shot_cuts`): every source frame is decoded as a 32 x 32 grey image
+  (:func:`small_frames`, scaled by FFmpeg while decoding, at its own time); the motion energy
+  of :func:`selva_core.audio.sync.motion_energy` (mean absolute difference of consecutive
+  frames) jumps at a hard cut. A frame starts a new shot when its difference is at least
+  ``CUT_MIN_LEVEL`` (on the 0-255 scale) and ``CUT_RATIO`` times the median difference of the
+  second around it, so steady camera or object motion does not read as a cut. Fades and
+  dissolves are not detected (their differences are spread over many frames).
 * **Active sound** (:func:`active_starts`): a window is kept when at least
   ``ACTIVE_SHARE`` of its 400 ms blocks (:func:`selva_core.dataset.loudness.block_levels`)
   are at or above ``min_loudness``; silence, pauses and quiet stretches are skipped.
@@ -18,12 +18,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from selva_core.audio.sync import motion_energy
+from selva_core.data.container import decodable, decode_stream, media_errors, open_media
+from selva_core.data.video import REENCODE_HINT
 from selva_core.dataset.loudness import BLOCK_S, BLOCK_STEP_S
 from selva_core.variants import SYNC_FPS
 
@@ -43,11 +48,43 @@ def small_grey(block: torch.Tensor) -> torch.Tensor:
     return F.interpolate(grey, size=(CUT_SIZE, CUT_SIZE), mode="area")
 
 
-def shot_cuts(frames: np.ndarray | torch.Tensor, fps: float = CUT_FPS) -> list[float]:
-    """Times (s) of the first frame of every new shot in ``frames`` (T, 1, H, W) at ``fps``."""
+def small_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of ``path``'s picture as 32 x 32 grey: (times in s from the picture's start,
+    uint8 (T, 1, 32, 32))."""
+    times: list[float] = []
+    images: list[np.ndarray] = []
+    scaler = VideoReformatter()  # one scaling context for every frame
+    with open_media(path, "video", REENCODE_HINT) as container, \
+            media_errors(path, "video", REENCODE_HINT):
+        stream = container.streams.video[0]
+        decodable(path, stream, "video", REENCODE_HINT)
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        origin = Fraction(stream.start_time) * tb if stream.start_time is not None and tb \
+            else Fraction(0)
+        rate = float(stream.average_rate or CUT_FPS)
+        for frame in decode_stream(path, container, stream, "video", REENCODE_HINT):
+            t = float(Fraction(frame.pts) * tb - origin) if frame.pts is not None and tb \
+                else len(times) / rate
+            times.append(t)
+            images.append(scaler.reformat(frame, width=CUT_SIZE, height=CUT_SIZE, format="gray",
+                                          interpolation=Interpolation.AREA).to_ndarray())
+    if not images:
+        return np.zeros(0), np.zeros((0, 1, CUT_SIZE, CUT_SIZE), np.uint8)
+    order = np.argsort(times, kind="stable")
+    return np.asarray(times)[order], np.stack(images)[order][:, None]
+
+
+def shot_cuts(frames: np.ndarray | torch.Tensor, fps: float = CUT_FPS,
+              times: np.ndarray | None = None) -> list[float]:
+    """Times (s) of the first frame of every new shot in ``frames`` (T, 1, H, W): at
+    ``times`` when given, else every 1 / ``fps`` s."""
     diff = motion_energy(frames)
     if diff.shape[0] < 2:
         return []
+    if times is not None:
+        steps = np.diff(times)
+        fps = 1.0 / float(np.median(steps[steps > 0])) if np.any(steps > 0) else fps
     half = max(1, round(CUT_CONTEXT_S * fps))
     cuts = []
     for i in range(1, diff.shape[0]):
@@ -56,7 +93,7 @@ def shot_cuts(frames: np.ndarray | torch.Tensor, fps: float = CUT_FPS) -> list[f
         around = np.concatenate([diff[max(1, i - half):i], diff[i + 1:i + half + 1]])
         median = float(np.median(around)) if around.size else 0.0
         if diff[i] >= CUT_RATIO * max(median, 1.0):
-            cuts.append(i / fps)
+            cuts.append(float(times[i]) if times is not None else i / fps)
     return cuts
 
 

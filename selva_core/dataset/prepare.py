@@ -49,7 +49,6 @@ from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_promp
 from selva_core.data.video import (
     REENCODE_HINT,
     VIDEO_EXTENSIONS,
-    decode_frames,
     probe_video,
     upright,
 )
@@ -59,7 +58,7 @@ from selva_core.dataset.cutting import (
     DEFAULT_MIN_LOUDNESS,
     plan_clips,
     shot_cuts,
-    small_grey,
+    small_frames,
 )
 from selva_core.dataset.defaults import DEFAULT_LUFS
 from selva_core.dataset.loudness import block_levels, normalize
@@ -70,7 +69,7 @@ log = logging.getLogger(__name__)
 
 SIDECAR = ".{name}.prepare.json"
 DEFAULT_HOP_S = TRAIN_DURATION_S
-X264_OPTIONS = {"crf": "18", "preset": "veryfast"}
+X264_OPTIONS = {"crf": "18", "preset": "superfast"}
 
 
 class PrepareError(ValueError):
@@ -277,8 +276,8 @@ def prepare_source(source: Path, out: Path, settings: PrepareSettings, result: P
     heard = resample(mono, source_rate, rate)
     length = min(info.duration, heard.shape[0] / rate)
     result.seconds += info.duration
-    small = decode_frames(source, fps=CUT_FPS, transform=small_grey)
-    cuts = shot_cuts(small, CUT_FPS)
+    times, small = small_frames(source)
+    cuts = shot_cuts(small, times=times)
     plan = plan_clips(length, cuts, block_levels(heard, rate), duration=settings.duration,
                       hop=settings.step, min_loudness=settings.min_loudness,
                       max_clips=settings.max_clips)
