@@ -43,7 +43,6 @@ from selva_core.atomic import (
     write_text_atomic,
 )
 from selva_core.data.audio import align_to_picture, decode_audio, resample, to_mono
-from selva_core.data.container import decodable, media_errors, open_media
 from selva_core.data.errors import BadClipError
 from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_prompts
 from selva_core.data.video import (
@@ -56,6 +55,7 @@ from selva_core.dataset import checks
 from selva_core.dataset.cutting import (
     CUT_FPS,
     DEFAULT_MIN_LOUDNESS,
+    picture,
     plan_clips,
     shot_cuts,
     small_frames,
@@ -165,13 +165,8 @@ def write_clip_video(source: Path, start: float, end: float, audio: np.ndarray,
                      sample_rate: int, out_path: Path) -> Path:
     """The source's frames from ``start`` to ``end`` (s from the picture's start) with
     ``audio`` (mono) as AAC, in an MP4 written atomically."""
-    with open_media(source, "video", REENCODE_HINT) as src, \
-            media_errors(source, "video", REENCODE_HINT):
-        stream = src.streams.video[0]
-        decodable(source, stream, "video", REENCODE_HINT)
-        stream.thread_type = "AUTO"
+    with picture(source) as (src, stream, origin):
         tb = stream.time_base
-        origin = Fraction(stream.start_time) * tb if stream.start_time is not None else 0
         rate = stream.average_rate or Fraction(25)
         if start > 0:
             src.seek(max(0, math.floor((origin + Fraction(start) - 1) / tb)), stream=stream,
