@@ -13,7 +13,8 @@ clips named ``<source stem>_<start in ms>``:
 * ``<clip>.wav``: the sound at the variant's rate, loudness-normalised to ``lufs``
   (BS.1770), optionally compressed and limited; the copy the trainer reads;
 * ``.<clip>.prepare.json`` (hidden): the source, the window and the checks of the source's
-  own audio there (clipping, DC, stereo, band), which the inspection report keeps. It is
+  own audio there (clipping, DC, stereo, band), which the inspection report keeps (the
+  copy's own picture is checked as it is: its frames are upright, their times the source's). It is
   written last: a clip is done when it exists, so a rerun skips done clips and redoes a clip
   an interruption cut short (an interrupted clip's files are removed).
 
@@ -236,10 +237,9 @@ def write_clip_video(source: Path, start: float, end: float, audio: np.ndarray,
 
 
 def _source_checks(raw: np.ndarray, mono: np.ndarray, source_rate: int, model_rate: int,
-                   timing: checks.PictureTiming) -> list[dict]:
+                   ) -> list[dict]:
     found = [checks.clipping(raw), checks.dc_offset(raw), checks.stereo(raw),
-             checks.band_limited(mono, source_rate, source_rate, model_rate),
-             checks.variable_frame_rate(timing), checks.rotation(timing)]
+             checks.band_limited(mono, source_rate, source_rate, model_rate)]
     return [c.as_dict() for c in found]
 
 
@@ -279,16 +279,15 @@ def prepare_source(source: Path, out: Path, settings: PrepareSettings, result: P
     log.info("%s: %.1f s, %d shot cut(s), %d clip(s) (%d quiet window(s) skipped, %d shot(s) "
              "shorter than %.1f s)", source, length, len(plan.cuts), len(plan.clips), plan.quiet,
              plan.short_shots, settings.duration)
-    timing = checks.picture_timing(source)
     prompt = source_prompt(source, settings)
     n = round(settings.duration * rate)
     for clip in plan.clips:
         name = clip_name(source, clip.start)
         wav, mp4 = out / f"{name}.wav", out / f"{name}.mp4"
         sidecar = out / SIDECAR.format(name=name)
-        prompts.setdefault(name, prompt)
         if sidecar.is_file() and wav.is_file() and mp4.is_file():
             result.existing.append(name)
+            prompts.setdefault(name, prompt)
             continue
         a = round(clip.start * rate)
         window = heard[a:a + n]
@@ -296,7 +295,7 @@ def prepare_source(source: Path, out: Path, settings: PrepareSettings, result: P
         processed, lufs = normalize(window, rate, settings.lufs, compressor=settings.compress,
                                     name=name)
         sa, sb = round(clip.start * source_rate), round(clip.end * source_rate)
-        own = _source_checks(raw[:, sa:sb], mono[sa:sb], source_rate, rate, timing)
+        own = _source_checks(raw[:, sa:sb], mono[sa:sb], source_rate, rate)
         written: list[Path] = []
         try:
             written.append(write_wav(wav, processed, rate))
@@ -310,6 +309,7 @@ def prepare_source(source: Path, out: Path, settings: PrepareSettings, result: P
             _remove(written)
             raise
         result.written.append(name)
+        prompts.setdefault(name, prompt)
         if progress is not None:
             progress()
 
@@ -329,6 +329,16 @@ def write_prompts(out: Path, prompts: dict[str, str]) -> None:
     if text and not text.endswith("\n"):
         text += "\n"
     write_text_atomic(file, text + "\n".join(new) + "\n")
+
+
+def _save_prompts_anyway(out: Path, prompts: dict[str, str]) -> None:
+    """``write_prompts`` on the way out of a failed run; a failure here is logged (the
+    rerun writes the lines)."""
+    try:
+        write_prompts(out, prompts)
+    except OSError as error:
+        log.warning("%s: cannot write %s (%s); a rerun adds its lines", out, PROMPTS_FILENAME,
+                    error.strerror or error)
 
 
 def prepare(sources: Sequence[str | Path], out: str | Path, settings: PrepareSettings,
@@ -359,18 +369,18 @@ def prepare(sources: Sequence[str | Path], out: str | Path, settings: PrepareSet
         try:
             tick = (lambda i=i: progress(i, len(found))) if progress is not None else None
             prepare_source(source, out, settings, result, prompts, tick)
+            write_prompts(out, prompts)
         except BadClipError as error:
             log.warning("skipping: %s", error)
             result.skipped.append(error)
         except OSError as error:
+            _save_prompts_anyway(out, prompts)
             raise PrepareError(f"{out}: cannot write ({error.strerror or error}); free space "
                                "or choose another folder and rerun: the clips already "
                                "written are kept and skipped") from None
-        finally:
-            try:
-                write_prompts(out, prompts)
-            except OSError:
-                pass
+        except BaseException:  # Ctrl-C, a UI's Cancel: the clips written keep their prompts
+            _save_prompts_anyway(out, prompts)
+            raise
         if progress is not None:
             progress(i + 1, len(found))
     return result

@@ -36,6 +36,7 @@ STRIP_FRAMES = 6
 STRIP_HEIGHT = 72
 SPEC_MELS = 64
 CELL = 14  # summary image cell size (pixels)
+WARN_CLIPS = 20  # the trainer names at most this many flagged clips, then counts them
 
 
 def _figure(value):
@@ -227,7 +228,7 @@ def warn_flagged(data_dir: str | Path, names: list[str]) -> list[str]:
     """Log one warning per clip among ``names`` that the folder's report flags; the names."""
     flags = flagged_in_report(data_dir)
     hit = [n for n in names if flags.get(n)]
-    for name in hit:
+    for name in hit[:WARN_CLIPS]:
         log.warning("%s: flagged by %s: %s", name, REPORT_JSON, ", ".join(flags[name]))
     if hit:
         log.warning("%d of %d clip(s) flagged by the dataset report; see %s", len(hit),
