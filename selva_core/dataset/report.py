@@ -83,7 +83,8 @@ def format_summary(result: Inspection) -> str:
             lines.append(f"  round-trip LSD: median {float(np.median(lsd)):.1f} dB, worst "
                          f"{max(lsd):.1f} dB (threshold {trips[0].threshold:g})")
     for group in result.straddling:
-        lines.append(f"  near duplicates on both sides of the default split: {', '.join(group)}")
+        lines.append(f"  near duplicates on both sides of the default split (the trainer keeps "
+                     f"them in training): {', '.join(group)}")
     if result.skipped:
         lines.append(f"  {len(result.skipped)} clip(s) the trainer would skip:")
         lines += [f"    - {s}" for s in result.skipped[:5]]
@@ -192,7 +193,8 @@ def report_html(result: Inspection) -> str:
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
              "padding:2px 6px}tr.flag{background:#fdd}.specs{display:flex;gap:1em}"
              "figure{margin:0}img{image-rendering:pixelated;max-width:100%}"
-             "pre{background:#f4f4f4;padding:1em}")
+             ".specs img{width:420px;height:160px}"
+             "pre{background:#f4f4f4;padding:1em;white-space:pre-wrap}")
     body = "\n".join(_clip_html(r, result.sample_rate) for r in result.clips)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>SelVA dataset report"
             f"</title><style>{style}</style></head><body><h1>SelVA dataset report</h1>"
