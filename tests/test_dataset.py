@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from selva_core.data.audio import read_audio_file
 from selva_core.data.video import decode_frames, probe_video
@@ -211,6 +212,16 @@ def test_the_copies_keep_the_sources_frames(prepared):
     original = decode_frames(src / "machine.avi", fps=FPS, start=8.08, num_frames=copy.shape[0])
     assert copy.shape == original.shape
     assert (copy - original.float()).abs().mean() < 6
+
+
+def test_a_window_starting_on_a_keyframe_is_copied_without_re_encoding(prepared):
+    from selva_core.media import picture_codec
+
+    src, out, result = prepared
+    assert picture_codec(out / "machine_0000000.mp4") == picture_codec(src / "machine.avi")
+    copy = decode_frames(out / "machine_0000000.mp4", fps=FPS)
+    original = decode_frames(src / "machine.avi", fps=FPS, num_frames=copy.shape[0])
+    assert copy.shape[0] == 50 and torch.equal(copy, original)  # bit-exact: not re-encoded
 
 
 def test_source_defects_are_kept_in_the_report_of_the_prepared_clips(prepared):

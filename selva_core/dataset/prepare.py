@@ -8,8 +8,10 @@ stay inside one shot and whose sound is active (:mod:`selva_core.dataset.cutting
 clips named ``<source stem>_<start in ms>``:
 
 * ``<clip>.mp4``: the source's own frames from the window's start to its end (each frame at
-  its original time, the frame shown at the start first; turned upright), re-encoded (H.264
-  when this FFmpeg has it) so the cut is frame-accurate, with the prepared sound as AAC;
+  its original time, the frame shown at the start first; turned upright), with the prepared
+  sound as AAC. The picture's packets are copied when the cut allows it (a keyframe at the
+  start, no B-frames, no rotation, a codec MP4 takes); otherwise it is re-encoded (H.264 when
+  this FFmpeg has it) so the cut is frame-accurate;
 * ``<clip>.wav``: the sound at the variant's rate, loudness-normalised to ``lufs``
   (BS.1770), optionally compressed and limited; the copy the trainer reads;
 * ``.<clip>.prepare.json`` (hidden): the source, the window and the checks of the source's
@@ -162,10 +164,66 @@ def _shift_like(row: np.ndarray, sample_rate: int, offset: float) -> np.ndarray:
     return np.concatenate([np.zeros(shift, row.dtype), row]) if shift > 0 else row[-shift:]
 
 
+def _turned(frame) -> bool:
+    """Does ``frame`` carry a display matrix (a phone's rotation)?"""
+    return any(getattr(d, "type", None) is not None and d.type.name == "DISPLAYMATRIX"
+               for d in frame.side_data)
+
+
+def _copy_window(source: Path, start: float, end: float, audio: np.ndarray, sample_rate: int,
+                 out_path: Path) -> bool:
+    """Copy the picture's packets from ``start`` to ``end`` without decoding them, when the
+    cut allows it: a keyframe exactly at ``start``, no B-frames (so every packet before
+    ``end`` decodes without one after it), no display rotation (the copy is stored upright)
+    and a codec MP4 takes. False (nothing written) otherwise."""
+    eps = Fraction(1, 1000)
+    try:
+        with picture(source) as (src, stream, origin):
+            context = stream.codec_context
+            if context.has_b_frames:
+                return False
+            tb = stream.time_base
+            if start > 0:
+                src.seek(max(0, round((origin + Fraction(start)) / tb)), stream=stream,
+                         backward=True)
+            packets = []
+            for packet in src.demux(stream):
+                if packet.pts is None:
+                    continue
+                t = Fraction(packet.pts) * tb - origin
+                if not packets:
+                    if abs(t - Fraction(start)) > eps or not packet.is_keyframe or \
+                            any(_turned(frame) for frame in packet.decode()):
+                        return False
+                elif t >= Fraction(end) - eps:
+                    break
+                packets.append(packet)
+            if not packets:
+                return False
+            with atomic_path(out_path) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
+                video = out.add_stream_from_template(stream)
+                sound = _audio_stream(out, 1, sample_rate)
+                first = packets[0].pts
+                for packet in packets:
+                    packet.pts -= first
+                    packet.dts = packet.pts
+                    packet.stream = video
+                    out.mux(packet)
+                _encode_audio(out, sound, audio[None].astype(np.float32), sample_rate)
+    except (av.FFmpegError, ValueError) as error:
+        log.debug("%s: the window at %.2f s cannot be copied (%s); re-encoding", source, start,
+                  error)
+        return False
+    return True
+
+
 def write_clip_video(source: Path, start: float, end: float, audio: np.ndarray,
                      sample_rate: int, out_path: Path) -> Path:
     """The source's frames from ``start`` to ``end`` (s from the picture's start) with
-    ``audio`` (mono) as AAC, in an MP4 written atomically."""
+    ``audio`` (mono) as AAC, in an MP4 written atomically: the packets copied where the cut
+    allows it (:func:`_copy_window`), else decoded and encoded again."""
+    if _copy_window(source, start, end, audio, sample_rate, out_path):
+        return out_path
     with picture(source) as (src, stream, origin):
         tb = stream.time_base
         rate = stream.average_rate or Fraction(25)
@@ -181,9 +239,7 @@ def write_clip_video(source: Path, start: float, end: float, audio: np.ndarray,
 
             def emit(frame, t: Fraction) -> None:
                 image = None
-                if frame.side_data and any(getattr(d, "type", None) is not None and
-                                           d.type.name == "DISPLAYMATRIX"
-                                           for d in frame.side_data):
+                if _turned(frame):
                     image = upright(frame.to_ndarray(format="rgb24"), frame)
                 height, width = image.shape[:2] if image is not None else \
                     (frame.height, frame.width)
