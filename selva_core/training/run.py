@@ -32,6 +32,7 @@ import torch
 
 from selva_core.atomic import UnusableFolderError, check_writable_folder
 from selva_core.data import SkipReport, scan_dataset
+from selva_core.dataset.report import keep_duplicates_together, warn_flagged
 from selva_core.model.precision import reset_peak_memory
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
@@ -251,7 +252,9 @@ def check_folders(cfg: TrainConfig) -> None:
 def scan(cfg: TrainConfig) -> tuple[list, SkipReport]:
     """The dataset's clips (a missing or empty folder fails here, before any model loads)."""
     report = SkipReport()
-    return scan_dataset(cfg.data_dir, on_bad_clip=cfg.on_bad_clip, report=report), report
+    clips = scan_dataset(cfg.data_dir, on_bad_clip=cfg.on_bad_clip, report=report)
+    warn_flagged(cfg.data_dir, [c.name for c in clips])  # the folder's dataset_report.json
+    return clips, report
 
 
 def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: str,
@@ -354,6 +357,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
             return _interrupted_during_extraction(cfg)
         pipeline.free_encoders()
         train, val = split_examples(examples, cfg.val_fraction, cfg.val_clips)
+        train, val = keep_duplicates_together(cfg.data_dir, train, val)
         log.info("%d training and %d validation examples", len(train), len(val))
         _warn_batch_larger_than_data(cfg, train, dist.world_size)
         info["val_clip_names"] = sorted({e.name for e in val})
