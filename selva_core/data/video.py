@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +143,25 @@ def upright(image: np.ndarray, frame) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@contextmanager
+def open_picture(path: Path) -> Iterator[tuple[Any, Any, Fraction]]:
+    """``(container, video stream, origin)`` of ``path``, opened for decoding inside the
+    library's error seam (what goes wrong in the ``with`` body is one BadClipError too);
+    ``origin`` is where the picture starts on the container's timeline, from which frame
+    slots count."""
+    with open_media(path, "video", REENCODE_HINT) as container, \
+            media_errors(path, "video", REENCODE_HINT):
+        if not container.streams.video:
+            raise BadClipError(path, "the file holds no video stream", REENCODE_HINT)
+        stream = container.streams.video[0]
+        decodable(path, stream, "video", REENCODE_HINT)
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        origin = Fraction(stream.start_time) * tb if stream.start_time is not None and tb \
+            else Fraction(0)
+        yield container, stream, origin
+
+
 def decode_frames(
     path: str | Path,
     *,
@@ -175,26 +196,17 @@ def decode_frames(
             done.append(transform(block) if transform is not None else block)
             frames.clear()
 
-    with open_media(path, "video", REENCODE_HINT) as container:
-        with media_errors(path, "video", REENCODE_HINT):
-            if not container.streams.video:
-                raise BadClipError(path, "the file holds no video stream", REENCODE_HINT)
-            stream = container.streams.video[0]
-            decodable(path, stream, "video", REENCODE_HINT)
-            stream.thread_type = "AUTO"
-            tb = stream.time_base
-            # slots count from the picture's own start on the container's timeline
-            origin = Fraction(stream.start_time) * tb if stream.start_time is not None and tb \
-                else Fraction(0)
-            filt: FpsFilter[object] = FpsFilter(fps, origin=origin,
-                                                first=nearest_slot(exact(start), exact(fps)),
-                                                count=num_frames)
-            # a window's first slot may show a frame up to half a slot before it
-            seek_to = origin + exact(start) - 1 / exact(fps)
-            if start > 0 and tb is not None and seek_to > origin:
-                container.seek(math.floor(seek_to / tb), stream=stream, backward=True,
-                               any_frame=False)
-            rate = exact(float(stream.average_rate)) if stream.average_rate else exact(fps)
+    with open_picture(path) as (container, stream, origin):
+        tb = stream.time_base
+        filt: FpsFilter[object] = FpsFilter(fps, origin=origin,
+                                            first=nearest_slot(exact(start), exact(fps)),
+                                            count=num_frames)
+        # a window's first slot may show a frame up to half a slot before it
+        seek_to = origin + exact(start) - 1 / exact(fps)
+        if start > 0 and tb is not None and seek_to > origin:
+            container.seek(math.floor(seek_to / tb), stream=stream, backward=True,
+                           any_frame=False)
+        rate = exact(float(stream.average_rate)) if stream.average_rate else exact(fps)
         last: tuple[object, np.ndarray] | None = None  # (frame, its image): held frames repeat
 
         def take(picked: list) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from selva_core.audio.sync import motion_sync
-from selva_core.dataset.cutting import picture
+from selva_core.data.video import open_picture
 from selva_core.dataset.defaults import ROUND_TRIP_LSD_DB
 from selva_core.dataset.loudness import block_levels, integrated_lufs
 from selva_core.evaluation.metrics import mel_power, power_spectrogram
@@ -203,7 +203,7 @@ class PictureTiming:
 
 def picture_timing(path: Path) -> PictureTiming:
     """Read the video stream's packet times (no decoding) and its first frame's rotation."""
-    with picture(path) as (container, stream, _):
+    with open_picture(path) as (container, stream, _):
         tb = stream.time_base
         times = sorted(Fraction(p.pts) * tb for p in container.demux(stream)
                        if p.pts is not None and tb is not None)

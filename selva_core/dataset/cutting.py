@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,8 +27,8 @@ import torch.nn.functional as F
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from selva_core.audio.sync import motion_energy
-from selva_core.data.container import decodable, decode_stream, media_errors, open_media
-from selva_core.data.video import REENCODE_HINT
+from selva_core.data.container import decode_stream
+from selva_core.data.video import REENCODE_HINT, open_picture
 from selva_core.dataset.loudness import BLOCK_S, BLOCK_STEP_S
 from selva_core.variants import SYNC_FPS
 
@@ -50,28 +48,13 @@ def small_grey(block: torch.Tensor) -> torch.Tensor:
     return F.interpolate(grey, size=(CUT_SIZE, CUT_SIZE), mode="area")
 
 
-@contextmanager
-def picture(path: Path) -> Iterator[tuple]:
-    """``(container, video stream, origin)`` of ``path`` for decoding, through the library's
-    error seam; ``origin`` is where the picture starts on the container's timeline."""
-    with open_media(path, "video", REENCODE_HINT) as container, \
-            media_errors(path, "video", REENCODE_HINT):
-        stream = container.streams.video[0]
-        decodable(path, stream, "video", REENCODE_HINT)
-        stream.thread_type = "AUTO"
-        tb = stream.time_base
-        origin = Fraction(stream.start_time) * tb if stream.start_time is not None and tb \
-            else Fraction(0)
-        yield container, stream, origin
-
-
 def small_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Every frame of ``path``'s picture as 32 x 32 grey: (times in s from the picture's start,
     uint8 (T, 1, 32, 32))."""
     times: list[float] = []
     images: list[np.ndarray] = []
     scaler = VideoReformatter()  # one scaling context for every frame
-    with picture(path) as (container, stream, origin):
+    with open_picture(path) as (container, stream, origin):
         tb = stream.time_base
         rate = float(stream.average_rate or CUT_FPS)
         for frame in decode_stream(path, container, stream, "video", REENCODE_HINT):

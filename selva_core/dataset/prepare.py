@@ -51,6 +51,7 @@ from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_promp
 from selva_core.data.video import (
     REENCODE_HINT,
     VIDEO_EXTENSIONS,
+    open_picture,
     probe_video,
     upright,
 )
@@ -58,7 +59,6 @@ from selva_core.dataset import checks
 from selva_core.dataset.cutting import (
     CUT_FPS,
     DEFAULT_MIN_LOUDNESS,
-    picture,
     plan_clips,
     shot_cuts,
     small_frames,
@@ -178,7 +178,7 @@ def _copy_window(source: Path, start: float, end: float, audio: np.ndarray, samp
     and a codec MP4 takes. False (nothing written) otherwise."""
     eps = Fraction(1, 1000)
     try:
-        with picture(source) as (src, stream, origin):
+        with open_picture(source) as (src, stream, origin):
             context = stream.codec_context
             if context.has_b_frames:
                 return False
@@ -224,7 +224,7 @@ def write_clip_video(source: Path, start: float, end: float, audio: np.ndarray,
     allows it (:func:`_copy_window`), else decoded and encoded again."""
     if _copy_window(source, start, end, audio, sample_rate, out_path):
         return out_path
-    with picture(source) as (src, stream, origin):
+    with open_picture(source) as (src, stream, origin):
         tb = stream.time_base
         rate = stream.average_rate or Fraction(25)
         if start > 0:
