@@ -74,3 +74,16 @@ def fake_video(images, fps: float):
             return int(images.shape[2]), int(images.shape[1])
 
     return _Video()
+
+
+def clean_comfy_state():
+    """Load the pack, clear the stand-ins' recorded progress and interruption flag, yield, and
+    clear the flag again: the body of a node test module's autouse fixture."""
+    load_pack()
+    import comfy.model_management as mm
+    import comfy.utils
+
+    comfy.utils.PROGRESS_CALLS.clear()
+    mm.interrupt_current_processing(False)
+    yield
+    mm.interrupt_current_processing(False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.dataset_sources import SR, clip, noise
-from tests.node_harness import COMFY_ROOT, load_pack, node, run_node
+from tests.node_harness import COMFY_ROOT, clean_comfy_state, load_pack, node, run_node
 
 NODE_IDS = ("SelVADatasetPrepare", "SelVADatasetInspector", "SelVAVaeRoundTrip")
 
@@ -25,14 +25,7 @@ def model():
 
 @pytest.fixture(autouse=True)
 def _clean_comfy_state():
-    load_pack()
-    import comfy.model_management as mm
-    import comfy.utils
-
-    comfy.utils.PROGRESS_CALLS.clear()
-    mm.interrupt_current_processing(False)
-    yield
-    mm.interrupt_current_processing(False)
+    yield from clean_comfy_state()
 
 
 @pytest.mark.parametrize("node_id", NODE_IDS)

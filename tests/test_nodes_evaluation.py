@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.eval_data import make_adapter, make_clips, tiny_pipeline
-from tests.node_harness import COMFY_ROOT, load_pack, run_node
+from tests.node_harness import COMFY_ROOT, clean_comfy_state, load_pack, run_node
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +20,7 @@ def model():
 
 @pytest.fixture(autouse=True)
 def _clean_comfy_state():
-    load_pack()
-    import comfy.model_management as mm
-    import comfy.utils
-
-    comfy.utils.PROGRESS_CALLS.clear()
-    mm.interrupt_current_processing(False)
-    yield
-    mm.interrupt_current_processing(False)
+    yield from clean_comfy_state()
 
 
 def test_both_nodes_are_registered():
