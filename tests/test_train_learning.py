@@ -31,7 +31,11 @@ from selva_core.training.config import TrainConfig
 from selva_core.training.feature_cache import (
     CachedExample,
 )
-from selva_core.training.learning import (
+from selva_core.training.objective import ExampleStore
+from selva_core.training.trainer import LoRATrainer
+from selva_core.training.validation import Validator
+from selva_core.variants import GeneratorConfig, get_variant
+from tests.learning_tools import (
     class_centroid,
     class_distances,
     fit_latent_statistics,
@@ -39,10 +43,6 @@ from selva_core.training.learning import (
     generate_latents,
     latent_signature,
 )
-from selva_core.training.objective import ExampleStore
-from selva_core.training.trainer import LoRATrainer
-from selva_core.training.validation import Validator
-from selva_core.variants import GeneratorConfig, get_variant
 from tests.training_data import tiny_training_set
 
 DURATION = 1.0

@@ -1,6 +1,6 @@
 """Tools to check that training *learns*: full fine-tuning of a base, generation, class metrics.
 
-Used by the learning test and by anyone who wants evidence that an adapter moved the model:
+Test tooling (the learning test), kept out of the library: evidence that training moves the model.
 
 * :func:`full_finetune` trains every trainable generator weight on a set of cached examples
   (the same objective as the LoRA trainer). It turns the tiny random generator into a base
