@@ -14,7 +14,8 @@ so the ComfyUI nodes, ``train_lora.py`` and ``eval_adapters.py`` all call the sa
 
 :meth:`SelvaPipeline.from_pretrained` downloads / verifies / strictly loads the official
 weights (:mod:`selva_core.weights`); :meth:`SelvaPipeline.tiny` builds the ``tiny_16k``
-variant at random (tests and the demo; no downloads).
+variant from the trained weights shipped in the package (the demo; no downloads), or at random
+with ``trained=False`` (fast tests).
 
 The steps run under ``torch.no_grad`` (not ``inference_mode``): their outputs, and the RoPE
 tables the generator rebuilds for a new duration, stay ordinary tensors that a trainer
@@ -392,8 +393,8 @@ class SelvaPipeline:
         """The one way front ends get a pipeline: every network frozen and in eval mode.
 
         ``variant``: an official variant (weights from ``models_dir``; with ``download`` the
-        missing ones are fetched, otherwise one error lists them) or ``tiny_16k`` (random
-        weights from ``seed``, no files). ``device``: where the networks compute (default the
+        missing ones are fetched, otherwise one error lists them) or ``tiny_16k`` (the
+        trained weights shipped in the package, no download). ``device``: where the networks compute (default the
         GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU that supports it, fp32
         otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where the networks rest
         between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and

@@ -202,18 +202,13 @@ def default_model_tag(variant: str) -> str:
 
 
 def build_eval_pipeline(spec: EvalSpec, variant: str):
-    """The pipeline the evaluation renders with (tiny_16k: random weights, no download)."""
+    """The pipeline the evaluation renders with (tiny_16k: the shipped trained tiny model, no
+    download; other variants from the models folder, never downloaded here)."""
     from selva_core.pipeline import SelvaPipeline
 
     device = None if spec.device == "auto" else spec.device
-    build = getattr(SelvaPipeline, "build", None)
-    if build is not None:
-        return build(variant, models_dir=spec.models_dir, device=device,
-                     precision=spec.precision, download=False)
-    if variant == "tiny_16k":  # pragma: no cover - before SelvaPipeline.build existed
-        return SelvaPipeline.tiny(seed=0, device=device or "cpu")
-    return SelvaPipeline.from_pretrained(variant, models_dir=spec.models_dir,  # pragma: no cover
-                                         device=device, download=False)
+    return SelvaPipeline.build(variant, models_dir=spec.models_dir, device=device,
+                               precision=spec.precision, download=False)
 
 
 def run_evaluation(
