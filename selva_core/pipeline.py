@@ -392,28 +392,47 @@ class SelvaPipeline:
     ) -> SelvaPipeline:
         """The one way front ends get a pipeline: every network frozen and in eval mode.
 
-        ``variant``: an official variant (weights from ``models_dir``; with ``download`` the missing
-        ones are fetched, otherwise one error lists them) or ``tiny_16k`` (the trained weights
-        shipped in the package, no download). ``device``: where the networks compute (default the
-        GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU that supports it, fp32
-        otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where the networks rest between
-        runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and back after
-        it); ``auto`` keeps them on the GPU when they fill at most :data:`AUTO_OFFLOAD_MAX_SHARE` of
-        its memory. ``need_vae_encoder``: keep the VAE encoder (training encodes audio). """ v =
-        get_variant(variant) target = torch.device(device) if device is not None else
-        _default_device() dtype = resolve_precision(precision, target) if offload not in
-        OFFLOAD_CHOICES: raise ValueError(f"offload {offload!r} is unknown; choose one of
-        {OFFLOAD_CHOICES}") if v.is_tiny: pipe = cls.tiny(seed=seed, device="cpu", dtype=dtype) if
-        not need_vae_encoder: pipe.vae.drop_encoder() else: pipe = cls.from_pretrained( v.name,
-        models_dir=models_dir, device="cpu", dtype=dtype, download=download,
-        need_vae_encoder=need_vae_encoder, ) for module in pipe.networks().values():
-        module.requires_grad_(False) module.eval() if target.type != "cuda" and offload == "auto":
-        offload = "gpu"  # no device memory to spare: the networks live where they compute elif
-        offload == "auto": size = _module_bytes(list(pipe.networks().values())) total =
-        torch.cuda.get_device_properties(target).total_memory offload = "gpu" if size <=
-        AUTO_OFFLOAD_MAX_SHARE * total else "cpu" pipe._device = target pipe.offload = offload if
-        offload == "gpu": pipe.to(target) else: pipe.mel.to(target) logger.info("built %r (offload
-        %s)", pipe, offload) return pipe
+        ``variant``: an official variant (weights from ``models_dir``; with ``download`` the
+        missing ones are fetched, otherwise one error lists them) or ``tiny_16k`` (the
+        trained weights shipped in the package, no download). ``device``: where the networks
+        compute (default the GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU
+        that supports it, fp32 otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where the networks rest
+        between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and
+        back after it); ``auto`` keeps them on the GPU when they fill at most
+        :data:`AUTO_OFFLOAD_MAX_SHARE` of its memory. ``need_vae_encoder``: keep the VAE
+        encoder (training encodes audio).
+        """
+        v = get_variant(variant)
+        target = torch.device(device) if device is not None else _default_device()
+        dtype = resolve_precision(precision, target)
+        if offload not in OFFLOAD_CHOICES:
+            raise ValueError(f"offload {offload!r} is unknown; choose one of {OFFLOAD_CHOICES}")
+        if v.is_tiny:
+            pipe = cls.tiny(seed=seed, device="cpu", dtype=dtype)
+            if not need_vae_encoder:
+                pipe.vae.drop_encoder()
+        else:
+            pipe = cls.from_pretrained(
+                v.name, models_dir=models_dir, device="cpu", dtype=dtype, download=download,
+                need_vae_encoder=need_vae_encoder,
+            )
+        for module in pipe.networks().values():
+            module.requires_grad_(False)
+            module.eval()
+        if target.type != "cuda" and offload == "auto":
+            offload = "gpu"  # no device memory to spare: the networks live where they compute
+        elif offload == "auto":
+            size = _module_bytes(list(pipe.networks().values()))
+            total = torch.cuda.get_device_properties(target).total_memory
+            offload = "gpu" if size <= AUTO_OFFLOAD_MAX_SHARE * total else "cpu"
+        pipe._device = target
+        pipe.offload = offload
+        if offload == "gpu":
+            pipe.to(target)
+        else:
+            pipe.mel.to(target)
+        logger.info("built %r (offload %s)", pipe, offload)
+        return pipe
 
     @classmethod
     def from_pretrained(
