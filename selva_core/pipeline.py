@@ -396,8 +396,8 @@ class SelvaPipeline:
         missing ones are fetched, otherwise one error lists them) or ``tiny_16k`` (the
         trained weights shipped in the package, no download). ``device``: where the networks
         compute (default the GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU
-        that supports it, fp32 otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where the networks rest
-        between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and
+        that supports it, fp32 otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where
+        the networks rest between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and
         back after it); ``auto`` keeps them on the GPU when they fill at most
         :data:`AUTO_OFFLOAD_MAX_SHARE` of its memory. ``need_vae_encoder``: keep the VAE
         encoder (training encodes audio).
