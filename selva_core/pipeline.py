@@ -397,10 +397,10 @@ class SelvaPipeline:
         trained weights shipped in the package, no download). ``device``: where the networks
         compute (default the GPU if there is one). ``precision``: ``auto`` (bf16 on a GPU
         that supports it, fp32 otherwise), ``bf16``, ``fp16`` or ``fp32``. ``offload``: where
-        the networks rest between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to ``device`` for each run and
-        back after it); ``auto`` keeps them on the GPU when they fill at most
-        :data:`AUTO_OFFLOAD_MAX_SHARE` of its memory. ``need_vae_encoder``: keep the VAE
-        encoder (training encodes audio).
+        the networks rest between runs, ``gpu`` (on ``device``) or ``cpu`` (moved to
+        ``device`` for each run and back after it); ``auto`` keeps them on the GPU when they
+        fill at most :data:`AUTO_OFFLOAD_MAX_SHARE` of its memory. ``need_vae_encoder``: keep
+        the VAE encoder (training encodes audio).
         """
         v = get_variant(variant)
         target = torch.device(device) if device is not None else _default_device()
