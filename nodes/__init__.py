@@ -1,9 +1,10 @@
 """ComfyUI nodes of the SelVA pack: thin V3 (``comfy_api.latest``) wrappers over selva_core.
 
-Registers Model Loader, Feature Extractor, Sampler, LoRA Loader and LoRA Trainer, plus the
-evaluation nodes of ``nodes/evaluation.py`` (``NODES``) when that module imports. Outside
-ComfyUI (no ``comfy_api``) nothing is registered and the import still succeeds. Importing
-this package loads no torch-heavy code: the library is imported when a node runs.
+Registers Model Loader, Feature Extractor, Sampler, LoRA Loader, Embedding Loader and LoRA
+Trainer, plus the evaluation nodes of ``nodes/evaluation.py`` (``NODES``) when that module
+imports. Outside ComfyUI (no ``comfy_api``) nothing is registered and the import still
+succeeds. Importing this package loads no torch-heavy code: the library is imported when a
+node runs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ except ImportError:  # not inside ComfyUI (plain import, test collection)
     ComfyExtension = None
 
 if ComfyExtension is not None:
-    from . import features, loader, lora, sampler, trainer
+    from . import embedding, features, loader, lora, sampler, trainer
     from .common import register_model_folder
 
     register_model_folder()
-    NODE_LIST = [*loader.NODES, *features.NODES, *sampler.NODES, *lora.NODES, *trainer.NODES]
+    NODE_LIST = [*loader.NODES, *features.NODES, *sampler.NODES, *lora.NODES, *embedding.NODES,
+                 *trainer.NODES]
     try:
         from .evaluation import NODES as _EVALUATION_NODES
     except ImportError as exc:  # the evaluation nodes are optional; the others still load
