@@ -44,7 +44,6 @@ from selva_core.model.textual_inversion import (
     tokenizer_identities,
 )
 from selva_core.training.objective import ExampleStore, training_loss
-from selva_core.training.record import adapter_identity
 from selva_core.training.trainer import LoRATrainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -97,11 +96,6 @@ class TextualInversionTrainer(LoRATrainer):
         log.info("textual inversion of %r: %d vector(s) per tower, initialised from %r",
                  cfg.token, cfg.num_vectors, cfg.init_word or cfg.token)
         return [{"params": [self.vectors], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-
-    def _identity(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {**adapter_identity(cfg), "method": cfg.method, "token": cfg.token,
-                "init_word": cfg.init_word, "num_vectors": cfg.num_vectors}
 
     @property
     def embedding(self) -> TokenEmbedding:
