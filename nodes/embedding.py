@@ -17,9 +17,9 @@ from .common import (
     LORA_FOLDER,
     MODEL_TYPE,
     SelvaModel,
+    chosen_file,
     library_mode,
     list_files,
-    node_error,
     reported,
 )
 
@@ -63,7 +63,8 @@ class SelvaEmbeddingLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model: SelvaModel, embedding_name: str,
                 embedding_path: str = "") -> io.NodeOutput:
-        path, input_name = _embedding_path(embedding_name, embedding_path)
+        path, input_name = chosen_file(NODE, "embedding_name", "embedding_path",
+                                       embedding_name, embedding_path, NONE, "an embedding")
         if path is None:
             log.warning("SelVA %s: no embedding chosen; the model passes through unchanged",
                         NODE)
@@ -73,25 +74,6 @@ class SelvaEmbeddingLoader(io.ComfyNode):
         token = pipeline.embeddings[-1].token
         label = f"{model.label} + {token} ({os.path.basename(path)})"
         return io.NodeOutput(model.derived(pipeline, label), token)
-
-
-def _embedding_path(name: str, explicit: str) -> tuple[str | None, str]:
-    """(file, the input it came from); (None, ...) when none is chosen."""
-    if explicit and explicit.strip():
-        path = os.path.expanduser(explicit.strip())
-        if not os.path.isfile(path):
-            raise node_error(NODE, "embedding_path", f"no file at {path}",
-                             "give the full path of an embedding .safetensors file")
-        return path, "embedding_path"
-    if not name or name == NONE:
-        return None, "embedding_name"
-    import folder_paths
-
-    path = folder_paths.get_full_path(LORA_FOLDER, name)
-    if path is None:
-        raise node_error(NODE, "embedding_name", f"{name} is not in models/loras",
-                         "refresh the node list (R) or put the file there")
-    return path, "embedding_name"
 
 
 NODES = [SelvaEmbeddingLoader]
