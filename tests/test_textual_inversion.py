@@ -22,13 +22,13 @@ from selva_core.model.textual_inversion import (
     save_embedding,
     split_prompt,
     tokenizer_identities,
+    training_prompt,
     warn_unknown_tokens,
 )
 from selva_core.pipeline import SelvaPipeline
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.run import run_training
-from selva_core.training.textual_inversion import training_prompt
 from selva_core.training.trainer import TrainHooks
 from tests.training_data import fresh, tiny_training_set
 

@@ -104,6 +104,19 @@ def split_prompt(prompt: str, tokens: Sequence[str]) -> list[str | tuple[str]]:
     return out
 
 
+def training_prompt(prompt: str, token: str, init_word: str | None) -> str:
+    """A clip's prompt with ``init_word`` (whole word, any case) replaced by ``token``; a
+    prompt without it gets the token appended (an empty prompt is the token)."""
+    prompt = (prompt or "").strip()
+    if init_word:
+        pat = re.compile(rf"(?<![\w-]){re.escape(init_word)}(?![\w-])", re.IGNORECASE)
+        if pat.search(prompt):
+            return pat.sub(token, prompt)
+    if token in prompt:
+        return prompt
+    return f"{prompt}, {token}" if prompt else token
+
+
 def warn_unknown_tokens(prompts: Sequence[str], known: Sequence[str]) -> None:
     """Warn once per placeholder-like word (``<...>``) that no loaded embedding defines; it
     stays plain text."""
@@ -253,15 +266,27 @@ def save_embedding(path: str | os.PathLike, embedding: TokenEmbedding, *, varian
     return save_safetensors_atomic(path, tensors, meta)
 
 
-def is_embedding_file(path: str | os.PathLike) -> bool:
-    """True for a safetensors file written by :func:`save_embedding`."""
+def embedding_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of an embedding file (``training`` decoded), read without its tensors;
+    not a readable embedding file: one :class:`AdapterLoadError` naming it."""
     from safetensors import safe_open
 
+    where = f"embedding {path}"
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except Exception:  # not safetensors at all
-        return False
+            meta = dict(f.metadata() or {})
+    except Exception as exc:
+        raise AdapterLoadError(f"{where} cannot be read ({type(exc).__name__}: {exc}); the "
+                               "file is damaged or not safetensors: re-copy it") from exc
+    if meta.get("format") != FORMAT:
+        raise AdapterLoadError(f"{where} is not a SelVA textual-inversion file (no "
+                               f"format={FORMAT} in its metadata); a LoRA adapter goes into "
+                               "the LoRA loader / --adapter instead")
+    try:
+        meta["training"] = json.loads(meta.get("training", "{}"))
+    except json.JSONDecodeError:
+        meta["training"] = {}
+    return meta
 
 
 def read_embedding(path: str | os.PathLike, *, variant: str, clip_width: int, t5_dim: int,
@@ -276,17 +301,13 @@ def read_embedding(path: str | os.PathLike, *, variant: str, clip_width: int, t5
     if not path.is_file():
         raise AdapterLoadError(f"{where}: no such file; give the path of an "
                                f"{FINAL_EMBEDDING_FILE} written by the trainer")
+    meta = embedding_metadata(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise AdapterLoadError(f"{where} cannot be read ({type(exc).__name__}: {exc}); the "
-                               "file is damaged or not safetensors: re-copy it") from exc
-    if meta.get("format") != FORMAT:
-        raise AdapterLoadError(f"{where} is not a SelVA textual-inversion file (no "
-                               f"format={FORMAT} in its metadata); a LoRA adapter goes into "
-                               "the LoRA loader / --adapter instead")
+        raise AdapterLoadError(f"{where}: its tensors cannot be read ({exc}); the file is "
+                               "damaged: re-copy it") from exc
     if meta.get("variant") != variant:
         raise AdapterLoadError(f"{where} was trained for variant {meta.get('variant')!r}, this "
                                f"model is {variant!r}; use an embedding trained on {variant}")
@@ -311,14 +332,10 @@ def read_embedding(path: str | os.PathLike, *, variant: str, clip_width: int, t5
         if key in meta and meta[key] != want:
             raise AdapterLoadError(f"{where}: made with {key} {meta[key]!r}, this model has "
                                    f"{want!r}; use an embedding trained on this model")
-    try:
-        training = json.loads(meta.get("training", "{}"))
-    except json.JSONDecodeError:
-        training = {}
     return TokenEmbedding(token=token, clip=tensors["clip"].float(), t5=tensors["t5"].float(),
-                          metadata={**meta, "training": training}, source=str(path))
+                          metadata=meta, source=str(path))
 
 
-__all__ = ["FINAL_EMBEDDING_FILE", "TokenEmbedding", "check_token", "encode_clip", "encode_t5",
-           "initial_vectors", "is_embedding_file", "read_embedding", "save_embedding",
-           "split_prompt", "tokenizer_identities", "warn_unknown_tokens"]
+__all__ = ["FINAL_EMBEDDING_FILE", "TokenEmbedding", "check_token", "embedding_metadata",
+           "encode_clip", "encode_t5", "initial_vectors", "read_embedding", "save_embedding",
+           "split_prompt", "tokenizer_identities", "training_prompt", "warn_unknown_tokens"]

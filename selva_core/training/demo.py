@@ -121,7 +121,7 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
     base = pipeline if pipeline is not None else build_pipeline(cfg, resolve_device(cfg.device))
     textual_inversion = cfg.method == "textual_inversion"
     if textual_inversion:  # the adapted render: the token's prompt on a model that knows it
-        from selva_core.training.textual_inversion import training_prompt
+        from selva_core.model.textual_inversion import training_prompt
 
         adapted = base.with_embeddings([str(adapter_path)])
     else:

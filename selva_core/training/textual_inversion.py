@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from selva_core.model.textual_inversion import (
     initial_vectors,
     save_embedding,
     tokenizer_identities,
+    training_prompt,
 )
 from selva_core.training.objective import ExampleStore, training_loss
 from selva_core.training.trainer import LoRATrainer, TrainResult
@@ -49,19 +49,6 @@ from selva_core.training.trainer import LoRATrainer, TrainResult
 log = logging.getLogger(__name__)
 
 TRAINED_KEY = "clip"  # the checkpoint's tensor: the token's CLIP-text vectors
-
-
-def training_prompt(prompt: str, token: str, init_word: str | None) -> str:
-    """A clip's prompt with ``init_word`` (whole word, any case) replaced by ``token``; a
-    prompt without it gets the token appended (an empty prompt is the token)."""
-    prompt = (prompt or "").strip()
-    if init_word:
-        pat = re.compile(rf"(?<![\w-]){re.escape(init_word)}(?![\w-])", re.IGNORECASE)
-        if pat.search(prompt):
-            return pat.sub(token, prompt)
-    if token in prompt:
-        return prompt
-    return f"{prompt}, {token}" if prompt else token
 
 
 class TextualInversionTrainer(LoRATrainer):
@@ -130,7 +117,8 @@ class TextualInversionTrainer(LoRATrainer):
     def write_trained(self, path: Path, metadata: dict[str, Any]) -> None:
         save_embedding(path, self.embedding, variant=self.cfg.variant,
                        identities=tokenizer_identities(self.clip_text, self.t5),
-                       metadata={"method": self.cfg.method, **metadata})
+                       metadata={"method": self.cfg.method, "init_word": self.cfg.init_word,
+                                 **metadata})
 
     # --- validation and samples see the current vectors -----------------------------------
     @torch.no_grad()
