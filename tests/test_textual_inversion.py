@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -276,3 +277,43 @@ def test_textual_inversion_resumes_bit_exactly(tiny, straight, tmp_path):
     assert torch.equal(a["clip"], b["clip"]) and torch.equal(a["t5"], b["t5"])
     with pytest.raises(ckpt.CheckpointError, match="num_vectors"):
         _train(tiny, tmp_path, resume=True, num_vectors=3, steps=6)
+
+
+# --- the evaluator ----------------------------------------------------------------------------
+def test_the_eval_grid_compares_an_embedding_and_a_lora_with_the_baseline(tmp_path):
+    from selva_core.evaluation.runner import run_evaluation
+    from selva_core.evaluation.spec import load_spec
+    from tests.eval_data import make_adapter, make_clips, spec_text, tiny_pipeline
+
+    pipe = tiny_pipeline()
+    clips = make_clips(tmp_path / "clips", silent=False)
+    adapter = make_adapter(tmp_path / "a.safetensors", pipe)
+    emb = _embedding(pipe)
+    save_embedding(tmp_path / "run" / FINAL_EMBEDDING_FILE, emb, variant="tiny_16k",
+                   identities=tokenizer_identities(pipe.clip_text, pipe.t5),
+                   metadata={"init_word": "tone"})
+    spec = load_spec(spec_text(clips, tmp_path / "out", [{"id": "a", "path": str(adapter)}],
+                               embeddings=[{"id": "ti", "path": str(tmp_path / "run")}]))
+    result = run_evaluation(spec, pipeline=pipe, progress=False)
+    assert result.completed and pipe.embeddings == ()
+    rows = {a["id"]: a for a in result.summary["adapters"]}
+    assert set(rows) == {"baseline", "a", "ti"} and rows["ti"]["status"] == "ok"
+    recs = {(r["clip"], r["adapter"]): r for a in result.summary["adapters"]
+            for r in a.get("clips", [])}
+    assert {c for c, a in recs if a == "ti"} == {"bounce_000", "hum_000"}
+    out = result.output_dir
+    ti = sf_read(out / recs[("hum_000", "ti")]["wav"])
+    base = sf_read(out / recs[("hum_000", "baseline")]["wav"])
+    assert ti.shape == base.shape and not np.array_equal(ti, base)  # the token's prompt acts
+    bad = {"data_dir": str(clips), "output_dir": str(tmp_path / "o2"),
+           "embeddings": [{"id": "a", "path": str(tmp_path / "none")}]}
+    from selva_core.evaluation.spec import EvalSpec, EvalSpecError
+
+    with pytest.raises(EvalSpecError, match=r"embeddings\[0\].path .* does not exist"):
+        EvalSpec.from_dict(bad)
+
+
+def sf_read(path):
+    import soundfile as sf
+
+    return sf.read(str(path), dtype="float32")[0]
