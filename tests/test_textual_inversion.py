@@ -317,3 +317,33 @@ def sf_read(path):
     import soundfile as sf
 
     return sf.read(str(path), dtype="float32")[0]
+
+
+# --- generate --embedding ---------------------------------------------------------------------
+def test_generate_uses_the_token_with_embedding_and_refuses_a_bad_file(tmp_path, capsys):
+    import soundfile as sf
+
+    from selva_core.data.synthetic import make_synthetic_dataset
+    from selva_core.generate import main
+
+    clips = tmp_path / "clips"
+    make_synthetic_dataset(clips, clips_per_class=1, duration=1.0, size=32)
+    pipe = SelvaPipeline.build("tiny_16k", device="cpu")  # generate's own model
+    emb_path = _save(pipe, _embedding(pipe, seed=5), tmp_path / "run" / FINAL_EMBEDDING_FILE)
+    video = str(clips / "hum_000.mp4")
+    fast = ["--variant", "tiny_16k", "--steps", "2", "--device", "cpu", "--no_mp4",
+            "--prompt", f"a {TOKEN} rises"]
+    waves = {}
+    for label, flags in (("plain", []), ("taught", ["--embedding", str(tmp_path / "run")])):
+        out = tmp_path / label
+        assert main([video, "--output_dir", str(out), *fast, *flags]) == 0
+        waves[label] = sf.read(str(out / "hum_000.wav"), dtype="float32")[0]
+    assert not np.array_equal(waves["plain"], waves["taught"])
+    summary = json.loads((tmp_path / "taught" / "generate_summary.json").read_text())
+    assert summary["embeddings"] == [str(tmp_path / "run")]
+    bad = _save(pipe, _embedding(pipe), tmp_path / "v.safetensors", variant="small_16k")
+    capsys.readouterr()
+    assert main([video, "--output_dir", str(tmp_path / "o"), *fast, "--embedding", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "trained for variant 'small_16k'" in err and str(bad) in err
+    assert emb_path.is_file()
