@@ -1,7 +1,7 @@
 """ComfyUI nodes of the SelVA pack: thin V3 (``comfy_api.latest``) wrappers over selva_core.
 
-Registers Model Loader, Feature Extractor, Sampler, LoRA Loader, LoRA Trainer and the dataset
-nodes (Dataset Prepare, Dataset Inspector, VAE Round Trip), plus the
+Registers Model Loader, Feature Extractor, Sampler, LoRA Loader, Embedding Loader, LoRA
+Trainer and the dataset nodes (Dataset Prepare, Dataset Inspector, VAE Round Trip), plus the
 evaluation nodes of ``nodes/evaluation.py`` (``NODES``) when that module imports. Outside
 ComfyUI (no ``comfy_api``) nothing is registered and the import still succeeds. Importing
 this package loads no torch-heavy code: the library is imported when a node runs.
@@ -23,12 +23,12 @@ except ImportError:  # not inside ComfyUI (plain import, test collection)
     ComfyExtension = None
 
 if ComfyExtension is not None:
-    from . import dataset, features, loader, lora, sampler, trainer
+    from . import dataset, embedding, features, loader, lora, sampler, trainer
     from .common import register_model_folder
 
     register_model_folder()
-    NODE_LIST = [*loader.NODES, *features.NODES, *sampler.NODES, *lora.NODES, *trainer.NODES,
-                 *dataset.NODES]
+    NODE_LIST = [*loader.NODES, *features.NODES, *sampler.NODES, *lora.NODES, *embedding.NODES,
+                 *trainer.NODES, *dataset.NODES]
     try:
         from .evaluation import NODES as _EVALUATION_NODES
     except ImportError as exc:  # the evaluation nodes are optional; the others still load

@@ -315,8 +315,30 @@ def resolve_user_path(path: str, base: str) -> str:
     return os.path.join(root, path)
 
 
+def chosen_file(node: str, name_input: str, path_input: str, name: str, explicit: str,
+                none: str, what: str) -> tuple[str | None, str]:
+    """(file, the input it came from) of a loader with a ``models/loras`` list and an explicit
+    path (which wins when not empty); ``(None, name_input)`` when nothing is chosen."""
+    if explicit and explicit.strip():
+        path = os.path.expanduser(explicit.strip())
+        if not os.path.isfile(path):
+            raise node_error(node, path_input, f"no file at {path}",
+                             f"give the full path of {what} .safetensors file")
+        return path, path_input
+    if not name or name == none:
+        return None, name_input
+    import folder_paths
+
+    path = folder_paths.get_full_path(LORA_FOLDER, name)
+    if path is None:
+        raise node_error(node, name_input, f"{name} is not in models/loras",
+                         "refresh the node list (R) or put the file there")
+    return path, name_input
+
+
 __all__ = [
-    "CATEGORY", "FEATURES_TYPE", "MODEL_TYPE", "SelvaModel", "SelvaNodeError", "hidden_node_id",
+    "CATEGORY", "FEATURES_TYPE", "MODEL_TYPE", "SelvaModel", "SelvaNodeError", "chosen_file",
+    "hidden_node_id",
     "library_mode", "list_files", "model_folders", "node_error", "on_device", "progress_callback",
     "raise_if_interrupted", "register_model_folder", "release_memory", "reported",
     "resolve_user_path", "stop_requested",

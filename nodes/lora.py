@@ -22,6 +22,7 @@ from .common import (
     LORA_FOLDER,
     MODEL_TYPE,
     SelvaModel,
+    chosen_file,
     library_mode,
     list_files,
     node_error,
@@ -105,21 +106,8 @@ class SelvaLoraLoader(io.ComfyNode):
 
 def _adapter_path(lora_name: str, lora_path: str) -> tuple[str | None, str]:
     """(file, the input it came from); (None, ...) when no adapter is chosen."""
-    if lora_path and lora_path.strip():
-        path = os.path.expanduser(lora_path.strip())
-        if not os.path.isfile(path):
-            raise node_error(NODE, "lora_path", f"no file at {path}",
-                             "give the full path of an adapter .safetensors file")
-        return path, "lora_path"
-    if not lora_name or lora_name == NONE:
-        return None, "lora_name"
-    import folder_paths
-
-    path = folder_paths.get_full_path(LORA_FOLDER, lora_name)
-    if path is None:
-        raise node_error(NODE, "lora_name", f"{lora_name} is not in models/loras",
-                         "refresh the node list (R) or put the file there")
-    return path, "lora_name"
+    return chosen_file(NODE, "lora_name", "lora_path", lora_name, lora_path, NONE,
+                       "an adapter")
 
 
 def _lora_combo(name: str, label: str, tooltip: str, optional: bool = False):

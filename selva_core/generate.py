@@ -8,7 +8,8 @@ joined by a crossfade (:meth:`SelvaPipeline.render`).
 
 The prompt of a clip: ``--prompt``, else its line in the folder's ``prompts.txt`` (the
 training data format, ``name: prompt``), else empty. ``--adapter FILE[:STRENGTH]``
-(repeatable) adds LoRA adapters; the base model is never changed.
+(repeatable) adds LoRA adapters and ``--embedding FILE`` (repeatable) textual-inversion
+tokens the prompts may use; the base model is never changed.
 
 A clip that cannot be used (unreadable, too short, a bad ``prompts.txt`` line) is reported in
 one line and the rest are still done. ``<output_dir>/generate_summary.json`` lists every clip
@@ -49,6 +50,7 @@ from .data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
 from .flow_matching import DEFAULT_CONFIG
 from .media import mux_audio, write_wav
 from .model.lora import AdapterLoadError, resolve_adapter_path
+from .model.textual_inversion import FINAL_EMBEDDING_FILE
 from .pipeline import (
     DEFAULT_OVERLAP_S,
     OFFLOAD_CHOICES,
@@ -162,6 +164,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="LoRA adapter with its strength (default 1), e.g. "
                         "style.safetensors:0.8; a training run's folder means its "
                         "adapter_final.safetensors; repeat to stack adapters")
+    p.add_argument("--embedding", type=Path, action="append", default=[], metavar="FILE",
+                   help="textual-inversion embedding (train_lora.py --method "
+                        "textual_inversion): prompts may then use its token, e.g. 'a "
+                        "<metal-scrape> on a plate'; a training run's folder means its "
+                        "embedding_final.safetensors; repeat for several tokens; stacks with "
+                        "--adapter")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cuda, cuda:1 or cpu (default: cuda if available)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
@@ -310,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.adapter:
             pipe = pipe.with_adapters([(path, strength) for path, strength in args.adapter])
+        if args.embedding:
+            pipe = pipe.with_embeddings([p / FINAL_EMBEDDING_FILE if p.is_dir() else p
+                                         for p in args.embedding])
     except (CheckpointError, AdapterLoadError, ValueError, RuntimeError, OSError) as exc:
         say(f"error: {exc}", file=sys.stderr)
         return EXIT_NOTHING_DONE
@@ -355,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if records:
         write_json_atomic(args.output_dir / SUMMARY_FILE, {
             "variant": args.variant, "seed": args.seed, "steps": args.steps, "cfg": args.cfg,
-            "adapters": [[str(p), s] for p, s in args.adapter], "clips": records,
+            "adapters": [[str(p), s] for p, s in args.adapter],
+            "embeddings": [str(p) for p in args.embedding], "clips": records,
             "skipped": skipped})
         say("weight-free sync (render onsets vs picture motion, 1-6 kHz, 20 ms; "
             "+ lag = sound late):\n" + "\n".join(_sync_line(r["clip"], r) for r in records))

@@ -370,6 +370,7 @@ class SelvaPipeline:
         self._device = torch.device(device) if device is not None else _default_device()
         self.offload = "gpu"
         self._adapters: tuple[AppliedAdapter, ...] = ()
+        self._embeddings: tuple = ()  # textual-inversion TokenEmbeddings (with_embeddings)
         # Pipelines made by fork()/with_adapters share networks with this one; free_encoders()
         # drops the shared VAE encoder only when no other member of the family is alive.
         self._family: weakref.WeakSet[SelvaPipeline] = weakref.WeakSet([self])
@@ -728,6 +729,38 @@ class SelvaPipeline:
         other._adapters = tuple(applied)
         return other
 
+    @property
+    def embeddings(self) -> tuple:
+        """The textual-inversion embeddings this pipeline's prompts understand."""
+        return self._embeddings
+
+    def with_embeddings(self, sources: Sequence[str | os.PathLike | object]) -> SelvaPipeline:
+        """A :meth:`fork` whose prompts also understand the tokens of ``sources`` (embedding
+        files or :class:`~selva_core.model.textual_inversion.TokenEmbedding` objects).
+
+        The networks are not changed (the vectors are spliced in when a prompt is encoded), so
+        this pipeline and its other forks keep their prompts' meaning. A bad file, another
+        variant or a token already loaded raises one ``AdapterLoadError`` and nothing changes.
+        """
+        from .model.lora import AdapterLoadError
+        from .model.textual_inversion import TokenEmbedding, read_embedding, tokenizer_identities
+
+        clip_text = self._require("clip_text", "loading an embedding")
+        t5 = self._require("t5", "loading an embedding")
+        identities = tokenizer_identities(clip_text, t5)
+        loaded = list(self._embeddings)
+        for source in sources:
+            emb = source if isinstance(source, TokenEmbedding) else read_embedding(
+                source, variant=self._variant.name, clip_width=clip_text.width,
+                t5_dim=t5.d_model, identities=identities, clip_tokenizer=clip_text.tokenizer)
+            if any(e.token == emb.token for e in loaded):
+                raise AdapterLoadError(f"embedding {emb.source}: token {emb.token!r} is "
+                                       "already loaded on this model; load it once")
+            loaded.append(emb)
+        other = self.fork()
+        other._embeddings = tuple(loaded)
+        return other
+
     def _require(self, name: str, purpose: str) -> nn.Module:
         module = getattr(self, name)
         if module is None:
@@ -750,9 +783,16 @@ class SelvaPipeline:
         prompts = _as_prompts(prompts)
         clip_text = self._require("clip_text", "encoding a prompt")
         t5 = self._require("t5", "encoding a prompt")
+        from .model.textual_inversion import encode_clip, encode_t5, warn_unknown_tokens
+
+        warn_unknown_tokens(prompts, [e.token for e in self._embeddings])
         with self._running("clip_text", "t5"):
-            clip_f = clip_text.encode(prompts)
-            states, mask = t5.encode(prompts)
+            if self._embeddings:
+                clip_f = encode_clip(clip_text, prompts, self._embeddings)
+                states, mask = encode_t5(t5, prompts, self._embeddings)
+            else:
+                clip_f = clip_text.encode(prompts)
+                states, mask = t5.encode(prompts)
         return (
             clip_f.to(self._device, self.dtype),
             states.to(self._device, self.dtype),

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tests.node_harness import PACK_NAME, ROOT, STUBS, fake_video, load_pack, node, run_node
 
 NODE_IDS = ("SelVAModelLoader", "SelVAFeatureExtractor", "SelVASampler", "SelVALoraLoader",
-            "SelVALoraTrainer")
+            "SelVAEmbeddingLoader", "SelVALoraTrainer")
 # node id -> ({input id: io type}, [output io types])
 SCHEMA = {
     "SelVAModelLoader": (
@@ -41,6 +41,9 @@ SCHEMA = {
         {"model": "SELVA_MODEL", "lora_name": "COMBO", "strength": "FLOAT",
          "lora_path": "STRING"},
         ["SELVA_MODEL", "STRING", "STRING"]),
+    "SelVAEmbeddingLoader": (
+        {"model": "SELVA_MODEL", "embedding_name": "COMBO", "embedding_path": "STRING"},
+        ["SELVA_MODEL", "STRING"]),
     "SelVALoraTrainer": (
         {"model": "SELVA_MODEL", "data_dir": "STRING", "output_dir": "STRING", "steps": "INT",
          "rank": "INT", "lr": "FLOAT", "target": "COMBO", "init": "COMBO",
@@ -52,6 +55,7 @@ SCHEMA = {
 OPTIONAL = {"SelVAModelLoader": {"models_dir"},
             "SelVAFeatureExtractor": {"video", "images", "mask"},
             "SelVALoraLoader": {"lora_path"},
+            "SelVAEmbeddingLoader": {"embedding_path"},
             "SelVALoraTrainer": {"lora_kind", "gradient_checkpointing", "base_dtype"}}
 
 

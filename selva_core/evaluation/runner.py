@@ -137,8 +137,13 @@ def _finite(x: Any) -> bool:
 def _adapter_variant(entry: AdapterEntry) -> tuple[str | None, dict[str, str], str | None]:
     """(model variant, metadata, error) of an adapter file, read without loading it."""
     from selva_core.model.lora import AdapterLoadError, read_adapter_file
+    from selva_core.model.textual_inversion import embedding_metadata
 
     try:
+        if entry.is_embedding:
+            meta = embedding_metadata(entry.path)
+            return meta.get("variant") or None, {k: v for k, v in meta.items()
+                                                 if isinstance(v, str)}, None
         _, meta = read_adapter_file(entry.path)
     except AdapterLoadError as exc:
         return None, {}, str(exc)
@@ -585,6 +590,19 @@ def _render_batch(pipe, feats, seed: int, spec: EvalSpec, step_cb, state: _State
     return torch.cat(parts)
 
 
+def _token_features(pipe, feats):
+    """The clips' features for an embedding column: the CLIP-text features of each prompt
+    with the token in place of the init word (the file's training record), through the pipeline
+    that knows the token; the sync features stay the base prompt's, as in training."""
+    from selva_core.model.textual_inversion import training_prompt
+
+    emb = pipe.embeddings[-1]
+    init_word = emb.metadata.get("training", {}).get("init_word")
+    prompts = [training_prompt(p, emb.token, init_word) for p in feats.prompts]
+    text = pipe.encode_prompt(prompts)[0].to(feats.text_clip_f)
+    return dataclasses.replace(feats, text_clip_f=text, prompts=prompts)
+
+
 def _row(feats, i: int):
     from selva_core.features import ConditionFeatures
 
@@ -624,8 +642,11 @@ def _render_all(state: _State, pipeline, jobs: list[_Job], features, references,
         if pk not in pipes:
             pipes.clear()  # one adapter pipeline alive at a time
             try:
-                pipes[pk] = pipeline if adapter.is_baseline else pipeline.with_adapters(
-                    [(adapter.path, groups[gk][0].strength)])
+                if adapter.is_embedding:
+                    pipes[pk] = pipeline.with_embeddings([adapter.path])
+                else:
+                    pipes[pk] = pipeline if adapter.is_baseline else pipeline.with_adapters(
+                        [(adapter.path, groups[gk][0].strength)])
             except ValueError as exc:  # AdapterLoadError is a ValueError
                 row.update(status="skipped", error=str(exc))
                 log.warning("adapter %s skipped: %s", adapter.id, exc)
@@ -638,6 +659,8 @@ def _render_all(state: _State, pipeline, jobs: list[_Job], features, references,
                 raise EvalInterrupted("stopped")
             chunk = group[start: start + spec.batch_size]
             feats = cat_features([features[_ckey(j.clip)] for j in chunk])
+            if adapter.is_embedding:
+                feats = _token_features(pipe, feats)
             t0 = time.perf_counter()
             waves = _render_batch(pipe, feats, chunk[0].seed, spec, step_cb, state)
             per = (time.perf_counter() - t0) / len(chunk)

@@ -20,7 +20,9 @@ training run's folder, else every clip), ``batch_size`` (clips per sampler batch
 ``drift_dir`` (a folder of clips unlike the training set, rendered with and without each
 adapter to measure drift), ``desync`` and ``synchformer`` (DeSync and the Synchformer file),
 ``clap_model`` (a local CLAP model folder: enables the CLAP score and the FAD-style distance),
-``mp4``, ``device`` and ``precision``.
+``mp4``, ``device`` and ``precision``. ``embeddings`` (``[{"id", "path"}]``) adds
+textual-inversion columns to the same grid: each clip's prompt gets the token in place of the
+embedding's init word.
 
 :func:`load_spec` / :meth:`EvalSpec.from_dict` check every field and raise ONE
 :class:`EvalSpecError` that lists one clear message per bad field.
@@ -63,6 +65,10 @@ FIELD_HELP: tuple[tuple[str, str, str], ...] = (
     ("adapters", "[]", "list of {\"id\", \"path\"[, \"strengths\"]}: path = adapter "
      ".safetensors, a training run's folder (= every checkpoints/step_* and the final "
      "adapter), or \"\" for the baseline (added as 'baseline' when missing)"),
+    ("embeddings", "[]", "textual-inversion columns beside the adapters: list of {\"id\", "
+     "\"path\"}: path = an embedding .safetensors or a training run's folder (its "
+     "embedding_final.safetensors); each clip's prompt gets the token in place of the init "
+     "word (appended without it)"),
     ("strengths", "[1.0]", "adapter strengths rendered for every adapter"),
     ("seed", "42", "noise seed (used when 'seeds' is not given)"),
     ("seeds", "[seed]", "several seeds: every clip is rendered once per seed"),
@@ -106,10 +112,15 @@ class AdapterEntry:
     strengths: list[float] | None = None
     group: str = ""  # the spec entry a run folder was expanded from ("" = itself)
     step: int | None = None  # checkpoint step when expanded from a run folder
+    kind: str = "adapter"  # or "embedding" (textual inversion; one pseudo-strength 1)
 
     @property
     def is_baseline(self) -> bool:
         return not self.path
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == "embedding"
 
 
 @dataclass
@@ -148,6 +159,8 @@ class EvalSpec:
         """Strengths rendered for ``adapter`` (one pseudo-strength 0 for the baseline)."""
         if adapter.is_baseline:
             return [0.0]
+        if adapter.is_embedding:
+            return [1.0]
         return list(adapter.strengths) if adapter.strengths else list(self.strengths)
 
     @property
@@ -208,7 +221,8 @@ def _read_spec_text(path: Path) -> str:
 
 # --- parsing -----------------------------------------------------------------------------------
 _FIELDS = {
-    "name", "data_dir", "output_dir", "steps", "seed", "seeds", "adapters", "variant",
+    "name", "data_dir", "output_dir", "steps", "seed", "seeds", "adapters", "embeddings",
+    "variant",
     "models_dir", "strengths", "cfg", "negative_prompt", "duration", "clips", "batch_size",
     "drift_dir", "desync", "synchformer", "clap_model", "mp4", "device", "precision",
 }
@@ -330,6 +344,8 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
     clap_model = text("clap_model", None)
     clap_model = _resolve(clap_model, base) if clap_model else None
     adapters = _adapters(data.get("adapters"), base, problems)
+    adapters += _embeddings(data.get("embeddings", []), base, {a.id.lower() for a in adapters},
+                            problems)
     spec = EvalSpec(
         data_dir=data_dir or "", output_dir=output_dir, name=name, steps=steps, seed=seed,
         seeds=seeds, adapters=adapters, variant=variant,
@@ -425,6 +441,45 @@ def _adapters(value: Any, base: Path | None, problems: list[str]) -> list[Adapte
     elif not any(e.is_baseline for e in entries):
         problems.append(f"no baseline entry (empty path) and the id {BASELINE_ID!r} is taken; "
                         "add {\"id\": \"base\", \"path\": \"\"}")
+    return entries
+
+
+def _embeddings(value: Any, base: Path | None, taken: set[str], problems: list[str]
+                ) -> list[AdapterEntry]:
+    """The spec's textual-inversion columns (a run folder means its final embedding)."""
+    from selva_core.model.textual_inversion import FINAL_EMBEDDING_FILE
+
+    if not isinstance(value, list):
+        problems.append(f"field 'embeddings' must be a list of {{\"id\", \"path\"}} objects, "
+                        f"got {value!r}")
+        return []
+    entries = []
+    for i, item in enumerate(value):
+        where = f"embeddings[{i}]"
+        if not (isinstance(item, dict) and set(item) <= {"id", "path"}):
+            problems.append(f"{where} must be an object with 'id' and 'path' only, got {item!r}")
+            continue
+        ident, path = item.get("id"), item.get("path")
+        if not isinstance(ident, str) or not _ID_RE.match(ident):
+            problems.append(f"{where}.id {ident!r} must be 1-80 letters, digits or . _ @ + - "
+                            "starting with a letter or digit (it names folders)")
+            continue
+        if ident.lower() in taken:
+            problems.append(f"{where}.id {ident!r} is used twice; ids name output folders and "
+                            "must be unique (case-insensitively)")
+            continue
+        if not isinstance(path, str) or not path:
+            problems.append(f"{where}.path must name an embedding file or a run folder")
+            continue
+        resolved = Path(_resolve(path, base))
+        if resolved.is_dir():
+            resolved = resolved / FINAL_EMBEDDING_FILE
+        if not resolved.is_file():
+            problems.append(f"{where}.path {resolved} does not exist (train one with "
+                            "train_lora.py --method textual_inversion)")
+            continue
+        taken.add(ident.lower())
+        entries.append(AdapterEntry(ident, str(resolved), None, kind="embedding"))
     return entries
 
 

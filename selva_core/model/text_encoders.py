@@ -339,11 +339,15 @@ class ClipTextEncoder(nn.Module):
             texts = [texts]
         return self.tokenizer(list(texts), context_length=self.context_length)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, 77) -> unit-norm per-token features (B, 77, width)."""
+    def forward(self, tokens: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, 77) -> unit-norm per-token features (B, 77, width).
+
+        ``embeds`` (B, 77, width): input embeddings to use instead of looking ``tokens`` up
+        (textual inversion splices learned vectors in; ``tokens`` then only gives the shape).
+        """
         t = self.tower
         cast = t.transformer.get_cast_dtype()
-        x = t.token_embedding(tokens.to(self.device)).to(cast)
+        x = (t.token_embedding(tokens.to(self.device)) if embeds is None else embeds).to(cast)
         x = x + t.positional_embedding[: x.shape[1]].to(cast)
         mask = t.attn_mask
         if mask is not None:

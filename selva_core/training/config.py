@@ -32,6 +32,7 @@ from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
+METHODS = ("lora", "textual_inversion")
 PRECISIONS = ("auto", "bf16", "fp32")
 ADAPTER_DTYPES = ("auto", "fp32", "q16", "fp16")
 DEFAULT_TARGETS = ("attn",)
@@ -129,6 +130,20 @@ class TrainConfig:
     lora_dropout: float = field(default=0.0, metadata=_opt(
         "Dropout on the adapter's input while training (0 = off); a regulariser for small "
         "datasets. Generation never drops.", "--lora-dropout", group="model"))
+    method: str = field(default="lora", metadata=_opt(
+        "What to train: 'lora' (an adapter on the generator) or 'textual_inversion' (every "
+        "network frozen; new vectors for --token in the CLIP-text and FLAN-T5 tables, written "
+        "as OUTPUT_DIR/embedding_final.safetensors, a few KB).", choices=METHODS,
+        group="model"))
+    token: str | None = field(default=None, metadata=_opt(
+        "Textual inversion: the new word, e.g. '<metal-scrape>' (not a real word). Training "
+        "prompts are the clips' prompts with --init_word replaced by it (or it appended).",
+        group="model"))
+    init_word: str | None = field(default=None, metadata=_opt(
+        "Textual inversion: the vectors start as this word's embeddings (default: the "
+        "token's own text pieces).", group="model"))
+    num_vectors: int = field(default=1, metadata=_opt(
+        "Textual inversion: vectors per tower the token stands for.", group="model"))
 
     # --- optimisation -------------------------------------------------------------------------
     lr: float = field(default=1e-4, metadata=_opt("Peak learning rate of AdamW."))
@@ -319,6 +334,15 @@ class TrainConfig:
                             f"{self.base_dtype} autocast, but --precision is {self.precision}; "
                             "use --precision auto with it (or --base_dtype fp32 to keep the "
                             "frozen weights in fp32)")
+        if self.method not in METHODS:
+            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method == "textual_inversion":
+            if not self.token:
+                problems.append("--method textual_inversion needs --token (e.g. "
+                                "'<metal-scrape>')")
+            if not isinstance(self.num_vectors, int) or self.num_vectors < 1:
+                problems.append(f"--num_vectors must be a positive integer, got "
+                                f"{self.num_vectors!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
         if problems:

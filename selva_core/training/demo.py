@@ -119,7 +119,13 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
         raise ValueError(f"no clips {unknown or clip_names} in {cfg.data_dir} to listen to; "
                          "run the demo again with --overwrite")
     base = pipeline if pipeline is not None else build_pipeline(cfg, resolve_device(cfg.device))
-    adapted = base.with_adapters([(str(adapter_path), 1.0)])
+    textual_inversion = cfg.method == "textual_inversion"
+    if textual_inversion:  # the adapted render: the token's prompt on a model that knows it
+        from selva_core.model.textual_inversion import training_prompt
+
+        adapted = base.with_embeddings([str(adapter_path)])
+    else:
+        adapted = base.with_adapters([(str(adapter_path), 1.0)])
     sr = base.sample_rate
     rows = []
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,9 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
         features = base.extract_features(frames, clip.prompt, cfg.duration)
         settings = dict(seed=cfg.seed, num_steps=cfg.sample_steps, cfg_strength=cfg.cfg_strength)
         base_wave = base.render(features, **settings)[0].numpy()
+        if textual_inversion:
+            features = adapted.extract_features(
+                frames, training_prompt(clip.prompt, cfg.token, cfg.init_word), cfg.duration)
         adapted_wave = adapted.render(features, **settings)[0].numpy()
         length = base_wave.shape[0]
         true = load_mono(clip.audio_path or clip.video_path, sr,

@@ -31,6 +31,9 @@ def adapter_identity(cfg: TrainConfig) -> dict[str, Any]:
     identity = {k: getattr(cfg, k) for k in ADAPTER_IDENTITY_FIELDS}
     identity["alpha"] = lora.effective_alpha
     identity["scale"] = lora.scale
+    if cfg.method != "lora":  # (LoRA identities keep their fields: older checkpoints resume)
+        identity.update(method=cfg.method, token=cfg.token, init_word=cfg.init_word,
+                        num_vectors=cfg.num_vectors)
     return identity
 
 

@@ -185,9 +185,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"SelVA LoRA training {'finished' if summary.get('completed') else 'stopped'}: "
         f"{summary.get('status', '')}",
         "=" * 72,
-        f"variant        {summary.get('variant')}   rank {summary.get('rank')}   alpha "
-        f"{summary.get('alpha')}   init {summary.get('init')}   targets "
-        f"{', '.join(summary.get('target', []))}",
+        f"variant        {summary.get('variant')}   " + (
+            f"textual inversion of {summary['token']} ({summary.get('num_vectors')} vector(s))"
+            if summary.get("token") else
+            f"rank {summary.get('rank')}   alpha {summary.get('alpha')}   init "
+            f"{summary.get('init')}   targets {', '.join(summary.get('target', []))}"),
         f"adapted layers {summary.get('adapted_layers')}   trainable parameters "
         f"{summary.get('trainable_params', 0):,}",
         f"data           {summary.get('train_examples')} training examples, "

@@ -348,21 +348,30 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
             pipeline = pipeline.fork()
             if pipeline.device != dist.device:
                 pipeline.to(dist.device)
-        check_rank(pipeline.generator, cfg)
+        if cfg.method == "lora":
+            check_rank(pipeline.generator, cfg)
         tag = default_model_tag(cfg) if model_tag is None else model_tag
         try:
             examples, info = prepare_examples(cfg, pipeline, dist, tag, found,
                                               hooks.should_stop if hooks else None)
         except (KeyboardInterrupt, ExtractionStopped):
             return _interrupted_during_extraction(cfg)
+        clip_text, t5 = pipeline.clip_text, pipeline.t5  # textual inversion encodes per step
         pipeline.free_encoders()
         train, val = split_examples(examples, cfg.val_fraction, cfg.val_clips)
         train, val = keep_duplicates_together(cfg.data_dir, train, val)
         log.info("%d training and %d validation examples", len(train), len(val))
         _warn_batch_larger_than_data(cfg, train, dist.world_size)
         info["val_clip_names"] = sorted({e.name for e in val})
-        trainer = LoRATrainer(cfg, pipeline.generator, train, val, pipeline=pipeline,
-                              dist=dist, hooks=hooks, data_info=info)
+        if cfg.method == "textual_inversion":
+            from selva_core.training.textual_inversion import TextualInversionTrainer
+
+            trainer = TextualInversionTrainer(cfg, pipeline.generator, train, val,
+                                              clip_text=clip_text, t5=t5, pipeline=pipeline,
+                                              dist=dist, hooks=hooks, data_info=info)
+        else:
+            trainer = LoRATrainer(cfg, pipeline.generator, train, val, pipeline=pipeline,
+                                  dist=dist, hooks=hooks, data_info=info)
         return trainer.run()
     finally:
         shutdown(dist)

@@ -257,6 +257,50 @@ class LoRATrainer:
         self.variant = get_variant(cfg.variant)
         self.gen = generator
         self.gen.update_seq_lengths(self.variant.sequence_lengths(cfg.duration))
+        groups = self._setup_trainable()
+        self.gen.set_gradient_checkpointing(cfg.gradient_checkpointing)
+        self.train_store = ExampleStore(train_examples, self.gen)
+        self.val_store = ExampleStore(val_examples, self.gen)
+        self.validator = Validator(self.val_store, cfg.timestep_mode,
+                                   autocast_dtype=self.autocast_dtype)
+        self.order = DataOrder(len(self.train_store), cfg.seed)
+        self.step_size = DataOrder.step_size(cfg.batch_size, cfg.grad_accum,
+                                             self.dist.world_size)
+        self.latent_shape = (self.gen.seq.latent, self.gen.cfg.latent_dim)
+
+        for g in groups:
+            g["base_lr"] = g["lr"]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.schedule = LRSchedule(cfg.steps, cfg.warmup, cfg.lr_schedule)
+        self.model = wrap_model(self.gen, self.dist)
+        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints)
+        if self.is_main:
+            self.ckpt.remove_stale()  # what a killed save left behind
+        self.log = JsonlLog(self.out / LOG_FILE, enabled=self.is_main)
+        self.identity = self._identity()
+        self.record = RunRecord(
+            cfg=cfg, lora=lora_config(cfg), world_size=self.dist.world_size,
+            effective_batch=self.step_size, precision=str(self.autocast_dtype or torch.float32),
+            base_dtype=str(self.base_dtype),
+            train_examples=len(self.train_store), val_examples=len(self.val_store),
+            train_set=dataset_fingerprint(self.train_store.examples),
+            train_prompts=training_prompts(self.train_store.examples),
+            adapted_layers=self.adapted_layers,
+            trainable_params=sum(p.numel() for p in self.params), data_info=dict(data_info or {}))
+
+        self.step = 0
+        self.stream_pos = 0
+        self.elapsed = 0.0  # seconds spent in training steps (over all sessions)
+        self.last_val: ValidationResult | None = None
+        self.val_base: float | None = None
+        self.recent_losses: list[float] = []
+        self._boundary_rng = ckpt.capture_rng_state()
+        self._in_update = False
+
+    # --- what is trained (textual inversion overrides these) --------------------------------
+    def _setup_trainable(self) -> list[dict[str, Any]]:
+        """Attach the adapter, cast the frozen base, move to the device; the optimiser groups."""
+        cfg = self.cfg
         check_rank(self.gen, cfg)
         self.handle = attach_lora(self.gen, lora_config(cfg), ADAPTER_NAME,
                                   variant_name=cfg.variant)
@@ -271,46 +315,33 @@ class LoRATrainer:
         # --base_dtype (large_44k: 2 GB in bf16 instead of 4 GB in fp32).
         self.gen.to(self.device)
         self.params = trainable_parameters(self.gen, ADAPTER_NAME)
-        self.gen.set_gradient_checkpointing(cfg.gradient_checkpointing)
-        self.train_store = ExampleStore(train_examples, self.gen)
-        self.val_store = ExampleStore(val_examples, self.gen)
-        self.validator = Validator(self.val_store, cfg.timestep_mode,
-                                   autocast_dtype=self.autocast_dtype)
-        self.order = DataOrder(len(self.train_store), cfg.seed)
-        self.step_size = DataOrder.step_size(cfg.batch_size, cfg.grad_accum,
-                                             self.dist.world_size)
-        self.latent_shape = (self.gen.seq.latent, self.gen.cfg.latent_dim)
+        self.adapted_layers = len(self.handle.layers)
+        return lora_plus_param_groups(self.gen, cfg.lr, cfg.lora_plus_ratio, ADAPTER_NAME,
+                                      weight_decay=cfg.weight_decay)
 
-        groups = lora_plus_param_groups(self.gen, cfg.lr, cfg.lora_plus_ratio, ADAPTER_NAME,
-                                        weight_decay=cfg.weight_decay)
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.schedule = LRSchedule(cfg.steps, cfg.warmup, cfg.lr_schedule)
-        self.model = wrap_model(self.gen, self.dist)
-        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints)
-        if self.is_main:
-            self.ckpt.remove_stale()  # what a killed save left behind
-        self.log = JsonlLog(self.out / LOG_FILE, enabled=self.is_main)
-        self.identity = adapter_identity(cfg)
-        self.record = RunRecord(
-            cfg=cfg, lora=lora_config(cfg), world_size=self.dist.world_size,
-            effective_batch=self.step_size, precision=str(self.autocast_dtype or torch.float32),
-            base_dtype=str(self.base_dtype),
-            train_examples=len(self.train_store), val_examples=len(self.val_store),
-            train_set=dataset_fingerprint(self.train_store.examples),
-            train_prompts=training_prompts(self.train_store.examples),
-            adapted_layers=len(self.handle.layers),
-            trainable_params=sum(p.numel() for p in self.params), data_info=dict(data_info or {}))
+    def _identity(self) -> dict[str, Any]:
+        return adapter_identity(self.cfg)
 
-        self.step = 0
-        self.stream_pos = 0
-        self.elapsed = 0.0  # seconds spent in training steps (over all sessions)
-        self.last_val: ValidationResult | None = None
-        self.val_base: float | None = None
-        self.recent_losses: list[float] = []
-        self._boundary_rng = ckpt.capture_rng_state()
-        self._in_update = False
+    def batch_loss(self, batch, draws) -> torch.Tensor:
+        """Per-example training loss (B,) of a micro-batch."""
+        return training_loss(self.model, self.gen, batch, draws)
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The trained tensors a checkpoint stores."""
+        return training_state_dict(self.gen, ADAPTER_NAME)
+
+    def load_trained_state(self, params: dict[str, torch.Tensor]) -> None:
+        load_training_state_dict(self.gen, {k: v.to(self.device) for k, v in params.items()},
+                                 ADAPTER_NAME)
+
+    def write_trained(self, path: Path, metadata: dict[str, Any]) -> None:
+        """The loadable file of a checkpoint (the adapter)."""
+        save_adapter(self.gen, path, ADAPTER_NAME, metadata=metadata)
+
+    def finish(self) -> TrainResult:
+        from selva_core.training.finish import finish_run
+
+        return finish_run(self)
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -341,9 +372,7 @@ class LoRATrainer:
         barrier(self.dist)
         if not self.is_main:
             return self.result("completed")
-        from selva_core.training.finish import finish_run
-
-        return finish_run(self)
+        return self.finish()
 
     def _loop(self) -> str:
         cfg = self.cfg
@@ -389,7 +418,7 @@ class LoRATrainer:
             try:
                 with self._grad_sync(micro == cfg.grad_accum - 1):
                     with self.autocast():
-                        loss = training_loss(self.model, self.gen, batch, draws).mean()
+                        loss = self.batch_loss(batch, draws).mean()
                     scaled = loss / cfg.grad_accum
                     if self.loss_scale is not None:
                         scaled = scaled * self.loss_scale
@@ -579,8 +608,7 @@ class LoRATrainer:
                 "--seed or dataset). Use the original --seed or a new --output_dir"
             )
         try:
-            load_training_state_dict(self.gen, {k: v.to(self.device)
-                                                for k, v in state.params.items()}, ADAPTER_NAME)
+            self.load_trained_state(state.params)
             self.optimizer.load_state_dict(state.optimizer)
         except (ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(f"cannot resume from {source}: {exc}") from exc
@@ -622,7 +650,7 @@ class LoRATrainer:
         return ckpt.TrainingState(
             step=self.step, stream_pos=self.stream_pos, epoch=epoch,
             permutation=self.order.permutation(epoch),
-            params=training_state_dict(self.gen, ADAPTER_NAME),
+            params=self.trained_state(),
             optimizer=self.optimizer.state_dict(), identity=self.identity,
             train_loss=smooth(self.recent_losses)[-1] if self.recent_losses else None,
             val_loss=self.last_val.loss if self.last_val else None,
@@ -702,7 +730,7 @@ class LoRATrainer:
         state = self._state()
         meta = self.adapter_metadata(checkpoint_reason=reason)
         entry = self.ckpt.save(
-            state, lambda path: save_adapter(self.gen, path, ADAPTER_NAME, metadata=meta),
+            state, lambda path: self.write_trained(path, meta),
             reason=reason,
         )
         self.log.write({"kind": "checkpoint", "step": self.step, "reason": reason,
