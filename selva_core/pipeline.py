@@ -523,7 +523,7 @@ class SelvaPipeline:
 
         ``trained=True`` (default): the weights shipped in the package, trained by
         ``scripts/train_tiny_base.py`` on synthetic clips (generator, VAE, vocoder, TextSynch
-        and T5 loaded and sha256-checked by :mod:`selva_core.bundled`; the CLIP-text encoder
+        and T5 loaded and sha256-checked by :mod:`selva_core.weights.bundled`; the CLIP-text encoder
         rebuilt at :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED`); ``seed`` is unused.
         ``trained=False``: random weights drawn from ``seed`` (tests that need speed or a
         model independent of the shipped files). Deterministic either way (the global RNG is
@@ -548,7 +548,7 @@ class SelvaPipeline:
             _audible_random_init_(vocoder, seed)
             clip_text, t5 = load_text_encoders(v.text_encoders, device="cpu", seed=seed)
         if trained:
-            from .bundled import load_bundled
+            from .weights.bundled import load_bundled
 
             load_bundled(v.name, {"generator": generator, "vae": vae, "vocoder": vocoder,
                                   "video_encoder": video_encoder, "t5": t5})

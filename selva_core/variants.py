@@ -498,7 +498,7 @@ class BundledFile:
 
 
 #: Trained weights shipped with the package, per variant and component
-#: (``scripts/train_tiny_base.py``; loaded by :mod:`selva_core.bundled`).
+#: (``scripts/train_tiny_base.py``; loaded by :mod:`selva_core.weights.bundled`).
 BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {
     "tiny_16k": {
         "generator": BundledFile(

@@ -14,8 +14,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-import selva_core.bundled as bundled
-from selva_core.bundled import bundled_files, bundled_path, file_sha256
+import selva_core.weights.bundled as bundled
 from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset, synthetic_clip
 from selva_core.evaluation.metrics import log_spectral_distance
 from selva_core.pipeline import SelvaPipeline
@@ -27,6 +26,7 @@ from selva_core.training.demo import (
     write_listening_comparison,
 )
 from selva_core.weights import CheckpointError
+from selva_core.weights.bundled import bundled_files, bundled_path, file_sha256
 
 DURATION = 2.0
 COMPONENTS = {"generator", "vae", "vocoder", "video_encoder", "t5"}

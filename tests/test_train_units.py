@@ -394,7 +394,7 @@ class _Ex:
 
 
 def test_validation_split_keeps_a_clips_windows_together_and_ignores_order():
-    from selva_core.training.validation import split_examples
+    from selva_core.data.split import split_examples
 
     examples = [_Ex(f"clip{i}#w{w}") for i in range(10) for w in range(3)]
     train, val = split_examples(examples, val_fraction=0.2)
@@ -409,13 +409,13 @@ def test_validation_split_keeps_a_clips_windows_together_and_ignores_order():
 @pytest.mark.parametrize("clips, fraction, expected", [(3, 0.1, 0), (4, 0.1, 1), (10, 0.1, 1),
                                                        (40, 0.1, 4), (10, 0.0, 0)])
 def test_default_validation_size(clips, fraction, expected):
-    from selva_core.training.validation import default_val_count
+    from selva_core.data.split import default_val_count
 
     assert default_val_count(clips, fraction) == expected
 
 
 def test_asking_for_every_clip_as_validation_is_an_error():
-    from selva_core.training.validation import split_examples
+    from selva_core.data.split import split_examples
 
     with pytest.raises(ValueError, match="--val_clips 3 leaves no training clip"):
         split_examples([_Ex(f"c{i}") for i in range(3)], val_clips=3)
@@ -547,7 +547,7 @@ def test_validation_loss_ignores_global_rng_and_model_mode(tiny_generator):
 
 
 def test_clip_of_strips_only_the_window_suffix():
-    from selva_core.training.validation import clip_of, split_examples
+    from selva_core.data.split import clip_of, split_examples
 
     assert clip_of("dog#w1") == "dog" and clip_of("dog") == "dog"
     assert clip_of("take#2#w0") == "take#2" and clip_of("take#2") == "take#2"

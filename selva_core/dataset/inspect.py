@@ -114,7 +114,7 @@ def inspect_clip(clip, *, rate: int, duration: float, pipeline=None,
 
 def default_split(names: list[str], val_fraction: float = DEFAULT_VAL_FRACTION) -> set[str]:
     """The clips the trainer holds out for validation by default."""
-    from selva_core.training.validation import split_examples
+    from selva_core.data.split import split_examples
 
     _, val = split_examples([SimpleNamespace(name=n) for n in names], val_fraction)
     return {e.name for e in val}

@@ -242,7 +242,7 @@ def keep_duplicates_together(data_dir: str | Path, train: list, val: list) -> tu
     """Move validation examples whose clip has a near duplicate among the training clips
     (the report's groups) into training, so validation never scores sound the adapter
     trained on; both keep their order. Without a report nothing changes."""
-    from selva_core.training.validation import clip_of
+    from selva_core.data.split import clip_of
 
     path = Path(data_dir) / REPORT_JSON
     if not val or not path.is_file():

@@ -102,11 +102,11 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
     """
     from selva_core.data import scan_dataset
     from selva_core.data.audio import load_mono
+    from selva_core.data.split import clip_of
     from selva_core.data.video import decode_frames
     from selva_core.evaluation.metrics import log_spectral_distance
     from selva_core.training.distributed import resolve_device
     from selva_core.training.run import build_pipeline
-    from selva_core.training.validation import clip_of
 
     start = time.perf_counter()
     out = cfg.output_path / LISTEN_DIR

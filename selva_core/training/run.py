@@ -32,6 +32,7 @@ import torch
 
 from selva_core.atomic import UnusableFolderError, check_writable_folder
 from selva_core.data import SkipReport, scan_dataset
+from selva_core.data.split import split_examples
 from selva_core.dataset.report import keep_duplicates_together, warn_flagged
 from selva_core.model.precision import reset_peak_memory
 from selva_core.training import checkpoint as ckpt
@@ -53,7 +54,6 @@ from selva_core.training.trainer import (
     check_rank,
     resolve_precision,
 )
-from selva_core.training.validation import split_examples
 from selva_core.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def default_model_tag(cfg: TrainConfig) -> str:
     fresh cache), a tiny model without shipped weights by its random seed."""
     if not get_variant(cfg.variant).is_tiny:
         return ""
-    from selva_core.bundled import bundled_files
+    from selva_core.weights.bundled import bundled_files
 
     files = bundled_files(cfg.variant)
     if not files:

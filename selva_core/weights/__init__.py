@@ -6,6 +6,7 @@
   one :class:`MissingWeightsError` lists all that is missing.
 * :mod:`.safe_read` — ``.safetensors`` / weights-only pickles into a flat state dict.
 * :mod:`.loading` — building the networks and loading them strictly (nothing half-loaded).
+* :mod:`.bundled` — the trained ``tiny_16k`` weights shipped in the package (sha256-checked).
 
 This package never imports ComfyUI; the nodes pass ``models/selva`` as ``models_dir``.
 """

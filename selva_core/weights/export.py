@@ -52,7 +52,7 @@ def load_generator(variant: str, models_dir: str | os.PathLike | None = None, *,
     with skip_random_init():
         generator = build_component("generator", v)
     if v.is_tiny:
-        from ..bundled import load_bundled
+        from .bundled import load_bundled
 
         load_bundled(v.name, {"generator": generator})
     else:

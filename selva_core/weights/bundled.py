@@ -17,13 +17,14 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from .checksums import file_sha256
-from .variants import BUNDLED_WEIGHTS, BundledFile
-from .weights import CheckpointError, load_checked
+from ..checksums import file_sha256
+from ..variants import BUNDLED_WEIGHTS, BundledFile
+from .errors import CheckpointError
+from .loading import load_checked
 
 logger = logging.getLogger(__name__)
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 seen
 
 
