@@ -110,8 +110,11 @@ class TrainConfig:
         "--lr).", choices=INIT_MODES, group="model"))
     lora_kind: str = field(default="lora", metadata=_opt(
         "Kind of adapter: 'lora' (W + s B A), 'dora' (weight-decomposed: the direction of "
-        "W + s B A rescaled by a learned per-output magnitude) or 'loraxs' (W + s B R A with "
-        "A, B the frozen top-rank SVD basis of W and only the rank x rank core R trained).",
+        "W + s B A rescaled by a learned per-output magnitude), 'loraxs' (W + s B R A with "
+        "A, B the frozen top-rank SVD basis of W and only the rank x rank core R trained), "
+        "'ia3' (learned per-channel scales of each layer's output; of the input on ffn.w2; "
+        "--rank and --alpha unused) or 'hra' (W H, H a product of --rank Householder "
+        "reflections; even rank).",
         choices=tuple(kind_names()),
         group="model"))
     rslora: bool = field(default=False, metadata=_opt(
@@ -310,9 +313,12 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(allowed)}")
-        if self.lora_kind == "loraxs" and self.init.startswith("pissa"):
-            problems.append("--lora_kind loraxs builds its own SVD basis of W; use --init "
+        if self.lora_kind in ("loraxs", "ia3", "hra") and self.init.startswith("pissa"):
+            problems.append(f"--lora_kind {self.lora_kind} makes its own start; use --init "
                             "standard with it")
+        if self.lora_kind == "hra" and self.rank % 2:
+            problems.append(f"--lora_kind hra needs an even --rank (reflections in equal pairs "
+                            f"start as the identity), got {self.rank}")
         if (self.base_dtype in ("bf16", "fp16") and self.precision != "auto"
                 and self.precision != self.base_dtype):
             problems.append(f"--base_dtype {self.base_dtype} needs every forward under "
