@@ -196,6 +196,9 @@ class TrainConfig:
         group="checkpoints"))
     keep_checkpoints: int = field(default=0, metadata=_opt(
         "Keep only the newest N step checkpoints (0 keeps all).", group="checkpoints"))
+    keep_best: bool = field(default=False, metadata=_opt(
+        "With --keep_checkpoints: also keep the checkpoint with the lowest validation loss "
+        "(manifest.json lists each checkpoint's).", group="checkpoints"))
     resume: bool = field(default=False, metadata=_opt(
         "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (bit-identical to an "
         "uninterrupted run on the same machine).", group="checkpoints"))
