@@ -41,6 +41,15 @@ KEY = {"ia3": "ia3_l", "hra": "hra_u"}
 LINEAR = ("qkv", "re:.*text_block\\.(linear1|ffn\\.w[123])")
 
 
+def reflect(W2d, U):
+    """``W2d H`` by the definition: the reflections applied one by one (as peft does)."""
+    Un = U / U.norm(dim=0)
+    for i in range(Un.shape[1]):
+        u = Un[:, i:i + 1]
+        W2d = W2d - 2.0 * (W2d @ u) @ u.T
+    return W2d
+
+
 @torch.no_grad()
 def _train_like(model, kind, name="default", seed=3, std=0.1):
     g = torch.Generator().manual_seed(seed)
@@ -90,8 +99,6 @@ def test_ia3_scales_outputs_and_the_feedforward_input():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_forward_and_gradient_equal_the_dense_formula_on_linear_and_conv_layers(kind):
-    from selva_core.model.lora.kinds.hra import reflect
-
     model = _adapted(kind)
     for path, st in adapter_layers(model, "default").items():
         layer = model.get_submodule(path)

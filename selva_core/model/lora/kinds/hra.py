@@ -10,8 +10,11 @@ Identity at init: the rank must be even and the vectors come in equal pairs
 (``u_{2j} = u_{2j+1}``, peft's symmetric init); a reflection is its own inverse, so ``H = I``
 and the change is 0 up to rounding. An odd rank is refused.
 
-Forward at strength ``st``: ``y + st (W H - W) x``; ``W H`` is built as
-``V <- V - 2 (V u_i) u_i^T`` from ``V = W`` (O(r out in) per call, like peft's). Stacked
+Forward at strength ``st``: ``y + st (W H - W) x``. With the unit vectors ``V = [v_1..v_r]``
+the product is ``H = I - V T V^T`` (compact WY form, Schreiber & Van Loan 1989: ``T`` upper
+triangular r x r, ``T_jj = 2``, ``T[:j, j] = -2 T[:j, :j] V[:, :j]^T v_j``), so the change is
+the rank-r product ``-(W V T) (V^T x)``: it runs as a LoRA with ``A = V^T`` (a conv with the
+base kernel) and ``B = -W V T``, never forming an (in, in) or (out, in) matrix. Stacked
 adapters each add their own ``W H_a - W`` (peft chains ``W H_1 H_2``; the same for one
 adapter). The learned change ``dW = W (H - I)`` has rank <= r but lives in W's row space, so it
 has no low-rank form of its own: adapter files of this kind are not merged with others; export
@@ -30,14 +33,23 @@ from ..kind import register_kind
 from .lora import needs_fp32_path
 
 
-def reflect(W2d: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """``W2d H`` for the reflections of the columns of ``U`` (in order), fp32."""
-    Un = U.float() / U.float().norm(dim=0)
-    V = W2d.float()
-    for i in range(Un.shape[1]):
-        u = Un[:, i:i + 1]
-        V = V - 2.0 * (V @ u) @ u.T
-    return V
+def compact_wy(U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, T) with ``H_1 ... H_r = I - V T V^T`` for the reflections of ``U``'s columns, fp32
+    (differentiable)."""
+    V = U.float() / U.float().norm(dim=0)
+    G = V.T @ V
+    T = V.new_full((1, 1), 2.0)
+    for j in range(1, V.shape[1]):
+        z = -2.0 * (T @ G[:j, j:j + 1])
+        T = torch.cat([torch.cat([T, z], 1),
+                       torch.cat([V.new_zeros(1, j), V.new_full((1, 1), 2.0)], 1)], 0)
+    return V, T
+
+
+def _factors(W2d: torch.Tensor, adapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) as matrices with ``W (H - I) = B A``: ``A = V^T`` (r, in*k), ``B = -W V T``."""
+    V, T = compact_wy(adapter.hra_u)
+    return V.T, -(W2d.float() @ V) @ T
 
 
 @register_kind
@@ -86,17 +98,21 @@ class HRA:
 
     @staticmethod
     def forward(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        W = layer.weight2d()
-        dW = (reflect(W, adapter.hra_u) - W.float()).reshape(layer.weight.shape)
-        if needs_fp32_path(x, dW):
-            h = layer.apply_a(x.to(dW.dtype), dW)
-            return torch.add(y.to(h.dtype), h, alpha=adapter.strength).to(y.dtype)
-        return torch.add(y, layer.apply_a(x, dW).to(y.dtype), alpha=adapter.strength)
+        w = layer.weight
+        A, B = _factors(layer.weight2d(), adapter)
+        A = A.reshape(A.shape[0], *w.shape[1:])
+        B = B.reshape(*B.shape, *([1] * (w.dim() - 2)))
+        st = adapter.strength
+        if needs_fp32_path(x, A):
+            h = layer.apply_a(x.to(A.dtype), A)
+            return layer.add_b(y.to(A.dtype), h, B, st).to(y.dtype)
+        return layer.add_b(y, layer.apply_a(x, A), B, st)
 
     @staticmethod
     def weight_delta(W2d: torch.Tensor, adapter) -> torch.Tensor:
         """``W (H - I)`` of an (out, in*k) weight at strength 1, fp32."""
-        return reflect(W2d, adapter.hra_u) - W2d.float()
+        A, B = _factors(W2d, adapter)
+        return B @ A
 
     @staticmethod
     def delta_weight(layer, adapter) -> torch.Tensor:
