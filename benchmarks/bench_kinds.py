@@ -8,7 +8,8 @@ One command::
 It writes the demo's synthetic ``burst`` clips (the class the tiny base model never heard),
 then runs one sweep (``selva_core.training.sweep``) with one experiment per adapter kind, all
 with the demo's settings (tiny_16k, rank 8, lr 2e-3, batch 4) and the same number of steps,
-and evaluates every final adapter on the held-out clips over two seeds. The table gives per
+and evaluates every final adapter (``eval_adapters``' runner) on the first run's held-out
+clips over two seeds. The table gives per
 kind: trainable parameters, validation loss (base -> final), the held-out log-spectral
 distance to the true audio (mean over clips and seeds; spread = range of the per-seed means)
 and the envelope correlation with the true audio at lag 0 (``env_corr_lag0``; 1 = loud at
@@ -33,6 +34,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from selva_core.data.synthetic import make_synthetic_dataset  # noqa: E402
+from selva_core.evaluation.runner import run_evaluation  # noqa: E402
+from selva_core.evaluation.spec import EvalSpec  # noqa: E402
+from selva_core.model.lora.io import FINAL_ADAPTER_FILE  # noqa: E402
 from selva_core.model.lora.kind import kind_names  # noqa: E402
 from selva_core.training.demo import (  # noqa: E402
     DEMO_CLASSES,
@@ -77,34 +81,42 @@ def main(argv=None) -> int:
                            write_wav=True)
     base = {k: v for k, v in DEMO_SETTINGS.items() if k != "overwrite"}
     base.update(data_dir=str(data), steps=args.steps, save_every=args.steps,
-                val_every=max(1, args.steps // 4), warmup_steps=min(20, args.steps // 6),
-                samples=False, surgery=False, device="cpu", quiet=True, seed=0)
+                val_every=args.steps, warmup_steps=min(20, args.steps // 6), samples=False,
+                surgery=False, device="cpu", quiet=True, seed=0)
     sweep = parse_sweep({
         "name": "kinds", "output_dir": str(out / "sweep"), "base": base,
         "experiments": [{"id": k, "lora_kind": k} for k in kinds],
-        "eval": {"steps": args.eval_steps, "seeds": args.seeds, "mp4": False,
-                 "desync": False, "rank_by": "lsd_db"},
     })
     t0 = time.perf_counter()
     result = run_sweep(sweep, progress=False)
+    # the final adapters only (a sweep's own evaluation also renders every checkpoint)
+    finals = [{"id": e["id"], "path": str(pathlib.Path(e["output_dir"]) / FINAL_ADAPTER_FILE)}
+              for e in result.summary["experiments"]]
+    spec = EvalSpec.from_dict({
+        "name": "kinds", "data_dir": result.summary["experiments"][0]["output_dir"],
+        "output_dir": str(out / "eval"), "adapters": finals, "steps": args.eval_steps,
+        "seeds": args.seeds, "mp4": False, "desync": False, "rank_by": "lsd_db",
+        "variant": base["variant"], "device": "cpu"})
+    ev = run_evaluation(spec, progress=False).summary
     seconds = time.perf_counter() - t0
-    board = {(r["experiment"], r["checkpoint"]): r for r in result.summary["leaderboard"]
-             if r["strength"] in (0.0, 1.0)}
-    rows = {}
-    ev = result.eval_result.summary
+    ranking = {r["adapter"]: (i + 1, r) for i, r in enumerate(ev["verdict"].get("ranking", []))}
     by_id = {a["id"]: a for a in ev["adapters"]}
+
+    def sync(ident):
+        return (by_id.get(ident, {}).get("avg_metrics") or {}).get(SYNC_KEY)
+
+    rows = {}
     for exp in result.summary["experiments"]:
         k = exp["id"]
-        lsd = board.get((k, "final"), {})
+        place, lsd = ranking.get(k, (None, {}))
         rows[k] = {"trainable_params": _trainable(exp["output_dir"]),
                    "val_loss_base": exp.get("val_loss_base"),
                    "val_loss_final": exp.get("val_loss_final"),
                    "lsd_db": lsd.get("mean"), "lsd_spread_db": lsd.get("spread"),
-                   "lsd_rank": lsd.get("rank"),
-                   SYNC_KEY: (by_id.get(f"{k}@final", {}).get("avg_metrics") or {}).get(SYNC_KEY)}
-    b = board.get(("baseline", ""), {})
+                   "lsd_rank": place, SYNC_KEY: sync(k)}
+    _, b = ranking.get("baseline", (None, {}))
     baseline = {"lsd_db": b.get("mean"), "lsd_spread_db": b.get("spread"),
-                SYNC_KEY: (by_id.get("baseline", {}).get("avg_metrics") or {}).get(SYNC_KEY)}
+                SYNC_KEY: sync("baseline")}
 
     def f(x, spec=".3f"):
         return format(x, spec) if isinstance(x, (int, float)) else "n/a"
