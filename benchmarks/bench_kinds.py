@@ -2,7 +2,7 @@
 
 One command::
 
-    python benchmarks/bench_kinds.py                 # every kind, 120 steps each
+    python benchmarks/bench_kinds.py                 # every kind, 60 steps each
     python benchmarks/bench_kinds.py --steps 60 --kinds lora ia3
 
 It writes the demo's synthetic ``burst`` clips (the class the tiny base model never heard),
@@ -52,7 +52,7 @@ SYNC_KEY = "env_corr_lag0"
 def _args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="kind_shootout_output", help="working folder (replaced)")
-    ap.add_argument("--steps", type=int, default=120, help="optimiser steps per kind")
+    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per kind")
     ap.add_argument("--kinds", nargs="+", default=None,
                     help=f"kinds to compare (default: all, {', '.join(kind_names())})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
