@@ -31,7 +31,7 @@ NODE = "LoRA Trainer"
 # copies of the library's choices (the pack imports without the library; a test keeps them equal)
 TARGET_PRESETS = ("attn", "qkv", "ffn", "attn+ffn", "all")
 INIT_MODES = ("standard", "gaussian", "pissa")
-LORA_KINDS = ("lora", "dora", "loraxs")
+LORA_KINDS = ("lora", "dora", "loraxs", "ia3", "hra")
 BASE_DTYPES = ("auto", "fp32", "bf16", "fp16")
 SelvaModelType = io.Custom(MODEL_TYPE)
 
@@ -92,9 +92,12 @@ class SelvaLoraTrainer(io.ComfyNode):
                                          "checkpoint."),
                 io.Combo.Input("lora_kind", options=list(LORA_KINDS), default="lora",
                                optional=True,
-                               tooltip="lora, dora (a learned per-output magnitude) or "
+                               tooltip="lora, dora (a learned per-output magnitude), "
                                        "loraxs (frozen SVD basis of W, only an r x r core "
-                                       "trained: the fewest parameters)."),
+                                       "trained), ia3 (learned per-channel scales: the "
+                                       "fewest parameters; rank unused) or hra (rank "
+                                       "Householder reflections of W's input space; even "
+                                       "rank)."),
                 io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                                  tooltip="Recompute most of each block in the backward "
                                          "pass: about a fifth of the activation memory per "

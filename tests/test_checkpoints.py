@@ -236,3 +236,33 @@ def test_pruning_skips_a_step_folder_that_is_a_link(tmp_path):
         mgr.load_state(mgr.find())
     mgr.save(_state(4), _write_adapter)  # prunes step 2
     assert (outside / "precious.txt").read_text() == "keep"
+
+
+# -- keep_best ------------------------------------------------------------------------------------
+def _saved_with_val(root: Path, vals: dict[int, float | None], keep_last: int,
+                    keep_best: bool) -> ckpt.CheckpointManager:
+    import dataclasses
+
+    mgr = ckpt.CheckpointManager(root, keep_last=keep_last, keep_best=keep_best)
+    for step, val in vals.items():
+        mgr.save(dataclasses.replace(_state(step), val_loss=val), _write_adapter)
+    return mgr
+
+
+def test_manifest_rows_carry_each_checkpoints_validation_loss(tmp_path):
+    mgr = _saved_with_val(tmp_path, {2: 0.5, 4: None, 6: 0.3}, keep_last=0, keep_best=False)
+    assert [r["val_loss"] for r in _manifest(tmp_path)["checkpoints"]] == [0.5, None, 0.3]
+    assert mgr.best().step == 6
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_besides_the_newest(tmp_path):
+    vals = {2: 0.5, 4: 0.2, 6: 0.4, 8: 0.3, 10: None}
+    mgr = _saved_with_val(tmp_path, vals, keep_last=2, keep_best=True)
+    assert [e.step for e in mgr.entries()] == [4, 8, 10]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == [
+        "step_000004", "step_000008", "step_000010"]
+
+
+def test_without_keep_best_only_the_newest_stay(tmp_path):
+    mgr = _saved_with_val(tmp_path, {2: 0.5, 4: 0.2, 6: 0.4}, keep_last=1, keep_best=False)
+    assert [e.step for e in mgr.entries()] == [6]

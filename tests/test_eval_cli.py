@@ -79,3 +79,11 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_how_to_finish(tmp_path, c
     assert len(lines) == 1 and "Traceback" not in err
     assert f"in {tmp_path / 'o' / 'renders'}: the disk is full" in lines[0]
     assert "run the same command again" in lines[0]
+
+
+def test_an_unknown_rank_by_exits_2_and_writes_nothing(tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"data_dir": str(tmp_path), "output_dir": "out",
+                                "rank_by": "loudness"}))
+    assert eval_adapters.main([str(spec), "--quiet"]) == 2
+    assert "'rank_by'" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -133,3 +133,16 @@ def test_an_empty_adapter_list_says_only_the_baseline_is_rendered(tmp_path, capl
 def test_the_device_error_lists_cuda_n(tmp_path):
     with pytest.raises(EvalSpecError, match=r"choose one of auto, cpu, cuda, cuda:N"):
         load_spec(json.dumps({"data_dir": str(tmp_path), "device": "tpu"}))
+
+
+def test_rank_by_defaults_to_lsd_and_takes_a_registry_metric(tmp_path):
+    assert load_spec(json.dumps({"data_dir": str(tmp_path)})).rank_by == "lsd_db"
+    spec = load_spec(json.dumps({"data_dir": str(tmp_path), "rank_by": "env_corr_lag0"}))
+    assert spec.rank_by == "env_corr_lag0"
+
+
+def test_an_unknown_rank_by_names_the_field_and_the_valid_keys(tmp_path):
+    with pytest.raises(EvalSpecError) as e:
+        load_spec(json.dumps({"data_dir": str(tmp_path), "rank_by": "loudness"}))
+    line = next(x for x in str(e.value).splitlines() if "rank_by" in x)
+    assert "'loudness'" in line and "lsd_db" in line and "env_corr_lag0" in line

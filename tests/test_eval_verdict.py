@@ -98,3 +98,39 @@ def test_small_differences_are_not_magnified_and_ticks_stay_plain():
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels and all("e" not in t and "+" not in t for t in labels)
     assert ax.yaxis.get_offset_text().get_text() == ""
+
+
+def _two_metric_adapter(id_, lsd, env, strength=1.0):
+    clips = [{"role": "eval", "clip": "c", "strength": strength, "seed": s,
+              "metrics": {"lsd_db": lsd + d, "env_corr_lag0": env + d / 10,
+                          "clap_score": env}}
+             for s, d in ((1, 0.0), (2, 0.2))]
+    return {"id": id_, "status": "ok", "strengths": [strength], "clips": clips}
+
+
+def test_rank_by_a_higher_is_better_metric_takes_its_direction_from_the_registry():
+    from selva_core.evaluation.metrics import METRICS
+
+    info = [dict(vars(m)) for m in METRICS]
+    a, b = _two_metric_adapter("a", 10.0, 0.2), _two_metric_adapter("b", 20.0, 0.8)
+    summary = {"metrics_info": info, "adapters": [a, b]}
+    assert best_choice(summary)["best"]["adapter"] == "a"  # lsd_db: lower
+    v = best_choice(summary, "env_corr_lag0")
+    assert v["best"]["adapter"] == "b" and v["better"] == "higher" and v["clear"] is True
+    # an evaluator metric outside metrics_info (CLAP): its direction from the registry too
+    assert best_choice(summary, "clap_score")["best"]["adapter"] == "b"
+    assert best_choice(summary, "clap_score")["text"].startswith("Best by CLAP")
+
+
+def test_metrics_csv_ranks_every_render_by_the_summarys_rank_by(tmp_path):
+    import csv
+
+    from selva_core.evaluation.report import write_csv
+
+    a, b = _two_metric_adapter("a", 10.0, 0.2), _two_metric_adapter("b", 20.0, 0.8)
+    for row in (a, b):
+        for rec in row["clips"]:
+            rec.update(adapter=row["id"], wav="x.wav")
+    summary = {"metrics_info": INFO, "adapters": [a, b], "rank_by": "env_corr_lag0"}
+    rows = list(csv.DictReader(open(write_csv(tmp_path, summary))))
+    assert {(r["adapter"], r["rank_by_env_corr_lag0"]) for r in rows} == {("b", "1"), ("a", "2")}

@@ -67,6 +67,22 @@ def test_export_loads_into_a_fresh_generator_and_matches_the_adapted_pipeline(pi
     assert [x["strength"] for x in json.loads(meta["adapters"])] == [0.8, 1.2, 1.0]
 
 
+@torch.no_grad()
+def test_ia3_and_hra_export_match_the_adapted_pipeline_biases_included(pipe, tmp_path):
+    i = _adapter(pipe, tmp_path / "i.safetensors", kind="ia3", targets=("attn+ffn",))
+    h = _adapter(pipe, tmp_path / "h.safetensors", kind="hra", targets=("qkv",), seed=2)
+    out = tmp_path / "generator_merged.safetensors"
+    assert export_main(["--adapter", f"{i}:0.7", "--adapter", str(h), "-o", str(out)]) == 0
+    adapted = pipe.with_adapters([(i, 0.7), (h, 1.0)]).generator
+    state = load_file(str(out))
+    qkv_bias = "joint_blocks.0.latent_block.attn.qkv.bias"
+    assert not torch.equal(state[qkv_bias], pipe.generator.state_dict()[qkv_bias])  # IA3
+    exported = _fresh_generator(state)
+    exported.update_seq_lengths(adapted.seq)
+    inputs = random_generator_inputs(adapted, batch=2, seed=5)
+    assert float((exported(*inputs) - adapted(*inputs)).abs().max()) < 1e-4
+
+
 def test_pth_export_is_a_plain_tensor_dict_equal_to_the_safetensors_one(pipe, tmp_path):
     a = _adapter(pipe, tmp_path / "a.safetensors")
     assert export_main(["--adapter", str(a), "-o", str(tmp_path / "g.safetensors")]) == 0

@@ -101,10 +101,23 @@ def test_a_sweep_can_evaluate_every_final_adapter(data, tmp_path):
     result = run_sweep(sweep, pipeline=pipe, progress=False)
     assert result.completed and result.eval_result is not None
     ids = [a["id"] for a in result.eval_result.summary["adapters"]]
-    assert ids == ["baseline", "r2", "r4"]
+    assert ids == ["baseline", *(f"{e}@{c}" for e in ("r2", "r4")
+                                 for c in ("step_000001", "step_000002", "final"))]
     assert "held-out" in result.eval_result.summary["clip_selection"]
     assert all("eval_avg_metrics" in r for r in result.summary["experiments"])
     assert (tmp_path / "s" / "eval" / "index.html").is_file()
+    # the leaderboard: every run x checkpoint and the baseline, best first by lsd_db
+    board = result.summary["leaderboard"]
+    assert len(board) == 7 and [r["rank"] for r in board] == list(range(1, 8))
+    assert all(r["metric"] == "lsd_db" for r in board)
+    assert [r["mean"] for r in board] == sorted(r["mean"] for r in board)
+    assert {(r["experiment"], r["checkpoint"]) for r in board} >= {
+        ("r2", "step_000001"), ("r4", "final"), ("baseline", "")}
+    manifest = json.loads((tmp_path / "s" / "r2" / "checkpoints" / "manifest.json").read_text())
+    step1 = next(r for r in board if (r["experiment"], r["checkpoint"]) == ("r2", "step_000001"))
+    assert step1["val_loss"] == manifest["checkpoints"][0]["val_loss"] is not None
+    lines = (tmp_path / "s" / "leaderboard.csv").read_text().splitlines()
+    assert lines[0].startswith("rank,experiment,checkpoint") and len(lines) == 8
 
 
 def test_train_lora_dispatches_sweep_files(tmp_path, capsys):

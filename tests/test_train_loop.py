@@ -221,6 +221,27 @@ def test_lora_kind_loraxs_trains_only_the_cores_and_its_file_reproduces_them(tin
     assert cores and any(c.abs().sum() > 0 for c in cores)  # trained away from R = 0
 
 
+@pytest.mark.parametrize("kind,key,start", [("ia3", "ia3_l", 1.0), ("hra", "hra_u", None)])
+def test_lora_kinds_ia3_and_hra_train_end_to_end_and_resume(tiny, tmp_path, kind, key, start):
+    result = train(tiny, tmp_path / kind, lora_kind=kind, steps=2, warmup_steps=1,
+                   save_every=1, val_every=1)
+    assert result.completed
+    from safetensors import safe_open
+
+    with safe_open(str(result.adapter_path), "pt") as fh:
+        assert fh.metadata()["lora_kind"] == kind
+        keys = list(fh.keys())
+        tensors = [fh.get_tensor(k) for k in keys]
+    assert tensors and all(k.endswith(f".{key}") for k in keys)
+    if start is not None:  # IA3 starts at l = 1: training moved it
+        assert any((t - start).abs().sum() > 0 for t in tensors)
+    rows = json.loads((tmp_path / kind / "checkpoints" / "manifest.json").read_text())
+    assert all(r["val_loss"] is not None for r in rows["checkpoints"])
+    resumed = train(tiny, tmp_path / kind, lora_kind=kind, steps=3, warmup_steps=1,
+                    save_every=1, val_every=1, resume=True)
+    assert resumed.completed
+
+
 def test_checkpoints_written_before_lora_kind_existed_resume_as_plain_lora(tmp_path):
     identity = {"variant": "tiny_16k", "rank": 4}
     ckpt.check_identity(identity, {**identity, "lora_kind": "lora"}, tmp_path)

@@ -121,6 +121,22 @@ SPECTRAL_KEYS = tuple(m.key for m in METRICS[:5])
 ENVELOPE_KEYS = tuple(m.key for m in METRICS if m.key.startswith(S.ENVELOPE_PREFIX))
 MOTION_KEYS = tuple(m.key for m in METRICS if m.key.startswith(S.MOTION_PREFIX))
 METRIC_KEYS = tuple(m.key for m in METRICS)
+#: Metrics the evaluator adds beside the per-render registry (each needs a model of its own).
+EXTRA_METRICS: tuple[MetricInfo, ...] = (
+    MetricInfo("desync_s", "DeSync (|offset|)", "s", "lower",
+               about="how far the sound is shifted in time against the picture, estimated by "
+                     "Synchformer"),
+    MetricInfo("clap_score", "CLAP text-audio score", "", "higher",
+               about="how well the sound matches the clip's prompt, by the CLAP model"),
+)
+#: Metrics a verdict can rank by (``rank_by``): a per-render figure with a direction.
+RANKABLE_KEYS = tuple(m.key for m in (*METRICS, *EXTRA_METRICS)
+                      if m.better in ("lower", "higher"))
+
+
+def metric_info(key: str) -> MetricInfo | None:
+    """The registry's description of ``key`` (the evaluator's extras included), or None."""
+    return next((m for m in (*METRICS, *EXTRA_METRICS) if m.key == key), None)
 
 
 def hf_cut_hz(sample_rate: int) -> float:

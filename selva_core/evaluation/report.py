@@ -27,6 +27,7 @@ atomically.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
 import math
@@ -37,8 +38,9 @@ from typing import Any
 from urllib.parse import quote
 
 from selva_core.atomic import savefig_atomic, write_text_atomic
+from selva_core.evaluation import metrics as M
 from selva_core.evaluation.metrics import MOTION_KEYS
-from selva_core.evaluation.verdict import best_choice
+from selva_core.evaluation.verdict import RANKING_METRIC, best_choice
 from selva_core.evaluation.verdict import column_label as _col_label
 
 CHART_FILE = "metric_comparison.png"
@@ -46,13 +48,6 @@ STRENGTH_CHART = "strength_curves.png"
 CHECKPOINT_CHART = "checkpoint_curves.png"
 CSV_FILE = "metrics.csv"
 HTML_FILE = "index.html"
-#: Metrics the evaluator adds beside the registry's: key, label, unit, better, needs, about.
-EXTRA_METRICS = (
-    ("desync_s", "DeSync (|offset|)", "s", "lower", "",
-     "how far the sound is shifted in time against the picture, estimated by Synchformer"),
-    ("clap_score", "CLAP text-audio score", "", "higher", "",
-     "how well the sound matches the clip's prompt, by the CLAP model"),
-)
 FAD_METRIC = {"key": "fad_clap", "label": "FAD-style distance (CLAP)", "unit": "",
               "better": "lower", "needs": "reference",
               "about": "distance between the renders' and the references' CLAP embeddings, "
@@ -74,9 +69,7 @@ def _finite(x: Any) -> bool:
 
 def _all_metrics(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = list(summary.get("metrics_info", []))
-    for key, label, unit, better, needs, about in EXTRA_METRICS:
-        rows.append({"key": key, "label": label, "unit": unit, "better": better,
-                     "needs": needs, "about": about})
+    rows.extend(dataclasses.asdict(m) for m in M.EXTRA_METRICS)
     return rows
 
 
@@ -119,26 +112,34 @@ def _columns(summary: dict[str, Any]) -> list[tuple[dict[str, Any], float]]:
 
 def _verdict(summary: dict[str, Any]) -> dict[str, Any]:
     """The summary's verdict (an older summary without one: computed now)."""
-    return summary.get("verdict") or best_choice(summary)
+    return summary.get("verdict") or best_choice(summary,
+                                                 summary.get("rank_by") or RANKING_METRIC)
 
 
 # --- CSV ---------------------------------------------------------------------------------------
 def write_csv(out: Path, summary: dict[str, Any]) -> Path:
     keys = [m["key"] for m in metric_table(summary)]
+    verdict = _verdict(summary)
+    # the verdict's place of each render's column (1 = best by the spec's rank_by)
+    place = {(r["adapter"], r["strength"]): i + 1
+             for i, r in enumerate(verdict.get("ranking") or [])}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["role", "clip", "adapter", "strength", "seed", "audio", "video", *keys])
+    w.writerow(["role", "clip", "adapter", "strength", "seed", "audio", "video", *keys,
+                f"rank_by_{verdict['metric']}"])
     for ref in summary.get("reference_clips", []):
         w.writerow([f"reference ({ref['role']})", ref["clip"], "", "", "", ref.get("audio") or "",
                     ref.get("video") or "", *[_fmt_csv(ref.get("metrics", {}).get(k))
-                                              for k in keys]])
+                                              for k in keys], ""])
     for row, strength in _columns(summary):
         for rec in row.get("clips", []):
             if rec["strength"] != strength:
                 continue
+            rank = place.get((row["id"], strength)) if rec["role"] == "eval" else None
             w.writerow([rec["role"], rec["clip"], rec["adapter"], f"{strength:g}", rec["seed"],
                         rec["wav"], rec.get("mp4") or "",
-                        *[_fmt_csv(rec.get("metrics", {}).get(k)) for k in keys]])
+                        *[_fmt_csv(rec.get("metrics", {}).get(k)) for k in keys],
+                        "" if rank is None else rank])
     return write_text_atomic(out / CSV_FILE, buf.getvalue())
 
 

@@ -800,7 +800,8 @@ def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResu
     _sync_summary(state)
     if scorers.clap is not None:
         _fad(summary, clips)
-    summary["verdict"] = best_choice(summary)
+    summary["rank_by"] = state.spec.rank_by
+    summary["verdict"] = best_choice(summary, state.spec.rank_by)
     summary["status"] = status
     summary["completed_at"] = _now() if status == "completed" else None
     state.write()

@@ -20,9 +20,9 @@ training run's folder, else every clip), ``batch_size`` (clips per sampler batch
 ``drift_dir`` (a folder of clips unlike the training set, rendered with and without each
 adapter to measure drift), ``desync`` and ``synchformer`` (DeSync and the Synchformer file),
 ``clap_model`` (a local CLAP model folder: enables the CLAP score and the FAD-style distance),
-``mp4``, ``device`` and ``precision``. ``embeddings`` (``[{"id", "path"}]``) adds
-textual-inversion columns to the same grid: each clip's prompt gets the token in place of the
-embedding's init word.
+``mp4``, ``device``, ``precision`` and ``rank_by`` (the metric the verdict ranks by, default
+``lsd_db``). ``embeddings`` (``[{"id", "path"}]``) adds textual-inversion columns to the same
+grid: each clip's prompt gets the token in place of the embedding's init word.
 
 :func:`load_spec` / :meth:`EvalSpec.from_dict` check every field and raise ONE
 :class:`EvalSpecError` that lists one clear message per bad field.
@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selva_core.evaluation.metrics import RANKABLE_KEYS
+from selva_core.evaluation.verdict import RANKING_METRIC
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
@@ -89,6 +91,9 @@ FIELD_HELP: tuple[tuple[str, str, str], ...] = (
     ("clap_model", "none", "local folder of a CLAP model: enables the CLAP score and the "
      "FAD-style distance (skipped otherwise)"),
     ("mp4", "true", "also write each render muxed onto the clip's video"),
+    ("rank_by", "lsd_db", "the metric the verdict ranks adapters, checkpoints and strengths by "
+     "(its direction from the metric registry); default the log-spectral distance to the "
+     "reference clips"),
     ("device", "auto", "auto, cpu, cuda or cuda:N"),
     ("precision", "auto", "auto, bf16, fp16 or fp32"),
 )
@@ -149,6 +154,7 @@ class EvalSpec:
     mp4: bool = True
     device: str = "auto"
     precision: str = "auto"
+    rank_by: str = RANKING_METRIC
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -225,6 +231,7 @@ _FIELDS = {
     "variant",
     "models_dir", "strengths", "cfg", "negative_prompt", "duration", "clips", "batch_size",
     "drift_dir", "desync", "synchformer", "clap_model", "mp4", "device", "precision",
+    "rank_by",
 }
 assert _FIELDS == {f for f, _, _ in FIELD_HELP}
 
@@ -355,6 +362,7 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
         synchformer=synchformer, clap_model=clap_model, mp4=flag("mp4", True),
         device=choice("device", "auto", DEVICES), precision=choice("precision", "auto",
                                                                     PRECISIONS),
+        rank_by=choice("rank_by", RANKING_METRIC, RANKABLE_KEYS),
     )
     if problems:
         raise EvalSpecError(source, problems)

@@ -2,9 +2,10 @@
 
 :func:`best_choice` ranks every column of the evaluation grid (baseline and each adapter x
 strength; a run folder's checkpoints are adapters too) by one distance to the reference
-recordings (``lsd_db`` by default: lower is closer), averaged over the evaluated clips and
-seeds. The *spread* of a column is the range of its per-seed means (max - min over seeds):
-how much the figure moves when only the noise changes. The best column is a clear winner
+recordings (``lsd_db`` by default: lower is closer; the spec's ``rank_by`` names another figure
+of the metric registry with a direction, e.g. ``env_corr_lag0``), averaged over the evaluated
+clips and seeds. The *spread* of a column is the range of its per-seed means (max - min over
+seeds): how much the figure moves when only the noise changes. The best column is a clear winner
 only when it beats the runner-up by more than the larger of the two spreads; otherwise the
 verdict says "no clear winner". With one seed there is no spread to compare against and the
 verdict says so. Numbers guide, listening decides: the verdict names what to listen to first.
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import asdict
 from typing import Any
+
+from selva_core.evaluation.metrics import metric_info
 
 #: The default ranking: log-spectral distance to the reference recording (lower = closer).
 RANKING_METRIC = "lsd_db"
@@ -31,7 +35,8 @@ def _info(summary: dict[str, Any], key: str) -> dict[str, Any]:
     for m in summary.get("metrics_info", []):
         if m.get("key") == key:
             return m
-    return {"key": key, "label": key, "unit": "", "better": "lower"}
+    known = metric_info(key)  # the evaluator's extras (DeSync, CLAP) are not in metrics_info
+    return asdict(known) if known else {"key": key, "label": key, "unit": "", "better": "lower"}
 
 
 def column_label(adapter: dict[str, Any], strength: float) -> str:
@@ -87,7 +92,8 @@ def best_choice(summary: dict[str, Any], metric: str = RANKING_METRIC) -> dict[s
     ranking.sort(key=lambda r: (sign * r["mean"], r["label"]))
     best = ranking[0]
     unit = base["unit"]
-    head = (f"Closest to the reference by {base['label']} ({base['better']} is better): "
+    lead = "Closest to the reference" if info.get("needs") == "reference" else "Best"
+    head = (f"{lead} by {base['label']} ({base['better']} is better): "
             f"{best['label']} ({_fmt(best['mean'], unit)}")
     if len(ranking) == 1:
         return {**base, "status": "ok", "ranking": ranking, "best": best, "runner_up": None,

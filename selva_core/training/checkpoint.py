@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -393,9 +394,10 @@ class CheckpointEntry:
 class CheckpointManager:
     """Writes, lists, verifies, prunes and finds the checkpoints of one run folder."""
 
-    def __init__(self, root: Path, keep_last: int = 0):
+    def __init__(self, root: Path, keep_last: int = 0, keep_best: bool = False):
         self.root = Path(root)
         self.keep_last = keep_last
+        self.keep_best = keep_best
 
     @property
     def manifest_path(self) -> Path:
@@ -600,13 +602,27 @@ class CheckpointManager:
             "checkpoints": [e.to_dict() for e in rows],
         })
 
+    def best(self) -> CheckpointEntry | None:
+        """The listed checkpoint with the lowest validation loss (the earliest on a tie), or
+        None when no row has one."""
+        rows = [e for e in self.entries() if e.val_loss is not None and math.isfinite(e.val_loss)]
+        return min(rows, key=lambda e: (e.val_loss, e.step)) if rows else None
+
     def _prune(self) -> None:
+        """Keep the newest ``keep_last`` checkpoints (0: all) and, with ``keep_best``, the one
+        with the lowest validation loss."""
         if self.keep_last <= 0:
             return
         rows = self.entries()
         if len(rows) <= self.keep_last:
             return
-        drop, keep = rows[: -self.keep_last], rows[-self.keep_last:]
+        keep = rows[-self.keep_last:]
+        best = self.best() if self.keep_best else None
+        if best is not None and best not in keep:
+            keep = [best, *keep]
+        drop = [e for e in rows if e not in keep]
+        if not drop:
+            return
         self._write_manifest(keep)
         for e in drop:
             folder = self.folder(e)

@@ -111,8 +111,11 @@ class TrainConfig:
         "--lr).", choices=INIT_MODES, group="model"))
     lora_kind: str = field(default="lora", metadata=_opt(
         "Kind of adapter: 'lora' (W + s B A), 'dora' (weight-decomposed: the direction of "
-        "W + s B A rescaled by a learned per-output magnitude) or 'loraxs' (W + s B R A with "
-        "A, B the frozen top-rank SVD basis of W and only the rank x rank core R trained).",
+        "W + s B A rescaled by a learned per-output magnitude), 'loraxs' (W + s B R A with "
+        "A, B the frozen top-rank SVD basis of W and only the rank x rank core R trained), "
+        "'ia3' (learned per-channel scales of each layer's output; of the input on ffn.w2; "
+        "--rank and --alpha unused) or 'hra' (W H, H a product of --rank Householder "
+        "reflections; even rank).",
         choices=tuple(kind_names()),
         group="model"))
     rslora: bool = field(default=False, metadata=_opt(
@@ -208,6 +211,9 @@ class TrainConfig:
         group="checkpoints"))
     keep_checkpoints: int = field(default=0, metadata=_opt(
         "Keep only the newest N step checkpoints (0 keeps all).", group="checkpoints"))
+    keep_best: bool = field(default=False, metadata=_opt(
+        "With --keep_checkpoints: also keep the checkpoint with the lowest validation loss "
+        "(manifest.json lists each checkpoint's).", group="checkpoints"))
     resume: bool = field(default=False, metadata=_opt(
         "Continue from the newest checkpoint in OUTPUT_DIR/checkpoints (bit-identical to an "
         "uninterrupted run on the same machine).", group="checkpoints"))
@@ -325,9 +331,12 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name} {getattr(self, name)!r} is not one of "
                                 f"{', '.join(allowed)}")
-        if self.lora_kind == "loraxs" and self.init.startswith("pissa"):
-            problems.append("--lora_kind loraxs builds its own SVD basis of W; use --init "
+        if self.lora_kind in ("loraxs", "ia3", "hra") and self.init.startswith("pissa"):
+            problems.append(f"--lora_kind {self.lora_kind} makes its own start; use --init "
                             "standard with it")
+        if self.lora_kind == "hra" and self.rank % 2:
+            problems.append(f"--lora_kind hra needs an even --rank (reflections in equal pairs "
+                            f"start as the identity), got {self.rank}")
         if (self.base_dtype in ("bf16", "fp16") and self.precision != "auto"
                 and self.precision != self.base_dtype):
             problems.append(f"--base_dtype {self.base_dtype} needs every forward under "

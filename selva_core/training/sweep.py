@@ -22,8 +22,11 @@ next; Ctrl-C stops the sweep (rerun to continue). ``sweep_summary.json`` (rewrit
 after every experiment) and ``val_curves.png`` (every experiment's validation loss, with its
 smoothed training loss, on one chart) sit in ``OUTPUT_DIR``. With ``eval`` (an evaluation spec
 as an object or a file path; ``data_dir``, ``output_dir`` and ``adapters`` may be left out)
-every finished experiment's final adapter is evaluated in one grid in ``OUTPUT_DIR/eval``
-(default clips: the first experiment's held-out clips).
+every finished experiment's checkpoints and final adapter are evaluated in one grid in
+``OUTPUT_DIR/eval`` (default clips: the first experiment's held-out clips), and
+``leaderboard.csv`` (also ``leaderboard`` in the summary) ranks every experiment x checkpoint x
+strength by the evaluation's verdict metric (the eval spec's ``rank_by``, default ``lsd_db``),
+with its spread over seeds and the checkpoint's validation loss.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selva_core.atomic import savefig_atomic, write_json_atomic
+from selva_core.atomic import savefig_atomic, write_json_atomic, write_text_atomic
 from selva_core.console import say
 from selva_core.training.config import TrainConfig
 
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 
 SUMMARY_FILE = "sweep_summary.json"
+LEADERBOARD_FILE = "leaderboard.csv"
 CHART_FILE = "val_curves.png"
 SKIP_FLAG = "skip_current.flag"
 EVAL_DIR = "eval"
@@ -418,8 +422,8 @@ def _evaluate(sweep: Sweep, summary: dict[str, Any], pipeline, should_stop, prog
     spec.setdefault("output_dir", str(sweep.output_dir / EVAL_DIR))
     spec.setdefault("variant", finished[0][0].config.variant)
     adapters = list(spec.get("adapters") or [])
-    adapters += [{"id": e.id, "path": str(e.config.output_path / "adapter_final.safetensors")}
-                 for e, _ in finished]
+    # a run folder stands for its checkpoints and final adapter (<id>@step_..., <id>@final)
+    adapters += [{"id": e.id, "path": str(e.config.output_path)} for e, _ in finished]
     spec["adapters"] = adapters
     eval_spec = EvalSpec.from_dict(spec, f"{sweep.source} (eval)", sweep.base_dir)
     result = run_evaluation(eval_spec, pipeline=pipeline, progress=progress,
@@ -429,9 +433,58 @@ def _evaluate(sweep: Sweep, summary: dict[str, Any], pipeline, should_stop, prog
                        "html": str(result.html_path) if result.html_path else None}
     by_id = {row["id"]: row for row in result.summary.get("adapters", [])}
     for row in summary["experiments"]:
-        if row["id"] in by_id:
-            row["eval_avg_metrics"] = by_id[row["id"]].get("avg_metrics", {})
+        final = by_id.get(f"{row['id']}@final") or by_id.get(row["id"])
+        if final is not None:
+            row["eval_avg_metrics"] = final.get("avg_metrics", {})
+    board = leaderboard(sweep, summary, result.summary)
+    summary["leaderboard"] = board
+    summary["eval"]["leaderboard"] = str(write_leaderboard(sweep.output_dir, board))
     return result
+
+
+_BOARD_COLUMNS = ("rank", "experiment", "checkpoint", "strength", "metric", "mean", "spread",
+                  "seeds", "val_loss")
+
+
+def leaderboard(sweep: Sweep, summary: dict[str, Any], eval_summary: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+    """Every evaluated experiment x checkpoint x strength (and the baseline), best first by
+    the evaluation's verdict metric, with the checkpoint's validation loss (manifest rows;
+    the final adapter: the run's final validation loss)."""
+    from selva_core.evaluation.verdict import best_choice
+    from selva_core.training.checkpoint import CheckpointError, CheckpointManager
+
+    verdict = eval_summary.get("verdict") or best_choice(eval_summary)
+    val: dict[str, float | None] = {}
+    for exp, row in zip(sweep.experiments, summary["experiments"]):
+        try:
+            entries = CheckpointManager(exp.config.output_path / "checkpoints").entries()
+        except CheckpointError:
+            entries = []
+        val.update({f"{exp.id}@{e.folder}": e.val_loss for e in entries})
+        val[f"{exp.id}@final"] = row.get("val_loss_final")
+    board = []
+    for i, r in enumerate(verdict.get("ranking") or []):
+        exp, _, checkpoint = r["adapter"].partition("@")
+        board.append({"rank": i + 1, "experiment": exp,
+                      "checkpoint": "" if r["baseline"] else checkpoint or "final",
+                      "strength": r["strength"], "metric": verdict["metric"], "mean": r["mean"],
+                      "spread": r["spread"], "seeds": r["seeds"],
+                      "val_loss": val.get(r["adapter"])})
+    return board
+
+
+def write_leaderboard(out: Path, board: list[dict[str, Any]]) -> Path:
+    """``leaderboard.csv`` (atomic): one row per ranked column, best first."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(_BOARD_COLUMNS)
+    for row in board:
+        w.writerow(["" if row[k] is None else row[k] for k in _BOARD_COLUMNS])
+    return write_text_atomic(out / LEADERBOARD_FILE, buf.getvalue())
 
 
 def format_sweep_summary(summary: dict[str, Any]) -> str:
@@ -450,6 +503,14 @@ def format_sweep_summary(summary: dict[str, Any]) -> str:
                      f"{fmt(lsd):>9}")
     lines += ["-" * 78, f"output   {summary.get('output_dir')}",
               f"chart    {summary.get('chart') or 'n/a'}   summary {SUMMARY_FILE}"]
+    board = summary.get("leaderboard") or []
+    if board:
+        lines.append(f"leaderboard by {board[0]['metric']} (best first; {LEADERBOARD_FILE}):")
+        for row in board[:5]:
+            where = f"{row['experiment']} {row['checkpoint']}".strip()
+            lines.append(f"  {row['rank']:>2}. {where:<34} x{row['strength']:<5g}"
+                         f"{fmt(row['mean']):>10}  spread {fmt(row['spread'])}"
+                         f"   val {fmt(row['val_loss'])}")
     if summary.get("eval", {}).get("html"):
         lines.append(f"listen   {summary['eval']['html']}")
     lines.append(f"skip the running experiment: create {SKIP_FLAG} in the output folder")

@@ -273,7 +273,8 @@ class LoRATrainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.schedule = LRSchedule(cfg.steps, cfg.warmup, cfg.lr_schedule)
         self.model = wrap_model(self.gen, self.dist)
-        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints)
+        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints,
+                                           keep_best=cfg.keep_best)
         if self.is_main:
             self.ckpt.remove_stale()  # what a killed save left behind
         self.log = JsonlLog(self.out / LOG_FILE, enabled=self.is_main)
@@ -292,6 +293,7 @@ class LoRATrainer:
         self.stream_pos = 0
         self.elapsed = 0.0  # seconds spent in training steps (over all sessions)
         self.last_val: ValidationResult | None = None
+        self._val_step: int | None = None  # the step last_val was measured at
         self.val_base: float | None = None
         self.recent_losses: list[float] = []
         self._boundary_rng = ckpt.capture_rng_state()
@@ -639,6 +641,7 @@ class LoRATrainer:
                 self.last_val = ValidationResult(last["val_loss"], last.get("per_t", []),
                                                  last.get("t_grid", []),
                                                  last.get("val_examples", 0))
+                self._val_step = last.get("step")
         log.info("resumed from %s (step %d, %d examples seen)", source, self.step,
                  self.stream_pos)
         self.log.write({"kind": "resume", "step": self.step, "from": str(source),
@@ -653,7 +656,9 @@ class LoRATrainer:
             params=self.trained_state(),
             optimizer=self.optimizer.state_dict(), identity=self.identity,
             train_loss=smooth(self.recent_losses)[-1] if self.recent_losses else None,
-            val_loss=self.last_val.loss if self.last_val else None,
+            # a checkpoint's own validation loss (None when it was not validated at its step)
+            val_loss=self.last_val.loss if self.last_val and self._val_step == self.step
+            else None,
             elapsed_s=self.elapsed, config=self.cfg.to_dict(), rng_tensors=rng_t,
             rng_meta=rng_m, extra={**self.record.state_extra(self.progress), **(
                 {"loss_scale": self.loss_scale, "loss_scale_clean_steps": self._clean_steps}
@@ -666,7 +671,7 @@ class LoRATrainer:
         if not len(self.validator) or not self.is_main:
             return None
         result = self.validator.evaluate(self.gen, self.gen, self.device)
-        self.last_val = result
+        self.last_val, self._val_step = result, self.step
         self.log.write({"kind": "val", "step": self.step, **result.to_dict()})
         log.info("step %d: validation loss %.5f", self.step, result.loss)
         return result

@@ -3,9 +3,10 @@
 File layout (format ``selva-lora``): per adapted layer ``<module path>.lora_A`` (R, in[, k]) and
 ``<module path>.lora_B`` (out, R[, 1]), plus ``<module path>.lora_magnitude`` (out,) fp32 for
 DoRA, ``<module path>.lora_core`` (R, R) for LoRA-XS (change ``scale * B core A``; the shapes
-of a kind's extra tensors come from its ``extra_shapes``). The change on the *unmodified* base
-weight is ``scale * B A`` with ``scale`` from the metadata. PiSSA adapters are written
-converted to that plain delta: ``A' = [A; A0]``,
+of a kind's extra tensors come from its ``extra_shapes``). Kinds without factors hold only
+their own tensors, float32: ``<module path>.ia3_l`` (IA3) or ``<module path>.hra_u`` (HRA).
+The change on the *unmodified* base weight is ``scale * B A`` with ``scale`` from the
+metadata. PiSSA adapters are written converted to that plain delta: ``A' = [A; A0]``,
 ``B' = [B, -B0]`` (R = 2r, same scale), so files never carry base weights and load onto a clean
 base with no SVD. How the factors are stored (``storage_dtype``: exact float32, q16 fixed point
 with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by
@@ -16,12 +17,12 @@ Format versions: 1 holds floats only; 2 adds q16; 3 (written now) names the LoRA
 (lora/dora) and ``base_variant``; they still load.
 
 Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``lora_kind``
-(lora/dora), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``, ``alpha``,
-``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (plus ``storage_rel_error`` for the
-lossy storages), ``targets``/``exclude``/``layers`` (JSON lists), ``model_variant`` (e.g.
+(lora/dora/loraxs/ia3/hra), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``,
+``alpha``, ``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (plus ``storage_rel_error`` for
+the lossy storages), ``targets``/``exclude``/``layers`` (JSON lists), ``model_variant`` (e.g.
 small_16k) and ``base_fingerprint`` (statistics of the adapted base weights, compared with a
-tolerance; a mismatch on load is a warning, the model variant a hard check), ``user`` (JSON
-object of caller metadata such as training steps).
+tolerance; a mismatch on load is a warning, the model variant a hard check), ``user`` (JSON object
+of caller metadata such as training steps).
 
 Loading checks everything before touching the model, and every refusal is one
 :class:`AdapterLoadError` naming the file and the field or tensor: a folder or pickle where a
@@ -172,10 +173,16 @@ def adapter_storage(model: nn.Module, name: str = "default", storage="auto") -> 
     """The concrete storage of adapter ``name`` (``auto``: see ``storage.resolve_storage``)."""
     spec = get_spec(model, name)
     states = adapter_layers(model, name).values()
+    impl = next(iter(states)).impl
+    if not impl.has_factors:
+        if storage not in ("auto", "float32", torch.float32):
+            raise ValueError(
+                f"adapter {name!r} is of kind {impl.name!r}, whose tensors are stored exactly "
+                f"(float32); storage {storage!r} does not apply to it")
+        return "float32"
     file_rank = max(st.factors()[0].shape[0] for st in states)
     pissa = spec.init.startswith("pissa") or any(st.is_pissa for st in states)
     kind = resolve_storage(storage, file_rank, spec.config.rank, pissa=pissa)
-    impl = next(iter(states)).impl
     if kind != "float32" and not impl.plain_factors:
         raise ValueError(
             f"adapter {name!r} is of kind {impl.name!r}, whose factors are stored exactly "
@@ -196,9 +203,9 @@ def adapter_state_dict(
     kind = adapter_storage(model, name, storage)
     out: dict[str, torch.Tensor] = {}
     for path, st in adapter_layers(model, name).items():
-        A, B = st.factors()
-        for key, t in encode(A, B, kind).items():
-            out[f"{path}.{key}"] = t
+        if st.impl.has_factors:
+            for key, t in encode(*st.factors(), kind).items():
+                out[f"{path}.{key}"] = t
         for key in st.impl.extra_keys:
             out[f"{path}.{key}"] = getattr(st, key).detach().float().clone()
     return out
@@ -250,7 +257,7 @@ def adapter_metadata(
     spec = get_spec(model, name)
     cfg = spec.config
     states = list(layers.values())
-    ranks = {st.factors()[0].shape[0] for st in states}
+    ranks = {st.factors()[0].shape[0] if st.impl.has_factors else st.rank for st in states}
     converted = "pissa->delta" if any(st.is_pissa for st in states) else ""
     model_variant = spec.variant_name or model_variant_name(model) or ""
     return {
@@ -295,7 +302,8 @@ def save_adapter(
     meta = adapter_metadata(model, name, metadata)
     meta["storage_dtype"] = kind
     ranks = {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A")}
-    meta["file_rank"] = str(ranks.pop()) if len(ranks) == 1 else "mixed"
+    if ranks:  # kinds without factors keep adapter_metadata's
+        meta["file_rank"] = str(ranks.pop()) if len(ranks) == 1 else "mixed"
     if kind != "float32":
         err = max(
             change_error(*st.factors(), {k: tensors[f"{p}.{k}"] for k in file_keys(kind)}, kind)
@@ -582,6 +590,8 @@ def _adapter_states(
 ) -> dict[str, AdapterState]:
     """Validated ``AdapterState``s (fp32, on ``device``) from the file tensors."""
     impl = get_kind(info.kind)
+    if not impl.has_factors:
+        return _factor_free_states(tensors, info, path, device, strength, impl)
     keys = (*file_keys(info.storage), *impl.extra_keys)
     _check_keys(set(tensors), {f"{p}.{k}" for p in info.layers for k in keys},
                 f"adapter file {path}", AdapterLoadError)
@@ -629,6 +639,28 @@ def _adapter_states(
     return states
 
 
+def _factor_free_states(tensors, info, path, device, strength, impl) -> dict[str, AdapterState]:
+    """:func:`_adapter_states` for a kind without factors (ia3, hra): its tensors only,
+    float32 storage; their fit to the layers is checked when attaching."""
+    if info.storage != "float32":
+        raise AdapterLoadError(f"{path}: storage_dtype {info.storage!r}: kind {info.kind!r} is "
+                               "stored as float32 only")
+    _check_keys(set(tensors), {f"{p}.{k}" for p in info.layers for k in impl.extra_keys},
+                f"adapter file {path}", AdapterLoadError)
+    for k in sorted(tensors):
+        if not tensors[k].is_floating_point():
+            raise AdapterLoadError(f"{path}: {k} is {tensors[k].dtype}, not floating point")
+    check_finite({k: tensors[k] for k in sorted(tensors)}, path)
+    states = {}
+    for p in info.layers:
+        st = AdapterState(None, None, scale=info.scale, kind=info.kind, init="loaded",
+                          strength=strength, dropout=info.dropout)
+        for key in impl.extra_keys:
+            setattr(st, key, nn.Parameter(tensors[f"{p}.{key}"].to(device, torch.float32)))
+        states[p] = st
+    return states
+
+
 # A change this many times the size of the weight it adds to is no trained adapter: it only
 # overflows the activations downstream (a scale or factors far out of range).
 MAX_CHANGE_RATIO = 1e3
@@ -652,15 +684,24 @@ def check_layer_changes(model: nn.Module, states: Mapping[str, AdapterState], pa
             module = get_layer(model, p)
         except ValueError as e:
             raise AdapterLoadError(f"cannot load {path}: {e}") from None
-        W = _base_weight2d(module).to(st.lora_A.device)
-        B, A = st.factors2d()
-        if tuple(W.shape) != (B.shape[0], A.shape[1]):
-            continue  # attach_adapter_states names the shape mismatch
-        with torch.no_grad():
-            delta = torch.mm(B.float(), A.float()).mul_(st.scale)
+        if not st.impl.has_factors:
+            w = getattr(module, "weight", None)
+            if w is None or st.impl.check_tensors(tuple(w.shape), st):
+                continue  # attach_adapter_states names the problem
+            W = _base_weight2d(module).to(getattr(st, st.impl.extra_keys[0]).device)
+            with torch.no_grad():
+                delta = st.impl.weight_delta(W, st)
+        else:
+            W = _base_weight2d(module).to(st.lora_A.device)
+            B, A = st.factors2d()
+            if tuple(W.shape) != (B.shape[0], A.shape[1]):
+                continue  # attach_adapter_states names the shape mismatch
+            with torch.no_grad():
+                delta = torch.mm(B.float(), A.float()).mul_(st.scale)
         if not bool(torch.isfinite(delta).all()):
             raise AdapterLoadError(
-                f"{path}: layer {p}: its change to the weight (scale {st.scale:g} x B A) "
+                f"{path}: layer {p}: its change to the weight ("
+                f"{f'scale {st.scale:g} x B A' if st.impl.has_factors else st.kind}) "
                 "overflows to NaN or infinity; the adapter is damaged (it would make every "
                 "output NaN). Use an earlier file or retrain.")
         ratio = float(delta.double().norm() / W.double().norm().clamp_min(1e-30))

@@ -1,9 +1,10 @@
 """The small protocol every LoRA kind implements, and the registry of kinds.
 
-A *kind* (``lora``, ``dora``, ``loraxs``) owns the math of one adapter on one wrapped layer;
-the runtime (``layers.py``, ``runtime.py``) owns targeting, attaching, strength, merging and
-files. One file per kind in ``kinds/``, each opening with its formula, its identity-at-init
-argument and its paper. ("Variant" always means the *model* variant, e.g. ``small_16k``.)
+A *kind* (``lora``, ``dora``, ``loraxs``, ``ia3``, ``hra``) owns the math of one adapter on one
+wrapped layer; the runtime (``layers.py``, ``runtime.py``) owns targeting, attaching, strength,
+merging and files. One file per kind in ``kinds/``, each opening with its formula, its
+identity-at-init argument and its paper. ("Variant" always means the *model* variant, e.g.
+``small_16k``.)
 
 A kind's ``forward`` gets ``x`` and ``y`` in the wrapper's *internal layout* (Linear:
 (tokens, features); Conv1d: module-layout input, channel-first output; see ``layers.py``).
@@ -13,6 +14,12 @@ Hooks a kind may use on the wrapped layer (``LoRALinear`` / ``LoRAConv1d``):
 a ``y`` nothing else keeps), ``layer.base_forward(x)`` (a fresh ``W x + b``),
 ``layer.weight2d()`` ((out, in*k) base weight), ``layer.channel_view(v, y)`` (broadcast a
 per-output-channel vector over ``y``), ``layer.base_bias()``.
+
+Kinds without low-rank factors (``has_factors = False``: IA3's scaling vectors, HRA's
+reflection vectors) hold only their ``extra_keys`` tensors; their ``AdapterState`` has no
+``lora_A`` / ``lora_B``, and they also implement ``rank``, ``weight_delta`` (the dense change
+for a given weight, used by the load-time checks), ``check_tensors`` (do the loaded tensors fit
+the layer) and, when they change the bias, ``bias_delta``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class LoRAKind(Protocol):
     extra_keys: ClassVar[tuple[str, ...]]
     # A and B are the change's own factors, so a storage may re-factorise them (q16, halves)
     plain_factors: ClassVar[bool]
+    # False: no A/B at all, only the extra tensors (ia3, hra)
+    has_factors: ClassVar[bool]
 
     @staticmethod
     def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:

@@ -46,8 +46,8 @@ class AdapterState(nn.Module):
 
     def __init__(
         self,
-        A: torch.Tensor,
-        B: torch.Tensor,
+        A: torch.Tensor | None,
+        B: torch.Tensor | None,
         *,
         scale: float,
         kind: str = "lora",
@@ -61,12 +61,19 @@ class AdapterState(nn.Module):
         super().__init__()
         if (A0 is None) != (B0 is None):
             raise ValueError("PiSSA init factors A0 and B0 come together")
-        self.lora_A = nn.Parameter(A)
-        self.lora_B = nn.Parameter(B)
+        self.impl = get_kind(kind)
+        if (A is None) != (not self.impl.has_factors) or (A is None) != (B is None):
+            raise ValueError(f"adapter kind {kind!r} takes factors A and B: "
+                             f"{'both' if self.impl.has_factors else 'neither'}")
+        if A is None:  # a kind without factors (ia3, hra): only its extra tensors
+            self.register_parameter("lora_A", None)
+            self.register_parameter("lora_B", None)
+        else:
+            self.lora_A = nn.Parameter(A)
+            self.lora_B = nn.Parameter(B)
         self.register_buffer("lora_A0", A0)
         self.register_buffer("lora_B0", B0)
         self.kind = kind
-        self.impl = get_kind(kind)
         self.scale = float(scale)
         self.strength = float(strength)
         self.dropout = float(dropout)
@@ -75,7 +82,10 @@ class AdapterState(nn.Module):
 
     @property
     def rank(self) -> int:
-        """Rank of the trainable factors (a PiSSA delta has twice this rank)."""
+        """Rank of the trainable factors (a PiSSA delta has twice this rank); a kind without
+        factors says its own (HRA: the number of reflections)."""
+        if self.lora_A is None:
+            return self.impl.rank(self)
         return self.lora_A.shape[0]
 
     @property
@@ -84,12 +94,20 @@ class AdapterState(nn.Module):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B) of the learned change ``s B A`` in layer shapes; PiSSA: [A; A0], [B, -B0]."""
+        self.check_has_factors()
         if self.lora_A0 is None:
             return self.lora_A, self.lora_B
         return (
             torch.cat([self.lora_A, self.lora_A0], 0),
             torch.cat([self.lora_B, self.lora_B0.neg()], 1),
         )
+
+    def check_has_factors(self) -> None:
+        """One clear error for a factor operation on a kind without factors (ia3, hra)."""
+        if self.lora_A is None:
+            raise ValueError(
+                f"adapter kind {self.kind!r} has no low-rank factors (A, B); this operation "
+                "needs a low-rank kind (lora, dora, loraxs)")
 
     def factors2d(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A) as matrices (out, R) and (R, in*k) with change ``s B A``."""
@@ -108,6 +126,7 @@ class AdapterState(nn.Module):
         """Replace the factors (layer shapes). Reuses the parameter objects when the shapes are
         unchanged (optimizer references stay valid), otherwise makes new ones with the same
         ``requires_grad``."""
+        self.check_has_factors()
         dev, dt = self.lora_A.device, self.lora_A.dtype
         A, B = A.to(dev, dt), B.to(dev, dt)
         if A.shape == self.lora_A.shape and B.shape == self.lora_B.shape:
@@ -154,6 +173,7 @@ class LoRALayer(nn.Module):
         self.adapters = nn.ModuleDict()
         self.merged = False
         self.register_buffer("_original_weight", None, persistent=False)
+        self.register_buffer("_original_bias", None, persistent=False)
         self._base_requires_grad = {
             n: p.requires_grad for n, p in base_layer.named_parameters()
         }
@@ -234,23 +254,50 @@ class LoRALayer(nn.Module):
         return (base.float() + total.to(w.device)).reshape(w.shape).to(w.dtype)
 
     @torch.no_grad()
+    def merged_bias(self) -> torch.Tensor | None:
+        """A new tensor: the original bias plus the active adapters' bias changes (kinds with
+        a ``bias_delta``: IA3's output scaling), or None when no adapter changes the bias."""
+        b = self.base_layer.bias
+        total = None
+        for adapter in self.adapters.values():
+            fn = getattr(adapter.impl, "bias_delta", None)
+            if b is None or fn is None or adapter.strength == 0.0:
+                continue
+            d = fn(self, adapter)
+            if d is not None:
+                d = d * adapter.strength
+                total = d if total is None else total + d
+        if total is None:
+            return None
+        base = self._original_bias if self._original_bias is not None else b
+        return (base.float() + total.to(b.device)).to(b.dtype)
+
+    @torch.no_grad()
     def merge(self) -> None:
-        """Add every active adapter (at its strength) into the base weight; keep the original."""
+        """Add every active adapter (at its strength) into the base weight (and bias, for
+        kinds that change it); keep the originals."""
         if self.merged:
             return
         w = self.base_layer.weight
         merged = self.merged_weight()
+        bias = self.merged_bias()
         self._original_weight = w.detach().clone()
         w.copy_(merged)
+        if bias is not None:
+            self._original_bias = self.base_layer.bias.detach().clone()
+            self.base_layer.bias.copy_(bias)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Copy the original base weight back (bit-exact)."""
+        """Copy the original base weight (and bias) back (bit-exact)."""
         if not self.merged:
             return
         self.base_layer.weight.copy_(self._original_weight)
         self._original_weight = None
+        if self._original_bias is not None:
+            self.base_layer.bias.copy_(self._original_bias)
+            self._original_bias = None
         self.merged = False
 
     def unwrap(self) -> nn.Module:

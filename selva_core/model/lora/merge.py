@@ -20,8 +20,9 @@ Layers present in only some sources take the others' change as zero. The re-fact
 methods record each layer's relative Frobenius error ``||D - D_R|| / ||D||`` (``D`` the
 merged dense change before truncation) in the file's metadata (``merge_rel_errors``) and
 return the worst. Only kinds whose change does not depend on the base weights merge into a
-file (``lora``, ``loraxs``: their kind's ``lowrank`` gives the factors); DoRA's does (its
-magnitude renormalises ``W + s B A``), so a DoRA adapter is refused with a pointer to
+file (``lora``, ``loraxs``: their kind's ``lowrank`` gives the factors). DoRA's (its
+magnitude renormalises ``W + s B A``), IA3's (row or column scales of W) and HRA's
+(``W (H - I)``) do, so adapters of these kinds are refused by every method with a pointer to
 ``selva_core.export``, which bakes any kind into the generator.
 Every refusal is one :class:`MergeError` (or the loader's ``AdapterLoadError``) naming the
 file or the layer; nothing is written by this module (callers write the returned tensors).

@@ -8,11 +8,13 @@ Conv1d). peft computes the scale as ``lora_alpha / r`` (``/ sqrt(r)`` with ``use
 module overridable by ``rank_pattern`` / ``alpha_pattern`` (regex keys matched as
 ``(.*\\.)?(key)$``).
 
-Export writes the plain-delta form (PiSSA converted, rank 2r), choosing ``lora_alpha`` so that
-peft's scale equals ours; layers whose rank differs get exact ``rank_pattern`` /
-``alpha_pattern`` entries. Import reads such a folder; per-layer scales that differ from the
-first layer's are folded into B, so one adapter keeps one scale. Import validates the config's
-fields by type, the tensors' layout, dtypes and finite values, and the layers (as
+IA3 and HRA adapters export as peft's ``IA3`` / ``HRA`` folders (keys ``base_model.model.<module
+path>.ia3_l`` / ``.hra_u``, peft's shapes; Linear layers only, as peft has no Conv1d form of
+either). Export writes the LoRA kinds in the plain-delta form (PiSSA converted, rank 2r), choosing
+``lora_alpha`` so that peft's scale equals ours; layers whose rank differs get exact
+``rank_pattern`` / ``alpha_pattern`` entries. Import reads such a folder; per-layer scales that
+differ from the first layer's are folded into B, so one adapter keeps one scale. Import validates
+the config's fields by type, the tensors' layout, dtypes and finite values, and the layers (as
 ``load_adapter`` does) before changing the model; a bad folder is one ``AdapterLoadError``.
 
 Note: peft builds its conv ``lora_A``/``lora_B`` with ``type(base_layer)``, so on a
@@ -73,6 +75,8 @@ def export_peft(
     spec = get_spec(model, name)
     layers = adapter_layers(model, name)
     kind = next(iter(layers.values())).kind
+    if kind in ("ia3", "hra"):
+        return _export_vectors(model, out_dir, name, kind, base_model_name_or_path)
     if kind not in ("lora", "dora"):
         raise ValueError(f"adapter {name!r} is of kind {kind!r}, which peft has no LoRA form "
                          "for; export the model with selva_core.export instead")
@@ -117,6 +121,42 @@ def export_peft(
     save_safetensors_atomic(out_dir / PEFT_WEIGHTS, tensors, {"format": "pt"})
     write_json_atomic(out_dir / PEFT_CONFIG, config)
     logger.info("exported LoRA adapter %r as a PEFT folder %s (r=%d)", name, out_dir, r)
+    return out_dir
+
+
+def _export_vectors(model, out_dir: Path, name: str, kind: str, base) -> Path:
+    """IA3 (``ia3_l``, peft's shapes already) or HRA (``hra_u``) as a PEFT folder; peft has
+    these kinds for Linear layers only, so an adapter on a Conv1d is refused."""
+    layers = adapter_layers(model, name)
+    convs = [p for p in layers if not isinstance(model.get_submodule(p).base_layer, nn.Linear)]
+    if convs:
+        raise ValueError(
+            f"adapter {name!r} ({kind}) adapts the Conv1d layer {convs[0]!r}; peft's "
+            f"{kind.upper()} has no Conv1d layers: export the model with selva_core.export "
+            "instead, or train on Linear layers only")
+    key = "ia3_l" if kind == "ia3" else "hra_u"
+    tensors = {f"{_PREFIX}{p}.{key}": getattr(st, key).detach().float().clone()
+               for p, st in layers.items()}
+    common = {
+        "task_type": None, "base_model_name_or_path": base, "target_modules": sorted(layers),
+        "modules_to_save": None, "inference_mode": True,
+    }
+    if kind == "ia3":
+        from .kinds.ia3 import is_feedforward
+
+        ff = sorted(p for p, st in layers.items() if is_feedforward(st))
+        config = {"peft_type": "IA3", **common, "feedforward_modules": ff,
+                  "fan_in_fan_out": False, "init_ia3_weights": True}
+    else:
+        ranks = {st.rank for st in layers.values()}
+        if len(ranks) != 1:
+            raise ValueError(f"adapter {name!r} has layers of different HRA ranks {sorted(ranks)}; "
+                             "peft's HRA config holds one rank")
+        config = {"peft_type": "HRA", **common, "r": ranks.pop(), "apply_GS": False,
+                  "init_weights": True, "bias": "none"}
+    save_safetensors_atomic(out_dir / PEFT_WEIGHTS, tensors, {"format": "pt"})
+    write_json_atomic(out_dir / PEFT_CONFIG, config)
+    logger.info("exported %s adapter %r as a PEFT folder %s", kind, name, out_dir)
     return out_dir
 
 

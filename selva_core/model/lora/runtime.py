@@ -210,6 +210,13 @@ def attach_adapter_states(
         check_not_inside_wrapper(model, path)
         module = get_layer(model, path)
         check_wrappable(module, path)
+        if not st.impl.has_factors:
+            if all(getattr(st, k, None) is not None for k in st.impl.extra_keys):
+                problem = st.impl.check_tensors(tuple(module.weight.shape), st)
+                if problem:
+                    raise ValueError(f"adapter {name!r} layer {path!r}: {problem}")
+            modules[path] = module
+            continue
         exp_a, exp_b = factor_shapes(module, st.rank)
         if tuple(st.lora_A.shape) != exp_a or tuple(st.lora_B.shape) != exp_b:
             raise ValueError(
@@ -223,6 +230,7 @@ def attach_adapter_states(
         if wrapper is not module:
             _set_submodule(model, path, wrapper)
         states[path].spec = spec
+        states[path].path = path
         wrapper.adapters[name] = states[path]
     spec.layers = list(states)
     if freeze_base:
@@ -254,6 +262,13 @@ def attach_lora(
     for i, path in enumerate(paths):
         module = model.get_submodule(path)
         check_wrappable(module, path)
+        if not kind.has_factors:  # ia3, hra: the kind makes its tensors in kind.init
+            states[path] = AdapterState(
+                None, None, scale=scale, kind=config.kind, init=config.init,
+                strength=strength, dropout=config.dropout,
+            )
+            states[path].init_seed = None if config.seed is None else config.seed + i
+            continue
         base = module.base_layer if isinstance(module, LoRALayer) else module
         w = base.weight
         f = init_factors(
@@ -335,11 +350,12 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base model's own state dict (original keys and original weights, also while
     merged) of a model with adapters attached; adapter tensors left out."""
     out: dict[str, torch.Tensor] = {}
-    originals = {
-        f"{path}.base_layer.weight": layer._original_weight
-        for path, layer in iter_lora_layers(model)
-        if layer.merged
-    }
+    originals = {}
+    for path, layer in iter_lora_layers(model):
+        if layer.merged:
+            originals[f"{path}.base_layer.weight"] = layer._original_weight
+            if layer._original_bias is not None:
+                originals[f"{path}.base_layer.bias"] = layer._original_bias
     for key, value in model.state_dict().items():
         if ".adapters." in f".{key}":
             continue
@@ -352,9 +368,13 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base model's state dict (original keys, as :func:`base_state_dict`) with every
     active adapter folded into its weights at its strength; the model is not changed. What a
     tool that knows nothing of adapters loads as a plain model."""
-    merged = {f"{path}.base_layer.weight":
-              layer.base_layer.weight.detach().clone() if layer.merged else layer.merged_weight()
-              for path, layer in iter_lora_layers(model)}
+    merged = {}
+    for path, layer in iter_lora_layers(model):
+        merged[f"{path}.base_layer.weight"] = (
+            layer.base_layer.weight.detach().clone() if layer.merged else layer.merged_weight())
+        bias = layer.base_layer.bias.detach().clone() if layer.merged else layer.merged_bias()
+        if layer.base_layer.bias is not None and bias is not None:
+            merged[f"{path}.base_layer.bias"] = bias
     out = base_state_dict(model)
     for key, value in merged.items():
         out[key.replace(".base_layer.", ".")] = value
@@ -403,9 +423,9 @@ def lora_plus_param_groups(
                 # B and 1-D extras learn at the higher rate; A and square cores (LoRA-XS) not
                 fast = pname == "lora_B" or p.dim() < 2
                 (group_b if fast else group_a).append(p)
-    if not group_a:
+    if not group_a and not group_b:
         raise ValueError(f"no adapter parameters found (adapter {name!r})")
-    return [
+    return [  # a group may be empty (LoRA-XS, IA3 and HRA have no B)
         {"params": group_a, "lr": lr, "weight_decay": weight_decay},
         {"params": group_b, "lr": lr * ratio, "weight_decay": weight_decay},
     ]

@@ -48,6 +48,7 @@ class DoRA:
     name = "dora"
     extra_keys: tuple[str, ...] = ("lora_magnitude",)
     plain_factors = True
+    has_factors = True
 
     @staticmethod
     def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:

@@ -29,6 +29,7 @@ class LoRA:
     name = "lora"
     extra_keys: tuple[str, ...] = ()
     plain_factors = True
+    has_factors = True
 
     @staticmethod
     def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:

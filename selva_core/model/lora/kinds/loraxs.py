@@ -35,6 +35,7 @@ class LoRAXS:
     name = "loraxs"
     extra_keys: tuple[str, ...] = ("lora_core",)
     plain_factors = False
+    has_factors = True
 
     @staticmethod
     def extra_shapes(A: torch.Tensor, B: torch.Tensor) -> dict[str, tuple[int, ...]]:
