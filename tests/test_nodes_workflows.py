@@ -3,7 +3,7 @@ the API copies (tiny model) run end to end on the ComfyUI stand-ins.
 
 The core nodes they use (Load Video, Get Video Components, Create Video, Save Video, Save
 Audio, Preview Image) are replaced by small stand-ins with the same inputs and outputs; the
-same API files are what a real ComfyUI runs (README, "ComfyUI" section).
+same API files are what a real ComfyUI runs (docs/COMFYUI.md, "Checking the pack in ComfyUI").
 """
 
 from __future__ import annotations

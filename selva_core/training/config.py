@@ -397,7 +397,8 @@ def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
             "Writes OUTPUT_DIR/adapter_final.safetensors, loadable in ComfyUI with the SelVA "
             "LoRA loader. Multi-GPU: torchrun --nproc_per_node N train_lora.py ... "
             "Several experiments from one JSON file (base settings + overrides, features "
-            "extracted once, reruns resume): train_lora.py --sweep SWEEP.json (see the README)."
+            "extracted once, reruns resume): train_lora.py --sweep SWEEP.json "
+            "(see docs/EVALUATION.md, Sweeps)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
