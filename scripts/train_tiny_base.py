@@ -8,7 +8,7 @@
 The data are the synthetic clips of :mod:`selva_core.data.synthetic` (sounds tied to the
 picture). Everything runs on one CPU thread with seeded draws, so a run is deterministic:
 the same command writes byte-identical files on the same torch build. Then put the printed
-sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
+sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Four stages:
 
 1. **Mel VAE** on the log-mels of every class: L1 reconstruction + a small KL term, with EDM2's
    forced weight normalisation (each MP-conv uses ``w / (eps sqrt(fan_in) + ||w||)`` of its raw
@@ -19,19 +19,24 @@ sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
    those mels (what it receives at inference): log-mel L1 plus a multi-resolution STFT loss
    (spectral convergence + log-magnitude L1) with floored logs, no discriminator at this
    scale. A data-dependent init starts every stage at unit RMS (:func:`data_dependent_init_`).
-3. **Generator** with the project's flow-matching objective
+3. **Sync encoder**: the tiny TextSynch (random at :data:`ENCODER_SEED`) learns to see when
+   things sound. Its per-token features, upsampled to the latent frames exactly as the
+   generator upsamples them, must predict each clip's band energies (:func:`band_energy_targets`)
+   through one linear layer (MSE). Random features do not change at a wall hit or a flash, and
+   a generator reading them can only render its class's average timing.
+4. **Generator** with the project's flow-matching objective
    (:func:`selva_core.training.objective.training_loss`: logit-normal t, condition dropout 0.1)
-   on VAE latents of the trained classes, conditioned on the features of the tiny random
-   encoders that ``SelvaPipeline.tiny(trained=False)`` builds at
-   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED` (TextSynch, CLIP-text, T5 are not
-   trained; the generator learns to read their deterministic features). The TextSynch and
-   T5 weights are shipped too (float16), so the generator keeps the exact features it was
-   trained on; the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
+   on VAE latents of the trained classes, conditioned on the features of the trained TextSynch
+   and the tiny random text encoders of ``SelvaPipeline.tiny(trained=False)`` at
+   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED`. The TextSynch and T5 weights are shipped
+   (float16; T5 stays random) and the features are taken with exactly those float16 weights;
+   the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
 
-The codec (VAE + vocoder) hears every class, like the real SelVA codec trained on broad
-audio; the generator never sees the held-out class (``burst``), which the demo's LoRA
-teaches. Output: ``generator.safetensors`` (float16), ``vae.safetensors`` (float16 raw MP
-weights, float32 statistics), ``vocoder.safetensors`` (float32, weight-norm form),
+The codec (VAE + vocoder) and the sync encoder see every class, like the real SelVA codec and
+Synchformer trained on broad audio and video; the generator never hears the held-out class
+(``burst``), which the demo's LoRA teaches. Output: ``generator.safetensors`` (float16),
+``vae.safetensors`` (float16 raw MP weights, float32 statistics), ``vocoder.safetensors``
+(float32, weight-norm form),
 ``video_encoder.safetensors`` and ``t5.safetensors`` (float16), ``train_summary.json``
 (losses, seconds per stage, sha256 of each file).
 """
@@ -74,7 +79,7 @@ log = logging.getLogger("train_tiny_base")
 VARIANT = "tiny_16k"
 HELD_OUT_CLASS = "burst"
 ENCODER_SEED = TINY_TRAINED_TEXT_SEED  # seed of the tiny random encoders the generator reads
-STAGES = ("vae", "vocoder", "generator")
+STAGES = ("vae", "vocoder", "sync", "generator")
 DATA_SEED = 1000  # base clips; the demo makes its clips with seed 0, so they stay unseen
 
 
@@ -95,6 +100,11 @@ class BaseTrainConfig:
     vocoder_batch: int = 4
     vocoder_crop_frames: int = 16
     vocoder_lr: float = 1e-3
+    sync_clips_per_class: int = 96
+    sync_steps: int = 1500
+    sync_batch: int = 16
+    sync_lr: float = 2e-3
+    sync_bands: int = 8
     generator_steps: int = 1300
     generator_batch: int = 8
     generator_lr: float = 1e-3
@@ -103,10 +113,11 @@ class BaseTrainConfig:
     def scaled(self, scale: float) -> BaseTrainConfig:
         """Step counts times ``scale`` (smoke runs), at least 2 each."""
         out = BaseTrainConfig(**asdict(self))
-        for name in ("vae_steps", "vocoder_steps", "generator_steps"):
+        for name in ("vae_steps", "vocoder_steps", "sync_steps", "generator_steps"):
             setattr(out, name, max(2, round(getattr(self, name) * scale)))
         if scale < 1:
-            for name in ("codec_clips_per_class", "generator_clips_per_class"):
+            for name in ("codec_clips_per_class", "sync_clips_per_class",
+                         "generator_clips_per_class"):
                 setattr(out, name, max(2, round(getattr(self, name) * scale * 4)))
             out.warmup_steps = max(1, round(self.warmup_steps * scale))
         return out
@@ -318,21 +329,91 @@ def train_vocoder(recon_mels: torch.Tensor, audio: torch.Tensor, cfg: BaseTrainC
     return vocoder, {"vocoder_mel_l1_last50": round(float(np.mean(history[-50:])), 5)}
 
 
-# --- generator ---------------------------------------------------------------------------------
-def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter):
-    """Features from the tiny random encoders + VAE posterior moments of the trained classes."""
+# --- sync encoder ------------------------------------------------------------------------------
+def tiny_encoders(duration: float):
+    """The tiny pipeline whose TextSynch and T5 get trained and shipped (random at
+    :data:`ENCODER_SEED`); its CLIP-text encoder is rebuilt from that seed at load time."""
     from selva_core.pipeline import SelvaPipeline
 
+    return SelvaPipeline.tiny(seed=ENCODER_SEED, duration=duration, **_random_kwargs())
+
+
+def band_energy_targets(mels: torch.Tensor, latent_frames: int, bands: int) -> torch.Tensor:
+    """What the sync encoder learns to predict: per latent frame (two mel frames), the mean
+    log-mel of ``bands`` equal groups of mel bins, standardised per band over the set.
+    ``mels`` (B, n_mels, frames) -> (B, latent_frames, bands)."""
+    b, n_mels, frames = mels.shape
+    if n_mels % bands or frames < 2 * latent_frames:
+        raise ValueError(f"{n_mels} mel bins x {frames} frames cannot make {bands} bands x "
+                         f"{latent_frames} latent frames")
+    pooled = mels[..., :2 * latent_frames].reshape(b, bands, n_mels // bands, latent_frames, 2)
+    pooled = pooled.mean(dim=(2, 4)).transpose(1, 2)
+    return (pooled - pooled.mean(dim=(0, 1))) / pooled.std(dim=(0, 1)).clamp_min(1e-3)
+
+
+def _round_to_half_(module: torch.nn.Module) -> None:
+    """Weights as the float16 file will hold them (features then match the shipped model)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.half().float())
+
+
+def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
+    """Teach the tiny TextSynch to see when things sound: from each clip's frames and prompt,
+    its per-token features (upsampled to the latent frames as the generator does) must predict
+    the clip's band energies through one linear layer, so the features change at the events
+    and sit at the tokens the generator reads for that moment. Every class is used, like the
+    real Synchformer trained on broad audio-visual data (the generator never hears ``burst``)."""
+    from selva_core.model.generator import upsample_sync
+
+    seq = variant.sequence_lengths(cfg.duration)
+    pipe = tiny_encoders(cfg.duration)
+    encoder = pipe.video_encoder
+    frames, audio, prompts, _ = make_clips(list(CLASS_PROMPTS), cfg.sync_clips_per_class, cfg,
+                                           seq.audio_samples)
+    with torch.no_grad():
+        video = pipe.prepare_sync_frames(frames)
+        _, states, mask = pipe.encode_prompt(prompts)
+        targets = band_energy_targets(mel(audio), seq.latent, cfg.sync_bands)
+    torch.manual_seed(cfg.seed + 6)
+    head = torch.nn.Linear(variant.video_encoder.embed_dim, cfg.sync_bands)
+    encoder.train()
+    params = list(encoder.parameters())  # the unused 2-D patch embedding gets no gradient
+    encoder.requires_grad_(True)
+    opt = torch.optim.AdamW(params + list(head.parameters()), lr=cfg.sync_lr,
+                            betas=(0.9, 0.95), weight_decay=0.0)
+    rng = torch.Generator().manual_seed(cfg.seed + 7)
+    history = []
+    bar = tqdm(range(cfg.sync_steps), desc="sync", mininterval=30, file=sys.stderr)
+    for step in bar:
+        idx = torch.randint(0, len(video), (cfg.sync_batch,), generator=rng)
+        feats = encoder(video[idx], states[idx], mask[idx])
+        pred = head(upsample_sync(feats, seq.latent))
+        loss = F.mse_loss(pred, targets[idx])
+        set_lr(opt, lr_at(step, cfg.sync_steps, cfg.sync_lr, cfg.warmup_steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        history.append(loss.item())
+        if step % 100 == 0 or step == cfg.sync_steps - 1:
+            log.info("sync step %d: band-energy MSE %.4f", step, loss.item())
+    encoder.eval().requires_grad_(False)
+    return {"video_encoder": encoder, "t5": pipe.t5}, {
+        "sync_mse_last100": round(float(np.mean(history[-100:])), 5)}
+
+
+# --- generator ---------------------------------------------------------------------------------
+def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter, encoders):
+    """Features from the tiny encoders + VAE posterior moments of the trained classes."""
     classes = [c for c in CLASS_PROMPTS if c != HELD_OUT_CLASS]
     seq = variant.sequence_lengths(cfg.duration)
     frames, audio, prompts, names = make_clips(classes, cfg.generator_clips_per_class, cfg,
                                                seq.audio_samples)
-    pipe = SelvaPipeline.tiny(seed=ENCODER_SEED, duration=cfg.duration, **_random_kwargs())
-    encoders = {"video_encoder": pipe.video_encoder, "t5": pipe.t5}
-    with torch.no_grad():  # shipped as float16: extract with exactly the shipped weights
-        for module in encoders.values():
-            for p in module.parameters():
-                p.copy_(p.half().float())
+    pipe = tiny_encoders(cfg.duration)
+    for name, module in encoders.items():  # shipped as float16: extract with exactly those
+        getattr(pipe, name).load_state_dict(module.state_dict())
+        _round_to_half_(getattr(pipe, name))
     sync, text = [], []
     for i in tqdm(range(0, len(names), 16), desc="features", mininterval=30, file=sys.stderr):
         feats = pipe.extract_features(frames[i:i + 16], prompts[i:i + 16], cfg.duration)
@@ -340,7 +421,7 @@ def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter
         text.append(feats.text_clip_f.float())
     with forced_weight_norm(), torch.no_grad():
         post = vae.encode(mel(audio))
-    return encoders, FeatureBatch(
+    return FeatureBatch(
         latent_mean=post.mean.transpose(1, 2).contiguous(),
         latent_std=post.std.transpose(1, 2).contiguous(),
         sync_f=torch.cat(sync), sync_valid=torch.ones(len(names), seq.sync, dtype=torch.bool),
@@ -349,7 +430,7 @@ def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter
 
 
 def _random_kwargs() -> dict:
-    """``trained=False`` where SelvaPipeline.tiny knows it (the encoders are random anyway)."""
+    """``trained=False`` where SelvaPipeline.tiny knows it (the encoders start random)."""
     import inspect
 
     from selva_core.pipeline import SelvaPipeline
@@ -526,14 +607,21 @@ def main(argv=None) -> int:
         seconds["vocoder"] = round(time.time() - start)
     else:
         vocoder = reused["vocoder"]
+    if "sync" in stages:
+        start = time.time()
+        encoders, s = train_sync(cfg, variant, mel)
+        summary.update(s)
+        seconds["sync"] = round(time.time() - start)
+    else:
+        encoders = reused["encoders"]
     if "generator" in stages:
         start = time.time()
-        encoders, data, seq = extract_generator_data(cfg, variant, vae, mel)
+        data, seq = extract_generator_data(cfg, variant, vae, mel, encoders)
         generator, s = train_generator(data, seq, cfg, variant)
         summary.update(s)
         seconds["generator"] = round(time.time() - start)
     else:
-        generator, encoders = reused["generator"], reused["encoders"]
+        generator = reused["generator"]
     digests = save_weights(Path(args.out), generator, vae, vocoder, encoders, cfg)
     seconds["total"] = round(time.time() - t0)
     summary.update({"seconds": seconds, "stages": sorted(stages), "sha256": digests,

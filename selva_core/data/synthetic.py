@@ -4,8 +4,8 @@ Three classes whose sound follows the picture, so a model can learn the link:
 
 * ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
   (decaying 2 kHz burst) at the exact moment of every wall hit.
-* ``hum``: a square glides up and down; the audio is a tone whose pitch follows the shape's
-  height (higher on screen = higher pitch), phase-continuous.
+* ``hum``: a square glides up and down; the audio is a tone whose pitch and loudness follow
+  the shape's height (higher on screen = higher and louder), phase-continuous, with overtones.
 * ``burst``: a disc flashes on a few times; while it is visible the audio is a hiss (band-passed
   noise, 1-6 kHz) that starts with the flash and fades until it goes dark. The tiny base model
   (``scripts/train_tiny_base.py``) never hears this class: the demo's LoRA teaches it.
@@ -176,7 +176,11 @@ def _hum_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     up = 1.0 - (height(t_audio) - low) / (high - low)  # 1 at the top, 0 at the bottom
     freq = 200.0 + 600.0 * up
     ph = 2 * np.pi * np.cumsum(freq) / sample_rate
-    audio = (0.3 * np.sin(ph) + 0.08 * np.sin(2 * ph)).astype(np.float32)
+    # louder as it climbs, with overtones reaching 1-6 kHz, so the loudness envelope (what the
+    # weight-free sync figures compare) follows the height as the pitch does
+    loud = 0.25 + 0.75 * up
+    tone = 0.3 * np.sin(ph) + 0.12 * np.sin(2 * ph) + 0.08 * np.sin(3 * ph) + 0.05 * np.sin(4 * ph)
+    audio = (0.8 * loud * tone).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
     frames = np.empty((n_frames, size, size, 3), np.uint8)
