@@ -593,13 +593,15 @@ def main(argv=None) -> int:
         seconds["vae"] = round(time.time() - start)
     else:
         vae = reused["vae"]
+    # The later stages use the VAE as its float16 file holds it (what inference and the LoRA
+    # feature cache use; also makes a run of some stages with --reuse equal a full run).
+    shipped_vae = copy.deepcopy(vae)
+    with torch.no_grad():
+        for name, p in shipped_vae.named_parameters():
+            if not name.endswith(KEEP_FP32):
+                p.copy_(p.half().float())
     if "vocoder" in stages:
         start = time.time()
-        shipped_vae = copy.deepcopy(vae)  # the vocoder learns what the float16 file decodes
-        with torch.no_grad():
-            for name, p in shipped_vae.named_parameters():
-                if not name.endswith(KEEP_FP32):
-                    p.copy_(p.half().float())
         with forced_weight_norm(), torch.no_grad():
             recon = shipped_vae.decode(shipped_vae.encode(mels).mean)
         vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
@@ -616,7 +618,7 @@ def main(argv=None) -> int:
         encoders = reused["encoders"]
     if "generator" in stages:
         start = time.time()
-        data, seq = extract_generator_data(cfg, variant, vae, mel, encoders)
+        data, seq = extract_generator_data(cfg, variant, shipped_vae, mel, encoders)
         generator, s = train_generator(data, seq, cfg, variant)
         summary.update(s)
         seconds["generator"] = round(time.time() - start)
