@@ -101,7 +101,7 @@ class BaseTrainConfig:
     vocoder_crop_frames: int = 16
     vocoder_lr: float = 1e-3
     sync_clips_per_class: int = 96
-    sync_steps: int = 1500
+    sync_steps: int = 3000
     sync_batch: int = 16
     sync_lr: float = 2e-3
     sync_bands: int = 8
@@ -134,6 +134,16 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
+
+
+def clipped_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float,
+                 max_norm: float = 1.0) -> None:
+    """One optimiser step at ``lr`` with the gradient norm of ``params`` clipped."""
+    set_lr(opt, lr)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -340,8 +350,9 @@ def tiny_encoders(duration: float):
 
 def band_energy_targets(mels: torch.Tensor, latent_frames: int, bands: int) -> torch.Tensor:
     """What the sync encoder learns to predict: per latent frame (two mel frames), the mean
-    log-mel of ``bands`` equal groups of mel bins, standardised per band over the set.
-    ``mels`` (B, n_mels, frames) -> (B, latent_frames, bands)."""
+    log-mel of ``bands`` equal groups of mel bins, standardised per band over the clips given
+    (call it once per class: what the prompt alone tells is then removed, and only the
+    picture can tell when). ``mels`` (B, n_mels, frames) -> (B, latent_frames, bands)."""
     b, n_mels, frames = mels.shape
     if n_mels % bands or frames < 2 * latent_frames:
         raise ValueError(f"{n_mels} mel bins x {frames} frames cannot make {bands} bands x "
@@ -371,10 +382,13 @@ def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
     encoder = pipe.video_encoder
     frames, audio, prompts, _ = make_clips(list(CLASS_PROMPTS), cfg.sync_clips_per_class, cfg,
                                            seq.audio_samples)
+    per_class = cfg.sync_clips_per_class
     with torch.no_grad():
         video = pipe.prepare_sync_frames(frames)
         _, states, mask = pipe.encode_prompt(prompts)
-        targets = band_energy_targets(mel(audio), seq.latent, cfg.sync_bands)
+        targets = torch.cat([band_energy_targets(mel(audio[i:i + per_class]), seq.latent,
+                                                 cfg.sync_bands)
+                             for i in range(0, len(audio), per_class)])
     torch.manual_seed(cfg.seed + 6)
     head = torch.nn.Linear(variant.video_encoder.embed_dim, cfg.sync_bands)
     encoder.train()
@@ -390,11 +404,8 @@ def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
         feats = encoder(video[idx], states[idx], mask[idx])
         pred = head(upsample_sync(feats, seq.latent))
         loss = F.mse_loss(pred, targets[idx])
-        set_lr(opt, lr_at(step, cfg.sync_steps, cfg.sync_lr, cfg.warmup_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        clipped_step(opt, loss, params, lr_at(step, cfg.sync_steps, cfg.sync_lr,
+                                              cfg.warmup_steps))
         history.append(loss.item())
         if step % 100 == 0 or step == cfg.sync_steps - 1:
             log.info("sync step %d: band-energy MSE %.4f", step, loss.item())
@@ -469,11 +480,8 @@ def train_generator(data: FeatureBatch, seq, cfg: BaseTrainConfig, variant):
         draws = draw_examples([cfg.seed * 1_000_003 + s for s in seeds],
                               (seq.latent, variant.generator.latent_dim), "logit_normal", 0.1)
         loss = training_loss(generator, generator, batch, draws).mean()
-        set_lr(opt, lr_at(step, cfg.generator_steps, cfg.generator_lr, cfg.warmup_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        clipped_step(opt, loss, params, lr_at(step, cfg.generator_steps, cfg.generator_lr,
+                                              cfg.warmup_steps))
         history.append(loss.item())
         if step % 100 == 0 or step == cfg.generator_steps - 1:
             log.info("generator step %d: flow loss %.4f", step, loss.item())
@@ -586,13 +594,17 @@ def main(argv=None) -> int:
     mels = mel(codec_audio)
     log.info("codec data: %d clips, mel %s (%.0f s)", len(mels), tuple(mels.shape),
              time.time() - t0)
-    if "vae" in stages:
+    def stage(name: str, train):
+        """Run a stage (``train() -> (network, figures)``) or take its network from --reuse."""
+        if name not in stages:
+            return reused[{"sync": "encoders"}.get(name, name)]
         start = time.time()
-        vae, s = train_vae(mels, cfg, variant)
-        summary.update(s)
-        seconds["vae"] = round(time.time() - start)
-    else:
-        vae = reused["vae"]
+        network, figures = train()
+        summary.update(figures)
+        seconds[name] = round(time.time() - start)
+        return network
+
+    vae = stage("vae", lambda: train_vae(mels, cfg, variant))
     # The later stages use the VAE as its float16 file holds it (what inference and the LoRA
     # feature cache use; also makes a run of some stages with --reuse equal a full run).
     shipped_vae = copy.deepcopy(vae)
@@ -600,30 +612,15 @@ def main(argv=None) -> int:
         for name, p in shipped_vae.named_parameters():
             if not name.endswith(KEEP_FP32):
                 p.copy_(p.half().float())
-    if "vocoder" in stages:
-        start = time.time()
+    def vocoder_stage():
         with forced_weight_norm(), torch.no_grad():
             recon = shipped_vae.decode(shipped_vae.encode(mels).mean)
-        vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
-        summary.update(s)
-        seconds["vocoder"] = round(time.time() - start)
-    else:
-        vocoder = reused["vocoder"]
-    if "sync" in stages:
-        start = time.time()
-        encoders, s = train_sync(cfg, variant, mel)
-        summary.update(s)
-        seconds["sync"] = round(time.time() - start)
-    else:
-        encoders = reused["encoders"]
-    if "generator" in stages:
-        start = time.time()
-        data, seq = extract_generator_data(cfg, variant, shipped_vae, mel, encoders)
-        generator, s = train_generator(data, seq, cfg, variant)
-        summary.update(s)
-        seconds["generator"] = round(time.time() - start)
-    else:
-        generator = reused["generator"]
+        return train_vocoder(recon, codec_audio, cfg, variant, mel)
+
+    vocoder = stage("vocoder", vocoder_stage)
+    encoders = stage("sync", lambda: train_sync(cfg, variant, mel))
+    generator = stage("generator", lambda: train_generator(
+        *extract_generator_data(cfg, variant, shipped_vae, mel, encoders), cfg, variant))
     digests = save_weights(Path(args.out), generator, vae, vocoder, encoders, cfg)
     seconds["total"] = round(time.time() - t0)
     summary.update({"seconds": seconds, "stages": sorted(stages), "sha256": digests,
