@@ -11,9 +11,17 @@ Pearson correlation at lag 0). A render whose envelope is flat has no timing: it
 * ``corr_swapped``: the same with another clip's video;
 * ``drop``: ``corr_own - corr_swapped`` (target >= 0.3: the picture places the events).
 
+``--layout_ceiling`` measures no model: it asks how well *any* model can do that reads SelVA's
+sync tokens without knowing where the token sequence starts. A window of 16 frames is encoded
+alone, and the generator reads its tokens 0.08 s later per window than the frames they come
+from (2 s clips; :func:`selva_core.model.generator.sync_token_times`). The ceiling "render"
+plays, at every moment, the true sound of the moment its token can report when blind to its
+window's index (``blind``), and is scored like a render (also for the held-out ``burst``).
+
 Prints a table, then one JSON object as the last line.
 
     python benchmarks/bench_sync.py [--clips 4] [--steps 10] [--seed 1] [--data_seed 77]
+    python benchmarks/bench_sync.py --layout_ceiling [--clips 12]
 """
 
 from __future__ import annotations
@@ -63,6 +71,31 @@ def measure(pipe, *, clips: int, steps: int, seed: int, data_seed: int,
     return rows
 
 
+def layout_ceiling(*, clips: int, data_seed: int, classes=(*TRAINED_CLASSES, "burst"),
+                   sample_rate: int = 16000, latent_hop: int = 512) -> list[dict]:
+    """One row per clip: correlation of the window-blind ceiling render with the true audio."""
+    import numpy as np
+
+    from selva_core.data.synthetic import synthetic_clip
+    from selva_core.model.generator import sync_token_times, sync_upsample_index
+    from selva_core.variants import get_variant
+
+    seq = get_variant("tiny_16k").sequence_lengths(DURATION)
+    _, read, blind = (t.numpy().astype(np.float64) for t in sync_token_times(DURATION, seq.sync))
+    token = sync_upsample_index(seq.sync, seq.latent).numpy()
+    rows = []
+    for name in classes:
+        for i in range(clips):
+            _, true = synthetic_clip(name, i, duration=DURATION, seed=data_seed)
+            t = np.arange(len(true)) / sample_rate
+            n = token[np.minimum(np.arange(len(true)) // latent_hop, seq.latent - 1)]
+            source = np.round((blind[n] + t - read[n]) * sample_rate).astype(int)
+            render = true[np.clip(source, 0, len(true) - 1)]
+            rows.append({"clip": f"{name}_{i:03d}", "corr_ceiling": _corr(render, true,
+                                                                          sample_rate)})
+    return rows
+
+
 def summarise(rows: list[dict]) -> dict:
     import numpy as np
 
@@ -84,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="sampling seed of every render")
     parser.add_argument("--data_seed", type=int, default=77,
                         help="seed of the unseen clips (the base trains on 1000, the demo on 0)")
+    parser.add_argument("--layout_ceiling", action="store_true",
+                        help="score the window-blind ceiling of the sync-token layout instead "
+                             "of the model (no model is run)")
     args = parser.parse_args(argv)
+    if args.layout_ceiling:
+        return _print_ceiling(layout_ceiling(clips=args.clips, data_seed=args.data_seed),
+                              args.data_seed)
     if args.clips < 2:
         parser.error("--clips must be at least 2 (the swap takes another clip's video)")
 
@@ -105,6 +144,26 @@ def main(argv: list[str] | None = None) -> int:
           f"drop {result['drop']:.3f} (targets: own >= 0.6, drop >= 0.3)")
     print(json.dumps({"benchmark": "sync", "steps": args.steps, "seed": args.seed,
                       "data_seed": args.data_seed, **result}))
+    return 0
+
+
+def _print_ceiling(rows: list[dict], data_seed: int) -> int:
+    import numpy as np
+
+    print(f"{'clip':<12} {'corr ceiling':>13}")
+    for r in rows:
+        print(f"{r['clip']:<12} {r['corr_ceiling']:>13.3f}")
+    out = {"benchmark": "sync_layout_ceiling", "data_seed": data_seed, "clips": len(rows)}
+    for name in sorted({r["clip"].rsplit("_", 1)[0] for r in rows}):
+        mine = [r["corr_ceiling"] for r in rows if r["clip"].startswith(name + "_")]
+        out[f"{name}_corr_ceiling"] = round(float(np.mean(mine)), 4)
+    trained = [r["corr_ceiling"] for r in rows if r["clip"].rsplit("_", 1)[0] in TRAINED_CLASSES]
+    out["trained_corr_ceiling"] = round(float(np.mean(trained)), 4)
+    print(f"window-blind ceiling: trained classes {out['trained_corr_ceiling']:.3f} "
+          "(target 0.6), per class: " + ", ".join(
+              f"{k[:-13]} {v:.3f}" for k, v in out.items() if k.endswith("_corr_ceiling")
+              and not k.startswith("trained")))
+    print(json.dumps(out))
     return 0
 
 

@@ -20,10 +20,13 @@ sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Four stages:
    (spectral convergence + log-magnitude L1) with floored logs, no discriminator at this
    scale. A data-dependent init starts every stage at unit RMS (:func:`data_dependent_init_`).
 3. **Sync encoder**: the tiny TextSynch (random at :data:`ENCODER_SEED`) learns to see when
-   things sound. Its per-token features, upsampled to the latent frames exactly as the
-   generator upsamples them, must predict each clip's band energies (:func:`band_energy_targets`)
-   through one linear layer (MSE). Random features do not change at a wall hit or a flash, and
-   a generator reading them can only render its class's average timing.
+   things sound. Each token's features must predict, through one linear layer (MSE), the
+   clip's band energies (:func:`band_energy_targets`) at the moment the generator can best
+   read it at: the ``blind`` time of :func:`selva_core.model.generator.sync_token_times`
+   (a window is encoded alone, so it cannot know how late its tokens are read; the remaining
+   error, 0.08 s per window from the middle of a 2 s clip, is what the generator's sync
+   convolutions must spread). Random features do not change at a wall hit or a flash, and a
+   generator reading them can only render its class's average timing.
 4. **Generator** with the project's flow-matching objective
    (:func:`selva_core.training.objective.training_loss`: logit-normal t, condition dropout 0.1)
    on VAE latents of the trained classes, conditioned on the features of the trained TextSynch
@@ -69,6 +72,7 @@ from safetensors.torch import save_file  # noqa: E402
 from selva_core.atomic import atomic_path, write_text_atomic  # noqa: E402
 from selva_core.audio.mel import MelConverter  # noqa: E402
 from selva_core.data.synthetic import CLASS_PROMPTS, synthetic_clip  # noqa: E402
+from selva_core.model.generator import sync_token_times  # noqa: E402
 from selva_core.model.vae import MPConv1d  # noqa: E402
 from selva_core.training.objective import FeatureBatch, draw_examples, training_loss  # noqa: E402
 from selva_core.variants import TINY_TRAINED_TEXT_SEED, get_variant  # noqa: E402
@@ -101,11 +105,11 @@ class BaseTrainConfig:
     vocoder_crop_frames: int = 16
     vocoder_lr: float = 1e-3
     sync_clips_per_class: int = 96
-    sync_steps: int = 3000
+    sync_steps: int = 1000
     sync_batch: int = 16
     sync_lr: float = 2e-3
     sync_bands: int = 8
-    generator_steps: int = 1300
+    generator_steps: int = 2000
     generator_batch: int = 8
     generator_lr: float = 1e-3
     warmup_steps: int = 50
@@ -348,17 +352,25 @@ def tiny_encoders(duration: float):
     return SelvaPipeline.tiny(seed=ENCODER_SEED, duration=duration, **_random_kwargs())
 
 
-def band_energy_targets(mels: torch.Tensor, latent_frames: int, bands: int) -> torch.Tensor:
-    """What the sync encoder learns to predict: per latent frame (two mel frames), the mean
-    log-mel of ``bands`` equal groups of mel bins, standardised per band over the clips given
-    (call it once per class: what the prompt alone tells is then removed, and only the
-    picture can tell when). ``mels`` (B, n_mels, frames) -> (B, latent_frames, bands)."""
+def band_energy_targets(mels: torch.Tensor, times: torch.Tensor, span: float, frame_s: float,
+                        bands: int) -> torch.Tensor:
+    """What the sync encoder learns to predict: for each token, the mean log-mel of ``bands``
+    equal groups of mel bins over the mel frames starting in ``[time, time + span)``
+    (``frame_s`` seconds per mel frame), standardised per band over the clips given (call it
+    once per class: what the prompt alone tells is then removed, and only the picture can tell
+    when). ``mels`` (B, n_mels, frames) -> (B, tokens, bands)."""
     b, n_mels, frames = mels.shape
-    if n_mels % bands or frames < 2 * latent_frames:
-        raise ValueError(f"{n_mels} mel bins x {frames} frames cannot make {bands} bands x "
-                         f"{latent_frames} latent frames")
-    pooled = mels[..., :2 * latent_frames].reshape(b, bands, n_mels // bands, latent_frames, 2)
-    pooled = pooled.mean(dim=(2, 4)).transpose(1, 2)
+    if n_mels % bands:
+        raise ValueError(f"{n_mels} mel bins cannot make {bands} equal bands")
+    banded = mels.reshape(b, bands, n_mels // bands, frames).mean(dim=2)  # (B, bands, frames)
+    starts = torch.arange(frames) * frame_s
+    rows = []
+    for t in times.tolist():
+        inside = (starts >= t - 1e-9) & (starts < t + span - 1e-9)
+        if not inside.any():
+            raise ValueError(f"no mel frame starts in [{t:.3f}, {t + span:.3f}) s")
+        rows.append(banded[..., inside].mean(dim=-1))
+    pooled = torch.stack(rows, dim=1)  # (B, tokens, bands)
     return (pooled - pooled.mean(dim=(0, 1))) / pooled.std(dim=(0, 1)).clamp_min(1e-3)
 
 
@@ -371,22 +383,24 @@ def _round_to_half_(module: torch.nn.Module) -> None:
 
 def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
     """Teach the tiny TextSynch to see when things sound: from each clip's frames and prompt,
-    its per-token features (upsampled to the latent frames as the generator does) must predict
-    the clip's band energies through one linear layer, so the features change at the events
-    and sit at the tokens the generator reads for that moment. Every class is used, like the
-    real Synchformer trained on broad audio-visual data (the generator never hears ``burst``)."""
-    from selva_core.model.generator import upsample_sync
-
+    its per-token features must predict, through one linear layer, the clip's band energies at
+    each token's window-blind read time (see :func:`sync_token_times`), so the features change
+    at the events and sit near the tokens the generator reads for that moment. Every class is
+    used, like the real Synchformer trained on broad audio-visual data (the generator never
+    hears ``burst``)."""
     seq = variant.sequence_lengths(cfg.duration)
     pipe = tiny_encoders(cfg.duration)
     encoder = pipe.video_encoder
     frames, audio, prompts, _ = make_clips(list(CLASS_PROMPTS), cfg.sync_clips_per_class, cfg,
                                            seq.audio_samples)
     per_class = cfg.sync_clips_per_class
+    times = sync_token_times(cfg.duration, seq.sync)[2]
+    frame_s = variant.mel.hop_size / variant.mel.sample_rate
     with torch.no_grad():
         video = pipe.prepare_sync_frames(frames)
         _, states, mask = pipe.encode_prompt(prompts)
-        targets = torch.cat([band_energy_targets(mel(audio[i:i + per_class]), seq.latent,
+        targets = torch.cat([band_energy_targets(mel(audio[i:i + per_class]), times,
+                                                 cfg.duration / seq.sync, frame_s,
                                                  cfg.sync_bands)
                              for i in range(0, len(audio), per_class)])
     torch.manual_seed(cfg.seed + 6)
@@ -402,7 +416,7 @@ def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
     for step in bar:
         idx = torch.randint(0, len(video), (cfg.sync_batch,), generator=rng)
         feats = encoder(video[idx], states[idx], mask[idx])
-        pred = head(upsample_sync(feats, seq.latent))
+        pred = head(feats)
         loss = F.mse_loss(pred, targets[idx])
         clipped_step(opt, loss, params, lr_at(step, cfg.sync_steps, cfg.sync_lr,
                                               cfg.warmup_steps))
