@@ -112,6 +112,7 @@ class BaseTrainConfig:
     generator_steps: int = 2000
     generator_batch: int = 8
     generator_lr: float = 1e-3
+    generator_timesteps: str = "logit_normal"  # or "uniform" (more draws near pure noise)
     warmup_steps: int = 50
 
     def scaled(self, scale: float) -> BaseTrainConfig:
@@ -148,6 +149,20 @@ def clipped_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, lr: flo
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
+
+
+def run_steps(desc: str, what: str, steps: int, peak_lr: float, cfg: BaseTrainConfig,
+              opt: torch.optim.Optimizer, params, step_loss) -> list[float]:
+    """``steps`` clipped optimiser steps on ``step_loss(step)`` under :func:`lr_at`; the
+    losses, logged every 100 steps as ``<desc> step N: <what> value``."""
+    history = []
+    for step in tqdm(range(steps), desc=desc, mininterval=30, file=sys.stderr):
+        loss = step_loss(step)
+        clipped_step(opt, loss, params, lr_at(step, steps, peak_lr, cfg.warmup_steps))
+        history.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log.info("%s step %d: %s %.4f", desc, step, what, loss.item())
+    return history
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -411,18 +426,13 @@ def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
     opt = torch.optim.AdamW(params + list(head.parameters()), lr=cfg.sync_lr,
                             betas=(0.9, 0.95), weight_decay=0.0)
     rng = torch.Generator().manual_seed(cfg.seed + 7)
-    history = []
-    bar = tqdm(range(cfg.sync_steps), desc="sync", mininterval=30, file=sys.stderr)
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(video), (cfg.sync_batch,), generator=rng)
-        feats = encoder(video[idx], states[idx], mask[idx])
-        pred = head(feats)
-        loss = F.mse_loss(pred, targets[idx])
-        clipped_step(opt, loss, params, lr_at(step, cfg.sync_steps, cfg.sync_lr,
-                                              cfg.warmup_steps))
-        history.append(loss.item())
-        if step % 100 == 0 or step == cfg.sync_steps - 1:
-            log.info("sync step %d: band-energy MSE %.4f", step, loss.item())
+        return F.mse_loss(head(encoder(video[idx], states[idx], mask[idx])), targets[idx])
+
+    history = run_steps("sync", "band-energy MSE", cfg.sync_steps, cfg.sync_lr, cfg, opt, params,
+                        step_loss)
     encoder.eval().requires_grad_(False)
     return {"video_encoder": encoder, "t5": pipe.t5}, {
         "sync_mse_last100": round(float(np.mean(history[-100:])), 5)}
@@ -485,20 +495,17 @@ def train_generator(data: FeatureBatch, seq, cfg: BaseTrainConfig, variant):
     generator.train()
     opt = torch.optim.AdamW(params, lr=cfg.generator_lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = torch.Generator().manual_seed(cfg.seed + 5)
-    history = []
-    bar = tqdm(range(cfg.generator_steps), desc="generator", mininterval=30, file=sys.stderr)
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(data.names), (cfg.generator_batch,), generator=rng)
-        batch = _rows(data, idx)
         seeds = (step * cfg.generator_batch + torch.arange(cfg.generator_batch)).tolist()
         draws = draw_examples([cfg.seed * 1_000_003 + s for s in seeds],
-                              (seq.latent, variant.generator.latent_dim), "logit_normal", 0.1)
-        loss = training_loss(generator, generator, batch, draws).mean()
-        clipped_step(opt, loss, params, lr_at(step, cfg.generator_steps, cfg.generator_lr,
-                                              cfg.warmup_steps))
-        history.append(loss.item())
-        if step % 100 == 0 or step == cfg.generator_steps - 1:
-            log.info("generator step %d: flow loss %.4f", step, loss.item())
+                              (seq.latent, variant.generator.latent_dim), cfg.generator_timesteps,
+                              0.1)
+        return training_loss(generator, generator, _rows(data, idx), draws).mean()
+
+    history = run_steps("generator", "flow loss", cfg.generator_steps, cfg.generator_lr, cfg, opt,
+                        params, step_loss)
     generator.eval().requires_grad_(False)
     return generator, {"generator_loss_last100": round(float(np.mean(history[-100:])), 5)}
 
