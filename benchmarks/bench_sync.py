@@ -9,7 +9,10 @@ Pearson correlation at lag 0). A render whose envelope is flat has no timing: it
 
 * ``corr_own``: mean correlation of the renders with their own video (target >= 0.6);
 * ``corr_swapped``: the same with another clip's video;
-* ``drop``: ``corr_own - corr_swapped`` (target >= 0.3: the picture places the events).
+* ``drop``: ``corr_own - corr_swapped`` (target >= 0.3: the picture places the events);
+* ``corr_codec``: the true audio through the VAE and vocoder alone (encode, decode): what a
+  perfect generator could reach through this codec (a class the codec cannot play scores
+  nothing however well the generator follows the picture).
 
 ``--layout_ceiling`` measures no model: it asks how well *any* model can do that reads SelVA's
 sync tokens without knowing where the token sequence starts. A window of 16 frames is encoded
@@ -61,13 +64,16 @@ def measure(pipe, *, clips: int, steps: int, seed: int, data_seed: int,
         videos = [torch.from_numpy(f).permute(0, 3, 1, 2) for f, _ in data]
         features = pipe.extract_features(torch.stack(videos), CLASS_PROMPTS[name], DURATION)
         waves = pipe.render(features, seed=seed, num_steps=steps).numpy()
+        truth = np.stack([np.asarray(a, np.float32) for _, a in data])
+        codec = pipe.decode(pipe.encode_audio(truth, pipe.sample_rate, duration=DURATION).mean)
         for i, (_, true) in enumerate(data):
             swap = (i + 1) % clips
             n = min(len(true), waves.shape[-1])
             true = np.asarray(true[:n], np.float32)
             rows.append({"clip": f"{name}_{i:03d}", "video_of": f"{name}_{swap:03d}",
                          "corr_own": _corr(waves[i, :n], true, pipe.sample_rate),
-                         "corr_swapped": _corr(waves[swap, :n], true, pipe.sample_rate)})
+                         "corr_swapped": _corr(waves[swap, :n], true, pipe.sample_rate),
+                         "corr_codec": _corr(codec[i, :n].numpy(), true, pipe.sample_rate)})
     return rows
 
 
@@ -100,13 +106,13 @@ def summarise(rows: list[dict]) -> dict:
     import numpy as np
 
     out = {"clips": len(rows)}
-    for key in ("corr_own", "corr_swapped"):
+    for key in ("corr_own", "corr_swapped", "corr_codec"):
         out[key] = round(float(np.mean([r[key] for r in rows])), 4)
     out["drop"] = round(out["corr_own"] - out["corr_swapped"], 4)
     for name in sorted({r["clip"].rsplit("_", 1)[0] for r in rows}):
         mine = [r for r in rows if r["clip"].startswith(name + "_")]
-        out[f"{name}_corr_own"] = round(float(np.mean([r["corr_own"] for r in mine])), 4)
-        out[f"{name}_corr_swapped"] = round(float(np.mean([r["corr_swapped"] for r in mine])), 4)
+        for key in ("corr_own", "corr_swapped", "corr_codec"):
+            out[f"{name}_{key}"] = round(float(np.mean([r[key] for r in mine])), 4)
     return out
 
 
@@ -135,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = SelvaPipeline.tiny(duration=DURATION)
     rows = measure(pipe, clips=args.clips, steps=args.steps, seed=args.seed,
                    data_seed=args.data_seed)
-    print(f"{'clip':<12} {'video of':<12} {'corr own':>9} {'corr swapped':>13}")
+    print(f"{'clip':<12} {'video of':<12} {'corr own':>9} {'corr swapped':>13} {'codec':>7}")
     for r in rows:
         print(f"{r['clip']:<12} {r['video_of']:<12} {r['corr_own']:>9.3f} "
-              f"{r['corr_swapped']:>13.3f}")
+              f"{r['corr_swapped']:>13.3f} {r['corr_codec']:>7.3f}")
     result = summarise(rows)
     print(f"mean: own {result['corr_own']:.3f}, swapped {result['corr_swapped']:.3f}, "
           f"drop {result['drop']:.3f} (targets: own >= 0.6, drop >= 0.3)")
