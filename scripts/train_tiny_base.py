@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the ``tiny_16k`` base model (mel VAE, BigVGAN vocoder, generator) from scratch.
 
-    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~20 min CPU, 1 thread
+    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~25 min CPU, 1 thread
     python scripts/train_tiny_base.py --out /tmp/tiny_smoke --scale 0.02   # smoke run, ~15 s
     python scripts/train_tiny_base.py --out D --stages vocoder --reuse D   # retrain one stage
 
