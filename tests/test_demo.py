@@ -84,6 +84,29 @@ def test_trained_base_renders_a_trained_class_closer_than_random_init(name, trai
     assert lsd["trained"] < lsd["random"] - 3.0, lsd
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped tiny_16k ignores the video (issue 18; "
+                   "bench_sync: -0.06), and so do bases retrained by scripts/train_tiny_base.py "
+                   "so far (0.03): drop this mark with a base that follows the picture")
+def test_trained_base_places_the_sound_where_its_own_video_shows_the_events(trained):
+    """The video reaches the generator: two unseen bounce clips rendered with the same prompt
+    and seed sound different, and each render follows its own clip's true audio more closely
+    than the other clip's does (if the sync features stopped reaching the generator, both
+    renders would be the same sound at the same moments)."""
+    from selva_core.audio.sync import envelope_sync
+
+    clips = [synthetic_clip("bounce", i, duration=DURATION, seed=77) for i in range(2)]
+    video = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f, _ in clips])
+    features = trained.extract_features(video, CLASS_PROMPTS["bounce"], DURATION)
+    waves = trained.render(features, seed=1, num_steps=10).numpy()
+    n = min(waves.shape[-1], len(clips[0][1]))
+    diff = np.linalg.norm(waves[0] - waves[1]) / np.linalg.norm(waves[0])
+    assert diff > 0.5, diff
+    for i, (_, true) in enumerate(clips):
+        own = envelope_sync(waves[i, :n], true[:n], trained.sample_rate).corr_lag0
+        other = envelope_sync(waves[1 - i, :n], true[:n], trained.sample_rate).corr_lag0
+        assert own > 0.4 and own > other + 0.3, (i, own, other)
+
+
 def test_listening_comparison_writes_same_length_renders_and_the_report(tmp_path, trained):
     from selva_core.model.lora import LoRAConfig, attach_lora, save_adapter
 

@@ -14,6 +14,7 @@ from selva_core.model.generator import (
     PreprocessedConditions,
     SelvaGenerator,
     TimestepEmbedder,
+    sync_token_times,
     sync_upsample_index,
     upsample_sync,
 )
@@ -133,6 +134,27 @@ def test_sync_upsample_index_differs_from_exact_rational_rule_at_known_ties():
     exact = [min((2 * i + 1) * 192 // (2 * 345), 191) for i in range(345)]
     differs = [i for i in range(345) if idx[i].item() != exact[i]]
     assert differs == [57, 172]
+
+
+@pytest.mark.parametrize("duration", [2.0, 8.0])
+def test_sync_tokens_are_read_later_per_window_and_blind_times_stay_in_their_window(duration):
+    tokens = get_variant("tiny_16k").sequence_lengths(duration).sync
+    seen, read, blind = (t.double().view(-1, 8) for t in sync_token_times(duration, tokens))
+    windows = seen.shape[0]
+    # frames: 0.32 s per window, 0.08 s per token; reading: duration / tokens per token
+    step = seen[1:, 0] - seen[:-1, 0]
+    assert torch.allclose(step, torch.full_like(step, 0.32), atol=1e-6)
+    assert torch.allclose(seen[:, 1] - seen[:, 0], torch.full_like(seen[:, 0], 0.08), atol=1e-6)
+    drift = 8 * duration / tokens - 0.32
+    assert drift > 0
+    assert torch.allclose((read - seen)[:, 0], drift * torch.arange(windows).double(), atol=1e-5)
+    # a blind token reports a moment inside its own window's 0.64 s of frames
+    assert (blind >= seen[:, :1] - 1e-6).all() and (blind < seen[:, :1] + 0.64).all()
+    # the middle window(s) are read within half a drift; the ends are off by the drift they add
+    error = blind - read
+    assert error.abs().min() <= drift / 2 + 1e-5
+    assert torch.allclose(error.max() - error.min(), torch.tensor(drift * (windows - 1)).double(),
+                          atol=1e-5)
 
 
 # -- structure ------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from selva_core.model.checkpointing import checkpoint_block
 from selva_core.model.layers import MLP, ChannelLastConv1d, ConvMLP, HeadRMSNorm, swiglu_hidden_dim
 from selva_core.model.rope import apply_rope, rope_tables
 from selva_core.variants import (
+    SYNC_FPS,
+    SYNC_STEP_FRAMES,
     SYNC_TOKENS_PER_SEGMENT,
     GeneratorConfig,
     ModelVariant,
@@ -79,6 +81,34 @@ def upsample_sync(x: torch.Tensor, n_out: int) -> torch.Tensor:
     """
     index = _sync_index_cpu(int(x.shape[1]), int(n_out)).to(x.device, non_blocking=True)
     return x.index_select(1, index)
+
+
+def sync_token_times(duration: float, tokens: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    """Where each of ``tokens`` sync tokens of a ``duration``-second clip comes from and where
+    the generator reads it: ``(seen, read, blind)``, float32 seconds, each ``(tokens,)``.
+
+    * ``seen``: start of the two frames token ``j`` of window ``k`` is computed from,
+      ``0.32 k + 0.08 j`` (16-frame windows at 25 fps, stride 8, tubelets of 2 frames);
+    * ``read``: start of the span whose latent frames read it after :func:`upsample_sync`,
+      ``(8 k + j) duration / tokens``. Within a window the tokens are read at about half the
+      frames' pace, and each window is read ``8 duration / tokens - 0.32`` s later than the one
+      before: the drift adds up to about 0.32 s over a clip of several windows, however long;
+    * ``blind``: the closest a token can get to reporting the moment it is read at while
+      knowing only its own window (a window is encoded alone, so ``k`` is unknown to it):
+      ``0.32 k + c + j duration / tokens`` with ``c`` half the clip's drift, read exactly in
+      the middle window and off by whole per-window drifts elsewhere. A model that reads the
+      tokens without knowing where the sequence starts can place events no better than this.
+    """
+    per_token = duration / tokens
+    windows = tokens // SYNC_TOKENS_PER_SEGMENT
+    hop = SYNC_STEP_FRAMES / SYNC_FPS
+    centre = (SYNC_TOKENS_PER_SEGMENT * per_token - hop) * (windows - 1) / 2
+    k = torch.arange(tokens).div(SYNC_TOKENS_PER_SEGMENT, rounding_mode="floor")
+    j = torch.arange(tokens) % SYNC_TOKENS_PER_SEGMENT
+    seen = k * hop + j * (2 / SYNC_FPS)
+    read = torch.arange(tokens) * per_token
+    return seen, read, k * hop + centre + j * per_token
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
