@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Train the ``tiny_16k`` base model (mel VAE, BigVGAN vocoder, generator) from scratch.
 
-    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~25 min CPU, 1 thread
+    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~20 min CPU, 1 thread
     python scripts/train_tiny_base.py --out /tmp/tiny_smoke --scale 0.02   # smoke run, ~15 s
     python scripts/train_tiny_base.py --out D --stages vocoder --reuse D   # retrain one stage
 
 The data are the synthetic clips of :mod:`selva_core.data.synthetic` (sounds tied to the
 picture). Everything runs on one CPU thread with seeded draws, so a run is deterministic:
 the same command writes byte-identical files on the same torch build. Then put the printed
-sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Four stages:
+sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
 
 1. **Mel VAE** on the log-mels of every class: L1 reconstruction + a small KL term, with EDM2's
    forced weight normalisation (each MP-conv uses ``w / (eps sqrt(fan_in) + ||w||)`` of its raw
@@ -19,27 +19,19 @@ sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Four stages:
    those mels (what it receives at inference): log-mel L1 plus a multi-resolution STFT loss
    (spectral convergence + log-magnitude L1) with floored logs, no discriminator at this
    scale. A data-dependent init starts every stage at unit RMS (:func:`data_dependent_init_`).
-3. **Sync encoder**: the tiny TextSynch (random at :data:`ENCODER_SEED`) learns to see when
-   things sound. Each token's features must predict, through one linear layer (MSE), the
-   clip's band energies (:func:`band_energy_targets`) at the moment the generator can best
-   read it at: the ``blind`` time of :func:`selva_core.model.generator.sync_token_times`
-   (a window is encoded alone, so it cannot know how late its tokens are read; the remaining
-   error, 0.08 s per window from the middle of a 2 s clip, is what the generator's sync
-   convolutions must spread). Random features do not change at a wall hit or a flash, and a
-   generator reading them can only render its class's average timing.
-4. **Generator** with the project's flow-matching objective
+3. **Generator** with the project's flow-matching objective
    (:func:`selva_core.training.objective.training_loss`: logit-normal t, condition dropout 0.1)
-   on VAE latents of the trained classes, conditioned on the features of the trained TextSynch
-   and the tiny random text encoders of ``SelvaPipeline.tiny(trained=False)`` at
-   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED`. The TextSynch and T5 weights are shipped
-   (float16; T5 stays random) and the features are taken with exactly those float16 weights;
-   the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
+   on VAE latents of the trained classes, conditioned on the features of the tiny random
+   encoders that ``SelvaPipeline.tiny(trained=False)`` builds at
+   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED` (TextSynch, CLIP-text, T5 are not
+   trained; the generator learns to read their deterministic features). The TextSynch and
+   T5 weights are shipped too (float16), so the generator keeps the exact features it was
+   trained on; the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
 
-The codec (VAE + vocoder) and the sync encoder see every class, like the real SelVA codec and
-Synchformer trained on broad audio and video; the generator never hears the held-out class
-(``burst``), which the demo's LoRA teaches. Output: ``generator.safetensors`` (float16),
-``vae.safetensors`` (float16 raw MP weights, float32 statistics), ``vocoder.safetensors``
-(float32, weight-norm form),
+The codec (VAE + vocoder) hears every class, like the real SelVA codec trained on broad
+audio; the generator never sees the held-out class (``burst``), which the demo's LoRA
+teaches. Output: ``generator.safetensors`` (float16), ``vae.safetensors`` (float16 raw MP
+weights, float32 statistics), ``vocoder.safetensors`` (float32, weight-norm form),
 ``video_encoder.safetensors`` and ``t5.safetensors`` (float16), ``train_summary.json``
 (losses, seconds per stage, sha256 of each file).
 """
@@ -72,7 +64,6 @@ from safetensors.torch import save_file  # noqa: E402
 from selva_core.atomic import atomic_path, write_text_atomic  # noqa: E402
 from selva_core.audio.mel import MelConverter  # noqa: E402
 from selva_core.data.synthetic import CLASS_PROMPTS, synthetic_clip  # noqa: E402
-from selva_core.model.generator import sync_token_times  # noqa: E402
 from selva_core.model.vae import MPConv1d  # noqa: E402
 from selva_core.training.objective import FeatureBatch, draw_examples, training_loss  # noqa: E402
 from selva_core.variants import TINY_TRAINED_TEXT_SEED, get_variant  # noqa: E402
@@ -83,7 +74,7 @@ log = logging.getLogger("train_tiny_base")
 VARIANT = "tiny_16k"
 HELD_OUT_CLASS = "burst"
 ENCODER_SEED = TINY_TRAINED_TEXT_SEED  # seed of the tiny random encoders the generator reads
-STAGES = ("vae", "vocoder", "sync", "generator")
+STAGES = ("vae", "vocoder", "generator")
 DATA_SEED = 1000  # base clips; the demo makes its clips with seed 0, so they stay unseen
 
 
@@ -104,25 +95,18 @@ class BaseTrainConfig:
     vocoder_batch: int = 4
     vocoder_crop_frames: int = 16
     vocoder_lr: float = 1e-3
-    sync_clips_per_class: int = 96
-    sync_steps: int = 1000
-    sync_batch: int = 16
-    sync_lr: float = 2e-3
-    sync_bands: int = 8
-    generator_steps: int = 2000
+    generator_steps: int = 1300
     generator_batch: int = 8
     generator_lr: float = 1e-3
-    generator_timesteps: str = "logit_normal"  # or "uniform" (more draws near pure noise)
     warmup_steps: int = 50
 
     def scaled(self, scale: float) -> BaseTrainConfig:
         """Step counts times ``scale`` (smoke runs), at least 2 each."""
         out = BaseTrainConfig(**asdict(self))
-        for name in ("vae_steps", "vocoder_steps", "sync_steps", "generator_steps"):
+        for name in ("vae_steps", "vocoder_steps", "generator_steps"):
             setattr(out, name, max(2, round(getattr(self, name) * scale)))
         if scale < 1:
-            for name in ("codec_clips_per_class", "sync_clips_per_class",
-                         "generator_clips_per_class"):
+            for name in ("codec_clips_per_class", "generator_clips_per_class"):
                 setattr(out, name, max(2, round(getattr(self, name) * scale * 4)))
             out.warmup_steps = max(1, round(self.warmup_steps * scale))
         return out
@@ -139,30 +123,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
-
-
-def clipped_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float,
-                 max_norm: float = 1.0) -> None:
-    """One optimiser step at ``lr`` with the gradient norm of ``params`` clipped."""
-    set_lr(opt, lr)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
-    opt.step()
-
-
-def run_steps(desc: str, what: str, steps: int, peak_lr: float, cfg: BaseTrainConfig,
-              opt: torch.optim.Optimizer, params, step_loss) -> list[float]:
-    """``steps`` clipped optimiser steps on ``step_loss(step)`` under :func:`lr_at`; the
-    losses, logged every 100 steps as ``<desc> step N: <what> value``."""
-    history = []
-    for step in tqdm(range(steps), desc=desc, mininterval=30, file=sys.stderr):
-        loss = step_loss(step)
-        clipped_step(opt, loss, params, lr_at(step, steps, peak_lr, cfg.warmup_steps))
-        history.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            log.info("%s step %d: %s %.4f", desc, step, what, loss.item())
-    return history
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -358,97 +318,21 @@ def train_vocoder(recon_mels: torch.Tensor, audio: torch.Tensor, cfg: BaseTrainC
     return vocoder, {"vocoder_mel_l1_last50": round(float(np.mean(history[-50:])), 5)}
 
 
-# --- sync encoder ------------------------------------------------------------------------------
-def tiny_encoders(duration: float):
-    """The tiny pipeline whose TextSynch and T5 get trained and shipped (random at
-    :data:`ENCODER_SEED`); its CLIP-text encoder is rebuilt from that seed at load time."""
+# --- generator ---------------------------------------------------------------------------------
+def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter):
+    """Features from the tiny random encoders + VAE posterior moments of the trained classes."""
     from selva_core.pipeline import SelvaPipeline
 
-    return SelvaPipeline.tiny(seed=ENCODER_SEED, duration=duration, **_random_kwargs())
-
-
-def band_energy_targets(mels: torch.Tensor, times: torch.Tensor, span: float, frame_s: float,
-                        bands: int) -> torch.Tensor:
-    """What the sync encoder learns to predict: for each token, the mean log-mel of ``bands``
-    equal groups of mel bins over the mel frames starting in ``[time, time + span)``
-    (``frame_s`` seconds per mel frame), standardised per band over the clips given (call it
-    once per class: what the prompt alone tells is then removed, and only the picture can tell
-    when). ``mels`` (B, n_mels, frames) -> (B, tokens, bands)."""
-    b, n_mels, frames = mels.shape
-    if n_mels % bands:
-        raise ValueError(f"{n_mels} mel bins cannot make {bands} equal bands")
-    banded = mels.reshape(b, bands, n_mels // bands, frames).mean(dim=2)  # (B, bands, frames)
-    starts = torch.arange(frames) * frame_s
-    rows = []
-    for t in times.tolist():
-        inside = (starts >= t - 1e-9) & (starts < t + span - 1e-9)
-        if not inside.any():
-            raise ValueError(f"no mel frame starts in [{t:.3f}, {t + span:.3f}) s")
-        rows.append(banded[..., inside].mean(dim=-1))
-    pooled = torch.stack(rows, dim=1)  # (B, tokens, bands)
-    return (pooled - pooled.mean(dim=(0, 1))) / pooled.std(dim=(0, 1)).clamp_min(1e-3)
-
-
-def _round_to_half_(module: torch.nn.Module) -> None:
-    """Weights as the float16 file will hold them (features then match the shipped model)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(p.half().float())
-
-
-def train_sync(cfg: BaseTrainConfig, variant, mel: MelConverter):
-    """Teach the tiny TextSynch to see when things sound: from each clip's frames and prompt,
-    its per-token features must predict, through one linear layer, the clip's band energies at
-    each token's window-blind read time (see :func:`sync_token_times`), so the features change
-    at the events and sit near the tokens the generator reads for that moment. Every class is
-    used, like the real Synchformer trained on broad audio-visual data (the generator never
-    hears ``burst``)."""
-    seq = variant.sequence_lengths(cfg.duration)
-    pipe = tiny_encoders(cfg.duration)
-    encoder = pipe.video_encoder
-    frames, audio, prompts, _ = make_clips(list(CLASS_PROMPTS), cfg.sync_clips_per_class, cfg,
-                                           seq.audio_samples)
-    per_class = cfg.sync_clips_per_class
-    times = sync_token_times(cfg.duration, seq.sync)[2]
-    frame_s = variant.mel.hop_size / variant.mel.sample_rate
-    with torch.no_grad():
-        video = pipe.prepare_sync_frames(frames)
-        _, states, mask = pipe.encode_prompt(prompts)
-        targets = torch.cat([band_energy_targets(mel(audio[i:i + per_class]), times,
-                                                 cfg.duration / seq.sync, frame_s,
-                                                 cfg.sync_bands)
-                             for i in range(0, len(audio), per_class)])
-    torch.manual_seed(cfg.seed + 6)
-    head = torch.nn.Linear(variant.video_encoder.embed_dim, cfg.sync_bands)
-    encoder.train()
-    params = list(encoder.parameters())  # the unused 2-D patch embedding gets no gradient
-    encoder.requires_grad_(True)
-    opt = torch.optim.AdamW(params + list(head.parameters()), lr=cfg.sync_lr,
-                            betas=(0.9, 0.95), weight_decay=0.0)
-    rng = torch.Generator().manual_seed(cfg.seed + 7)
-
-    def step_loss(step: int) -> torch.Tensor:
-        idx = torch.randint(0, len(video), (cfg.sync_batch,), generator=rng)
-        return F.mse_loss(head(encoder(video[idx], states[idx], mask[idx])), targets[idx])
-
-    history = run_steps("sync", "band-energy MSE", cfg.sync_steps, cfg.sync_lr, cfg, opt, params,
-                        step_loss)
-    encoder.eval().requires_grad_(False)
-    return {"video_encoder": encoder, "t5": pipe.t5}, {
-        "sync_mse_last100": round(float(np.mean(history[-100:])), 5)}
-
-
-# --- generator ---------------------------------------------------------------------------------
-def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter, encoders):
-    """Features from the tiny encoders + VAE posterior moments of the trained classes."""
     classes = [c for c in CLASS_PROMPTS if c != HELD_OUT_CLASS]
     seq = variant.sequence_lengths(cfg.duration)
     frames, audio, prompts, names = make_clips(classes, cfg.generator_clips_per_class, cfg,
                                                seq.audio_samples)
-    pipe = tiny_encoders(cfg.duration)
-    for name, module in encoders.items():  # shipped as float16: extract with exactly those
-        getattr(pipe, name).load_state_dict(module.state_dict())
-        _round_to_half_(getattr(pipe, name))
+    pipe = SelvaPipeline.tiny(seed=ENCODER_SEED, duration=cfg.duration, **_random_kwargs())
+    encoders = {"video_encoder": pipe.video_encoder, "t5": pipe.t5}
+    with torch.no_grad():  # shipped as float16: extract with exactly the shipped weights
+        for module in encoders.values():
+            for p in module.parameters():
+                p.copy_(p.half().float())
     sync, text = [], []
     for i in tqdm(range(0, len(names), 16), desc="features", mininterval=30, file=sys.stderr):
         feats = pipe.extract_features(frames[i:i + 16], prompts[i:i + 16], cfg.duration)
@@ -456,7 +340,7 @@ def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter
         text.append(feats.text_clip_f.float())
     with forced_weight_norm(), torch.no_grad():
         post = vae.encode(mel(audio))
-    return FeatureBatch(
+    return encoders, FeatureBatch(
         latent_mean=post.mean.transpose(1, 2).contiguous(),
         latent_std=post.std.transpose(1, 2).contiguous(),
         sync_f=torch.cat(sync), sync_valid=torch.ones(len(names), seq.sync, dtype=torch.bool),
@@ -465,7 +349,7 @@ def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter
 
 
 def _random_kwargs() -> dict:
-    """``trained=False`` where SelvaPipeline.tiny knows it (the encoders start random)."""
+    """``trained=False`` where SelvaPipeline.tiny knows it (the encoders are random anyway)."""
     import inspect
 
     from selva_core.pipeline import SelvaPipeline
@@ -495,17 +379,23 @@ def train_generator(data: FeatureBatch, seq, cfg: BaseTrainConfig, variant):
     generator.train()
     opt = torch.optim.AdamW(params, lr=cfg.generator_lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = torch.Generator().manual_seed(cfg.seed + 5)
-
-    def step_loss(step: int) -> torch.Tensor:
+    history = []
+    bar = tqdm(range(cfg.generator_steps), desc="generator", mininterval=30, file=sys.stderr)
+    for step in bar:
         idx = torch.randint(0, len(data.names), (cfg.generator_batch,), generator=rng)
+        batch = _rows(data, idx)
         seeds = (step * cfg.generator_batch + torch.arange(cfg.generator_batch)).tolist()
         draws = draw_examples([cfg.seed * 1_000_003 + s for s in seeds],
-                              (seq.latent, variant.generator.latent_dim), cfg.generator_timesteps,
-                              0.1)
-        return training_loss(generator, generator, _rows(data, idx), draws).mean()
-
-    history = run_steps("generator", "flow loss", cfg.generator_steps, cfg.generator_lr, cfg, opt,
-                        params, step_loss)
+                              (seq.latent, variant.generator.latent_dim), "logit_normal", 0.1)
+        loss = training_loss(generator, generator, batch, draws).mean()
+        set_lr(opt, lr_at(step, cfg.generator_steps, cfg.generator_lr, cfg.warmup_steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        history.append(loss.item())
+        if step % 100 == 0 or step == cfg.generator_steps - 1:
+            log.info("generator step %d: flow loss %.4f", step, loss.item())
     generator.eval().requires_grad_(False)
     return generator, {"generator_loss_last100": round(float(np.mean(history[-100:])), 5)}
 
@@ -615,33 +505,35 @@ def main(argv=None) -> int:
     mels = mel(codec_audio)
     log.info("codec data: %d clips, mel %s (%.0f s)", len(mels), tuple(mels.shape),
              time.time() - t0)
-    def stage(name: str, train):
-        """Run a stage (``train() -> (network, figures)``) or take its network from --reuse."""
-        if name not in stages:
-            return reused[{"sync": "encoders"}.get(name, name)]
+    if "vae" in stages:
         start = time.time()
-        network, figures = train()
-        summary.update(figures)
-        seconds[name] = round(time.time() - start)
-        return network
-
-    vae = stage("vae", lambda: train_vae(mels, cfg, variant))
-    # The later stages use the VAE as its float16 file holds it (what inference and the LoRA
-    # feature cache use; also makes a run of some stages with --reuse equal a full run).
-    shipped_vae = copy.deepcopy(vae)
-    with torch.no_grad():
-        for name, p in shipped_vae.named_parameters():
-            if not name.endswith(KEEP_FP32):
-                p.copy_(p.half().float())
-    def vocoder_stage():
+        vae, s = train_vae(mels, cfg, variant)
+        summary.update(s)
+        seconds["vae"] = round(time.time() - start)
+    else:
+        vae = reused["vae"]
+    if "vocoder" in stages:
+        start = time.time()
+        shipped_vae = copy.deepcopy(vae)  # the vocoder learns what the float16 file decodes
+        with torch.no_grad():
+            for name, p in shipped_vae.named_parameters():
+                if not name.endswith(KEEP_FP32):
+                    p.copy_(p.half().float())
         with forced_weight_norm(), torch.no_grad():
             recon = shipped_vae.decode(shipped_vae.encode(mels).mean)
-        return train_vocoder(recon, codec_audio, cfg, variant, mel)
-
-    vocoder = stage("vocoder", vocoder_stage)
-    encoders = stage("sync", lambda: train_sync(cfg, variant, mel))
-    generator = stage("generator", lambda: train_generator(
-        *extract_generator_data(cfg, variant, shipped_vae, mel, encoders), cfg, variant))
+        vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
+        summary.update(s)
+        seconds["vocoder"] = round(time.time() - start)
+    else:
+        vocoder = reused["vocoder"]
+    if "generator" in stages:
+        start = time.time()
+        encoders, data, seq = extract_generator_data(cfg, variant, vae, mel)
+        generator, s = train_generator(data, seq, cfg, variant)
+        summary.update(s)
+        seconds["generator"] = round(time.time() - start)
+    else:
+        generator, encoders = reused["generator"], reused["encoders"]
     digests = save_weights(Path(args.out), generator, vae, vocoder, encoders, cfg)
     seconds["total"] = round(time.time() - t0)
     summary.update({"seconds": seconds, "stages": sorted(stages), "sha256": digests,

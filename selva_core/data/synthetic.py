@@ -2,10 +2,10 @@
 
 Three classes whose sound follows the picture, so a model can learn the link:
 
-* ``bounce``: a circle flies around and bounces off the walls, which glow in the frame of each
-  hit; the audio is a short click (decaying 2 kHz burst) at the exact moment of every wall hit.
-* ``hum``: a square glides up and down; the audio is a tone whose pitch and loudness follow
-  the shape's height (higher on screen = higher and louder), phase-continuous, with overtones.
+* ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
+  (decaying 2 kHz burst) at the exact moment of every wall hit.
+* ``hum``: a square glides up and down; the audio is a tone whose pitch follows the shape's
+  height (higher on screen = higher pitch), phase-continuous.
 * ``burst``: a disc flashes on a few times; while it is visible the audio is a hiss (band-passed
   noise, 1-6 kHz) that starts with the flash and fades until it goes dark. The tiny base model
   (``scripts/train_tiny_base.py``) never hears this class: the demo's LoRA teaches it.
@@ -155,17 +155,10 @@ def _bounce_clip(rng, n_frames, fps, size, n_samples, sample_rate):
         audio[i: i + n] += 0.6 * click[:n]
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
-    # the walls glow (dimmer than the ball) in the frame of each hit: the event is visible to
-    # an encoder that sees the whole picture at low resolution, not only as a turn of the ball
-    border = max(1, round(0.06 * size))
-    walls = (np.minimum(xx, size - xx) < border) | (np.minimum(yy, size - yy) < border)
-    glow = np.zeros(n_frames, bool)
-    glow[[min(n_frames - 1, round(t * fps)) for t in hits]] = True
     frames = np.empty((n_frames, size, size, 3), np.uint8)
     for i, (x, y) in enumerate(pos):
         mask = (xx - x) ** 2 + (yy - y) ** 2 <= radius**2
-        back = np.where(walls[..., None], bg + 60, bg) if glow[i] else bg
-        frames[i] = np.where(mask[..., None], fg, back)
+        frames[i] = np.where(mask[..., None], fg, bg)
     return frames, audio
 
 
@@ -183,11 +176,7 @@ def _hum_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     up = 1.0 - (height(t_audio) - low) / (high - low)  # 1 at the top, 0 at the bottom
     freq = 200.0 + 600.0 * up
     ph = 2 * np.pi * np.cumsum(freq) / sample_rate
-    # louder as it climbs, with overtones reaching 1-6 kHz, so the loudness envelope (what the
-    # weight-free sync figures compare) follows the height as the pitch does
-    loud = 0.25 + 0.75 * up
-    tone = 0.3 * np.sin(ph) + 0.12 * np.sin(2 * ph) + 0.08 * np.sin(3 * ph) + 0.05 * np.sin(4 * ph)
-    audio = (0.8 * loud * tone).astype(np.float32)
+    audio = (0.3 * np.sin(ph) + 0.08 * np.sin(2 * ph)).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
     frames = np.empty((n_frames, size, size, 3), np.uint8)
