@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import selva_core.weights.bundled as bundled
+from selva_core.audio.metrics import log_spectral_distance
 from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset, synthetic_clip
-from selva_core.evaluation.metrics import log_spectral_distance
 from selva_core.pipeline import SelvaPipeline
 from selva_core.training.config import TrainConfig
 from selva_core.training.demo import (

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selva_core.evaluation.metrics import RANKABLE_KEYS
+from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES

@@ -76,6 +76,7 @@ from selva_core.training.distributed import (
     barrier,
     wrap_model,
 )
+from selva_core.training.finish import intruder_summary, save_final_adapter, surgery_decision
 from selva_core.training.objective import ExampleStore, conditions, draw_examples, training_loss
 from selva_core.training.record import (
     Progress,
@@ -341,9 +342,34 @@ class LoRATrainer:
         save_adapter(self.gen, path, ADAPTER_NAME, metadata=metadata)
 
     def finish(self) -> TrainResult:
-        from selva_core.training.finish import finish_run
-
-        return finish_run(self)
+        """Surgery, intruder report, final adapter, last sample and summary (process 0)."""
+        cfg, out = self.cfg, self.out
+        if self.last_val is None or self.val_base is None:
+            self.validate()
+        surgery = surgery_decision(self.gen, self.adapter_name, cfg, self.train_store,
+                                   self.validator, self.device, self.latent_shape,
+                                   self.autocast, out if self.is_main else None)
+        # The loop validated this very step; only a kept surgery changed the adapter since, and
+        # it measured the loss after itself: no second validation of the same step.
+        if surgery.get("decision") == "kept":
+            val_loss_final = surgery["val_loss_after"]
+        else:
+            val_loss_final = self.last_val.loss if self.last_val else None
+        intr = intruder_summary(self.gen, self.adapter_name, out)
+        metadata = self.record.adapter_metadata(
+            self.progress, surgery=surgery,
+            intruders={k: intr[k] for k in ("total", "threshold")},
+            val_loss_final=val_loss_final, config=cfg.to_dict())
+        adapter_path, storage = save_final_adapter(self.gen, self.adapter_name, out,
+                                                   cfg.adapter_dtype, metadata)
+        self.write_sample("final")
+        self.write_curves()
+        self.log.write({"kind": "end", "step": self.step, "time": time.time(),
+                        "surgery": surgery.get("decision"), "intruders": intr["total"]})
+        return self.result("completed", surgery=surgery, intruders=intr,
+                           adapter_path=str(adapter_path), adapter_storage=storage,
+                           adapter_mb=adapter_path.stat().st_size / 1e6,
+                           val_loss_final=val_loss_final)
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
