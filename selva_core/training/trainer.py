@@ -62,8 +62,8 @@ from selva_core.model.precision import (
     OUT_OF_MEMORY_ERROR,
     cast_frozen_weights,
     is_out_of_memory,
-    native_bf16,
     peak_memory_bytes,
+    resolve_autocast_dtype,
     resolve_base_dtype,
 )
 from selva_core.training import checkpoint as ckpt
@@ -181,25 +181,14 @@ class _StopSignals:
         return False
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a capable GPU under 'auto'; fp32 (None) on CPU unless forced."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if native_bf16(device):  # not on cards that only emulate bf16 (slower than fp32)
-        return torch.bfloat16
-    return None
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device
+def resolve_run_dtypes(cfg: TrainConfig, device: torch.device
                       ) -> tuple[torch.dtype | None, torch.dtype]:
     """(autocast dtype or None for fp32, frozen base weight dtype) of a run on ``device``.
 
     A half-precision base needs every forward under autocast in its own dtype: ``--precision
     auto`` follows the base dtype, ``--base_dtype auto`` is fp32 under ``--precision fp32``,
     and a contradicting pair is one clear error (:meth:`TrainConfig.validate` names it)."""
-    autocast = _autocast_dtype(cfg.precision, device)
+    autocast = resolve_autocast_dtype(cfg.precision, device)
     if cfg.base_dtype == "auto" and cfg.precision == "fp32":
         return None, torch.float32
     base = resolve_base_dtype(cfg.base_dtype, device)
@@ -252,7 +241,7 @@ class LoRATrainer:
         self.dist = dist or DistContext()
         self.hooks = hooks or TrainHooks()
         self.device, self.is_main, self.out = self.dist.device, self.dist.is_main, cfg.output_path
-        self.autocast_dtype, self.base_dtype = resolve_precision(cfg, self.device)
+        self.autocast_dtype, self.base_dtype = resolve_run_dtypes(cfg, self.device)
         self.loss_scale = LOSS_SCALE_INIT if self.autocast_dtype == torch.float16 else None
         self._clean_steps = 0  # fp16: steps since the loss scale last changed
         self.variant = get_variant(cfg.variant)
