@@ -33,7 +33,7 @@ from selva_core.training.trainer import (  # noqa: E402
     TrainingDivergedError,
     TrainingOutOfMemoryError,
 )
-from selva_core.weights import CheckpointError as WeightsError  # noqa: E402
+from selva_core.weights import WeightsError  # noqa: E402
 
 log = logging.getLogger("train_lora")
 

@@ -54,9 +54,9 @@ from .variants import (
     SYNC_STEP_FRAMES,
     SYNC_TOKENS_PER_SEGMENT,
     TRAIN_DURATION_S,
-    CheckpointFile,
     ModelVariant,
     SequenceLengths,
+    WeightFile,
     get_variant,
 )
 from .weights import (
@@ -440,7 +440,7 @@ class SelvaPipeline:
 
         Each network is built without random init, then strictly loaded through
         :func:`~selva_core.weights.load_checked` (a wrong, broken or other-variant file raises
-        one :class:`~selva_core.weights.CheckpointError`). The VAE is re-normalised once and
+        one :class:`~selva_core.weights.WeightsError`). The VAE is re-normalised once and
         its encoder dropped unless ``need_vae_encoder`` (training needs it); the vocoder's
         legacy weight-norm keys are converted and the weight norm folded. ``clip_source`` /
         ``t5_source``: hub id or local folder of the text encoders; by default a folder named
@@ -463,7 +463,7 @@ class SelvaPipeline:
         from .model.text_encoders import load_text_encoders
         from .model.video_encoder import CHECKPOINT_PREFIXES
 
-        def load(component: str, file: CheckpointFile, transform=None) -> nn.Module:
+        def load(component: str, file: WeightFile, transform=None) -> nn.Module:
             path = ensure_checkpoint(file, models_dir, download=download, verify=verify)
             state_dict = read_state_dict(path, subkey=file.subkey)
             with skip_random_init():
