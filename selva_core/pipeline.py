@@ -231,10 +231,10 @@ class LatentMoments(NamedTuple):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw ``mean + std * eps`` (eps drawn where ``generator`` lives, then moved)."""
-        where = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=where)
+    def sample(self, rng: torch.Generator | None = None) -> torch.Tensor:
+        """One draw ``mean + std * eps`` (eps drawn where ``rng`` lives, then moved)."""
+        where = rng.device if rng is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=rng, device=where)
         return self.mean + self.std * eps.to(self.mean.device, self.mean.dtype)
 
 
