@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = (EvalSpecError, BadClipError, FileNotFoundError, FileExistsError, ValueError)
     try:
-        from selva_core.weights import CheckpointError
+        from selva_core.weights import WeightsError
 
-        expected = (*expected, CheckpointError)
+        expected = (*expected, WeightsError)
     except ImportError:  # pragma: no cover
         pass
     try:

@@ -5,7 +5,7 @@
     python train_lora.py --demo --output_dir demo_output          # no downloads, CPU is fine
     torchrun --nproc_per_node 4 train_lora.py --data_dir my_clips # several GPUs
     python train_lora.py --data_dir my_clips --output_dir lora_output --resume
-    python train_lora.py --sweep sweep.json   # several experiments (selva_core.training.sweep)
+    python train_lora.py --sweep sweep.json   # several experiments (selva_core.sweep)
 
 The adapter lands in ``OUTPUT_DIR/adapter_final.safetensors`` (load it in ComfyUI with the
 SelVA LoRA loader); everything else the run writes is listed in the final summary. Exit status:
@@ -33,7 +33,7 @@ from selva_core.training.trainer import (  # noqa: E402
     TrainingDivergedError,
     TrainingOutOfMemoryError,
 )
-from selva_core.weights import CheckpointError as WeightsError  # noqa: E402
+from selva_core.weights import WeightsError  # noqa: E402
 
 log = logging.getLogger("train_lora")
 
@@ -74,7 +74,7 @@ def _fail(exc: BaseException | str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a == "--sweep" or a.startswith("--sweep=") for a in args):
-        from selva_core.training.sweep import main_sweep  # several experiments from one file
+        from selva_core.sweep import main_sweep  # several experiments from one file
 
         return main_sweep(args)
     cfg = config_from_args(argv)

@@ -6,7 +6,7 @@ One command::
     python benchmarks/bench_kinds.py --steps 60 --kinds lora ia3
 
 It writes the demo's synthetic ``burst`` clips (the class the tiny base model never heard),
-then runs one sweep (``selva_core.training.sweep``) with one experiment per adapter kind, all
+then runs one sweep (``selva_core.sweep``) with one experiment per adapter kind, all
 with the demo's settings (tiny_16k, rank 8, lr 2e-3, batch 4) and the same number of steps,
 and evaluates every final adapter (``eval_adapters``' runner) on the first run's held-out
 clips over two seeds. The table gives per
@@ -38,13 +38,13 @@ from selva_core.evaluation.runner import run_evaluation  # noqa: E402
 from selva_core.evaluation.spec import EvalSpec  # noqa: E402
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE  # noqa: E402
 from selva_core.model.lora.kind import kind_names  # noqa: E402
+from selva_core.sweep import parse_sweep, run_sweep  # noqa: E402
 from selva_core.training.demo import (  # noqa: E402
     DEMO_CLASSES,
     DEMO_CLIP_SECONDS,
     DEMO_CLIPS_PER_CLASS,
     DEMO_SETTINGS,
 )
-from selva_core.training.sweep import parse_sweep, run_sweep  # noqa: E402
 
 SYNC_KEY = "env_corr_lag0"
 

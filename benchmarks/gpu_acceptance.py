@@ -62,8 +62,8 @@ if str(ROOT) not in sys.path:
 from selva_core.atomic import write_json_atomic  # noqa: E402
 from selva_core.features import ConditionFeatures  # noqa: E402
 from selva_core.model.lora import LoRAConfig, attach_lora, trainable_parameters  # noqa: E402
-from selva_core.model.precision import cast_frozen_weights  # noqa: E402
-from selva_core.pipeline import SelvaPipeline, resolve_precision  # noqa: E402
+from selva_core.model.precision import cast_frozen_weights, resolve_weight_dtype  # noqa: E402
+from selva_core.pipeline import SelvaPipeline  # noqa: E402
 from selva_core.variants import get_variant  # noqa: E402
 from selva_core.weights import build_component, skip_random_init  # noqa: E402
 
@@ -342,7 +342,7 @@ def section_precision(ctx: Context) -> dict:
 
 def section_render(ctx: Context) -> dict:
     p = ctx.plan
-    pipe = ctx.pipeline(resolve_precision("auto", p.device))
+    pipe = ctx.pipeline(resolve_weight_dtype("auto", p.device))
     kw = {"num_steps": p.steps, "cfg_strength": CFG, "window_s": p.window_s}
     short = random_features(p.variant, p.duration, 1, seed=2)
     long = random_features(p.variant, p.long_s, 1, seed=3)
@@ -373,7 +373,7 @@ def section_residency(ctx: Context) -> dict:
     from benchmarks.bench_pipeline import _adapter_file, _storage_bytes, _tensors
 
     p = ctx.plan
-    pipe = ctx.pipeline(resolve_precision("auto", p.device))
+    pipe = ctx.pipeline(resolve_weight_dtype("auto", p.device))
     feats = random_features(p.variant, p.duration, 1, seed=4)
     kw = {"seed": 0, "num_steps": p.residency_steps, "cfg_strength": CFG}
     # ComfyUI's ModelPatcher loads and unloads one module holding every network.
@@ -440,7 +440,7 @@ def section_eval(ctx: Context) -> dict:
     from benchmarks.bench_eval import batched_vs_one_by_one
 
     p = ctx.plan
-    pipe = ctx.pipeline(resolve_precision("auto", p.device))
+    pipe = ctx.pipeline(resolve_weight_dtype("auto", p.device))
     batch = random_features(p.variant, p.duration, p.eval_clips, seed=5)
     singles = [one_clip(batch, i) for i in range(p.eval_clips)]
     say(f"eval: {p.eval_clips} clips of {p.duration:g} s, {p.eval_steps} steps, batched vs "

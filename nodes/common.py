@@ -79,9 +79,9 @@ def _passthrough_types() -> tuple[type[BaseException], ...]:
 def _library_error_types() -> tuple[type[BaseException], ...]:
     kinds: list[type[BaseException]] = [ValueError, OSError, LookupError]
     try:
-        from selva_core.weights import CheckpointError
+        from selva_core.weights import WeightsError
 
-        kinds.append(CheckpointError)
+        kinds.append(WeightsError)
     except ImportError:
         pass
     return tuple(kinds)

@@ -3,7 +3,7 @@ from nodes.
 
 Both take their spec as JSON text or as the path of a JSON file, run exactly the library code
 the command lines run (:func:`selva_core.evaluation.runner.run_evaluation`,
-:func:`selva_core.training.sweep.run_sweep`), show progress, stop cleanly on Cancel (a rerun
+:func:`selva_core.sweep.run_sweep`), show progress, stop cleanly on Cancel (a rerun
 continues where they stopped) and return the text summary and the comparison chart. Relative
 folders in a spec: ``data_dir`` (and ``base.data_dir``) under ComfyUI's input folder,
 ``output_dir`` under its output folder, adapter paths under ``models/loras``, else under the
@@ -216,7 +216,7 @@ class SelvaLoraSweep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: SelvaModel, sweep: str) -> io.NodeOutput:
-        from selva_core.training.sweep import format_sweep_summary, parse_sweep, run_sweep
+        from selva_core.sweep import format_sweep_summary, parse_sweep, run_sweep
 
         data, source = _read_spec(SWEEP_NODE, sweep)
         data = dict(data)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from .atomic import UnusableFolderError, check_writable_folder
 from .console import say
-from .variants import DEFAULT_VARIANT, OFFICIAL_VARIANTS, VARIANTS, CheckpointFile
+from .variants import DEFAULT_VARIANT, OFFICIAL_VARIANTS, VARIANTS, WeightFile
 from .weights import (
-    CheckpointError,
+    WeightsError,
     destinations,
     ensure_files,
     file_url,
@@ -52,9 +52,9 @@ def _variants(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def files_for(variants: Sequence[str]) -> dict[str, CheckpointFile]:
+def files_for(variants: Sequence[str]) -> dict[str, WeightFile]:
     """Every file the variants need, once each, keyed by its path inside the models folder."""
-    files: dict[str, CheckpointFile] = {}
+    files: dict[str, WeightFile] = {}
     for name in variants:
         for file in VARIANTS[name].required_files().values():
             files.setdefault(file.relative_path, file)
@@ -96,7 +96,7 @@ def _command(variants: Sequence[str], models_dir: str | None) -> str:
     return shlex.join(cmd)
 
 
-def print_listing(files: dict[str, CheckpointFile], folder: Path, out=None) -> None:
+def print_listing(files: dict[str, WeightFile], folder: Path, out=None) -> None:
     """``URL<TAB>size<TAB>destination`` per file, after a ``#`` header line."""
     out = out or sys.stdout
     paths = destinations(files, folder)
@@ -106,7 +106,7 @@ def print_listing(files: dict[str, CheckpointFile], folder: Path, out=None) -> N
 
 
 def print_table(
-    files: dict[str, CheckpointFile], paths: dict[str, Path], fetched: set[str], out=None
+    files: dict[str, WeightFile], paths: dict[str, Path], fetched: set[str], out=None
 ) -> None:
     """What is where: file, status, size on disk, what it was checked against, path."""
     out = out or sys.stdout
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label=f"SelVA {', '.join(variants)}",
             command=_command(variants, args.models_dir),
         )
-    except CheckpointError as exc:
+    except WeightsError as exc:
         say(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -48,7 +48,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     from .model.lora.io import AdapterLoadError
-    from .weights import CheckpointError
+    from .weights import WeightsError
     from .weights.export import ExportError, export_merged_generator
 
     fmt = args.fmt or ("pth" if args.output.suffix.lower() in (".pth", ".pt") else "safetensors")
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = export_merged_generator(
             [(str(p), s) for p, s in args.adapter], args.output, variant=args.variant,
             models_dir=args.models_dir, fmt=fmt, download=args.download)
-    except (ExportError, AdapterLoadError, CheckpointError) as e:
+    except (ExportError, AdapterLoadError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result.path}: the {result.variant} generator ({result.tensors} tensors, "

@@ -58,24 +58,24 @@ class FlowMatchingConfig:
 DEFAULT_CONFIG = FlowMatchingConfig()
 
 
-def _draw_device(generator: torch.Generator | None, device) -> torch.device:
-    # Draw where the generator lives so a CPU generator gives the same numbers on any device.
-    if generator is not None:
-        return generator.device
+def _draw_device(rng: torch.Generator | None, device) -> torch.device:
+    # Draw where the rng lives so a CPU rng gives the same numbers on any device.
+    if rng is not None:
+        return rng.device
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
 def sample_t(
     batch: int,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     device: torch.device | str | None = None,
     *,
     mean: float = DEFAULT_CONFIG.t_mean,
     std: float = DEFAULT_CONFIG.t_std,
 ) -> torch.Tensor:
     """Logit-normal flow times ``sigmoid(N(mean, std^2))``, float32 (batch,) on ``device``."""
-    draw = _draw_device(generator, device)
-    n = torch.randn(batch, generator=generator, device=draw, dtype=torch.float32)
+    draw = _draw_device(rng, device)
+    n = torch.randn(batch, generator=rng, device=draw, dtype=torch.float32)
     t = torch.sigmoid(n * std + mean)
     return t.to(device) if device is not None else t
 
@@ -111,11 +111,11 @@ class DroppedConditions(NamedTuple):
 
 
 def dropout_coins(
-    batch: int, generator: torch.Generator | None = None, device=None
+    batch: int, rng: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
     """Uniform draws (2, batch) deciding the video (row 0) and text (row 1) dropout of each
-    sample; :func:`dropout_masks` turns them into masks. Drawn where ``generator`` lives."""
-    u = torch.rand(2, batch, generator=generator, device=_draw_device(generator, None))
+    sample; :func:`dropout_masks` turns them into masks. Drawn where ``rng`` lives."""
+    u = torch.rand(2, batch, generator=rng, device=_draw_device(rng, None))
     return u.to(device) if device is not None else u
 
 
@@ -162,12 +162,12 @@ def drop_conditions(
     text_f: torch.Tensor,
     clip_f: torch.Tensor | None = None,
     p: float = DEFAULT_CONFIG.null_condition_probability,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> DroppedConditions:
     """Classifier-free-guidance dropout of raw condition features, per sample: coins from
-    ``generator`` (:func:`dropout_coins`), then :func:`apply_condition_dropout` with
+    ``rng`` (:func:`dropout_coins`), then :func:`apply_condition_dropout` with
     probability ``p`` for the video and, independently, for the text."""
-    coins = dropout_coins(sync_f.shape[0], generator, sync_f.device)
+    coins = dropout_coins(sync_f.shape[0], rng, sync_f.device)
     video_drop, text_drop = dropout_masks(coins, p)
     clip, sync, text = apply_condition_dropout(model, clip_f, sync_f, text_f, video_drop,
                                                text_drop)
@@ -190,7 +190,7 @@ def flow_matching_loss(
     text_f: torch.Tensor,
     t: torch.Tensor | None = None,
     x0: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     reduction: str = "mean",
     config: FlowMatchingConfig = DEFAULT_CONFIG,
     *,
@@ -202,7 +202,7 @@ def flow_matching_loss(
     with the null-condition dropout of :func:`apply_condition_dropout` where the masks say.
 
     ``t`` defaults to logit-normal draws and ``x0`` to standard normal noise, both from
-    ``generator`` (pass fixed ones for a deterministic grid). ``video_drop`` / ``text_drop``
+    ``rng`` (pass fixed ones for a deterministic grid). ``video_drop`` / ``text_drop``
     (bool (B,)) drop conditions; None keeps them (draw masks with :func:`dropout_coins` and
     :func:`dropout_masks`). ``clip_f=None`` uses the null clip token. ``network`` runs the
     forward ``(x_t, clip, sync, text, t) -> v`` (e.g. a DistributedDataParallel wrapper of
@@ -212,11 +212,11 @@ def flow_matching_loss(
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     b = x1.shape[0]
     if t is None:
-        t = sample_t(b, generator, x1.device, mean=config.t_mean, std=config.t_std)
+        t = sample_t(b, rng, x1.device, mean=config.t_mean, std=config.t_std)
     t = torch.as_tensor(t, device=x1.device, dtype=torch.float32).reshape(-1).expand(b)
     if x0 is None:
-        draw = _draw_device(generator, x1.device)
-        x0 = torch.randn(x1.shape, generator=generator, device=draw, dtype=x1.dtype)
+        draw = _draw_device(rng, x1.device)
+        x0 = torch.randn(x1.shape, generator=rng, device=draw, dtype=x1.dtype)
         x0 = x0.to(x1.device)
     if x0.shape != x1.shape:
         raise ValueError(f"x0 shape {tuple(x0.shape)} differs from x1 shape {tuple(x1.shape)}")

@@ -59,7 +59,7 @@ from .pipeline import (
     plan_windows,
 )
 from .variants import DEFAULT_VARIANT, SYNC_FPS, TRAIN_DURATION_S, VARIANTS, min_duration
-from .weights import CheckpointError
+from .weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.embedding:
             pipe = pipe.with_embeddings([p / FINAL_EMBEDDING_FILE if p.is_dir() else p
                                          for p in args.embedding])
-    except (CheckpointError, AdapterLoadError, ValueError, RuntimeError, OSError) as exc:
+    except (WeightsError, AdapterLoadError, ValueError, RuntimeError, OSError) as exc:
         say(f"error: {exc}", file=sys.stderr)
         return EXIT_NOTHING_DONE
 

@@ -46,7 +46,7 @@ from .audio.mel import MelConverter
 from .features import ConditionFeatures
 from .flow_matching import DEFAULT_CONFIG, euler_sample
 from .model.lora import AdapterLoadError
-from .model.precision import BASE_DTYPE_CHOICES, BASE_DTYPES, resolve_base_dtype
+from .model.precision import BASE_DTYPE_CHOICES, resolve_weight_dtype
 from .variants import (
     CLIP_FPS,
     SYNC_FPS,
@@ -54,9 +54,9 @@ from .variants import (
     SYNC_STEP_FRAMES,
     SYNC_TOKENS_PER_SEGMENT,
     TRAIN_DURATION_S,
-    CheckpointFile,
     ModelVariant,
     SequenceLengths,
+    WeightFile,
     get_variant,
 )
 from .weights import (
@@ -78,9 +78,8 @@ _RESIZE_CHUNK = 32  # frames resized at a time (bounds memory for long HD clips)
 
 ProgressCallback = Callable[[int, int], None]
 
-#: ``precision`` choices of :meth:`SelvaPipeline.build` (``auto``: bf16 on a GPU that computes
-#: it natively, fp32 elsewhere): the same names and rule as the trainer's ``--base_dtype``.
-PRECISIONS: dict[str, torch.dtype] = BASE_DTYPES
+#: ``precision`` (weight dtype) choices of :meth:`SelvaPipeline.build` (``auto``: bf16 on a GPU
+#: that computes it natively, fp32 elsewhere): the trainer's ``--base_dtype`` names and rule.
 PRECISION_CHOICES = BASE_DTYPE_CHOICES
 #: ``offload`` choices: where the networks rest between runs (``gpu``: on the compute device;
 #: ``cpu``: in host memory, moved to the compute device for each run and back after it).
@@ -92,17 +91,6 @@ DEFAULT_OVERLAP_S = 1.0
 #: Seeds of the windows after the first: ``seed + k * WINDOW_SEED_STRIDE`` (mod 2**63).
 WINDOW_SEED_STRIDE = 0x9E3779B97F4A7C15
 _ADAPTER_NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def resolve_precision(precision: str | torch.dtype, device: torch.device | str) -> torch.dtype:
-    """``auto`` -> bf16 on a GPU that computes it natively, else fp32; or the named dtype."""
-    if isinstance(precision, torch.dtype):
-        if precision not in PRECISIONS.values():
-            raise ValueError(f"precision {precision} is not one of {list(PRECISIONS)}")
-        return precision
-    if precision not in PRECISION_CHOICES:
-        raise ValueError(f"precision {precision!r} is unknown; choose one of {PRECISION_CHOICES}")
-    return resolve_base_dtype(precision, torch.device(device))
 
 
 def _module_device(module: nn.Module) -> torch.device | None:
@@ -243,10 +231,10 @@ class LatentMoments(NamedTuple):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw ``mean + std * eps`` (eps drawn where ``generator`` lives, then moved)."""
-        where = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=where)
+    def sample(self, rng: torch.Generator | None = None) -> torch.Tensor:
+        """One draw ``mean + std * eps`` (eps drawn where ``rng`` lives, then moved)."""
+        where = rng.device if rng is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=rng, device=where)
         return self.mean + self.std * eps.to(self.mean.device, self.mean.dtype)
 
 
@@ -405,7 +393,7 @@ class SelvaPipeline:
         """
         v = get_variant(variant)
         target = torch.device(device) if device is not None else _default_device()
-        dtype = resolve_precision(precision, target)
+        dtype = resolve_weight_dtype(precision, target)
         if offload not in OFFLOAD_CHOICES:
             raise ValueError(f"offload {offload!r} is unknown; choose one of {OFFLOAD_CHOICES}")
         if v.is_tiny:
@@ -452,7 +440,7 @@ class SelvaPipeline:
 
         Each network is built without random init, then strictly loaded through
         :func:`~selva_core.weights.load_checked` (a wrong, broken or other-variant file raises
-        one :class:`~selva_core.weights.CheckpointError`). The VAE is re-normalised once and
+        one :class:`~selva_core.weights.WeightsError`). The VAE is re-normalised once and
         its encoder dropped unless ``need_vae_encoder`` (training needs it); the vocoder's
         legacy weight-norm keys are converted and the weight norm folded. ``clip_source`` /
         ``t5_source``: hub id or local folder of the text encoders; by default a folder named
@@ -475,7 +463,7 @@ class SelvaPipeline:
         from .model.text_encoders import load_text_encoders
         from .model.video_encoder import CHECKPOINT_PREFIXES
 
-        def load(component: str, file: CheckpointFile, transform=None) -> nn.Module:
+        def load(component: str, file: WeightFile, transform=None) -> nn.Module:
             path = ensure_checkpoint(file, models_dir, download=download, verify=verify)
             state_dict = read_state_dict(path, subkey=file.subkey)
             with skip_random_init():
@@ -1210,6 +1198,5 @@ __all__ = [
     "SelvaPipeline",
     "crossfade_curves",
     "plan_windows",
-    "resolve_precision",
     "window_seed",
 ]

@@ -247,7 +247,7 @@ HUB_URL = "https://huggingface.co"
 
 
 @dataclass(frozen=True)
-class CheckpointFile:
+class WeightFile:
     """One downloadable weight file and how to check it.
 
     ``subkey``: the state dict sits under this key. ``md5`` / ``sha256``: published checksums
@@ -281,24 +281,24 @@ class CheckpointFile:
 
 
 _MB = 1_000_000
-VIDEO_ENCODER_FILE = CheckpointFile(
+VIDEO_ENCODER_FILE = WeightFile(
     SELVA_REPO, "weights/video_enc_sup_5.pth", "ff09a6dc36148536ee4db97eba081d05",
     approx_size=515 * _MB,
 )
-VAE_16K_FILE = CheckpointFile(
+VAE_16K_FILE = WeightFile(
     SELVA_REPO, "ext_weights/v1-16.pth", "69f56803f59a549a1a507c93859fd4d7",
     approx_size=687 * _MB,
 )
-VAE_44K_FILE = CheckpointFile(
+VAE_44K_FILE = WeightFile(
     SELVA_REPO, "ext_weights/v1-44.pth", "fab020275fa44c6589820ce025191600",
     approx_size=1220 * _MB,
 )
-BIGVGAN_16K_FILE = CheckpointFile(
+BIGVGAN_16K_FILE = WeightFile(
     SELVA_REPO, "ext_weights/best_netG.pt", "eeaf372a38a9c31c362120aba2dde292", subkey="generator",
     approx_size=449 * _MB,
 )
 # NVIDIA publishes no md5 for this file: its sha256 is recorded at the first download.
-BIGVGAN_44K_FILE = CheckpointFile(
+BIGVGAN_44K_FILE = WeightFile(
     BIGVGAN_V2_44K_REPO, "bigvgan_generator.pt", None, subkey="generator"
 )
 
@@ -313,17 +313,17 @@ T5_DIR = repo_folder_name(T5_HUB_ID)  # flan-t5-base
 _CLIP_REPO = CLIP_TEXT_HUB_ID.removeprefix("hf-hub:")
 # The open_clip repository holds the whole CLIP (the visual tower too); only the text tower's
 # tensors are read from it.
-CLIP_TEXT_FILES: dict[str, CheckpointFile] = {
-    "clip_text.config": CheckpointFile(
+CLIP_TEXT_FILES: dict[str, WeightFile] = {
+    "clip_text.config": WeightFile(
         _CLIP_REPO, "open_clip_config.json", local_dir=CLIP_TEXT_DIR
     ),
-    "clip_text.weights": CheckpointFile(
+    "clip_text.weights": WeightFile(
         _CLIP_REPO, "open_clip_pytorch_model.bin", local_dir=CLIP_TEXT_DIR,
         approx_size=3950 * _MB,
     ),
 }
-T5_FILES: dict[str, CheckpointFile] = {
-    f"t5.{key}": CheckpointFile(T5_HUB_ID, name, local_dir=T5_DIR, approx_size=approx)
+T5_FILES: dict[str, WeightFile] = {
+    f"t5.{key}": WeightFile(T5_HUB_ID, name, local_dir=T5_DIR, approx_size=approx)
     for key, name, approx in (
         ("config", "config.json", None),
         ("weights", "model.safetensors", 990 * _MB),
@@ -346,10 +346,10 @@ class ModelVariant:
     vocoder: BigVGANConfig
     video_encoder: TextSynchConfig = field(default_factory=TextSynchConfig)
     text_encoders: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    generator_file: CheckpointFile | None = None
-    video_encoder_file: CheckpointFile | None = VIDEO_ENCODER_FILE
-    vae_file: CheckpointFile | None = None
-    vocoder_file: CheckpointFile | None = None
+    generator_file: WeightFile | None = None
+    video_encoder_file: WeightFile | None = VIDEO_ENCODER_FILE
+    vae_file: WeightFile | None = None
+    vocoder_file: WeightFile | None = None
     description: str = ""
 
     @property
@@ -369,7 +369,7 @@ class ModelVariant:
         render cuts the excess)."""
         return int(round(float(duration) * self.sample_rate))
 
-    def checkpoint_files(self) -> dict[str, CheckpointFile]:
+    def checkpoint_files(self) -> dict[str, WeightFile]:
         files = {
             "generator": self.generator_file,
             "video_encoder": self.video_encoder_file,
@@ -378,13 +378,13 @@ class ModelVariant:
         }
         return {k: v for k, v in files.items() if v is not None}
 
-    def text_encoder_files(self) -> dict[str, CheckpointFile]:
+    def text_encoder_files(self) -> dict[str, WeightFile]:
         """Files of the CLIP text tower and FLAN-T5 folders (none for tiny variants)."""
         if self.is_tiny:
             return {}
         return {**CLIP_TEXT_FILES, **T5_FILES}
 
-    def required_files(self) -> dict[str, CheckpointFile]:
+    def required_files(self) -> dict[str, WeightFile]:
         """Every file this variant needs: the four networks, then the text encoders' files."""
         return {**self.checkpoint_files(), **self.text_encoder_files()}
 
@@ -427,7 +427,7 @@ _register(ModelVariant(
     name="small_16k",
     generator=GeneratorConfig(latent_dim=20, **_SMALL),
     mel=MEL_16K, vae=VAE_16K, vocoder=BIGVGAN_V1_16K,
-    generator_file=CheckpointFile(
+    generator_file=WeightFile(
         SELVA_REPO, "weights/generator_small_16k_sup_5.pth", "1cb0f0deec52de37f67b1fd9965337d0",
         approx_size=601 * _MB,
     ),
@@ -444,7 +444,7 @@ for _name, _hp, _approx in (
         name=_name,
         generator=GeneratorConfig(latent_dim=40, **_hp),
         mel=MEL_44K, vae=VAE_44K, vocoder=BIGVGAN_V2_44K,
-        generator_file=CheckpointFile(
+        generator_file=WeightFile(
             SELVA_REPO, f"weights/generator_{_size}_44khz_sup_5.pth", approx_size=_approx
         ),
         vae_file=VAE_44K_FILE, vocoder_file=BIGVGAN_44K_FILE,
@@ -454,7 +454,7 @@ _register(ModelVariant(
     name="large_44k_v2",
     generator=GeneratorConfig(latent_dim=40, v2=True, **_LARGE),
     mel=MEL_44K, vae=VAE_44K, vocoder=BIGVGAN_V2_44K,
-    generator_file=CheckpointFile(
+    generator_file=WeightFile(
         MMAUDIO_REPO, "weights/mmaudio_large_44k_v2.pth", "01ad4464f049b2d7efdaa4c1a59b8dfe"
     ),
     vae_file=VAE_44K_FILE, vocoder_file=BIGVGAN_44K_FILE,

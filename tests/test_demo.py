@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import selva_core.weights.bundled as bundled
+from selva_core.audio.metrics import log_spectral_distance
 from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset, synthetic_clip
-from selva_core.evaluation.metrics import log_spectral_distance
 from selva_core.pipeline import SelvaPipeline
 from selva_core.training.config import TrainConfig
 from selva_core.training.demo import (
@@ -25,7 +25,7 @@ from selva_core.training.demo import (
     REPORT_NAME,
     write_listening_comparison,
 )
-from selva_core.weights import CheckpointError
+from selva_core.weights import WeightsError
 from selva_core.weights.bundled import bundled_files, bundled_path, file_sha256
 
 DURATION = 2.0
@@ -67,7 +67,7 @@ def test_a_damaged_bundled_file_is_one_error_naming_it(tmp_path, monkeypatch):
     data[-100] ^= 0xFF
     target.write_bytes(bytes(data))
     monkeypatch.setattr(bundled, "ASSETS_DIR", assets)
-    with pytest.raises(CheckpointError, match="vae.safetensors.*damaged"):
+    with pytest.raises(WeightsError, match="vae.safetensors.*damaged"):
         SelvaPipeline.tiny(duration=DURATION)
 
 

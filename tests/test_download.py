@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from selva_core import download as download_cli
-from selva_core.variants import OFFICIAL_VARIANTS, VARIANTS, CheckpointFile
+from selva_core.variants import OFFICIAL_VARIANTS, VARIANTS, WeightFile
 from selva_core.weights import (
-    CheckpointError,
     MissingWeightsError,
+    WeightsError,
     ensure_files,
     hub,
     preflight,
@@ -108,12 +108,12 @@ class SimulatedHub:
         self.server.server_close()
 
 
-def _path(file: CheckpointFile) -> str:
+def _path(file: WeightFile) -> str:
     return f"/{file.repo_id}/resolve/main/{file.filename}"
 
 
-BIG_FILE = CheckpointFile("someone/selva", "weights/big.pth")
-SMALL_FILE = CheckpointFile("someone/text", "config.json", local_dir="text")
+BIG_FILE = WeightFile("someone/selva", "weights/big.pth")
+SMALL_FILE = WeightFile("someone/text", "config.json", local_dir="text")
 FILES = {"big": BIG_FILE, "config": SMALL_FILE}
 
 
@@ -304,7 +304,7 @@ def test_server_ignoring_the_range_restarts_the_file_cleanly(sim_hub, tmp_path):
 def test_download_with_wrong_checksum_is_discarded_and_named(tamper, sim_hub, tmp_path,
                                                             monkeypatch):
     if tamper == "published md5":
-        files = {"big": CheckpointFile(BIG_FILE.repo_id, BIG_FILE.filename, md5="0" * 32)}
+        files = {"big": WeightFile(BIG_FILE.repo_id, BIG_FILE.filename, md5="0" * 32)}
     else:  # the hub announces the original's sha256 but serves altered bytes of the same size
         files = {"big": BIG_FILE}
         sim_hub.files[_path(BIG_FILE)] = BIG[:-1] + b"!"
@@ -325,13 +325,13 @@ def test_download_with_wrong_checksum_is_discarded_and_named(tamper, sim_hub, tm
 
 
 def test_verified_download_with_published_md5_is_recorded(sim_hub, tmp_path):
-    file = CheckpointFile(BIG_FILE.repo_id, BIG_FILE.filename, md5=hashlib.md5(BIG).hexdigest())
+    file = WeightFile(BIG_FILE.repo_id, BIG_FILE.filename, md5=hashlib.md5(BIG).hexdigest())
     path = ensure_files({"big": file}, tmp_path, download=True, progress=_quiet)["big"]
     assert read_sidecar(path)["checked_against"] == f"{PUBLISHED_MD5}, {HUB_SHA256}"
 
 
 def test_file_missing_on_the_hub_is_named(sim_hub, tmp_path):
-    files = {**FILES, "gone": CheckpointFile("someone/selva", "weights/gone.pth")}
+    files = {**FILES, "gone": WeightFile("someone/selva", "weights/gone.pth")}
     with pytest.raises(MissingWeightsError) as info:
         ensure_files(files, tmp_path, download=True, progress=_quiet)
     assert "did not answer for gone.pth" in str(info.value)
@@ -375,8 +375,8 @@ def test_cli_rejects_an_unknown_variant(capsys):
 def test_damaged_present_file_is_reported_not_overwritten(tmp_path, no_network):
     path = tmp_path / "big.pth"
     path.write_bytes(BIG)
-    file = CheckpointFile(BIG_FILE.repo_id, BIG_FILE.filename, md5="0" * 32)
-    with pytest.raises(CheckpointError, match="failed verification") as info:
+    file = WeightFile(BIG_FILE.repo_id, BIG_FILE.filename, md5="0" * 32)
+    with pytest.raises(WeightsError, match="failed verification") as info:
         ensure_files({"big": file}, tmp_path, download=True)
     assert not isinstance(info.value, MissingWeightsError)
     assert path.read_bytes() == BIG

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from selva_core.evaluation import metrics as M
+from selva_core.audio import metrics as M
 
 SR = 16000
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from selva_core.evaluation import metrics as M
+from selva_core.audio import metrics as M
 from selva_core.evaluation.runner import SUMMARY_FILE, run_evaluation
 from selva_core.evaluation.spec import load_spec
 from tests.eval_data import (

@@ -109,7 +109,7 @@ def _two_metric_adapter(id_, lsd, env, strength=1.0):
 
 
 def test_rank_by_a_higher_is_better_metric_takes_its_direction_from_the_registry():
-    from selva_core.evaluation.metrics import METRICS
+    from selva_core.audio.metrics import METRICS
 
     info = [dict(vars(m)) for m in METRICS]
     a, b = _two_metric_adapter("a", 10.0, 0.2), _two_metric_adapter("b", 20.0, 0.8)

@@ -113,11 +113,11 @@ def test_loss_draws_t_and_noise_from_the_generator_deterministically(tiny):
     x1, clip_f, sync_f, text_f = _features(tiny, 2)
     with torch.no_grad():
         a = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f,
-                               generator=torch.Generator().manual_seed(7))
+                               rng=torch.Generator().manual_seed(7))
         b = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f,
-                               generator=torch.Generator().manual_seed(7))
+                               rng=torch.Generator().manual_seed(7))
         c = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f,
-                               generator=torch.Generator().manual_seed(8))
+                               rng=torch.Generator().manual_seed(8))
     assert torch.equal(a.per_sample, b.per_sample) and torch.equal(a.t, b.t)
     assert not torch.equal(a.t, c.t)
 
@@ -126,7 +126,7 @@ def test_loss_backpropagates_into_the_model(tiny):
     model = SelvaGenerator.from_variant("tiny_16k", duration=1.0)
     x1, clip_f, sync_f, text_f = _features(model, 2)
     out = flow_matching_loss(model, x1, None, sync_f, text_f,
-                             generator=torch.Generator().manual_seed(0))
+                             rng=torch.Generator().manual_seed(0))
     out.loss.backward()
     grad = model.joint_blocks[0].latent_block.attn.qkv.weight.grad
     assert grad is not None and grad.abs().sum() > 0
@@ -151,7 +151,7 @@ def test_dropout_replaces_video_and_text_independently_per_sample(tiny):
     _, clip_f, sync_f, text_f = _features(tiny, 64)
     clip0, sync0, text0 = tiny.empty_conditions(64)
     out = drop_conditions(tiny, sync_f, text_f, clip_f, p=0.5,
-                          generator=torch.Generator().manual_seed(5))
+                          rng=torch.Generator().manual_seed(5))
     v, t = out.video_dropped, out.text_dropped
     assert (v & ~t).any() and (t & ~v).any()  # independent draws
     assert 10 < v.sum() < 54 and 10 < t.sum() < 54
@@ -160,7 +160,7 @@ def test_dropout_replaces_video_and_text_independently_per_sample(tiny):
         assert torch.equal(out.sync_f[i], sync0[i] if v[i] else sync_f[i])
         assert torch.equal(out.text_f[i], text0[i] if t[i] else text_f[i])
     again = drop_conditions(tiny, sync_f, text_f, clip_f, p=0.5,
-                            generator=torch.Generator().manual_seed(5))
+                            rng=torch.Generator().manual_seed(5))
     assert torch.equal(again.video_dropped, v) and torch.equal(again.text_dropped, t)
 
 
@@ -344,7 +344,7 @@ def test_loss_with_masks_equals_the_loss_on_explicitly_dropped_conditions(tiny):
     x1, clip_f, sync_f, text_f = _features(tiny, 4, seed=3)
     x0, t = torch.randn_like(x1), torch.tensor([0.2, 0.4, 0.6, 0.8])
     dropped = drop_conditions(tiny, sync_f, text_f, clip_f, p=0.5,
-                              generator=torch.Generator().manual_seed(11))
+                              rng=torch.Generator().manual_seed(11))
     assert dropped.video_dropped.any() and dropped.text_dropped.any()
     with torch.no_grad():
         masked = flow_matching_loss(tiny, x1, clip_f, sync_f, text_f, t=t, x0=x0,

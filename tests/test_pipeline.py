@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from selva_core.features import ConditionFeatures
 from selva_core.pipeline import SelvaPipeline
-from selva_core.variants import VARIANTS, CheckpointFile, get_variant
-from selva_core.weights import CheckpointError, build_component, sidecar_path
+from selva_core.variants import VARIANTS, WeightFile, get_variant
+from selva_core.weights import WeightsError, build_component, sidecar_path
 
 DURATION = 1.0  # seconds: 2 sync windows, 32 latent tokens at 16 kHz
 STEPS = 2
@@ -243,7 +243,7 @@ def test_free_encoders_keeps_sampling_and_explains_what_is_gone():
 
 # --- from_pretrained ------------------------------------------------------------------------------
 def test_from_pretrained_without_files_offline_names_the_missing_file(tmp_path):
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(WeightsError) as info:
         SelvaPipeline.from_pretrained("small_16k", models_dir=tmp_path, download=False)
     msg = str(info.value)
     assert "generator_small_16k_sup_5.pth" in msg and str(tmp_path) in msg
@@ -283,8 +283,8 @@ def test_from_pretrained_loads_local_files_like_the_reference_formats(tmp_path, 
     }
     torch.save({"generator": legacy, "optim": {"step": torch.tensor(3)}}, tmp_path / "voc.pt")
 
-    def file(name: str, subkey: str | None = None) -> CheckpointFile:
-        return CheckpointFile("test/repo", f"w/{name}", _md5(tmp_path / name), subkey)
+    def file(name: str, subkey: str | None = None) -> WeightFile:
+        return WeightFile("test/repo", f"w/{name}", _md5(tmp_path / name), subkey)
 
     variant = replace(
         base, name="tinyfiles_16k", generator_file=file("gen.pth"),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from selva_core.data.synthetic import make_synthetic_dataset
-from selva_core.training.sweep import (
+from selva_core.sweep import (
     SKIP_FLAG,
     SweepError,
     experiment_state,

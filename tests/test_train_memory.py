@@ -28,7 +28,7 @@ from selva_core.training.config import TrainConfig, config_from_args
 from selva_core.training.record import adapter_identity
 from selva_core.training.report import format_summary
 from selva_core.training.run import run_training
-from selva_core.training.trainer import TrainHooks, resolve_precision
+from selva_core.training.trainer import TrainHooks, resolve_run_dtypes
 from tests.training_data import fresh, tiny_training_set
 
 DURATION = 1.0
@@ -205,7 +205,7 @@ def test_auto_base_dtype_is_bf16_on_a_native_bf16_gpu_unless_precision_is_fp32(m
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
 
     def resolved(device, **kw):
-        return resolve_precision(TrainConfig(demo=True, **kw).validate(), device)
+        return resolve_run_dtypes(TrainConfig(demo=True, **kw).validate(), device)
 
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     assert resolved(gpu) == (bf16, bf16)

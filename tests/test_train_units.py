@@ -483,16 +483,16 @@ def test_video_and_text_dropout_coins_are_independent():
 
 
 def test_autocast_is_bf16_only_on_a_capable_gpu_unless_forced(monkeypatch):
-    from selva_core.training.trainer import _autocast_dtype
+    from selva_core.model.precision import resolve_autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert _autocast_dtype("auto", cpu) is None
-    assert _autocast_dtype("fp32", cuda) is None
-    assert _autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert resolve_autocast_dtype("auto", cpu) is None
+    assert resolve_autocast_dtype("fp32", cuda) is None
+    assert resolve_autocast_dtype("bf16", cpu) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert _autocast_dtype("auto", cuda) is torch.bfloat16
+    assert resolve_autocast_dtype("auto", cuda) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert _autocast_dtype("auto", cuda) is None
+    assert resolve_autocast_dtype("auto", cuda) is None
 
 
 class _StoredExample:

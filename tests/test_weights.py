@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from selva_core import weights
-from selva_core.variants import CheckpointFile, get_variant
+from selva_core.variants import WeightFile, get_variant
 from selva_core.weights import (
-    CheckpointError,
     MissingWeightsError,
+    WeightsError,
     ensure_checkpoint,
     load_checked,
     models_dir,
@@ -65,8 +65,8 @@ def test_models_dir_explicit_argument_beats_env_which_beats_default(monkeypatch,
 
 
 # --- verification ---------------------------------------------------------------------------------
-def _file(md5: str | None = PAYLOAD_MD5, **kwargs) -> CheckpointFile:
-    return CheckpointFile("someone/repo", "weights/thing.pth", md5, **kwargs)
+def _file(md5: str | None = PAYLOAD_MD5, **kwargs) -> WeightFile:
+    return WeightFile("someone/repo", "weights/thing.pth", md5, **kwargs)
 
 
 def _touch_later(path: Path) -> None:
@@ -93,7 +93,7 @@ def test_present_file_with_right_md5_is_verified_once_then_trusted(tmp_path, mon
 
 def test_present_file_with_wrong_md5_raises_naming_the_file(tmp_path):
     (tmp_path / "thing.pth").write_bytes(PAYLOAD + b"x")
-    with pytest.raises(CheckpointError, match=r"checksum mismatch.*thing\.pth"):
+    with pytest.raises(WeightsError, match=r"checksum mismatch.*thing\.pth"):
         ensure_checkpoint(_file(), tmp_path)
     assert not weights.sidecar_path(tmp_path / "thing.pth").exists()
     # verification can be skipped on purpose
@@ -106,7 +106,7 @@ def test_file_changed_after_verification_is_checked_again(tmp_path):
     ensure_checkpoint(_file(), tmp_path)
     path.write_bytes(PAYLOAD[:-1] + b"!")  # same size, new content and mtime
     _touch_later(path)
-    with pytest.raises(CheckpointError, match="checksum mismatch"):
+    with pytest.raises(WeightsError, match="checksum mismatch"):
         ensure_checkpoint(_file(), tmp_path)
 
 
@@ -120,7 +120,7 @@ def test_without_published_checksum_the_first_sha256_is_recorded_and_checked_lat
 
     path.write_bytes(PAYLOAD[:-1] + b"!")  # silently damaged, same size
     _touch_later(path)
-    with pytest.raises(CheckpointError, match=r"recorded at its first download.*thing\.pth"):
+    with pytest.raises(WeightsError, match=r"recorded at its first download.*thing\.pth"):
         weights.verify_file(path, _file(None))
 
     path.write_bytes(PAYLOAD)  # restored: a new mtime, the recorded sha256 matches again
@@ -134,7 +134,7 @@ def test_size_check_fails_before_hashing(tmp_path, monkeypatch):
     path = tmp_path / "thing.pth"
     path.write_bytes(PAYLOAD[:100])
     _no_hashing(monkeypatch)
-    with pytest.raises(CheckpointError, match=r"100 bytes but thing\.pth has 2,"):
+    with pytest.raises(WeightsError, match=r"100 bytes but thing\.pth has 2,"):
         weights.verify_file(path, _file(None, size=len(PAYLOAD)))
 
 
@@ -146,7 +146,7 @@ def test_file_truncated_after_its_sha256_was_recorded_is_named_without_hashing(
     weights.verify_file(path, _file(None))
     path.write_bytes(PAYLOAD[:50])
     _no_hashing(monkeypatch)
-    with pytest.raises(CheckpointError, match=r"is 50 bytes but was 2,[0-9]+ bytes"):
+    with pytest.raises(WeightsError, match=r"is 50 bytes but was 2,[0-9]+ bytes"):
         weights.verify_file(path, _file(None))
 
 
@@ -219,21 +219,21 @@ def test_reads_safetensors_and_pickles_with_subkey(tmp_path):
 
 def test_missing_subkey_and_wrapper_files_are_explained(tmp_path):
     torch.save({"generator": _toy_sd()}, tmp_path / "w.pt")
-    with pytest.raises(CheckpointError, match=r"no entry 'model'.*'generator'"):
+    with pytest.raises(WeightsError, match=r"no entry 'model'.*'generator'"):
         read_state_dict(tmp_path / "w.pt", subkey="model")
-    with pytest.raises(CheckpointError, match="nested state dicts"):
+    with pytest.raises(WeightsError, match="nested state dicts"):
         read_state_dict(tmp_path / "w.pt")
 
 
 def test_non_dict_content_is_rejected(tmp_path):
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match=r"list\.pt holds a list, not a state dict"):
+    with pytest.raises(WeightsError, match=r"list\.pt holds a list, not a state dict"):
         read_state_dict(tmp_path / "list.pt")
 
 
 def test_empty_file_is_rejected(tmp_path):
     (tmp_path / "empty.pth").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"empty\.pth is empty"):
+    with pytest.raises(WeightsError, match=r"empty\.pth is empty"):
         read_state_dict(tmp_path / "empty.pth")
 
 
@@ -247,7 +247,7 @@ def test_truncated_file_is_rejected_as_corrupt(tmp_path, suffix):
     data = full.read_bytes()
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(data[: len(data) - 40])
-    with pytest.raises(CheckpointError, match=r"cut\.\w+ is truncated or corrupt"):
+    with pytest.raises(WeightsError, match=r"cut\.\w+ is truncated or corrupt"):
         read_state_dict(cut)
 
 
@@ -262,7 +262,7 @@ class _RunsCode:
 def test_pickle_that_would_execute_code_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"proj.weight": _RunsCode(marker)}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="refusing to unpickle arbitrary code") as info:
+    with pytest.raises(WeightsError, match="refusing to unpickle arbitrary code") as info:
         read_state_dict(tmp_path / "evil.pth")
     assert "system" in str(info.value)
     assert not marker.exists()
@@ -289,7 +289,7 @@ def test_bad_state_dict_raises_one_error_and_leaves_model_untouched(corrupt, exp
     before = _snapshot(model)
     sd = _toy_sd()
     corrupt(sd)
-    with pytest.raises(CheckpointError, match=expected) as info:
+    with pytest.raises(WeightsError, match=expected) as info:
         load_checked(model, sd, component="toy", variant="toy_v", candidates={})
     assert "the model is unchanged" in str(info.value)
     _assert_unchanged(model, before)
@@ -303,7 +303,7 @@ def test_all_problems_are_listed_together_with_counts():
     sd["proj.weight"] = torch.zeros(1)
     for i in range(7):
         sd[f"junk.{i}"] = torch.zeros(1)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(WeightsError) as info:
         load_checked(model, sd, component="toy", variant="toy_v", source="x.pth", candidates={})
     msg = str(info.value)
     assert "x.pth" in msg and "missing 2 keys" in msg and "unexpected 7 keys" in msg
@@ -326,7 +326,7 @@ def test_obsolete_generator_keys_are_dropped_before_the_strict_load():
     sd.update({"t_embed.freqs": torch.zeros(128), "latent_rot": torch.zeros(1, 2, 3)})
     load_checked(model, sd, component="generator", variant="toy_v")
     assert torch.equal(model.proj.weight, sd["proj.weight"])
-    with pytest.raises(CheckpointError, match="latent_rot"):  # only dropped for the generator
+    with pytest.raises(WeightsError, match="latent_rot"):  # only dropped for the generator
         load_checked(Toy(), sd, component="vae", variant="toy_v", candidates={})
 
 
@@ -345,7 +345,7 @@ def test_file_of_another_variant_is_named():
     before = _snapshot(model)
     candidates = {"wide_v": {k: tuple(v.shape) for k, v in Toy(8).state_dict().items()},
                   "other_v": {"something.else": (1,)}}
-    with pytest.raises(CheckpointError, match="looks like variant wide_v, not toy_v"):
+    with pytest.raises(WeightsError, match="looks like variant wide_v, not toy_v"):
         load_checked(model, _toy_sd(width=8), component="toy", variant="toy_v",
                      candidates=candidates)
     _assert_unchanged(model, before)
@@ -369,7 +369,7 @@ def test_real_file_of_another_variant_is_recognised(component, file_variant, mod
         model = weights.build_component(component, get_variant(model_variant))
     sd = {k: torch.empty(s, device="meta")
           for k, s in weights.expected_shapes(component, file_variant).items()}
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(WeightsError) as info:
         load_checked(model, sd, component=component, variant=model_variant)
     assert f"looks like variant {file_variant}" in str(info.value)
     assert f"not {model_variant}" in str(info.value)
@@ -387,7 +387,7 @@ def test_legacy_weight_norm_vocoder_keys_load_through_the_conversion():
     }
     assert any(k.endswith("weight_g") for k in legacy)
     before = _snapshot(model)
-    with pytest.raises(CheckpointError, match="weight_g"):
+    with pytest.raises(WeightsError, match="weight_g"):
         load_checked(model, legacy, component="vocoder", variant="tiny_16k", candidates={})
     _assert_unchanged(model, before)
     load_checked(model, legacy, component="vocoder", variant="tiny_16k",

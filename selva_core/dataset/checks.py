@@ -43,11 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from selva_core.audio.metrics import mel_power, power_spectrogram
 from selva_core.audio.sync import motion_sync
 from selva_core.data.video import open_picture
 from selva_core.dataset.defaults import ROUND_TRIP_LSD_DB
 from selva_core.dataset.loudness import block_levels, integrated_lufs
-from selva_core.evaluation.metrics import mel_power, power_spectrogram
 
 CLIP_LEVEL = 0.999
 CLIP_SHARE = 0.001

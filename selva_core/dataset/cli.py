@@ -96,12 +96,12 @@ def round_trip_pipeline(args) -> object | None:
     if args.round_trip == "off":
         return None
     from selva_core.pipeline import SelvaPipeline
-    from selva_core.weights import CheckpointError
+    from selva_core.weights import WeightsError
 
     try:
         return SelvaPipeline.build(args.variant, models_dir=args.models_dir,
                                    device=args.device, need_vae_encoder=True)
-    except CheckpointError as error:
+    except WeightsError as error:
         if args.round_trip == "on":
             raise
         say(f"no VAE round trip: {str(error).splitlines()[0]}", file=sys.stderr)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from selva_core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from selva_core.audio.metrics import mel_power
 from selva_core.data.video import decode_frames
 from selva_core.dataset import checks
 from selva_core.dataset.inspect import ClipReport, Inspection
-from selva_core.evaluation.metrics import mel_power
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The clip's audio (mono, at the variant's rate) goes through the VAE encoder (posterior mean),
 the VAE decoder and the vocoder (:meth:`SelvaPipeline.encode_audio`, :meth:`SelvaPipeline.decode`),
 and the log-spectral distance of the result to the original
-(:func:`selva_core.evaluation.metrics.log_spectral_distance`) is the ceiling of what any adapter
+(:func:`selva_core.audio.metrics.log_spectral_distance`) is the ceiling of what any adapter
 can reach on that clip: the generator only ever produces latents, so sound the VAE and vocoder
 cannot reproduce is out of reach. Long clips go through in one piece (the VAE is
 convolutional); the result is cut to the input's length.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from selva_core.audio.metrics import log_spectral_distance
 from selva_core.data.audio import resample
-from selva_core.evaluation.metrics import log_spectral_distance
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selva_core.evaluation.metrics import mel_filterbank
+from selva_core.audio.metrics import mel_filterbank
 from selva_core.model.video_encoder import MotionFormer, SpatialAttentionAggregation
 from selva_core.variants import SYNC_FPS, TextSynchConfig
 

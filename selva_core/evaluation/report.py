@@ -38,8 +38,8 @@ from typing import Any
 from urllib.parse import quote
 
 from selva_core.atomic import savefig_atomic, write_text_atomic
-from selva_core.evaluation import metrics as M
-from selva_core.evaluation.metrics import MOTION_KEYS
+from selva_core.audio import metrics as M
+from selva_core.audio.metrics import MOTION_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC, best_choice
 from selva_core.evaluation.verdict import column_label as _col_label
 

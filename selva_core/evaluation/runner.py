@@ -12,10 +12,10 @@
 4. render baseline first, then every adapter x strength x seed, clips of equal duration
    batched through the sampler; per render a WAV and an MP4 with the sound muxed onto the
    clip's video (its picture re-encoded where browsers do not play it), its metrics
-   (:mod:`.metrics`, every one on the 16-bit samples its WAV holds; drift against the baseline
-   render of the same clip and seed; the weight-free sync figures against the reference sound
-   and the clip's motion energy), DeSync (:mod:`.desync`) and CLAP (:mod:`.embeddings`) when
-   available;
+   (:mod:`~selva_core.audio.metrics`, every one on the 16-bit samples its WAV holds; drift
+   against the baseline render of the same clip and seed; the weight-free sync figures against
+   the reference sound and the clip's motion energy), DeSync (:mod:`.desync`) and CLAP
+   (:mod:`.embeddings`) when available;
    ``eval_summary.json`` is rewritten atomically after every render;
 5. aggregate, write ``metrics.csv``, the charts and ``index.html`` (:mod:`.report`).
 
@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from selva_core.atomic import json_safe, write_json_atomic
+from selva_core.audio import metrics as M
 from selva_core.checksums import file_sha256
 from selva_core.data.errors import BadClipError
-from selva_core.evaluation import metrics as M
 from selva_core.evaluation.clips import (
     EvalClip,
     RunInfo,
@@ -57,6 +57,7 @@ from selva_core.evaluation.clips import (
     read_run_folder,
 )
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
+from selva_core.media import write_wav
 from selva_core.variants import TRAIN_DURATION_S
 
 log = logging.getLogger(__name__)
@@ -482,10 +483,9 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
                       scorers: _Scorers, summary: dict[str, Any],
                       motions: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
     """Copy each eval clip's reference sound and video; measure the reference (as a 16-bit
-    WAV holds it, like the renders: :func:`~.metrics.pcm16`); its onset-vs-motion figures
-    show what the true sound scores on the clip's picture."""
+    WAV holds it, like the renders: :func:`~selva_core.audio.metrics.pcm16`); its
+    onset-vs-motion figures show what the true sound scores on the clip's picture."""
     from selva_core.data.audio import load_mono
-    from selva_core.training.report import write_wav
 
     ref_dir = out / "reference"
     ref_dir.mkdir(parents=True, exist_ok=True)
@@ -515,7 +515,7 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
                 else:
                     rel = f"reference/{clip.name}.wav"
                     if not (out / rel).is_file():
-                        write_wav(wave, sr, out / rel)
+                        write_wav(out / rel, wave, sr)
                 row["audio"] = rel
                 n = int(round(durations[_ckey(clip)] * sr))
                 wave = M.pcm16(wave[:n])
@@ -677,11 +677,9 @@ def _render_all(state: _State, pipeline, jobs: list[_Job], features, references,
 
 def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, references, scorers,
                    seconds: float, adapter_sha: str | None) -> None:
-    from selva_core.training.report import write_wav
-
     out = state.out
     rel = render_relpath(job)
-    write_wav(wave, sr, out / rel)
+    write_wav(out / rel, wave, sr)
     # Measure what the file holds: the baseline is read back from its WAV, so both sides of
     # every metric are 16-bit (rounding is never counted as drift).
     wave = M.pcm16(wave)

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selva_core.evaluation.metrics import RANKABLE_KEYS
+from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
@@ -53,7 +53,6 @@ FINAL_ADAPTER = FINAL_ADAPTER_FILE
 CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = BASE_DTYPE_CHOICES  # the pipeline's precision names
 
 
 #: Every spec field with its default and meaning (the CLI's --help and the node's tooltip).
@@ -361,7 +360,7 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
         batch_size=batch_size, drift_dir=drift_dir, desync=flag("desync", True),
         synchformer=synchformer, clap_model=clap_model, mp4=flag("mp4", True),
         device=choice("device", "auto", DEVICES), precision=choice("precision", "auto",
-                                                                    PRECISIONS),
+                                                                    BASE_DTYPE_CHOICES),
         rank_by=choice("rank_by", RANKING_METRIC, RANKABLE_KEYS),
     )
     if problems:

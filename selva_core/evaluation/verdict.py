@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
-from selva_core.evaluation.metrics import metric_info
+from selva_core.audio.metrics import metric_info
 
 #: The default ranking: log-spectral distance to the reference recording (lower = closer).
 RANKING_METRIC = "lsd_db"

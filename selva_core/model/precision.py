@@ -1,4 +1,10 @@
-"""Frozen base weights in half precision, and the peak memory of a run.
+"""The precision vocabulary, frozen base weights in half precision, and the peak memory of a run.
+
+Two dtypes are named apart everywhere: the *weight dtype* (what the frozen networks are stored
+in: the pipeline's ``precision``, the trainer's ``--base_dtype``, choices
+:data:`BASE_DTYPE_CHOICES`, resolved by :func:`resolve_weight_dtype`) and the *autocast dtype*
+(what a training forward computes in: ``--precision``, choices :data:`AUTOCAST_CHOICES`,
+resolved by :func:`resolve_autocast_dtype`; None means fp32 without autocast).
 
 Training a LoRA adapter only needs gradients for the adapter, so the frozen generator's
 matrices can be stored in bfloat16 / float16: half the bytes of the largest tensors of a
@@ -28,6 +34,8 @@ BASE_DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 }
 BASE_DTYPE_CHOICES = ("auto", *BASE_DTYPES)
+#: ``--precision`` (training autocast) choices; fp16 autocast comes with an fp16 base only.
+AUTOCAST_CHOICES = ("auto", "bf16", "fp32")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -50,6 +58,28 @@ def resolve_base_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice not in BASE_DTYPES:
         raise ValueError(f"base dtype {choice!r} is unknown; choose one of {BASE_DTYPE_CHOICES}")
     return BASE_DTYPES[choice]
+
+
+def resolve_weight_dtype(choice: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """A weight dtype given by name (``auto`` resolved for ``device``) or as a torch dtype."""
+    if isinstance(choice, torch.dtype):
+        if choice not in BASE_DTYPES.values():
+            raise ValueError(f"precision {choice} is not one of {list(BASE_DTYPES)}")
+        return choice
+    if choice not in BASE_DTYPE_CHOICES:
+        raise ValueError(f"precision {choice!r} is unknown; choose one of {BASE_DTYPE_CHOICES}")
+    return resolve_base_dtype(choice, torch.device(device))
+
+
+def resolve_autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a capable GPU under 'auto'; fp32 (None) on CPU unless forced."""
+    if choice == "fp32":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if native_bf16(device):  # not on cards that only emulate bf16 (slower than fp32)
+        return torch.bfloat16
+    return None
 
 
 def _weight_layers(model: nn.Module):

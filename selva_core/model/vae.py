@@ -262,9 +262,9 @@ class DiagonalGaussian:
     def mode(self) -> torch.Tensor:
         return self.mean
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, rng: torch.Generator | None = None) -> torch.Tensor:
         noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+            self.mean.shape, generator=rng, device=self.mean.device, dtype=self.mean.dtype
         )
         return self.mean + self.std * noise
 

@@ -27,13 +27,12 @@ from selva_core.data.errors import ON_BAD_CLIP_CHOICES as BAD_CLIP_POLICIES
 from selva_core.data.windows import WINDOW_POLICIES
 from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.lora.kind import kind_names
-from selva_core.model.precision import BASE_DTYPE_CHOICES
+from selva_core.model.precision import AUTOCAST_CHOICES, BASE_DTYPE_CHOICES
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
 METHODS = ("lora", "textual_inversion")
-PRECISIONS = ("auto", "bf16", "fp32")
 ADAPTER_DTYPES = ("auto", "fp32", "q16", "fp16")
 DEFAULT_TARGETS = ("attn",)
 WARMUP_FRACTION = 0.05  # default --warmup_steps: this share of --steps
@@ -181,7 +180,7 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=_opt(
         "'auto' = bf16 autocast on a GPU that supports it, fp32 on CPU (with a half "
         "--base_dtype: autocast in that dtype); 'bf16' or 'fp32' to force. Adapter weights are "
-        "always kept in fp32.", choices=PRECISIONS))
+        "always kept in fp32.", choices=AUTOCAST_CHOICES))
     base_dtype: str = field(default="auto", metadata=_opt(
         "Storage of the frozen generator weights while training: 'fp32', 'bf16' or 'fp16' "
         "(half the memory of the largest tensors; adapters stay fp32 and every forward runs "
@@ -325,7 +324,7 @@ class TrainConfig:
             problems.append("--target needs at least one module pattern or preset")
         for name, allowed in (("timestep_mode", TIMESTEP_MODES), ("lr_schedule", LR_SCHEDULES),
                               ("init", INIT_MODES), ("window", WINDOW_POLICIES),
-                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", PRECISIONS),
+                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", AUTOCAST_CHOICES),
                               ("base_dtype", BASE_DTYPE_CHOICES),
                               ("lora_kind", tuple(kind_names()))):
             if getattr(self, name) not in allowed:

@@ -105,11 +105,11 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
     length; the true audio is cut or padded to that length. ``pipeline``: the base pipeline
     (default: the one the run trained on, built afresh with its encoders).
     """
+    from selva_core.audio.metrics import log_spectral_distance
     from selva_core.data import scan_dataset
     from selva_core.data.audio import load_mono
     from selva_core.data.split import clip_of
     from selva_core.data.video import decode_frames
-    from selva_core.evaluation.metrics import log_spectral_distance
     from selva_core.training.distributed import resolve_device
     from selva_core.training.run import build_pipeline
 

@@ -1,19 +1,24 @@
-"""The end of a completed run: surgery decision, intruder report, final adapter, summary.
+"""The end of a completed run: surgery decision, intruder report and final adapter.
 
 1. spectral surgery on the trained adapter, kept only when the validation loss does not get
    worse (``surgery.json``); skipped with --no-surgery or without a validation split;
 2. the intruder-dimension report of the final adapter (``intruders.json`` / ``.png``);
 3. ``adapter_final.safetensors`` in the storage ``--adapter_dtype`` asks for, with the run
-   record as metadata; a last sample and the curves;
-4. ``summary.json`` (written by the trainer's :meth:`~.trainer.LoRATrainer.result`).
+   record as metadata.
+
+The trainer (:meth:`~.trainer.LoRATrainer.finish`) orders these steps, then writes the last
+sample, the curves and ``summary.json``; the functions here take what they need as arguments,
+so that this module does not depend on the trainer.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,11 +31,10 @@ from selva_core.model.lora import (
     surgery_with_validation,
 )
 from selva_core.training import checkpoint as ckpt
+from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import mix_seed
-from selva_core.training.objective import draw_examples, training_loss
-
-if TYPE_CHECKING:
-    from selva_core.training.trainer import LoRATrainer, TrainResult
+from selva_core.training.objective import ExampleStore, draw_examples, training_loss
+from selva_core.training.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +44,18 @@ SURGERY_BATCHES = 8
 _SURGERY_SEED = 0x5C6E
 
 
-def surgery_decision(trainer: LoRATrainer) -> dict[str, Any]:
-    """Spectral surgery kept only when the validation loss does not get worse."""
-    cfg, store = trainer.cfg, trainer.train_store
+def surgery_decision(gen: torch.nn.Module, adapter_name: str, cfg: TrainConfig,
+                     store: ExampleStore, validator: Validator, device: torch.device,
+                     latent_shape: tuple[int, int],
+                     autocast: Callable[[], AbstractContextManager],
+                     out: Path | None) -> dict[str, Any]:
+    """Spectral surgery kept only when the validation loss does not get worse.
+
+    ``autocast`` opens the run's autocast context; ``out`` (None on processes other than the
+    first) receives ``surgery.json``."""
     if not cfg.surgery:
         return {"decision": "skipped", "reason": "(--no-surgery)"}
-    if not len(trainer.validator):
+    if not len(validator):
         return {"decision": "skipped", "reason": "(no validation split to judge it)"}
     n = min(SURGERY_BATCHES, max(1, math.ceil(len(store) / cfg.batch_size)))
     perm = torch.randperm(len(store), generator=torch.Generator().manual_seed(
@@ -53,20 +63,19 @@ def surgery_decision(trainer: LoRATrainer) -> dict[str, Any]:
 
     def calib_loss(i: int) -> torch.Tensor:
         idx = [perm[(i * cfg.batch_size + j) % len(perm)] for j in range(cfg.batch_size)]
-        batch = store.batch(idx).to(trainer.device)
+        batch = store.batch(idx).to(device)
         seeds = [mix_seed(cfg.seed, _SURGERY_SEED, i, j) for j in range(len(idx))]
-        draws = draw_examples(seeds, trainer.latent_shape, cfg.timestep_mode,
-                              cfg.cond_dropout).to(trainer.device)
-        with trainer.autocast():
-            return training_loss(trainer.gen, trainer.gen, batch, draws).mean()
+        draws = draw_examples(seeds, latent_shape, cfg.timestep_mode,
+                              cfg.cond_dropout).to(device)
+        with autocast():
+            return training_loss(gen, gen, batch, draws).mean()
 
     def val_loss() -> float:
-        return float(trainer.validator.evaluate(trainer.gen, trainer.gen, trainer.device).loss)
+        return float(validator.evaluate(gen, gen, device).loss)
 
     try:
-        outcome = surgery_with_validation(trainer.gen, calib_loss, val_loss,
-                                          trainer.adapter_name, num_batches=n,
-                                          config=SurgeryConfig())
+        outcome = surgery_with_validation(gen, calib_loss, val_loss, adapter_name,
+                                          num_batches=n, config=SurgeryConfig())
     except ValueError as exc:
         log.warning("spectral surgery skipped: %s", exc)
         return {"decision": "skipped", "reason": f"({exc})"}
@@ -75,45 +84,27 @@ def surgery_decision(trainer: LoRATrainer) -> dict[str, Any]:
             "policy": outcome.result.config.policy, "calibration_batches": n,
             "reason": "(validation loss not worse)" if outcome.kept
             else "(validation loss got worse)"}
-    if trainer.is_main:
-        ckpt.write_json_atomic(trainer.out / SURGERY_FILE,
+    if out is not None:
+        ckpt.write_json_atomic(out / SURGERY_FILE,
                                {**info, "layers": outcome.result.summary()["layers"]})
     return info
 
 
-def finish_run(trainer: LoRATrainer) -> TrainResult:
-    """Surgery, intruder report, final adapter, last sample and summary (process 0)."""
-    cfg, out = trainer.cfg, trainer.out
-    if trainer.last_val is None or trainer.val_base is None:
-        trainer.validate()
-    surgery = surgery_decision(trainer)
-    # The loop validated this very step; only a kept surgery changed the adapter since, and
-    # it measured the loss after itself: no second validation of the same step.
-    if surgery.get("decision") == "kept":
-        val_loss_final = surgery["val_loss_after"]
-    else:
-        val_loss_final = trainer.last_val.loss if trainer.last_val else None
-    intruders = intruder_report(trainer.gen, trainer.adapter_name,
-                                json_path=out / "intruders.json",
+def intruder_summary(gen: torch.nn.Module, adapter_name: str, out: Path) -> dict[str, Any]:
+    """The final adapter's intruder-dimension report (written to ``out``) in brief."""
+    intruders = intruder_report(gen, adapter_name, json_path=out / "intruders.json",
                                 png_path=out / "intruders.png")
     total = intruders.total()
-    intr = {"total": total, "threshold": intruders.threshold, "layers": len(intruders.layers),
+    return {"total": total, "threshold": intruders.threshold, "layers": len(intruders.layers),
             "summary": f"{total} intruder dimension(s) (cos < {intruders.threshold:g}, top-"
                        f"{intruders.top_k}) over {len(intruders.layers)} layers; "
                        "see intruders.json/png"}
-    adapter_path = out / FINAL_ADAPTER
-    metadata = trainer.record.adapter_metadata(
-        trainer.progress, surgery=surgery,
-        intruders={k: intr[k] for k in ("total", "threshold")},
-        val_loss_final=val_loss_final, config=cfg.to_dict())
-    storage = adapter_storage(trainer.gen, trainer.adapter_name, cfg.adapter_dtype)
-    save_adapter(trainer.gen, adapter_path, trainer.adapter_name, metadata=metadata,
-                 storage=storage)
-    trainer.write_sample("final")
-    trainer.write_curves()
-    trainer.log.write({"kind": "end", "step": trainer.step, "time": time.time(),
-                       "surgery": surgery.get("decision"), "intruders": total})
-    return trainer.result("completed", surgery=surgery, intruders=intr,
-                          adapter_path=str(adapter_path), adapter_storage=storage,
-                          adapter_mb=adapter_path.stat().st_size / 1e6,
-                          val_loss_final=val_loss_final)
+
+
+def save_final_adapter(gen: torch.nn.Module, adapter_name: str, out: Path, adapter_dtype: str,
+                       metadata: dict[str, Any]) -> tuple[Path, str]:
+    """``adapter_final.safetensors`` in the storage ``adapter_dtype`` asks for: (path, storage)."""
+    path = out / FINAL_ADAPTER
+    storage = adapter_storage(gen, adapter_name, adapter_dtype)
+    save_adapter(gen, path, adapter_name, metadata=metadata, storage=storage)
+    return path, storage

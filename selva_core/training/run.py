@@ -52,7 +52,7 @@ from selva_core.training.trainer import (
     TrainHooks,
     TrainResult,
     check_rank,
-    resolve_precision,
+    resolve_run_dtypes,
 )
 from selva_core.variants import get_variant
 
@@ -334,7 +334,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
     start_over = no_checkpoint_yet(cfg)  # every process decides before process 0 clears it
     dist = init_distributed(cfg.device)
     try:
-        resolve_precision(cfg, dist.device)  # a contradicting --precision fails before any work
+        resolve_run_dtypes(cfg, dist.device)  # a contradicting --precision fails before any work
         reset_peak_memory(dist.device)  # the summary's peak memory is this run's
         if dist.is_main:
             check_folders(cfg)

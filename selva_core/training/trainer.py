@@ -62,8 +62,8 @@ from selva_core.model.precision import (
     OUT_OF_MEMORY_ERROR,
     cast_frozen_weights,
     is_out_of_memory,
-    native_bf16,
     peak_memory_bytes,
+    resolve_autocast_dtype,
     resolve_base_dtype,
 )
 from selva_core.training import checkpoint as ckpt
@@ -76,6 +76,7 @@ from selva_core.training.distributed import (
     barrier,
     wrap_model,
 )
+from selva_core.training.finish import intruder_summary, save_final_adapter, surgery_decision
 from selva_core.training.objective import ExampleStore, conditions, draw_examples, training_loss
 from selva_core.training.record import (
     Progress,
@@ -103,11 +104,11 @@ ADAPTER_NAME = "default"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 _GLOBAL_RNG_SEED = 0xD20F
-# fp16 autocast (``--base_dtype fp16``): the loss is multiplied by a power of two before the
-# backward pass so that small gradients do not underflow fp16, and the gradients divided by it
-# (exactly) before clipping. Gradients that overflow skip the update and halve the scale; it
-# doubles after LOSS_SCALE_GROWTH_STEPS clean steps (torch's GradScaler rule). bf16 and fp32
-# have fp32's range and need none of this.
+# fp16 autocast (``--base_dtype fp16``): ``torch.amp.GradScaler`` multiplies the loss by a power
+# of two before the backward pass so that small gradients do not underflow fp16, and divides
+# the gradients by it (exactly) before clipping. Gradients that overflow skip the update and
+# halve the scale; it doubles after LOSS_SCALE_GROWTH_STEPS clean steps. bf16 and fp32 have
+# fp32's range and need none of this (the scaler is disabled).
 LOSS_SCALE_INIT = 2.0**16
 LOSS_SCALE_GROWTH_STEPS = 2000
 
@@ -180,25 +181,14 @@ class _StopSignals:
         return False
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a capable GPU under 'auto'; fp32 (None) on CPU unless forced."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if native_bf16(device):  # not on cards that only emulate bf16 (slower than fp32)
-        return torch.bfloat16
-    return None
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device
+def resolve_run_dtypes(cfg: TrainConfig, device: torch.device
                       ) -> tuple[torch.dtype | None, torch.dtype]:
     """(autocast dtype or None for fp32, frozen base weight dtype) of a run on ``device``.
 
     A half-precision base needs every forward under autocast in its own dtype: ``--precision
     auto`` follows the base dtype, ``--base_dtype auto`` is fp32 under ``--precision fp32``,
     and a contradicting pair is one clear error (:meth:`TrainConfig.validate` names it)."""
-    autocast = _autocast_dtype(cfg.precision, device)
+    autocast = resolve_autocast_dtype(cfg.precision, device)
     if cfg.base_dtype == "auto" and cfg.precision == "fp32":
         return None, torch.float32
     base = resolve_base_dtype(cfg.base_dtype, device)
@@ -251,9 +241,7 @@ class LoRATrainer:
         self.dist = dist or DistContext()
         self.hooks = hooks or TrainHooks()
         self.device, self.is_main, self.out = self.dist.device, self.dist.is_main, cfg.output_path
-        self.autocast_dtype, self.base_dtype = resolve_precision(cfg, self.device)
-        self.loss_scale = LOSS_SCALE_INIT if self.autocast_dtype == torch.float16 else None
-        self._clean_steps = 0  # fp16: steps since the loss scale last changed
+        self.autocast_dtype, self.base_dtype = resolve_run_dtypes(cfg, self.device)
         self.variant = get_variant(cfg.variant)
         self.gen = generator
         self.gen.update_seq_lengths(self.variant.sequence_lengths(cfg.duration))
@@ -271,6 +259,10 @@ class LoRATrainer:
         for g in groups:
             g["base_lr"] = g["lr"]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=LOSS_SCALE_INIT,
+            growth_interval=LOSS_SCALE_GROWTH_STEPS,
+            enabled=self.autocast_dtype == torch.float16)
         self.schedule = LRSchedule(cfg.steps, cfg.warmup, cfg.lr_schedule)
         self.model = wrap_model(self.gen, self.dist)
         self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints,
@@ -341,9 +333,34 @@ class LoRATrainer:
         save_adapter(self.gen, path, ADAPTER_NAME, metadata=metadata)
 
     def finish(self) -> TrainResult:
-        from selva_core.training.finish import finish_run
-
-        return finish_run(self)
+        """Surgery, intruder report, final adapter, last sample and summary (process 0)."""
+        cfg, out = self.cfg, self.out
+        if self.last_val is None or self.val_base is None:
+            self.validate()
+        surgery = surgery_decision(self.gen, self.adapter_name, cfg, self.train_store,
+                                   self.validator, self.device, self.latent_shape,
+                                   self.autocast, out if self.is_main else None)
+        # The loop validated this very step; only a kept surgery changed the adapter since, and
+        # it measured the loss after itself: no second validation of the same step.
+        if surgery.get("decision") == "kept":
+            val_loss_final = surgery["val_loss_after"]
+        else:
+            val_loss_final = self.last_val.loss if self.last_val else None
+        intr = intruder_summary(self.gen, self.adapter_name, out)
+        metadata = self.record.adapter_metadata(
+            self.progress, surgery=surgery,
+            intruders={k: intr[k] for k in ("total", "threshold")},
+            val_loss_final=val_loss_final, config=cfg.to_dict())
+        adapter_path, storage = save_final_adapter(self.gen, self.adapter_name, out,
+                                                   cfg.adapter_dtype, metadata)
+        self.write_sample("final")
+        self.write_curves()
+        self.log.write({"kind": "end", "step": self.step, "time": time.time(),
+                        "surgery": surgery.get("decision"), "intruders": intr["total"]})
+        return self.result("completed", surgery=surgery, intruders=intr,
+                           adapter_path=str(adapter_path), adapter_storage=storage,
+                           adapter_mb=adapter_path.stat().st_size / 1e6,
+                           val_loss_final=val_loss_final)
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -421,9 +438,7 @@ class LoRATrainer:
                 with self._grad_sync(micro == cfg.grad_accum - 1):
                     with self.autocast():
                         loss = self.batch_loss(batch, draws).mean()
-                    scaled = loss / cfg.grad_accum
-                    if self.loss_scale is not None:
-                        scaled = scaled * self.loss_scale
+                    scaled = self.scaler.scale(loss / cfg.grad_accum)
                     scaled.backward()
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
@@ -438,16 +453,18 @@ class LoRATrainer:
         mean_loss = float(all_reduce_mean(torch.stack(losses).mean(), self.dist))
         if not math.isfinite(mean_loss):
             self._diverged("loss", mean_loss, names)
-        overflow = self.loss_scale is not None and not self._unscale_gradients()
-        if overflow and self.loss_scale <= 1.0:
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        # fp16: a non-finite norm is an overflow the scaler skips (and then backs off from)
+        overflow = scale is not None and not math.isfinite(grad_norm)
+        if overflow and scale <= 1.0:
             self._diverged("gradient norm", float("inf"), names)
-        grad_norm = None
-        if not overflow:
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-            if not math.isfinite(grad_norm):
-                self._diverged("gradient norm", grad_norm, names)
-        scale = self.loss_scale
+        if overflow:
+            grad_norm = None
+        elif not math.isfinite(grad_norm):
+            self._diverged("gradient norm", grad_norm, names)
         self._update(overflow)
         dt = time.perf_counter() - t0
         self.elapsed += dt
@@ -481,27 +498,18 @@ class LoRATrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def _unscale_gradients(self) -> bool:
-        """fp16: divide the gradients by the loss scale; False when any of them overflowed."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        for g in grads:
-            g.mul_(1.0 / self.loss_scale)  # a power of two: exact
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-
     def _update(self, overflow: bool = False) -> None:
         """AdamW step (skipped, with the fp16 loss scale halved, on overflow) and the step
         boundary (the state a checkpoint captures)."""
         self._in_update = True
-        if not overflow:
-            self.optimizer.step()
-        if self.loss_scale is not None:
-            self._clean_steps = 0 if overflow else self._clean_steps + 1
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the update when the gradients overflowed
+            self.scaler.update()
             if overflow:
-                self.loss_scale /= 2
                 log.warning("step %d: fp16 gradients overflowed; update skipped, loss scale "
-                            "now %g", self.step + 1, self.loss_scale)
-            elif self._clean_steps >= LOSS_SCALE_GROWTH_STEPS:
-                self.loss_scale, self._clean_steps = self.loss_scale * 2, 0
+                            "now %g", self.step + 1, self.scaler.get_scale())
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.stream_pos += self.step_size
@@ -626,9 +634,10 @@ class LoRATrainer:
         self._boundary_rng = (state.rng_tensors, state.rng_meta)
         self.step, self.stream_pos, self.elapsed = state.step, state.stream_pos, state.elapsed_s
         self.val_base = state.extra.get("val_base")
-        if self.loss_scale is not None and state.extra.get("loss_scale") is not None:
-            self.loss_scale = float(state.extra["loss_scale"])
-            self._clean_steps = int(state.extra.get("loss_scale_clean_steps", 0))
+        if self.scaler.is_enabled() and state.extra.get("loss_scale") is not None:
+            self.scaler.load_state_dict({
+                **self.scaler.state_dict(), "scale": float(state.extra["loss_scale"]),
+                "_growth_tracker": int(state.extra.get("loss_scale_clean_steps", 0))})
         if self.is_main:
             self.ckpt.forget_after(self.step)
             self.log.truncate_after(self.step)
@@ -660,10 +669,16 @@ class LoRATrainer:
             val_loss=self.last_val.loss if self.last_val and self._val_step == self.step
             else None,
             elapsed_s=self.elapsed, config=self.cfg.to_dict(), rng_tensors=rng_t,
-            rng_meta=rng_m, extra={**self.record.state_extra(self.progress), **(
-                {"loss_scale": self.loss_scale, "loss_scale_clean_steps": self._clean_steps}
-                if self.loss_scale is not None else {})},
+            rng_meta=rng_m,
+            extra={**self.record.state_extra(self.progress), **self._scaler_extra()},
         )
+
+    def _scaler_extra(self) -> dict[str, Any]:
+        """fp16: the loss scale and the clean steps since it last changed (resume restores them)."""
+        if not self.scaler.is_enabled():
+            return {}
+        state = self.scaler.state_dict()
+        return {"loss_scale": state["scale"], "loss_scale_clean_steps": state["_growth_tracker"]}
 
     # --- validation / samples / checkpoints -------------------------------------------------
     def validate(self) -> ValidationResult | None:

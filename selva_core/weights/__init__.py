@@ -11,7 +11,7 @@
 This package never imports ComfyUI; the nodes pass ``models/selva`` as ``models_dir``.
 """
 
-from .errors import CheckpointError, MissingFile, MissingWeightsError
+from .errors import MissingFile, MissingWeightsError, WeightsError
 from .hub import RemoteFile, download_file, fetch, file_url, hub_endpoint, hub_offline, probe
 from .loading import (
     COMPONENTS,
@@ -44,7 +44,7 @@ __all__ = [
     "DEFAULT_MODELS_DIR",
     "MODELS_DIR_ENV",
     "SIDECAR_SUFFIX",
-    "CheckpointError",
+    "WeightsError",
     "MissingFile",
     "MissingWeightsError",
     "RemoteFile",

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..checksums import file_sha256
 from ..variants import BUNDLED_WEIGHTS, BundledFile
-from .errors import CheckpointError
+from .errors import WeightsError
 from .loading import load_checked
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ def bundled_path(file: BundledFile) -> Path:
 
 def check_bundled_file(file: BundledFile) -> Path:
     """The file's path once it exists and matches its registered sha256, else one
-    :class:`~selva_core.weights.CheckpointError` naming the file and what to do."""
+    :class:`~selva_core.weights.WeightsError` naming the file and what to do."""
     path = bundled_path(file)
     if not path.is_file():
-        raise CheckpointError(
+        raise WeightsError(
             f"the bundled weight file {path} is missing; restore it from the repository "
             f"(git checkout -- {Path('selva_core/assets') / file.path}) or regenerate it with "
             "scripts/train_tiny_base.py (then update its sha256 in selva_core/variants.py)"
@@ -55,7 +55,7 @@ def check_bundled_file(file: BundledFile) -> Path:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     seen = _VERIFIED.get(key) or file_sha256(path)
     if seen != file.sha256:
-        raise CheckpointError(
+        raise WeightsError(
             f"the bundled weight file {path} is damaged or was replaced: sha256 {seen}, the "
             f"registry expects {file.sha256}; restore it from the repository or, if you "
             "retrained it on purpose, put the new sha256 in selva_core/variants.py"

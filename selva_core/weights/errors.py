@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..variants import CheckpointFile
+from ..variants import WeightFile
 
 
-class CheckpointError(ValueError):
+class WeightsError(ValueError):
     """A weight file is missing, broken, unsafe or does not fit the network it is loaded into."""
 
 
@@ -18,12 +18,12 @@ class MissingFile:
     """One file a variant needs that is not in the models folder."""
 
     key: str  # role in the variant, e.g. "generator" or "t5.weights"
-    file: CheckpointFile
+    file: WeightFile
     url: str
     destination: Path
 
 
-class MissingWeightsError(CheckpointError):
+class MissingWeightsError(WeightsError):
     """Files a variant needs are missing and cannot be fetched now; ``missing`` lists them all."""
 
     def __init__(self, message: str, missing: Sequence[MissingFile] = ()):

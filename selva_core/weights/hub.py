@@ -24,8 +24,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..checksums import file_digests
-from ..variants import HUB_URL, CheckpointFile
-from .errors import CheckpointError
+from ..variants import HUB_URL, WeightFile
+from .errors import WeightsError
 from .models_dir import check_digests, record_download
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or HUB_URL).rstrip("/")
 
 
-def file_url(file: CheckpointFile) -> str:
+def file_url(file: WeightFile) -> str:
     """Download URL of ``file`` on the current endpoint."""
     return file.url(hub_endpoint())
 
@@ -69,7 +69,7 @@ class RemoteFile:
     sha256: str | None
 
 
-def probe(file: CheckpointFile, *, timeout: float = PROBE_TIMEOUT_S) -> RemoteFile:
+def probe(file: WeightFile, *, timeout: float = PROBE_TIMEOUT_S) -> RemoteFile:
     """One HEAD request (no retries): the file's size, sha256 (LFS files) and download location.
 
     Raises whatever the connection raises (unreachable host, timeout, 404, gated repository).
@@ -129,7 +129,7 @@ def fetch(remote: RemoteFile, part: Path, on_bytes: Callable[[int], None]) -> No
 
 
 def download_file(
-    file: CheckpointFile,
+    file: WeightFile,
     dest: Path,
     remote: RemoteFile,
     on_bytes: Callable[[int], None] = lambda n: None,
@@ -148,7 +148,7 @@ def download_file(
              f"{file.local_name} anew.")
     if expected is not None and size != expected:
         part.unlink()
-        raise CheckpointError(
+        raise WeightsError(
             f"downloaded {size:,} bytes of {file.relative_path} from {remote.url} but the file "
             f"has {expected:,} bytes. {again}"
         )
@@ -157,7 +157,7 @@ def download_file(
         how = check_digests(
             dest, digests, file, hub_sha256=remote.sha256, what=again
         )
-    except CheckpointError:
+    except WeightsError:
         part.unlink()
         raise
     os.replace(part, dest)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..variants import VARIANTS, ModelVariant, get_variant
-from .errors import CheckpointError
+from .errors import WeightsError
 from .safe_read import LIST_LIMIT, count_keys, describe_keys
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def load_checked(
     source: str | os.PathLike | None = None,
     candidates: Mapping[str, Shapes] | None = None,
 ) -> nn.Module:
-    """Load ``state_dict`` into ``module`` strictly, or raise one :class:`CheckpointError`.
+    """Load ``state_dict`` into ``module`` strictly, or raise one :class:`WeightsError`.
 
     Steps: drop the component's known obsolete keys and ``drop_keys``; apply ``transform``
     (e.g. legacy weight-norm renaming); compare keys and shapes with ``module.state_dict()``.
@@ -238,7 +238,7 @@ def load_checked(
                 + more
             )
         lines.append("  nothing was loaded; the model is unchanged.")
-        raise CheckpointError("\n".join(lines))
+        raise WeightsError("\n".join(lines))
 
     cast = {}
     for k, v in sd.items():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from ..checksums import file_digests
-from ..variants import CheckpointFile
-from .errors import CheckpointError
+from ..variants import WeightFile
+from .errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ def resolve_models_dir(explicit: str | os.PathLike | None = None) -> Path:
     return DEFAULT_MODELS_DIR
 
 
-def destination(file: CheckpointFile, models_dir: str | os.PathLike | None = None) -> Path:
+def destination(file: WeightFile, models_dir: str | os.PathLike | None = None) -> Path:
     """The exact path ``file`` has inside the models folder."""
     return resolve_models_dir(models_dir) / file.relative_path
 
 
 def destinations(
-    files: Mapping[str, CheckpointFile], models_dir: str | os.PathLike | None = None
+    files: Mapping[str, WeightFile], models_dir: str | os.PathLike | None = None
 ) -> dict[str, Path]:
     """``{key: path}`` for a mapping of files (see :meth:`ModelVariant.required_files`)."""
     folder = resolve_models_dir(models_dir)
@@ -103,7 +103,7 @@ def _write_sidecar(path: Path, digests: Mapping[str, str], checked_against: str)
                        sidecar_path(path), exc)
 
 
-def _published(file: CheckpointFile, hub_sha256: str | None) -> dict[str, tuple[str, str]]:
+def _published(file: WeightFile, hub_sha256: str | None) -> dict[str, tuple[str, str]]:
     """``{algorithm: (expected digest, where it comes from)}`` for the checks that apply."""
     out: dict[str, tuple[str, str]] = {}
     if file.md5:
@@ -118,20 +118,20 @@ def _published(file: CheckpointFile, hub_sha256: str | None) -> dict[str, tuple[
 def check_digests(
     path: Path,
     digests: Mapping[str, str],
-    file: CheckpointFile,
+    file: WeightFile,
     *,
     hub_sha256: str | None = None,
     what: str = "",
 ) -> str | None:
     """Compare digests with every published checksum; return what they were checked against.
 
-    Raises :class:`CheckpointError` naming ``path`` on a mismatch; ``what`` ends the message
+    Raises :class:`WeightsError` naming ``path`` on a mismatch; ``what`` ends the message
     (what to do). Returns None when no checksum is published (the caller records one).
     """
     checks = _published(file, hub_sha256)
     for algo, (expected, source) in checks.items():
         if digests[algo] != expected:
-            raise CheckpointError(
+            raise WeightsError(
                 f"checksum mismatch for {path}: {algo} is {digests[algo]}, expected {expected} "
                 f"({source}). {what or _DAMAGED}"
             )
@@ -140,7 +140,7 @@ def check_digests(
 
 def verify_file(
     path: str | os.PathLike,
-    file: CheckpointFile,
+    file: WeightFile,
     *,
     force: bool = False,
 ) -> str:
@@ -150,19 +150,19 @@ def verify_file(
     unless the sidecar says this unchanged file was already verified, the md5/sha256 against
     the published checksums or the sha256 recorded at its first download. A file without any
     record gets its sha256 recorded now. ``force`` re-hashes even an unchanged file.
-    Raises one :class:`CheckpointError` naming the file and what to do.
+    Raises one :class:`WeightsError` naming the file and what to do.
     """
     path = Path(path)
     st = path.stat()
     if file.size is not None and st.st_size != file.size:
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is {st.st_size:,} bytes but {file.relative_path} has {file.size:,} bytes: "
             f"it is incomplete or a different file. Delete it and download it again."
         )
     record = read_sidecar(path)
     recorded_sha = record.get("sha256") if record else None
     if recorded_sha and record.get("size") != st.st_size:
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is {st.st_size:,} bytes but was {record.get('size'):,} bytes when its "
             f"sha256 was recorded ({sidecar_path(path).name}): the file changed. Delete it "
             f"and download it again (or delete the sidecar if you replaced it on purpose)."
@@ -180,7 +180,7 @@ def verify_file(
     digests = file_digests(path)
     how = check_digests(path, digests, file)
     if recorded_sha and digests["sha256"] != recorded_sha and "sha256" not in checks:
-        raise CheckpointError(
+        raise WeightsError(
             f"checksum mismatch for {path}: sha256 is {digests['sha256']} but "
             f"{recorded_sha} was recorded at its first download ({sidecar_path(path).name}): "
             f"the file changed or is damaged. Delete it and download it again (or delete the "

@@ -16,9 +16,9 @@ import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..variants import CheckpointFile, ModelVariant, get_variant
+from ..variants import ModelVariant, WeightFile, get_variant
 from . import hub
-from .errors import CheckpointError, MissingFile, MissingWeightsError
+from .errors import MissingFile, MissingWeightsError, WeightsError
 from .hub import RemoteFile, file_url, hub_endpoint, hub_offline, part_path
 from .models_dir import destinations, resolve_models_dir, verify_file
 
@@ -41,7 +41,7 @@ def human_size(n: int | None, approx: bool = False) -> str:
     return ("~" if approx else "") + text
 
 
-def file_size_label(file: CheckpointFile) -> str:
+def file_size_label(file: WeightFile) -> str:
     """Exact size where published, else the approximate one (``~``), else ``?``."""
     if file.size is not None:
         return human_size(file.size)
@@ -100,7 +100,7 @@ def _tqdm_progress(total: int | None, initial: int) -> tuple[Progress, Callable[
 
 
 def ensure_files(
-    files: Mapping[str, CheckpointFile],
+    files: Mapping[str, WeightFile],
     models_dir: str | os.PathLike | None = None,
     *,
     download: bool = False,
@@ -123,10 +123,10 @@ def ensure_files(
         for key in present:
             try:
                 verify_file(paths[key], files[key])
-            except CheckpointError as exc:
+            except WeightsError as exc:
                 problems.append(f"  {exc}")
         if problems:
-            raise CheckpointError(
+            raise WeightsError(
                 f"{label}: {len(problems)} weight file(s) in {folder.absolute()} failed "
                 f"verification:\n" + "\n".join(problems)
             )
@@ -214,7 +214,7 @@ def preflight(
     :meth:`~selva_core.variants.ModelVariant.required_files`. A tiny variant needs nothing
     and returns ``{}``. ``text_encoders=False`` leaves the text encoders' folders out (for a
     caller that loads them from elsewhere). Raises one :class:`MissingWeightsError` listing
-    every missing file with its URL and destination, or one :class:`CheckpointError` listing
+    every missing file with its URL and destination, or one :class:`WeightsError` listing
     damaged files.
     """
     v = get_variant(variant) if isinstance(variant, str) else variant
@@ -239,7 +239,7 @@ def preflight(
 
 
 def ensure_checkpoint(
-    file: CheckpointFile,
+    file: WeightFile,
     models_dir: str | os.PathLike | None = None,
     download: bool = True,
     verify: bool = True,

@@ -2,7 +2,7 @@
 
 A pickle that would run code is refused, never executed; every way a file can be broken
 (empty, truncated, corrupt, not a state dict, nested where a flat one is expected) becomes one
-:class:`~selva_core.weights.errors.CheckpointError` naming the file.
+:class:`~selva_core.weights.errors.WeightsError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import WeightsError
 
 LIST_LIMIT = 5  # names shown per problem category in an error message
 
@@ -35,17 +35,17 @@ def _read_pickle(path: Path) -> object:
         if "Weights only load failed" in message:
             name = _unsafe_global(message)
             what = f" (it asks for {name})" if name else ""
-            raise CheckpointError(
+            raise WeightsError(
                 f"refusing to unpickle arbitrary code from {path}{what}: a weights-only load "
                 f"allows tensors and plain containers only. Use a checkpoint from a trusted "
                 f"source, or convert it to .safetensors."
             ) from exc
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is not a readable torch checkpoint ({exc}); it is corrupt or truncated. "
             f"Delete it and download it again."
         ) from exc
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError) as exc:
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is truncated or corrupt and cannot be read ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'unexpected end of data'}). Delete it "
             f"and download it again."
@@ -59,7 +59,7 @@ def _read_safetensors(path: Path, subkey: str | None) -> dict[str, torch.Tensor]
     try:
         tensors = load_file(str(path), device="cpu")
     except SafetensorError as exc:
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is truncated or corrupt and cannot be read as safetensors ({exc}). "
             f"Delete it and download or convert it again."
         ) from exc
@@ -86,14 +86,14 @@ def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[
 
     ``subkey`` selects a nested state dict (the BigVGAN files keep theirs under
     ``'generator'``). Pickles are read with ``weights_only=True`` (memory-mapped when the
-    file allows it); one :class:`CheckpointError` naming the file covers an empty, truncated
+    file allows it); one :class:`WeightsError` naming the file covers an empty, truncated
     or corrupt file, a pickle that would execute code, non-dict content and a missing subkey.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weight file {path} does not exist")
+        raise WeightsError(f"weight file {path} does not exist")
     if path.stat().st_size == 0:
-        raise CheckpointError(
+        raise WeightsError(
             f"weight file {path} is empty (0 bytes), probably an interrupted download. Delete "
             f"it and download it again."
         )
@@ -102,19 +102,19 @@ def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[
 
     obj = _read_pickle(path)
     if not isinstance(obj, Mapping):
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} holds a {type(obj).__name__}, not a state dict ({{name: tensor}}); it is "
             f"not a weight file for this network."
         )
     if subkey is not None:
         if subkey not in obj:
-            raise CheckpointError(
+            raise WeightsError(
                 f"{path} has no entry {subkey!r} (top-level keys: {describe_keys(obj)}); it is "
                 f"not the expected checkpoint."
             )
         obj = obj[subkey]
         if not isinstance(obj, Mapping):
-            raise CheckpointError(
+            raise WeightsError(
                 f"{path}[{subkey!r}] is a {type(obj).__name__}, not a state dict"
             )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
@@ -128,7 +128,7 @@ def read_state_dict(path: str | os.PathLike, subkey: str | None = None) -> dict[
             if nested
             else ""
         )
-        raise CheckpointError(
+        raise WeightsError(
             f"{path} is not a flat state dict: {len(bad)} entries are not tensors "
             f"({describe_keys(bad)}).{hint}"
         )

@@ -36,6 +36,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .kind import get_kind
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RANK = 16
@@ -106,8 +108,6 @@ class LoRAConfig:
         if not self.targets:
             raise ValueError("LoRAConfig.targets is empty; give a preset such as 'attn'")
         parse_init(self.init)
-        from .kind import get_kind  # late import: the kinds import this module
-
         get_kind(self.kind)
 
     @property

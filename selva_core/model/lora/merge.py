@@ -151,14 +151,14 @@ def ties_merge(deltas: Sequence[torch.Tensor], weights: Sequence[float], density
 
 
 def dare_merge(deltas: Sequence[torch.Tensor], weights: Sequence[float], density: float,
-               generator: torch.Generator) -> torch.Tensor:
+               rng: torch.Generator) -> torch.Tensor:
     """DARE: each delta keeps every entry with probability ``density``, rescaled by
     ``1 / density``; the weighted sum of the results. The masks are drawn in float32 (as
     peft draws them for float32 weights), so a seed gives the same masks in both."""
     out = torch.zeros_like(deltas[0])
     for d, w in zip(deltas, weights):
         keep = torch.full(d.shape, density, dtype=torch.float32)
-        mask = torch.bernoulli(keep, generator=generator).to(d.dtype)
+        mask = torch.bernoulli(keep, generator=rng).to(d.dtype)
         out += w * (d * mask / density)
     return out
 
@@ -202,7 +202,7 @@ def merge_adapter_files(
     layers = list(dict.fromkeys(p for s in read for p in s.factors))
     if rank is None:
         rank = max(A.shape[0] for s in read for A, _ in s.factors.values())
-    gen = torch.Generator().manual_seed(int(seed))
+    rng = torch.Generator().manual_seed(int(seed))
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
     for p in layers:
@@ -223,7 +223,7 @@ def merge_adapter_files(
             if method == "ties":
                 D = ties_merge(deltas, weights, density)
             else:
-                D = dare_merge(deltas, weights, density, gen)
+                D = dare_merge(deltas, weights, density, rng)
             U, S, Vh = torch.linalg.svd(D, full_matrices=False)
             A, B, errors[p] = _truncate(U, S, Vh.T, rank, A_like, B_like)
         tensors[f"{p}.lora_A"] = A.float().contiguous()

@@ -130,8 +130,8 @@ def reweight(sigma: torch.Tensor, g: torch.Tensor, cfg: SurgeryConfig) -> torch.
     if cfg.policy == "abs_select":
         gate = _select_gate(torch.argsort(gn.abs(), descending=True, stable=True), r, cfg)
     elif cfg.policy == "random_index":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        gate = _select_gate(torch.randperm(r, generator=gen), r, cfg)
+        rng = torch.Generator().manual_seed(cfg.seed)
+        gate = _select_gate(torch.randperm(r, generator=rng), r, cfg)
     elif cfg.policy == "smooth_abs":
         gate = _smooth_gate(gn.abs(), cfg)
     else:  # gd

@@ -1,5 +1,9 @@
-"""Built-in LoRA kinds (one file each); importing this package registers them."""
+"""Built-in LoRA kinds (one file each); ``kind.py`` registers :data:`BUILTIN_KINDS`."""
 
-from . import dora, hra, ia3, lora, loraxs
+from .dora import DoRA
+from .hra import HRA
+from .ia3 import IA3
+from .lora import LoRA
+from .loraxs import LoRAXS
 
-__all__ = ["dora", "hra", "ia3", "lora", "loraxs"]
+BUILTIN_KINDS = (LoRA, DoRA, LoRAXS, IA3, HRA)

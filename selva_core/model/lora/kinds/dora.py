@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kind import register_kind
 from .lora import needs_fp32_path
 
 
@@ -43,7 +42,6 @@ def _base_output(layer, adapter, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return y if first is adapter else layer.base_forward(x)
 
 
-@register_kind
 class DoRA:
     name = "dora"
     extra_keys: tuple[str, ...] = ("lora_magnitude",)

@@ -29,7 +29,6 @@ import math
 import torch
 from torch import nn
 
-from ..kind import register_kind
 from .lora import needs_fp32_path
 
 
@@ -52,7 +51,6 @@ def _factors(W2d: torch.Tensor, adapter) -> tuple[torch.Tensor, torch.Tensor]:
     return V.T, -(W2d.float() @ V) @ T
 
 
-@register_kind
 class HRA:
     name = "hra"
     extra_keys: tuple[str, ...] = ("hra_u",)

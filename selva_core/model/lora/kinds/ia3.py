@@ -25,7 +25,6 @@ import re
 import torch
 from torch import nn
 
-from ..kind import register_kind
 from .dora import _base_output
 from .lora import needs_fp32_path
 
@@ -43,7 +42,6 @@ def _input_scale(W: torch.Tensor, adapter) -> torch.Tensor:
     return W.float() * d.reshape(1, -1, *([1] * (W.dim() - 2)))
 
 
-@register_kind
 class IA3:
     name = "ia3"
     extra_keys: tuple[str, ...] = ("ia3_l",)

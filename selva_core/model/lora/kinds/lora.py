@@ -16,15 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kind import register_kind
-
 
 def needs_fp32_path(x: torch.Tensor, A: torch.Tensor) -> bool:
     """Input dtype differs from the adapter's and autocast will not reconcile them."""
     return x.dtype != A.dtype and not torch.is_autocast_enabled(x.device.type)
 
 
-@register_kind
 class LoRA:
     name = "lora"
     extra_keys: tuple[str, ...] = ()

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kind import register_kind
 from .lora import needs_fp32_path
 
 
@@ -30,7 +29,6 @@ def _core_apply(h: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return F.linear(h, R) if h.dim() == 2 else torch.matmul(R, h)
 
 
-@register_kind
 class LoRAXS:
     name = "loraxs"
     extra_keys: tuple[str, ...] = ("lora_core",)

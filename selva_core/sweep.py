@@ -523,7 +523,7 @@ def main_sweep(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="train_lora.py --sweep",
         description=__doc__.split("\n\n")[0] + " See the module docs of "
-        "selva_core.training.sweep for the file format.",
+        "selva_core.sweep for the file format.",
         epilog=("SWEEP.json: {\"name\", \"output_dir\", \"base\": {training settings}, "
                 "\"experiments\": [{\"id\", \"overrides\": {...}}], \"eval\": {eval spec} "
                 f"}}. Create OUTPUT_DIR/{SKIP_FLAG} to stop the running experiment and go on "
