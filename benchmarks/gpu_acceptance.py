@@ -283,9 +283,9 @@ def section_speed(ctx: Context) -> dict:
             loss = F.mse_loss(base(x, *feats, t).float(), target)
         loss.backward()
 
-    def step(checkpointing: bool):
+    def step(checkpointing: bool, selective: bool = True):
         def run():
-            ours.set_gradient_checkpointing(checkpointing, selective=True)
+            ours.set_gradient_checkpointing(checkpointing, selective=selective)
             opt.zero_grad(set_to_none=True)
             with p.autocast():
                 loss = F.mse_loss(ours(latent, *feats, t).float(), target)
@@ -294,11 +294,15 @@ def section_speed(ctx: Context) -> dict:
 
         return run
 
-    times = _interleaved({"floor": floor, "step": step(False), "step_ckpt": step(True)},
+    times = _interleaved({"floor": floor, "step": step(False), "step_ckpt": step(True),
+                          "step_full_ckpt": step(True, selective=False)},
                          p.speed_repeats, p.speed_warmup, p.device)
     out = {
         "step_over_floor": _ratio(times, "step", "floor"),
         "step_ckpt_over_step": _ratio(times, "step_ckpt", "step"),
+        # full recomputation (keeps only block inputs): the selective policy's own cost shows
+        "step_full_ckpt_over_step": _ratio(times, "step_full_ckpt", "step"),
+        "speed_batch": p.batch,
         "clips_per_s": p.batch / _median(times, "step"),
         "clips_per_s_ckpt": p.batch / _median(times, "step_ckpt"),
         "floor_s": _median(times, "floor"), "step_s": _median(times, "step"),
@@ -473,6 +477,7 @@ def _rows(plan: Plan) -> list[tuple[str, str, str]]:
         ("training step / frozen floor", "step_over_floor", "<= 1.10"),
         ("training clips/s", "clips_per_s", "-"),
         ("step with checkpointing / without", "step_ckpt_over_step", "<= 1.40"),
+        ("  full recomputation / without", "step_full_ckpt_over_step", "-"),
         ("training clips/s with checkpointing", "clips_per_s_ckpt", "-"),
         ("bf16 - fp32 render: latent max |diff|", "precision_latent_max_abs_diff", "-"),
         ("  fp32 latent max |value|", "precision_latent_max_abs", "-"),
@@ -511,6 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the same code on the CPU with tiny_16k and short settings")
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="sections not started within this many seconds are skipped")
+    ap.add_argument("--train-batch", type=int, default=None,
+                    help="training batch of the memory and speed sections (default 4; a larger "
+                         "one shows whether a step is bound by kernel launches)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -522,6 +530,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)
     elif torch.cuda.is_available():
         plan = Plan(device=torch.device("cuda"))
+    if args.train_batch is not None:
+        if args.train_batch < 1:
+            ap.error(f"--train-batch must be >= 1, got {args.train_batch}")
+        plan = dataclasses.replace(plan, batch=args.train_batch)
     else:
         ap.error("no CUDA device here; run with --dry-run for the CPU check of the script")
     ctx = Context(plan)
