@@ -84,9 +84,8 @@ def test_trained_base_renders_a_trained_class_closer_than_random_init(name, trai
     assert lsd["trained"] < lsd["random"] - 3.0, lsd
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tiny_16k ignores the video (issue 18; "
-                   "bench_sync: -0.06), and so do bases retrained by scripts/train_tiny_base.py "
-                   "so far (0.03): drop this mark with a base that follows the picture")
+@pytest.mark.xfail(strict=True, reason="the shipped tiny_16k ignores the video "
+                   "(bench_sync: -0.06): drop this mark with a base that follows the picture")
 def test_trained_base_places_the_sound_where_its_own_video_shows_the_events(trained):
     """The video reaches the generator: two unseen bounce clips rendered with the same prompt
     and seed sound different, and each render follows its own clip's true audio more closely
