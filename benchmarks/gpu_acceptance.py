@@ -530,12 +530,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)
     elif torch.cuda.is_available():
         plan = Plan(device=torch.device("cuda"))
+    else:
+        ap.error("no CUDA device here; run with --dry-run for the CPU check of the script")
     if args.train_batch is not None:
         if args.train_batch < 1:
             ap.error(f"--train-batch must be >= 1, got {args.train_batch}")
         plan = dataclasses.replace(plan, batch=args.train_batch)
-    else:
-        ap.error("no CUDA device here; run with --dry-run for the CPU check of the script")
     ctx = Context(plan)
     result: dict = {"dry_run": args.dry_run, "variant": plan.variant,
                     "device": str(plan.device), "torch": torch.__version__,

@@ -92,3 +92,12 @@ def test_a_failing_section_is_reported_and_the_others_still_run():
     assert proc.returncode == 1
     assert result["errors"] == {"precision": "RuntimeError: boom"}
     assert "eval_batched_over_one_by_one" in result
+
+
+def test_train_batch_sets_the_speed_batch_and_a_bad_one_is_refused():
+    proc, lines = _run(["--dry-run", "--sections", "speed", "--train-batch", "3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(lines[-2])["speed_batch"] == 3
+    proc, _ = _run(["--dry-run", "--sections", "speed", "--train-batch", "0"])
+    assert proc.returncode == 2
+    assert "--train-batch must be >= 1, got 0" in proc.stderr
