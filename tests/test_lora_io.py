@@ -592,6 +592,16 @@ def test_a_huge_finite_scale_is_refused_naming_the_layer(tmp_path, good_file):
                                            r"the size of the weight")
 
 
+def test_an_ordinary_adapter_on_a_zero_weight_still_loads(tmp_path, good_file):
+    path, _, _ = good_file
+    model = make_model()
+    with torch.no_grad():
+        dict(model.named_parameters())[f"{_QKV}.weight"].zero_()
+    load_adapter(model, path)  # a small change to a zero weight is usable, not "infinitely" large
+    x, t = make_inputs()
+    assert bool(torch.isfinite(model(x, t)).all())
+
+
 def test_a_dora_update_that_cancels_a_row_of_the_weight_is_refused(tmp_path):
     path = save_adapter(_trained(kind="dora"), tmp_path / "d.safetensors")
     tensors = load_file(path)

@@ -677,7 +677,8 @@ def _base_weight2d(module: nn.Module) -> torch.Tensor:
 def check_layer_changes(model: nn.Module, states: Mapping[str, AdapterState], path) -> None:
     """Refuse (one :class:`AdapterLoadError` naming the layer) an adapter whose finite
     factors still give an unusable change: ``s B A`` overflowing float32, a change more than
-    :data:`MAX_CHANGE_RATIO` times the size of the weight, or (DoRA) an output row of
+    :data:`MAX_CHANGE_RATIO` times the size of the weight (a weight of norm below 1 counts as
+    1), or (DoRA) an output row of
     ``W + s B A`` with norm 0, which the magnitude would divide by. Nothing is attached."""
     for p, st in states.items():
         try:
@@ -704,13 +705,17 @@ def check_layer_changes(model: nn.Module, states: Mapping[str, AdapterState], pa
                 f"{f'scale {st.scale:g} x B A' if st.impl.has_factors else st.kind}) "
                 "overflows to NaN or infinity; the adapter is damaged (it would make every "
                 "output NaN). Use an earlier file or retrain.")
-        ratio = float(delta.double().norm() / W.double().norm().clamp_min(1e-30))
+        # A weight smaller than 1 (a zero-initialised layer) counts as 1: a usable change to
+        # it is still small in absolute terms.
+        delta_norm, weight_norm = float(delta.double().norm()), float(W.double().norm())
+        ratio = delta_norm / max(weight_norm, 1.0)
         if not ratio <= MAX_CHANGE_RATIO:
             raise AdapterLoadError(
                 f"{path}: layer {p}: its change to the weight is {ratio:.3g} times the size of "
-                f"the weight itself (more than {MAX_CHANGE_RATIO:g}); the adapter is damaged or "
-                "its scale is wrong (it would overflow the output). Use an earlier file or "
-                "retrain.")
+                f"the weight (norm {delta_norm:.3g} against {weight_norm:.3g}, counted as at "
+                f"least 1; at most {MAX_CHANGE_RATIO:g} times is usable); the adapter is "
+                "damaged or its scale is wrong (it would overflow the output). Use an earlier "
+                "file or retrain.")
         if "lora_magnitude" in get_kind(st.kind).extra_keys:
             norms = (W + delta).double().pow(2).sum(1).sqrt()
             zero = torch.nonzero(~(norms > 0)).flatten().tolist()
