@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .console import say
 from .variants import VARIANTS
 from .weights.export import FORMATS
 
@@ -57,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             [(str(p), s) for p, s in args.adapter], args.output, variant=args.variant,
             models_dir=args.models_dir, fmt=fmt, download=args.download)
     except (ExportError, AdapterLoadError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {result.path}: the {result.variant} generator ({result.tensors} tensors, "
+    say(f"wrote {result.path}: the {result.variant} generator ({result.tensors} tensors, "
           f"{fmt}) with {len(args.adapter)} adapter(s) merged")
     return 0
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .console import say
 from .model.lora.merge import DEFAULT_DENSITY, METHODS
 
 
@@ -67,15 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = merge_adapter_files([(str(p), s) for p, s in args.adapters], args.method,
                                      rank=args.rank, density=args.density, seed=args.seed)
     except (MergeError, AdapterLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 2
     out = save_safetensors_atomic(args.output, result.tensors, result.metadata)
     n_layers = len(result.tensors) // 2
-    print(f"wrote {out}: {n_layers} layers, rank {result.metadata['file_rank']}, "
+    say(f"wrote {out}: {n_layers} layers, rank {result.metadata['file_rank']}, "
           f"method {args.method}")
     if result.worst is not None:
         layer, err = result.worst
-        print(f"worst relative error of a layer's change: {err:.3e} ({layer})")
+        say(f"worst relative error of a layer's change: {err:.3e} ({layer})")
     return 0
 
 
