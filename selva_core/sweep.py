@@ -303,6 +303,18 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _shared_pipeline(pipeline, pipes: dict[tuple, Any], cfg):
+    """The caller's pipeline, else one per (variant, models folder, device), built once."""
+    if pipeline is not None:
+        return pipeline
+    from selva_core.training.run import build_pipeline
+
+    key = (cfg.variant, cfg.models_dir, cfg.device)
+    if key not in pipes:
+        pipes[key] = build_pipeline(cfg, _device(cfg.device))
+    return pipes[key]
+
+
 def run_sweep(
     sweep: Sweep,
     *,
@@ -319,7 +331,7 @@ def run_sweep(
     cleanly; ``after_step(trainer, step)`` is passed to every run (progress);
     ``on_experiment(index, total, id)`` before each experiment.
     """
-    from selva_core.training.run import build_pipeline, run_training
+    from selva_core.training.run import run_training
     from selva_core.training.trainer import TrainHooks
 
     out = sweep.output_dir
@@ -365,12 +377,7 @@ def run_sweep(
             return should_stop is not None and should_stop()
 
         hooks = TrainHooks(after_step=after_step, should_stop=stop)
-        shared = pipeline
-        if shared is None:
-            key = (cfg.variant, cfg.models_dir, cfg.device)
-            if key not in pipes:
-                pipes[key] = build_pipeline(cfg, _device(cfg.device))
-            shared = pipes[key]
+        shared = _shared_pipeline(pipeline, pipes, cfg)
         summary["experiments"][i] = _row(exp, "running")
         save()
         try:

@@ -217,6 +217,104 @@ def build_eval_pipeline(spec: EvalSpec, variant: str):
                                precision=spec.precision, download=False)
 
 
+def _check_adapters(spec: EvalSpec, infos: dict, variant: str
+                    ) -> tuple[list[AdapterEntry], list[dict[str, Any]]]:
+    """The adapters that can be rendered (readable, trained for ``variant``) and one summary
+    row per adapter of the spec, a skipped one with its reason."""
+    adapters: list[AdapterEntry] = []
+    summary_adapters = []
+    for entry in spec.adapters:
+        row: dict[str, Any] = {"id": entry.id, "path": entry.path, "group": entry.group,
+                               "step": entry.step, "baseline": entry.is_baseline,
+                               "strengths": spec.strengths_of(entry), "meta": {},
+                               "status": "pending", "error": None}
+        if not entry.is_baseline:
+            file_variant, meta, error = infos[entry.id]
+            row["meta"] = _short_meta(meta)
+            if error is None and file_variant and file_variant != variant:
+                error = (f"{entry.path} was trained for model variant {file_variant!r} but this "
+                         f"evaluation runs {variant!r}; evaluate it in a spec with 'variant': "
+                         f"{file_variant!r}")
+            if error is None:
+                row["sha256"] = file_sha256(entry.path)
+            if error is not None:
+                row.update(status="skipped", error=error)
+                log.warning("adapter %s skipped: %s", entry.id, error)
+        summary_adapters.append(row)
+        if row["status"] != "skipped":
+            adapters.append(entry)
+    return adapters, summary_adapters
+
+
+def _prepare_clips(spec, pipeline, clips, run, state, skipped, model_tag, should_stop,
+                   progress: bool):
+    """Each clip's features (saved as soon as they exist), its render duration and motion
+    energy; unreadable clips go to ``skipped``. Returns (usable clips, features, durations)."""
+    from tqdm.auto import tqdm
+
+    feature_dir = state.out / "features"
+    durations: dict[str, float] = {}
+    features: dict[str, Any] = {}
+    usable: list[EvalClip] = []
+    for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
+        if should_stop is not None and should_stop():
+            raise EvalInterrupted("stopped")
+        duration = default_duration(clip.seconds, spec,
+                                    run.duration if run is not None else TRAIN_DURATION_S)
+        try:
+            features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration,
+                                                          feature_dir, model_tag, run)
+        except BadClipError as exc:
+            skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
+            log.warning("skipping clip %s: %s", clip.name, exc)
+            continue
+        durations[_ckey(clip)] = duration
+        motion = clip_motion(pipeline, clip, duration, features[_ckey(clip)])
+        if motion is not None:
+            state.motions[_ckey(clip)] = motion
+        usable.append(clip)
+    return usable, features, durations
+
+
+def _render_phase(state, pipeline, adapters, clips, durations, features, references, scorers,
+                  *, progress, on_render, should_stop) -> EvalResult:
+    """Every adapter x strength x seed x clip not rendered yet (baseline first), then the
+    summary, table, charts and page; an interruption (Ctrl-C, ComfyUI's Cancel) finishes
+    with status ``interrupted``."""
+    from tqdm.auto import tqdm
+
+    adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
+    jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
+            for s in state.spec.strengths_of(a) for seed in state.spec.seed_list for c in clips]
+    keys = {j.key for j in jobs}
+    state.records = {k: r for k, r in state.records.items() if k in keys}
+    state.summary["progress"] = {"done": 0, "total": len(jobs)}
+    state.summary.pop("stage", None)
+    _sync_summary(state)
+    state.write()
+
+    total = len(jobs)
+    bar = tqdm(total=total, desc="renders", unit="render", disable=not progress)
+    status = "completed"
+    try:
+        _render_all(state, pipeline, jobs, features, references, scorers, bar, on_render,
+                    should_stop, state.spec)
+    except (KeyboardInterrupt, EvalInterrupted):
+        status = "interrupted"
+        log.warning("evaluation interrupted; %d of %d renders are done; run the same spec "
+                    "again to finish", len(state.records), total)
+    except BaseException as exc:
+        if type(exc).__name__ == "InterruptProcessingException":  # ComfyUI's cancel button
+            status = "interrupted"
+        else:
+            state.summary["status"] = f"failed: {exc}"
+            _finish(state, adapters, clips, scorers, status="failed")
+            raise
+    finally:
+        bar.close()
+    return _finish(state, adapters, clips, scorers, status=status)
+
+
 def run_evaluation(
     spec: EvalSpec,
     *,
@@ -266,29 +364,7 @@ def run_evaluation(
         "clip_selection": _selection_note(spec, run),
     })
 
-    # adapters: readable, right variant
-    adapters: list[AdapterEntry] = []
-    summary_adapters = []
-    for entry in spec.adapters:
-        row: dict[str, Any] = {"id": entry.id, "path": entry.path, "group": entry.group,
-                               "step": entry.step, "baseline": entry.is_baseline,
-                               "strengths": spec.strengths_of(entry), "meta": {},
-                               "status": "pending", "error": None}
-        if not entry.is_baseline:
-            file_variant, meta, error = infos[entry.id]
-            row["meta"] = _short_meta(meta)
-            if error is None and file_variant and file_variant != variant:
-                error = (f"{entry.path} was trained for model variant {file_variant!r} but this "
-                         f"evaluation runs {variant!r}; evaluate it in a spec with 'variant': "
-                         f"{file_variant!r}")
-            if error is None:
-                row["sha256"] = file_sha256(entry.path)
-            if error is not None:
-                row.update(status="skipped", error=error)
-                log.warning("adapter %s skipped: %s", entry.id, error)
-        summary_adapters.append(row)
-        if row["status"] != "skipped":
-            adapters.append(entry)
+    adapters, summary_adapters = _check_adapters(spec, infos, variant)
     summary["adapters"] = summary_adapters
     # drop finished renders of adapters whose file changed since
     shas = {r["id"]: r.get("sha256") for r in summary_adapters}
@@ -296,32 +372,11 @@ def run_evaluation(
         if rec.get("adapter_sha256") != shas.get(rec["adapter"], rec.get("adapter_sha256")):
             del state.records[key]
 
-    from tqdm.auto import tqdm
-
     # features, references (each clip's features are saved as soon as they exist)
     feature_dir = out / "features"
-    durations: dict[str, float] = {}
-    features: dict[str, Any] = {}
-    usable: list[EvalClip] = []
     try:
-        for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
-            if should_stop is not None and should_stop():
-                raise EvalInterrupted("stopped")
-            duration = default_duration(clip.seconds, spec,
-                                        run.duration if run is not None else TRAIN_DURATION_S)
-            try:
-                features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration,
-                                                              feature_dir, model_tag, run)
-            except BadClipError as exc:
-                skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
-                log.warning("skipping clip %s: %s", clip.name, exc)
-                continue
-            durations[_ckey(clip)] = duration
-            motion = clip_motion(pipeline, clip, duration, features[_ckey(clip)])
-            if motion is not None:
-                state.motions[_ckey(clip)] = motion
-            usable.append(clip)
-        clips = usable
+        clips, features, durations = _prepare_clips(spec, pipeline, clips, run, state, skipped,
+                                                    model_tag, should_stop, progress)
         summary["skipped"] = skipped
         summary["n_clips"] = len([c for c in clips if c.role == "eval"])
         summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
@@ -337,36 +392,9 @@ def run_evaluation(
         write_json_atomic(out / SUMMARY_FILE, json_safe(summary))
         return EvalResult("interrupted", out, summary, out / SUMMARY_FILE)
 
-    adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
-    jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
-            for s in spec.strengths_of(a) for seed in spec.seed_list for c in clips]
-    keys = {j.key for j in jobs}
-    state.records = {k: r for k, r in state.records.items() if k in keys}
-    summary["progress"] = {"done": 0, "total": len(jobs)}
-    summary.pop("stage", None)
-    _sync_summary(state)
-    state.write()
-
-    total = len(jobs)
-    bar = tqdm(total=total, desc="renders", unit="render", disable=not progress)
-    status = "completed"
-    try:
-        _render_all(state, pipeline, jobs, features, references, scorers, bar, on_render,
-                    should_stop, spec)
-    except (KeyboardInterrupt, EvalInterrupted):
-        status = "interrupted"
-        log.warning("evaluation interrupted; %d of %d renders are done; run the same spec "
-                    "again to finish", len(state.records), total)
-    except BaseException as exc:
-        if type(exc).__name__ == "InterruptProcessingException":  # ComfyUI's cancel button
-            status = "interrupted"
-        else:
-            summary["status"] = f"failed: {exc}"
-            _finish(state, adapters, clips, scorers, status="failed")
-            raise
-    finally:
-        bar.close()
-    return _finish(state, adapters, clips, scorers, status=status)
+    return _render_phase(state, pipeline, adapters, clips, durations, features, references,
+                         scorers, progress=progress, on_render=on_render,
+                         should_stop=should_stop)
 
 
 def _ckey(clip: EvalClip) -> str:

@@ -250,6 +250,55 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(p)
 
 
+class _Fields:
+    """Typed readers of a spec's fields; every bad value adds one line to ``problems``."""
+
+    def __init__(self, data: dict, problems: list[str]) -> None:
+        self.data, self.problems = data, problems
+
+    def text(self, key: str, default: str | None, required: bool = False) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            if required:
+                self.problems.append(f"field {key!r} is required: {_HELP[key]}")
+            return None
+        if not isinstance(value, str):
+            self.problems.append(f"field {key!r} must be a string, got {value!r}")
+            return default
+        return value
+
+    def number(self, key: str, default, *, integer: bool = False, low: float | None = None,
+               low_open: bool = False):
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        ok = _is_int(value) if integer else _is_num(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+            self.problems.append(f"field {key!r} must be {kind}{bound}, got {value!r}")
+            return default
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"field {key!r} must be true or false, got {value!r}")
+            return default
+        return value
+
+    def choice(self, key: str, default: str | None, allowed) -> str | None:
+        value = self.text(key, default)
+        if value is not None and value not in allowed and not (
+                key == "device" and value.startswith("cuda:")):
+            listed = ", ".join(allowed) + (", cuda:N (a GPU's index)" if key == "device" else "")
+            self.problems.append(f"field {key!r} is {value!r}; choose one of {listed}")
+            return default
+        return value
+
+
 def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
     if not isinstance(data, dict):
         raise EvalSpecError(source, [f"the spec must be a JSON object, got "
@@ -259,47 +308,8 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
     for key in unknown:
         problems.append(f"field {key!r} is unknown; known fields: {', '.join(sorted(_FIELDS))}")
 
-    def text(key: str, default: str | None, required: bool = False) -> str | None:
-        value = data.get(key, default)
-        if value is None:
-            if required:
-                problems.append(f"field {key!r} is required: {_HELP[key]}")
-            return None
-        if not isinstance(value, str):
-            problems.append(f"field {key!r} must be a string, got {value!r}")
-            return default
-        return value
-
-    def number(key: str, default, *, integer: bool = False, low: float | None = None,
-               low_open: bool = False):
-        value = data.get(key, default)
-        if value is None:
-            return None
-        ok = _is_int(value) if integer else _is_num(value)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-            problems.append(f"field {key!r} must be {kind}{bound}, got {value!r}")
-            return default
-        return value
-
-    def flag(key: str, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            problems.append(f"field {key!r} must be true or false, got {value!r}")
-            return default
-        return value
-
-    def choice(key: str, default: str | None, allowed) -> str | None:
-        value = text(key, default)
-        if value is not None and value not in allowed and not (
-                key == "device" and value.startswith("cuda:")):
-            listed = ", ".join(allowed) + (", cuda:N (a GPU's index)" if key == "device" else "")
-            problems.append(f"field {key!r} is {value!r}; choose one of {listed}")
-            return default
-        return value
+    fields = _Fields(data, problems)
+    text, number, flag, choice = fields.text, fields.number, fields.flag, fields.choice
 
     name = text("name", "eval") or "eval"
     if not _ID_RE.match(name):
