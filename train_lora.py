@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from selva_core.atomic import is_out_of_space  # noqa: E402
 from selva_core.data import BadClipError  # noqa: E402
+from selva_core.run_folder import RunFolder  # noqa: E402
 from selva_core.training.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
 from selva_core.training.config import TrainConfig, config_from_args  # noqa: E402
 from selva_core.training.report import format_summary  # noqa: E402
@@ -60,7 +61,7 @@ def setup_logging(cfg: TrainConfig) -> None:
     if _rank() == 0:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+        handler = logging.FileHandler(RunFolder(out).console_log_path, encoding="utf-8")
         handler.setFormatter(fmt)
         root.addHandler(handler)
 

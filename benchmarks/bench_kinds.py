@@ -36,8 +36,8 @@ import torch  # noqa: E402
 from selva_core.data.synthetic import make_synthetic_dataset  # noqa: E402
 from selva_core.evaluation.runner import run_evaluation  # noqa: E402
 from selva_core.evaluation.spec import EvalSpec  # noqa: E402
-from selva_core.model.lora.io import FINAL_ADAPTER_FILE  # noqa: E402
 from selva_core.model.lora.kind import kind_names  # noqa: E402
+from selva_core.run_folder import RunFolder  # noqa: E402
 from selva_core.sweep import parse_sweep, run_sweep  # noqa: E402
 from selva_core.training.demo import (  # noqa: E402
     DEMO_CLASSES,
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     result = run_sweep(sweep, progress=False)
     # the final adapters only (a sweep's own evaluation also renders every checkpoint)
-    finals = [{"id": e["id"], "path": str(pathlib.Path(e["output_dir"]) / FINAL_ADAPTER_FILE)}
+    finals = [{"id": e["id"], "path": str(RunFolder(e["output_dir"]).final_adapter)}
               for e in result.summary["experiments"]]
     spec = EvalSpec.from_dict({
         "name": "kinds", "data_dir": result.summary["experiments"][0]["output_dir"],

@@ -124,6 +124,7 @@ class SelvaLoraTrainer(io.ComfyNode):
                 resume: bool = False, lora_kind: str = "lora",
                 gradient_checkpointing: bool = False,
                 base_dtype: str = "auto") -> io.NodeOutput:
+        from selva_core.run_folder import RunFolder
         from selva_core.training.config import TrainConfig
         from selva_core.training.run import run_training
         from selva_core.training.trainer import TrainHooks
@@ -177,11 +178,11 @@ class SelvaLoraTrainer(io.ComfyNode):
         if result.status != "completed":
             raise_if_interrupted()  # Cancel: ComfyUI reports the interruption
             raise node_error(NODE, None, f"training ended with status {result.status!r}",
-                             f"see {os.path.join(out, 'summary.json')} and the ComfyUI log")
+                             f"see {RunFolder(out).summary_path} and the ComfyUI log")
         adapter = str(result.adapter_path)
         with library_mode(), reported(NODE, "output_dir"):
             trained = pipeline.with_adapters([(adapter, 1.0)])
-        curve = _curve_image(os.path.join(str(result.output_dir), "loss_curve.png"))
+        curve = _curve_image(str(RunFolder(result.output_dir).curve_path))
         return io.NodeOutput(adapter, curve,
                              model.derived(trained, f"{model.label} + {os.path.basename(out)}"))
 

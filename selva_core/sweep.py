@@ -46,6 +46,7 @@ from typing import Any
 
 from selva_core.atomic import savefig_atomic, write_json_atomic, write_text_atomic
 from selva_core.console import say
+from selva_core.run_folder import CHECKPOINTS_DIR, RunFolder
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -208,31 +209,22 @@ def parse_sweep(data: Any, source: str = "(sweep)", base_dir: Path | None = None
 
 
 # --- state of one experiment folder -------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def experiment_state(out: Path) -> str:
     """``finished``, ``resumable`` (has a checkpoint), ``stale`` (trained, no checkpoint) or
     ``new``."""
     from selva_core.training.run import holds_a_run
 
-    summary = _read_json(out / "summary.json")
-    if summary and summary.get("completed") and (out / "adapter_final.safetensors").is_file():
+    if RunFolder(out).is_finished():
         return "finished"
     found = holds_a_run(out) if out.is_dir() else []
-    if "checkpoints" in found:
+    if CHECKPOINTS_DIR in found:
         return "resumable"
     return "stale" if found else "new"
 
 
 def _row(exp: Experiment, status: str, result=None) -> dict[str, Any]:
     out = exp.config.output_path
-    summary = (result.summary if result is not None else _read_json(out / "summary.json")) or {}
+    summary = (result.summary if result is not None else RunFolder(out).read_summary()) or {}
     keys = ("steps_done", "steps", "val_loss_base", "val_loss_final", "first_train_loss",
             "last_train_loss", "train_time_s", "adapter_path", "adapter_mb", "rank", "alpha",
             "init", "target")
@@ -246,14 +238,14 @@ def plot_val_curves(sweep: Sweep, path: Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from selva_core.training.report import LOG_FILE, read_jsonl, smooth
+    from selva_core.training.report import read_jsonl, smooth
 
     fig = Figure(figsize=(9, 5.5), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     drawn = False
     for i, exp in enumerate(sweep.experiments):
-        records = read_jsonl(exp.config.output_path / LOG_FILE)
+        records = read_jsonl(RunFolder(exp.config.output_path).log_path)
         colour = f"C{i % 10}"
         val = [r for r in records if r.get("kind") == "val"
                and isinstance(r.get("val_loss"), (int, float)) and math.isfinite(r["val_loss"])]
@@ -465,7 +457,7 @@ def leaderboard(sweep: Sweep, summary: dict[str, Any], eval_summary: dict[str, A
     val: dict[str, float | None] = {}
     for exp, row in zip(sweep.experiments, summary["experiments"]):
         try:
-            entries = CheckpointManager(exp.config.output_path / "checkpoints").entries()
+            entries = CheckpointManager(RunFolder(exp.config.output_path).checkpoints_dir).entries()
         except CheckpointError:
             entries = []
         val.update({f"{exp.id}@{e.folder}": e.val_loss for e in entries})

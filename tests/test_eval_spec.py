@@ -10,8 +10,8 @@ from selva_core.evaluation.spec import (
     BASELINE_ID,
     EvalSpecError,
     load_spec,
-    run_folder_adapters,
 )
+from selva_core.run_folder import RunFolder
 
 
 def _write(tmp_path, data) -> str:
@@ -89,7 +89,7 @@ def test_a_run_folder_stands_for_every_checkpoint_and_the_final_adapter(tmp_path
         (run / "checkpoints" / f"step_{step:06d}" / "adapter.safetensors").write_bytes(b"x")
     (run / "checkpoints" / "step_000900").mkdir()  # no adapter file: not a checkpoint
     (run / "adapter_final.safetensors").write_bytes(b"x")
-    assert [label for label, _, _ in run_folder_adapters(run)] == [
+    assert [label for label, _, _ in RunFolder(run).adapters()] == [
         "step_000100", "step_000500", "final"]
     spec = load_spec(json.dumps({"data_dir": str(tmp_path), "adapters": [
         {"id": "r", "path": str(run)}]}))

@@ -32,13 +32,13 @@ from selva_core.data.npz_import import NPZ_EXTENSION, read_feature_npz
 from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_prompts
 from selva_core.data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
 from selva_core.features import ConditionFeatures
-from selva_core.variants import SYNC_FPS, TRAIN_DURATION_S
+from selva_core.run_folder import RunInfo
+from selva_core.variants import SYNC_FPS
 
 log = logging.getLogger(__name__)
 
 FEATURES_VERSION = "selva-eval-features-2"  # 2: frames by the fps filter, AAC trimmed
 _MOTION_KEY = "motion_energy"  # in a clip's features' extra: its motion energy (JSON list)
-_WINDOW_SUFFIX = re.compile(r"#w\d+$")
 
 
 @dataclass(frozen=True)
@@ -131,57 +131,6 @@ def _probe(stem: str, files: dict[str, list[Path]], prompts: dict[str, Any], fal
                         audio is not None, npz.visual_length, role)
     raise BadClipError(audio, "an audio file without a same-stem video or .npz",
                        "add the video, or remove the audio file")
-
-
-# --- training-run folders ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunInfo:
-    """What eval takes from a training run's folder."""
-
-    run_dir: Path
-    clips_dir: Path
-    held_out: tuple[str, ...] | None
-    cache_dir: Path | None
-    variant: str | None
-    duration: float
-    window: str
-
-
-def read_run_folder(folder: str | Path) -> RunInfo | None:
-    """The run's clips folder, held-out clips and feature cache; None for a plain folder."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return None
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("%s is unreadable (%s); treating %s as a clip folder", config_path, exc,
-                    folder)
-        return None
-    if not isinstance(config, dict) or not config.get("data_dir"):
-        return None
-    clips_dir = Path(config["data_dir"]).expanduser()
-    if not clips_dir.is_absolute() and not clips_dir.is_dir():
-        for base in (folder, folder.parent):
-            if (base / clips_dir).is_dir():
-                clips_dir = base / clips_dir
-                break
-    held_out = None
-    summary_path = folder / "summary.json"
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
-            names = summary.get("val_clip_names")
-            if isinstance(names, list):
-                held_out = tuple(sorted({_WINDOW_SUFFIX.sub("", str(n)) for n in names}))
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("%s is unreadable (%s); evaluating every clip", summary_path, exc)
-    cache = config.get("cache_dir")
-    cache_dir = Path(cache) if cache else folder / "feature_cache"
-    return RunInfo(folder, clips_dir, held_out, cache_dir if cache_dir.is_dir() else None,
-                   config.get("variant"), float(config.get("duration", TRAIN_DURATION_S)),
-                   str(config.get("window", "first")))
 
 
 # --- features ----------------------------------------------------------------------------------
@@ -332,5 +281,5 @@ def cat_features(items: list[ConditionFeatures]) -> ConditionFeatures:
         prompts=[p for f in items for p in f.prompts], variant=items[0].variant)
 
 
-__all__ = ["EvalClip", "RunInfo", "discover_clips", "read_run_folder", "extract_clip_features",
+__all__ = ["EvalClip", "discover_clips", "extract_clip_features",
            "cat_features", "features_key", "clip_motion"]

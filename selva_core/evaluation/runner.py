@@ -49,15 +49,14 @@ from selva_core.checksums import file_sha256
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation.clips import (
     EvalClip,
-    RunInfo,
     cat_features,
     clip_motion,
     discover_clips,
     extract_clip_features,
-    read_run_folder,
 )
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
 from selva_core.media import write_wav
+from selva_core.run_folder import RunFolder, RunInfo
 from selva_core.variants import TRAIN_DURATION_S
 
 log = logging.getLogger(__name__)
@@ -334,7 +333,7 @@ def run_evaluation(
     """
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = read_run_folder(spec.data_dir)
+    run = RunFolder(spec.data_dir).info()
     clips_dir = run.clips_dir if run else Path(spec.data_dir)
     clips, skipped = _select_clips(spec, run, clips_dir)
 

@@ -42,15 +42,19 @@ from typing import Any
 
 from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
-from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
+from selva_core.model.lora.io import STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
+from selva_core.run_folder import (
+    CHECKPOINT_ADAPTER_FILE,
+    CHECKPOINTS_DIR,
+    FINAL_ADAPTER_FILE,
+    RunFolder,
+)
 from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
 
 log = logging.getLogger(__name__)
 
 BASELINE_ID = "baseline"
-FINAL_ADAPTER = FINAL_ADAPTER_FILE
-CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -432,11 +436,12 @@ def _adapters(value: Any, base: Path | None, problems: list[str]) -> list[Adapte
             continue
         resolved = Path(_resolve(path, base))
         if resolved.is_dir():
-            found = run_folder_adapters(resolved)
+            found = RunFolder(resolved).adapters()
             if not found:
                 problems.append(f"{where}.path {resolved} is a folder without an adapter: give "
                                 f"a .safetensors adapter file or a training run's folder (with "
-                                f"checkpoints/step_*/{CHECKPOINT_ADAPTER} or {FINAL_ADAPTER})")
+                                f"{CHECKPOINTS_DIR}/step_*/{CHECKPOINT_ADAPTER_FILE} or "
+                                f"{FINAL_ADAPTER_FILE})")
                 continue
             for label, step, adapter_path in found:
                 entries.append(AdapterEntry(f"{ident}@{label}", str(adapter_path), strengths,
@@ -500,28 +505,6 @@ def _embeddings(value: Any, base: Path | None, taken: set[str], problems: list[s
     return entries
 
 
-_STEP_RE = re.compile(r"^step_(\d+)$")
-
-
-def run_folder_adapters(folder: str | os.PathLike) -> list[tuple[str, int | None, Path]]:
-    """(label, step, adapter file) of every checkpoint of a run folder, oldest first, then the
-    final adapter; ``[]`` when the folder holds none."""
-    folder = Path(folder)
-    found: list[tuple[str, int | None, Path]] = []
-    ckpt_dir = folder / "checkpoints"
-    if ckpt_dir.is_dir():
-        steps = []
-        for sub in ckpt_dir.iterdir():
-            m = _STEP_RE.match(sub.name)
-            if m and (sub / CHECKPOINT_ADAPTER).is_file():
-                steps.append((int(m.group(1)), sub))
-        for step, sub in sorted(steps):
-            found.append((sub.name, step, sub / CHECKPOINT_ADAPTER))
-    if (folder / FINAL_ADAPTER).is_file():
-        found.append(("final", None, folder / FINAL_ADAPTER))
-    return found
-
-
 def default_duration(clip_seconds: float | None, spec: EvalSpec,
                      longest: float = TRAIN_DURATION_S) -> float:
     """Seconds rendered for a clip: the spec's duration, else the clip's length up to
@@ -534,4 +517,4 @@ def default_duration(clip_seconds: float | None, spec: EvalSpec,
 
 
 __all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "FIELD_HELP", "load_spec",
-           "run_folder_adapters", "default_duration"]
+           "default_duration"]

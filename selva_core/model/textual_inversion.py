@@ -28,12 +28,12 @@ from torch import nn
 
 from selva_core.atomic import save_safetensors_atomic
 from selva_core.model.lora.io import AdapterLoadError
+from selva_core.run_folder import FINAL_EMBEDDING_FILE
 
 log = logging.getLogger(__name__)
 
 FORMAT = "selva_textual_inversion"
 FORMAT_VERSION = "1"
-FINAL_EMBEDDING_FILE = "embedding_final.safetensors"
 MAX_TOKEN_CHARS = 64
 # What looks like a placeholder token in a prompt (warned about once when no embedding has it).
 _TOKEN_LIKE = re.compile(r"<[^<>\s]+>")

@@ -58,6 +58,9 @@ from selva_core.atomic import (
     write_text_atomic,
 )
 from selva_core.checksums import file_sha256
+from selva_core.run_folder import CHECKPOINT_ADAPTER_FILE as ADAPTER_FILE
+from selva_core.run_folder import CHECKPOINT_STATE_FILE as STATE_FILE
+from selva_core.run_folder import MANIFEST_FILE, STEP_FOLDER, step_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,6 @@ STATE_FORMAT = "selva-lora-training-state"
 STATE_VERSION = 1
 MANIFEST_FORMAT = "selva-lora-checkpoints"
 MANIFEST_VERSION = 1
-ADAPTER_FILE = "adapter.safetensors"
-STATE_FILE = "training_state.safetensors"
-MANIFEST_FILE = "manifest.json"
-STEP_FOLDER = re.compile(r"^step_(\d{6,})$")
 _STALE = re.compile(r"^\.(tmp|old)-(step_\d{6,})-\d+$")
 
 
@@ -553,7 +552,7 @@ class CheckpointManager:
         is removed and :class:`CheckpointWriteError` names the intact previous checkpoint.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        name = f"step_{state.step:06d}"
+        name = step_folder_name(state.step)
         final = self.root / name
         tmp = self.root / f".tmp-{name}-{os.getpid()}"
         previous = self.entries()

@@ -28,6 +28,7 @@ from selva_core.data.windows import WINDOW_POLICIES
 from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.lora.kind import kind_names
 from selva_core.model.precision import AUTOCAST_CHOICES, BASE_DTYPE_CHOICES
+from selva_core.run_folder import RunFolder
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
@@ -270,7 +271,9 @@ class TrainConfig:
 
     @property
     def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else self.output_path / "feature_cache"
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return RunFolder(self.output_path).default_cache_dir
 
     def validate(self, require_data: bool = True) -> TrainConfig:
         """Raise one clear ``ValueError`` listing every impossible setting; return self.

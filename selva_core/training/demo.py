@@ -34,6 +34,7 @@ import soundfile as sf
 from selva_core.atomic import atomic_path, write_text_atomic
 from selva_core.audio.sync import envelope_sync
 from selva_core.data.synthetic import make_synthetic_dataset
+from selva_core.run_folder import LISTEN_DIR, RunFolder
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 DEMO_DATA = "demo_data"
 DEMO_CLASSES = ("burst",)  # held out of the base training: the adapter teaches it
 DEMO_CLIPS_PER_CLASS = 10
-LISTEN_DIR = "listen"
 REPORT_NAME = "demo_report.json"
 LISTEN_GAP_S = 0.5  # silence between the parts of a side-by-side file
 IN_SYNC_CORR = 0.6  # envelope correlation at lag 0 that counts as following the picture
@@ -116,7 +116,7 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
     start = time.perf_counter()
     out = cfg.output_path / LISTEN_DIR
     if clip_names is None:
-        summary = json.loads((cfg.output_path / "summary.json").read_text())
+        summary = json.loads(RunFolder(cfg.output_path).summary_path.read_text())
         clip_names = list(dict.fromkeys(clip_of(n) for n in _find_val_names(summary)))
     clips = {c.name: c for c in scan_dataset(cfg.data_dir, on_bad_clip="stop")}
     unknown = [n for n in clip_names if n not in clips]

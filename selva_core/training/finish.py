@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from selva_core.model.lora import (
-    FINAL_ADAPTER_FILE,
     SurgeryConfig,
     adapter_storage,
     intruder_report,
     save_adapter,
     surgery_with_validation,
 )
+from selva_core.run_folder import RunFolder
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import mix_seed
@@ -38,8 +38,6 @@ from selva_core.training.validation import Validator
 
 log = logging.getLogger(__name__)
 
-FINAL_ADAPTER = FINAL_ADAPTER_FILE
-SURGERY_FILE = "surgery.json"
 SURGERY_BATCHES = 8
 _SURGERY_SEED = 0x5C6E
 
@@ -85,15 +83,16 @@ def surgery_decision(gen: torch.nn.Module, adapter_name: str, cfg: TrainConfig,
             "reason": "(validation loss not worse)" if outcome.kept
             else "(validation loss got worse)"}
     if out is not None:
-        ckpt.write_json_atomic(out / SURGERY_FILE,
+        ckpt.write_json_atomic(RunFolder(out).surgery_path,
                                {**info, "layers": outcome.result.summary()["layers"]})
     return info
 
 
 def intruder_summary(gen: torch.nn.Module, adapter_name: str, out: Path) -> dict[str, Any]:
     """The final adapter's intruder-dimension report (written to ``out``) in brief."""
-    intruders = intruder_report(gen, adapter_name, json_path=out / "intruders.json",
-                                png_path=out / "intruders.png")
+    run = RunFolder(out)
+    intruders = intruder_report(gen, adapter_name, json_path=run.intruders_json,
+                                png_path=run.intruders_png)
     total = intruders.total()
     return {"total": total, "threshold": intruders.threshold, "layers": len(intruders.layers),
             "summary": f"{total} intruder dimension(s) (cos < {intruders.threshold:g}, top-"
@@ -104,7 +103,7 @@ def intruder_summary(gen: torch.nn.Module, adapter_name: str, out: Path) -> dict
 def save_final_adapter(gen: torch.nn.Module, adapter_name: str, out: Path, adapter_dtype: str,
                        metadata: dict[str, Any]) -> tuple[Path, str]:
     """``adapter_final.safetensors`` in the storage ``adapter_dtype`` asks for: (path, storage)."""
-    path = out / FINAL_ADAPTER
+    path = RunFolder(out).final_adapter
     storage = adapter_storage(gen, adapter_name, adapter_dtype)
     save_adapter(gen, path, adapter_name, metadata=metadata, storage=storage)
     return path, storage

@@ -32,9 +32,6 @@ from selva_core.atomic import (
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "train_log.jsonl"
-CURVE_FILE = "loss_curve.png"
-
 
 # --- JSON lines --------------------------------------------------------------------------------
 class JsonlLog:

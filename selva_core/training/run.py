@@ -35,6 +35,7 @@ from selva_core.data import SkipReport, scan_dataset
 from selva_core.data.split import split_examples
 from selva_core.dataset.report import keep_duplicates_together, warn_flagged
 from selva_core.model.precision import reset_peak_memory
+from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RunFolder
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -45,9 +46,8 @@ from selva_core.training.feature_cache import (
     build_feature_cache,
 )
 from selva_core.training.record import adapter_identity
-from selva_core.training.report import LOG_FILE, read_jsonl
+from selva_core.training.report import read_jsonl
 from selva_core.training.trainer import (
-    CONFIG_FILE,
     LoRATrainer,
     TrainHooks,
     TrainResult,
@@ -94,31 +94,24 @@ def default_model_tag(cfg: TrainConfig) -> str:
 
 
 # --- folders ----------------------------------------------------------------------------------
-# What a run writes in its output folder (removed by --overwrite; the feature cache is kept).
-RUN_ARTEFACTS = ("checkpoints", "samples", LOG_FILE, "loss_curve.png", "summary.json",
-                 "adapter_final.safetensors", "intruders.json", "intruders.png", "surgery.json",
-                 "config.json", "train.log", "listen")
-
-
 def holds_a_run(out: Path) -> list[str]:
     """What in ``out`` belongs to a run that trained (a checkpoint, the final adapter or a
     logged step), or run-like files (``samples/`` ...) no run of ours started; empty when the
     folder holds no run or only the leftovers of a run that stopped before its first step."""
-    found = []
-    manager = ckpt.CheckpointManager(out / "checkpoints")
+    run, found = RunFolder(out), []
+    manager = ckpt.CheckpointManager(run.checkpoints_dir)
     if manager.manifest_path.is_file():
         try:
             if manager.entries():
-                found.append("checkpoints")
+                found.append(run.checkpoints_dir.name)
         except (ckpt.CheckpointError, ValueError, OSError):
-            found.append("checkpoints")  # damaged: never cleared silently
-    if (out / "adapter_final.safetensors").exists():
-        found.append("adapter_final.safetensors")
-    if (out / LOG_FILE).is_file() and any(r.get("kind") == "train"
-                                           for r in read_jsonl(out / LOG_FILE)):
-        found.append(LOG_FILE)
-    started = (out / LOG_FILE).is_file() or (out / CONFIG_FILE).is_file()
-    if not found and not started:
+            found.append(run.checkpoints_dir.name)  # damaged: never cleared silently
+    if run.final_adapter.exists():
+        found.append(run.final_adapter.name)
+    if run.log_path.is_file() and any(r.get("kind") == "train"
+                                      for r in read_jsonl(run.log_path)):
+        found.append(run.log_path.name)
+    if not found and not run.started:
         # Run-like names without a run of ours having started here: not ours to clear.
         found = [name for name in RUN_ARTEFACTS[:6] if (out / name).exists()]
     return found
@@ -127,7 +120,7 @@ def holds_a_run(out: Path) -> list[str]:
 def check_resume(cfg: TrainConfig) -> None:
     """The checkpoint to resume exists and trains the same adapter with the same seed; checked
     before any feature is extracted and before anything in the folder changes."""
-    manager = ckpt.CheckpointManager(cfg.output_path / "checkpoints")
+    manager = ckpt.CheckpointManager(RunFolder(cfg.output_path).checkpoints_dir)
     entry = manager.find(cfg.resume_from)
     source = manager.folder(entry)
     state = manager.load_state(entry)
@@ -142,11 +135,11 @@ def check_resume(cfg: TrainConfig) -> None:
 def check_writable(cfg: TrainConfig) -> None:
     """The output folder (and its samples/ and checkpoints/) and the cache folder are folders
     this process can write into; else one ``UnusableFolderError`` naming the path."""
-    out = cfg.output_path
-    check_writable_folder(out, "--output_dir")
-    for name in ("samples", "checkpoints"):
-        if (out / name).exists():
-            check_writable_folder(out / name, f"--output_dir ({name}/)")
+    run = RunFolder(cfg.output_path)
+    check_writable_folder(run.path, "--output_dir")
+    for folder in (run.samples_dir, run.checkpoints_dir):
+        if folder.exists():
+            check_writable_folder(folder, f"--output_dir ({folder.name}/)")
     check_writable_folder(cfg.cache_path, "--cache_dir")
 
 
@@ -156,12 +149,11 @@ def no_checkpoint_yet(cfg: TrainConfig) -> bool:
     own folder. A damaged manifest, ``--resume-from`` or a finished adapter never count."""
     if not cfg.resume or cfg.resume_from is not None:
         return False
-    out = cfg.output_path
-    started = (out / LOG_FILE).is_file() or (out / CONFIG_FILE).is_file()
-    if not started or (out / "adapter_final.safetensors").exists():
+    run = RunFolder(cfg.output_path)
+    if not run.started or run.final_adapter.exists():
         return False
     try:
-        return not ckpt.CheckpointManager(out / "checkpoints").entries()
+        return not ckpt.CheckpointManager(run.checkpoints_dir).entries()
     except (ckpt.CheckpointError, ValueError, OSError):
         return False  # check_resume names the damage
 
@@ -170,7 +162,7 @@ def resume_advice(cfg: TrainConfig) -> str:
     """How to continue after the run stopped on an error it cannot fix itself (a full disk):
     from the newest checkpoint, or from step 0 when none was written (features are kept)."""
     try:
-        rows = ckpt.CheckpointManager(cfg.output_path / "checkpoints").entries()
+        rows = ckpt.CheckpointManager(RunFolder(cfg.output_path).checkpoints_dir).entries()
     except (ckpt.CheckpointError, ValueError, OSError):
         rows = []
     if rows:
@@ -234,7 +226,7 @@ def check_folders(cfg: TrainConfig) -> None:
     removed = []
     for name in RUN_ARTEFACTS:
         path = out / name
-        if name == "train.log" or not (path.exists() or path.is_symlink()):
+        if name == CONSOLE_LOG_FILE or not (path.exists() or path.is_symlink()):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

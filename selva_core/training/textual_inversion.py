@@ -34,7 +34,6 @@ from torch import nn
 
 from selva_core.model.precision import cast_frozen_weights
 from selva_core.model.textual_inversion import (
-    FINAL_EMBEDDING_FILE,
     TokenEmbedding,
     check_token,
     encode_clip,
@@ -146,9 +145,9 @@ class TextualInversionTrainer(LoRATrainer):
 
     def write_curves(self) -> None:
         if self.is_main:
-            from selva_core.training.report import CURVE_FILE, plot_curves
+            from selva_core.training.report import plot_curves
 
-            plot_curves(self.log.read(), self.out / CURVE_FILE,
+            plot_curves(self.log.read(), self.run_folder.curve_path,
                         title=f"textual inversion {self.cfg.token} on {self.cfg.variant}")
 
     # --- the end of a completed run ---------------------------------------------------------
@@ -157,7 +156,7 @@ class TextualInversionTrainer(LoRATrainer):
         if self.last_val is None or self.val_base is None:
             self.validate()
         val_final = self.last_val.loss if self.last_val else None
-        path = self.out / FINAL_EMBEDDING_FILE
+        path = self.run_folder.final_embedding
         self.write_trained(path, self.record.adapter_metadata(
             self.progress, val_loss_final=val_final, config=cfg.to_dict()))
         self.write_sample("final")

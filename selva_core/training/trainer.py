@@ -34,8 +34,6 @@ import contextlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,9 +42,6 @@ from typing import Any
 
 import torch
 
-from selva_core.atomic import json_safe
-from selva_core.audio.sync import ENVELOPE_PREFIX, envelope_sync
-from selva_core.features import ConditionFeatures
 from selva_core.model.generator import SelvaGenerator
 from selva_core.model.lora import (
     attach_lora,
@@ -66,6 +61,7 @@ from selva_core.model.precision import (
     resolve_autocast_dtype,
     resolve_base_dtype,
 )
+from selva_core.run_folder import RunFolder
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import DataOrder, example_seed, mix_seed
@@ -77,7 +73,8 @@ from selva_core.training.distributed import (
     wrap_model,
 )
 from selva_core.training.finish import intruder_summary, save_final_adapter, surgery_decision
-from selva_core.training.objective import ExampleStore, conditions, draw_examples, training_loss
+from selva_core.training.loop_console import ProgressBar, StopSignals
+from selva_core.training.objective import ExampleStore, draw_examples, training_loss
 from selva_core.training.record import (
     Progress,
     RunRecord,
@@ -86,23 +83,14 @@ from selva_core.training.record import (
     lora_config,
     training_prompts,
 )
-from selva_core.training.report import (
-    CURVE_FILE,
-    LOG_FILE,
-    JsonlLog,
-    plot_curves,
-    save_spectrogram_png,
-    smooth,
-    write_wav,
-)
+from selva_core.training.report import JsonlLog, plot_curves, smooth
+from selva_core.training.samples import SampleClip, sample_clip, sample_sync, write_sample
 from selva_core.training.schedule import LRSchedule
 from selva_core.training.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "default"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
 _GLOBAL_RNG_SEED = 0xD20F
 # fp16 autocast (``--base_dtype fp16``): ``torch.amp.GradScaler`` multiplies the loss by a power
 # of two before the backward pass so that small gradients do not underflow fp16, and divides
@@ -151,34 +139,6 @@ class TrainResult:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM set a flag (the loop saves and stops after the current step); a second
-    SIGINT raises KeyboardInterrupt at once. Only installable from the main thread."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("%s received: finishing this step, then saving a resumable checkpoint "
-                    "(press Ctrl-C again to stop at once)", signal.Signals(signum).name)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-        return False
 
 
 def resolve_run_dtypes(cfg: TrainConfig, device: torch.device
@@ -241,6 +201,7 @@ class LoRATrainer:
         self.dist = dist or DistContext()
         self.hooks = hooks or TrainHooks()
         self.device, self.is_main, self.out = self.dist.device, self.dist.is_main, cfg.output_path
+        self.run_folder = RunFolder(self.out)
         self.autocast_dtype, self.base_dtype = resolve_run_dtypes(cfg, self.device)
         self.variant = get_variant(cfg.variant)
         self.gen = generator
@@ -265,11 +226,11 @@ class LoRATrainer:
             enabled=self.autocast_dtype == torch.float16)
         self.schedule = LRSchedule(cfg.steps, cfg.warmup, cfg.lr_schedule)
         self.model = wrap_model(self.gen, self.dist)
-        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", cfg.keep_checkpoints,
+        self.ckpt = ckpt.CheckpointManager(self.run_folder.checkpoints_dir, cfg.keep_checkpoints,
                                            keep_best=cfg.keep_best)
         if self.is_main:
             self.ckpt.remove_stale()  # what a killed save left behind
-        self.log = JsonlLog(self.out / LOG_FILE, enabled=self.is_main)
+        self.log = JsonlLog(self.run_folder.log_path, enabled=self.is_main)
         self.identity = self._identity()
         self.record = RunRecord(
             cfg=cfg, lora=lora_config(cfg), world_size=self.dist.world_size,
@@ -379,7 +340,8 @@ class LoRATrainer:
             torch.manual_seed(mix_seed(cfg.seed, _GLOBAL_RNG_SEED, self.dist.rank))
             self._boundary_rng = ckpt.capture_rng_state()
         if self.is_main:
-            save_config(cfg, self.out)
+            self.out.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json_atomic(self.run_folder.config_path, json.loads(cfg.to_json()))
         self.log.write({**self.record.start_line(self.progress), "time": time.time()})
         if self.step == 0 and self.val_base is None:
             base = self.validate()
@@ -396,9 +358,9 @@ class LoRATrainer:
     def _loop(self) -> str:
         cfg = self.cfg
         self.gen.train()
-        progress = _ProgressBar(self.step, cfg.steps, enabled=self.is_main and not cfg.quiet)
+        progress = ProgressBar(self.step, cfg.steps, enabled=self.is_main and not cfg.quiet)
         try:
-            with _StopSignals() as signals:
+            with StopSignals() as signals:
                 while self.step < cfg.steps:
                     progress.update(self.train_step())
                     if not all_true(not self._stop_requested(signals), self.dist):
@@ -516,7 +478,7 @@ class LoRATrainer:
         self._boundary_rng = ckpt.capture_rng_state()
         self._in_update = False
 
-    def _stop_requested(self, signals: _StopSignals) -> bool:
+    def _stop_requested(self, signals: StopSignals) -> bool:
         return signals.requested or bool(self.hooks.should_stop and self.hooks.should_stop())
 
     def _resume_point(self) -> str:
@@ -590,7 +552,7 @@ class LoRATrainer:
                                       peak_memory_method=method,
                                       sample_sync=sample_sync(records), **end)
         if self.is_main:
-            ckpt.write_json_atomic(self.out / SUMMARY_FILE, summary)
+            ckpt.write_json_atomic(self.run_folder.summary_path, summary)
         adapter = summary.get("adapter_path")
         return TrainResult(status, self.step, self.out, Path(adapter) if adapter else None,
                            summary)
@@ -691,17 +653,10 @@ class LoRATrainer:
         log.info("step %d: validation loss %.5f", self.step, result.loss)
         return result
 
-    def _sample_features(self) -> tuple[ConditionFeatures, str, torch.Tensor] | None:
-        """The sample clip's features, name and raw latent (its true audio, VAE-encoded)."""
+    def _sample_features(self) -> SampleClip | None:
+        """The sample clip: the first validation clip, else the first training clip."""
         store = self.val_store if len(self.val_store) else self.train_store
-        if not len(store):
-            return None
-        batch = store.batch([0]).to(self.device)
-        _, sync, text = conditions(self.gen, batch)
-        prompt = getattr(store.examples[0], "prompt", "") or ""
-        return (ConditionFeatures(text_clip_f=text, sync_f=sync, duration=self.cfg.duration,
-                                  prompts=[prompt], variant=self.cfg.variant),
-                store.name(0), batch.latent_mean)
+        return sample_clip(self.gen, store, self.cfg, self.device)
 
     def write_sample(self, tag: str) -> Path | None:
         """A validation clip generated with CFG and a fixed seed -> samples/<tag>.wav + .png."""
@@ -711,38 +666,10 @@ class LoRATrainer:
         found = self._sample_features()
         if found is None:
             return None
-        features, name, true_latent = found
-        was_training = self.gen.training
-        self.gen.eval()
-        try:
-            with self.autocast():  # a half-precision base computes in its dtype
-                latent = self.pipeline.sample(features, seed=self.cfg.seed,
-                                              num_steps=self.cfg.sample_steps,
-                                              cfg_strength=self.cfg.cfg_strength)
-            wave = self.pipeline.decode(latent)[0].float().cpu()
-            # The reference for the sync figures: the clip's own audio through the same VAE
-            # and vocoder, so both sides are in one representation and aligned to the window.
-            reference = self.pipeline.decode(true_latent.to(latent.dtype))[0].float().cpu()
-        finally:
-            self.gen.train(was_training)
-            # Sampling may have set other sequence lengths (the clip's duration): restore the
-            # training lengths (a no-op when they did not change).
-            self.gen.update_seq_lengths(self.variant.sequence_lengths(self.cfg.duration))
-        wav_path = self.out / "samples" / f"{tag}.wav"
-        sr = self.variant.sample_rate
-        write_wav(wave.numpy(), sr, wav_path)
-        save_spectrogram_png(wave.numpy(), sr, wav_path.with_suffix(".png"),
-                             title=f"{name}: {tag} (cfg {self.cfg.cfg_strength:g}, seed "
-                                   f"{self.cfg.seed})")
-        figures = envelope_sync(wave, reference, sr)
-        self.log.write({"kind": "sample", "step": self.step, "tag": tag, "clip": name,
-                        "wav": f"samples/{tag}.wav",
-                        **json_safe(figures.as_dict(ENVELOPE_PREFIX)),
-                        "time": time.time()})
-        log.info("step %d: sample %s: envelope correlation with the clip's audio %.3f at lag "
-                 "0, %.3f at %+.0f ms", self.step, tag, figures.corr_lag0, figures.corr_best,
-                 figures.best_lag_ms)
-        return wav_path
+        return write_sample(found, tag, self.step, pipeline=self.pipeline, generator=self.gen,
+                            cfg=self.cfg, sample_rate=self.variant.sample_rate,
+                            train_lengths=self.variant.sequence_lengths(self.cfg.duration),
+                            autocast=self.autocast, run=self.run_folder, train_log=self.log)
 
     def save_checkpoint(self, reason: str) -> ckpt.CheckpointEntry | None:
         if not self.is_main:
@@ -760,7 +687,7 @@ class LoRATrainer:
 
     def write_curves(self) -> None:
         if self.is_main:
-            plot_curves(self.log.read(), self.out / CURVE_FILE,
+            plot_curves(self.log.read(), self.run_folder.curve_path,
                         title=f"LoRA r{self.cfg.rank} on {self.cfg.variant}")
 
     def _on_interrupt(self) -> None:
@@ -769,48 +696,3 @@ class LoRATrainer:
             self.save_checkpoint("interrupt")
         self.write_curves()
         log.warning("training interrupted at step %d; resume with --resume", self.step)
-
-
-class _ProgressBar:
-    """A tqdm bar over optimiser steps (rank 0, not --quiet) showing loss and lr."""
-
-    def __init__(self, start: int, total: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step",
-                            dynamic_ncols=True)
-
-    def update(self, record: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def sample_sync(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The validation samples' envelope figures for the summary: the base model's (step 0)
-    and the newest sample's (the final one once the run has finished); None without
-    samples."""
-    samples = [r for r in records if r.get("kind") == "sample"]
-    if not samples:
-        return None
-    keys = [f"{ENVELOPE_PREFIX}{k}" for k in ("corr_lag0", "best_lag_ms", "corr_best")]
-
-    def pick(rec: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if rec is None else {"tag": rec.get("tag"), "step": rec.get("step"),
-                                         **{k: rec.get(k) for k in keys}}
-
-    base = next((r for r in samples if r.get("step") == 0), None)
-    last = samples[-1] if samples[-1] is not base else None
-    return {"clip": samples[-1].get("clip"), "base": pick(base), "last": pick(last)}
-
-
-def save_config(cfg: TrainConfig, out: Path) -> None:
-    """config.json in the output folder (what produced this run)."""
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(out / CONFIG_FILE, json.loads(cfg.to_json()))

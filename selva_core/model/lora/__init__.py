@@ -21,7 +21,6 @@ Typical use::
 from .config import LoRAConfig, compute_scale
 from .intruders import IntruderReport, LayerIntruders, intruder_report, reduce_intruders
 from .io import (
-    FINAL_ADAPTER_FILE,
     STRENGTH_RANGE,
     AdapterFileInfo,
     AdapterLoadError,

@@ -51,6 +51,7 @@ from torch import nn
 
 from ... import __version__
 from ...atomic import save_safetensors_atomic
+from ...run_folder import RunFolder
 from ...variants import STRENGTH_RANGE  # noqa: F401  (re-exported with the LoRA library)
 from .config import LoRAConfig
 from .kind import get_kind, kind_names
@@ -320,7 +321,6 @@ def save_adapter(
 
 
 # -- reading and validating --------------------------------------------------------------------
-FINAL_ADAPTER_FILE = "adapter_final.safetensors"  # what a training run leaves in its folder
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -358,8 +358,8 @@ def resolve_adapter_path(path: str | os.PathLike) -> Path:
     link; :class:`AdapterNotFoundError` when nothing is there)."""
     path = Path(path)
     if path.is_dir():
-        if (path / FINAL_ADAPTER_FILE).is_file():
-            return path / FINAL_ADAPTER_FILE
+        if RunFolder(path).final_adapter.is_file():
+            return RunFolder(path).final_adapter
         raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
     try:
         path.stat()
