@@ -165,7 +165,7 @@ class SelvaModel:
     shares the base's residency in ComfyUI's memory manager, as ComfyUI's own LoRA models
     do: its ``ModelPatcher`` is a ``clone()`` of the base's, over the one module that holds
     the base networks and moves every derived pipeline with them
-    (:class:`selva_core.residency.SharedResidency`), and its size is the base's plus only
+    (:class:`selva_core.pipeline.residency.SharedResidency`), and its size is the base's plus only
     the tensors the derived pipeline owns (its adapters). ComfyUI keeps one entry per base,
     so the base weights are counted and moved once, however many branches use them.
     """
@@ -194,7 +194,7 @@ class SelvaModel:
         if self._patcher is None:
             import comfy.model_patcher
 
-            from selva_core.residency import SharedResidency
+            from selva_core.pipeline.residency import SharedResidency
 
             mm = _model_management()
             self._patcher = comfy.model_patcher.ModelPatcher(

@@ -434,14 +434,14 @@ def test_text_encoders_load_from_the_models_folder_with_the_network_blocked(
 
 
 def test_pipeline_checks_every_file_before_building_anything(tmp_path, no_network, monkeypatch):
-    from selva_core import pipeline, weights
-    from selva_core.pipeline import SelvaPipeline
+    from selva_core import weights
+    from selva_core.pipeline import SelvaPipeline, construction
 
     def no_build(*args, **kwargs):
         raise AssertionError("nothing is built before every file is there")
 
     monkeypatch.setattr(weights, "build_component", no_build)
-    monkeypatch.setattr(pipeline, "build_component", no_build, raising=False)
+    monkeypatch.setattr(construction, "build_component", no_build)
     with pytest.raises(MissingWeightsError) as info:
         SelvaPipeline.build("medium_44k", models_dir=tmp_path)
     assert len(info.value.missing) == len(VARIANTS["medium_44k"].required_files())

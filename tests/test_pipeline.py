@@ -220,6 +220,25 @@ def test_encode_audio_gives_latent_moments_of_the_generator_length(pipe):
     assert mean is raw.mean and std is raw.std
 
 
+def test_encode_audio_mixes_5_1_to_mono_as_the_training_data_is(pipe, tmp_path):
+    """A 5.1 waveform gives the moments of the track load_mono reads from the same 5.1 file
+    (ITU downmix without the LFE, then soxr), not those of a plain mean of the six channels."""
+    sf = pytest.importorskip("soundfile")
+    from selva_core.data.audio import load_mono
+
+    rate = 22050
+    film = 0.1 * torch.randn(6, rate, generator=torch.Generator().manual_seed(4))
+    film[3] *= 5  # a loud LFE, which the mix leaves out
+    sf.write(tmp_path / "film.wav", film.T.numpy(), rate, subtype="FLOAT")
+    heard = torch.from_numpy(load_mono(tmp_path / "film.wav", pipe.sample_rate))
+    training = pipe.encode_audio(heard, pipe.sample_rate, duration=DURATION)
+    surround = pipe.encode_audio(film[None], rate, duration=DURATION)
+    torch.testing.assert_close(surround.mean, training.mean)
+    torch.testing.assert_close(surround.std, training.std)
+    plain = pipe.encode_audio(film.mean(dim=0), rate, duration=DURATION)
+    assert not torch.allclose(plain.mean, training.mean, atol=1e-3)
+
+
 def test_encode_audio_rejects_nan(pipe):
     with pytest.raises(ValueError, match="NaN"):
         pipe.encode_audio(torch.full((16000,), float("nan")), 16000)

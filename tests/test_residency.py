@@ -9,7 +9,7 @@ import torch
 
 from selva_core.model.lora import LoRAConfig, attach_lora, save_adapter
 from selva_core.pipeline import SelvaPipeline
-from selva_core.residency import SharedResidency
+from selva_core.pipeline.residency import SharedResidency
 
 
 def _adapter(pipe: SelvaPipeline, path, seed: int):
