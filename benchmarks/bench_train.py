@@ -46,7 +46,7 @@ from selva_core.data.synthetic import make_synthetic_dataset  # noqa: E402
 from selva_core.pipeline import SelvaPipeline  # noqa: E402
 from selva_core.training.config import TrainConfig  # noqa: E402
 from selva_core.training.demo import prepare_demo  # noqa: E402
-from selva_core.training.feature_cache import (  # noqa: E402
+from selva_core.feature_cache import (  # noqa: E402
     FeatureCacheSettings,
     build_feature_cache,
 )

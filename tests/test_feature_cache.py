@@ -21,7 +21,7 @@ import torch
 
 from selva_core.data import BadClipError, EmptyDatasetError, SkipReport, scan_dataset
 from selva_core.data.synthetic import write_tone_clip
-from selva_core.training.feature_cache import (
+from selva_core.feature_cache import (
     TENSOR_KEYS,
     CacheStats,
     FeatureCacheSettings,
@@ -145,7 +145,7 @@ def test_all_windows_cut_the_clip_and_carry_each_windows_frames_and_audio(data, 
 
 def test_first_window_policy_keeps_only_the_start_and_says_so(data, tmp_path, caplog):
     write_tone_clip(data / "long.mp4", duration=5.0)
-    with caplog.at_level(logging.INFO, logger="selva_core.training.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="selva_core.feature_cache"):
         examples, _ = build(data, tmp_path / "cache", window_policy="first")
     assert [e.name for e in examples] == ["long#w0"]
     assert any("cover 1.92 s of 5.0" in r.getMessage() for r in caplog.records)
@@ -218,7 +218,7 @@ def test_rerun_reuses_every_file_without_extracting(data, tmp_path):
 
 
 def test_warm_rerun_decides_reuse_before_decoding_anything(data, tmp_path, monkeypatch):
-    import selva_core.training.feature_cache as fc
+    import selva_core.window_features as fc  # where the media are decoded
 
     write_tone_clip(data / "a.mp4", duration=4.0)
     write_tone_clip(data / "b.mp4", duration=2.0, with_audio=False)

@@ -46,9 +46,9 @@ import torch
 from selva_core.atomic import json_safe, write_json_atomic
 from selva_core.audio import metrics as M
 from selva_core.checksums import file_sha256
+from selva_core.data.clips import ClipSource
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation.clips import (
-    EvalClip,
     RunInfo,
     cat_features,
     clip_motion,
@@ -57,6 +57,7 @@ from selva_core.evaluation.clips import (
     read_run_folder,
 )
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
+from selva_core.feature_cache import default_model_tag
 from selva_core.media import write_wav
 from selva_core.variants import TRAIN_DURATION_S
 
@@ -92,7 +93,7 @@ class EvalResult:
 
 @dataclass
 class _Job:
-    clip: EvalClip
+    clip: ClipSource
     adapter: AdapterEntry
     strength: float
     seed: int
@@ -199,14 +200,6 @@ class _State:
         write_json_atomic(self.out / SUMMARY_FILE, json_safe(self.summary))
 
 
-def default_model_tag(variant: str) -> str:
-    """The feature-cache tag a training run of ``variant`` uses (so its cache can be reused)."""
-    from selva_core.training.config import TrainConfig
-    from selva_core.training.run import default_model_tag as train_tag
-
-    return train_tag(TrainConfig(variant=variant))
-
-
 def build_eval_pipeline(spec: EvalSpec, variant: str):
     """The pipeline the evaluation renders with (tiny_16k: the shipped trained tiny model, no
     download; other variants from the models folder, never downloaded here)."""
@@ -255,7 +248,7 @@ def _prepare_clips(spec, pipeline, clips, run, state, skipped, model_tag, should
     feature_dir = state.out / "features"
     durations: dict[str, float] = {}
     features: dict[str, Any] = {}
-    usable: list[EvalClip] = []
+    usable: list[ClipSource] = []
     for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
         if should_stop is not None and should_stop():
             raise EvalInterrupted("stopped")
@@ -397,7 +390,7 @@ def run_evaluation(
                          should_stop=should_stop)
 
 
-def _ckey(clip: EvalClip) -> str:
+def _ckey(clip: ClipSource) -> str:
     return f"{clip.role}/{clip.name}"
 
 
@@ -413,7 +406,7 @@ def _selection_note(spec: EvalSpec, run: RunInfo | None) -> str:
 
 
 def _select_clips(spec: EvalSpec, run: RunInfo | None, clips_dir: Path
-                  ) -> tuple[list[EvalClip], list[dict[str, str]]]:
+                  ) -> tuple[list[ClipSource], list[dict[str, str]]]:
     found, skipped = discover_clips(clips_dir)
     by_name = {c.name: c for c in found}
     wanted = spec.clips or (list(run.held_out) if run is not None and run.held_out else None)
@@ -487,7 +480,7 @@ class _Scorers:
         scorers.clap, summary["clap"] = E.create_clap(spec.clap_model, device=pipeline.device)
         return scorers
 
-    def desync_of(self, clip: EvalClip, duration: float, wave: np.ndarray, sr: int
+    def desync_of(self, clip: ClipSource, duration: float, wave: np.ndarray, sr: int
                   ) -> float | None:
         if self.desync is None or clip.video_path is None:
             return None
@@ -497,7 +490,7 @@ class _Scorers:
                                                                          duration)
         return self.desync.score(self.video_feats[key], wave, sr)
 
-    def clap_of(self, clip: EvalClip, wave: np.ndarray, sr: int) -> tuple[float | None, Any]:
+    def clap_of(self, clip: ClipSource, wave: np.ndarray, sr: int) -> tuple[float | None, Any]:
         if self.clap is None:
             return None, None
         audio = self.clap.audio_embedding(wave, sr)
@@ -507,7 +500,7 @@ class _Scorers:
 
 
 # --- references --------------------------------------------------------------------------------
-def _write_references(clips: list[EvalClip], durations: dict[str, float], out: Path, sr: int,
+def _write_references(clips: list[ClipSource], durations: dict[str, float], out: Path, sr: int,
                       scorers: _Scorers, summary: dict[str, Any],
                       motions: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
     """Copy each eval clip's reference sound and video; measure the reference (as a 16-bit
@@ -566,7 +559,7 @@ def _write_references(clips: list[EvalClip], durations: dict[str, float], out: P
     return waves
 
 
-def _page_video(clip: EvalClip, out: Path, folder: str) -> tuple[str, str | None]:
+def _page_video(clip: ClipSource, out: Path, folder: str) -> tuple[str, str | None]:
     """The clip's video as the page shows it (an MP4 browsers play) and its poster frame."""
     from selva_core.media import browser_video, write_poster
 
