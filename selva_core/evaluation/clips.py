@@ -28,6 +28,7 @@ from selva_core.audio.sync import motion_energy
 from selva_core.data.clips import ClipSource, scan_dataset
 from selva_core.data.errors import BadClipError, EmptyDatasetError, SkipReport
 from selva_core.data.windows import Window
+from selva_core.evaluation.spec import EvalSpec
 from selva_core.feature_cache import (
     MOTION_KEY,
     FeatureCacheSettings,
@@ -112,6 +113,55 @@ def read_run_folder(folder: str | Path) -> RunInfo | None:
     return RunInfo(folder, clips_dir, held_out, cache_dir if cache_dir.is_dir() else None,
                    config.get("variant"), float(config.get("duration", TRAIN_DURATION_S)),
                    str(config.get("window", "first")))
+
+
+def clip_key(clip: ClipSource) -> str:
+    """The key of a clip in an evaluation (a drift clip may share an eval clip's name)."""
+    return f"{clip.role}/{clip.name}"
+
+
+# --- selection ---------------------------------------------------------------------------------
+def selection_note(spec: EvalSpec, run: RunInfo | None) -> str:
+    """How the evaluated clips were chosen, in words (the summary's ``clip_selection``)."""
+    if spec.clips:
+        return "the spec's 'clips'"
+    if run is not None and run.held_out:
+        return f"the held-out (validation) clips of the training run {run.run_dir}"
+    if run is not None:
+        return ("every clip of the training run's data folder (the run lists no held-out "
+                "clips: these are training clips)")
+    return "every clip of data_dir"
+
+
+def select_clips(spec: EvalSpec, run: RunInfo | None, clips_dir: Path
+                 ) -> tuple[list[ClipSource], list[dict[str, str]]]:
+    """The clips to render: the spec's ``clips``, else the run's held-out clips, else every
+    clip of ``clips_dir``; then the ``drift_dir`` clips. The skipped ones with why;
+    FileNotFoundError when nothing is left to evaluate."""
+    found, skipped = discover_clips(clips_dir)
+    by_name = {c.name: c for c in found}
+    wanted = spec.clips or (list(run.held_out) if run is not None and run.held_out else None)
+    if wanted is None:
+        clips = found
+    else:
+        clips = []
+        for name in wanted:
+            if name in by_name:
+                clips.append(by_name[name])
+            elif not any(s["clip"] == name for s in skipped):
+                skipped.append({"clip": name, "role": "eval",
+                                "reason": f"no clip named {name!r} in {clips_dir}"})
+        skipped = [s for s in skipped if s["clip"] in wanted]
+    if spec.drift_dir:
+        drift, drift_skipped = discover_clips(spec.drift_dir, role="drift")
+        clips += drift
+        skipped += drift_skipped
+    if not clips:
+        reasons = "; ".join(f"{s['clip']}: {s['reason']}" for s in skipped[:5])
+        raise FileNotFoundError(f"no clip to evaluate in {clips_dir}"
+                                + (f" ({reasons})" if reasons else "")
+                                + "; check 'data_dir' and 'clips' in the spec")
+    return clips, skipped
 
 
 # --- features ----------------------------------------------------------------------------------
@@ -199,4 +249,5 @@ def cat_features(items: list[ConditionFeatures]) -> ConditionFeatures:
 
 
 __all__ = ["RunInfo", "discover_clips", "read_run_folder", "extract_clip_features",
-           "cat_features", "clip_motion", "condition_settings"]
+           "cat_features", "clip_motion", "condition_settings", "clip_key", "select_clips",
+           "selection_note"]
