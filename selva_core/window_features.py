@@ -214,6 +214,8 @@ def _content_frames(seconds: float) -> int:
 # --- extraction of one window -----------------------------------------------------------------
 @dataclass
 class ClipData:
+    """A clip as its windows are extracted from: its decoded sound and its lengths."""
+
     clip: ClipSource
     wave: np.ndarray | None  # None for conditions-only settings (the sound is not read)
     length: float  # usable seconds = min(audio, visual)
