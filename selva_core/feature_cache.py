@@ -69,8 +69,8 @@ from selva_core.data.windows import Window, plan_windows
 from selva_core.features import ConditionFeatures
 from selva_core.variants import SYNC_FPS, get_variant, min_duration
 from selva_core.window_features import (
-    _EPS,
     CONDITION_KEYS,
+    EPS_S,
     EXTRACTOR_VERSION,
     MOTION_KEY,
     TENSOR_KEYS,
@@ -281,7 +281,7 @@ def _cache_clip(
     windows = plan_windows(data.length, settings.duration, settings.window_policy,
                            settings.pad_policy)
     if not windows:
-        if data.length + _EPS < min_duration():
+        if data.length + EPS_S < min_duration():
             problem = (f"audio and picture overlap for only {data.length:.2f} s; one sync "
                        f"window needs {min_duration():.2f} s")
             fix = "use a longer clip or remove it"

@@ -48,7 +48,7 @@ TENSOR_KEYS: tuple[str, ...] = (
     "latent_mean", "latent_std", *CONDITION_KEYS, "audio_valid_samples",
 )
 MOTION_KEY = "motion_energy"  # a conditions window's metadata: its frames' motion energy (JSON)
-_EPS = 1e-6
+EPS_S = 1e-6  # seconds of slack when float lengths are compared with whole frames
 
 
 class FeatureExtractor(Protocol):
@@ -106,7 +106,7 @@ class FeatureCacheSettings:
         if self.pad_policy not in PAD_POLICIES:
             raise ValueError(f"pad_policy must be one of {PAD_POLICIES}, got {self.pad_policy!r}")
         duration = float(self.duration)
-        if not math.isfinite(duration) or duration + _EPS < min_duration():
+        if not math.isfinite(duration) or duration + EPS_S < min_duration():
             raise ValueError(
                 f"training duration {self.duration!r} s is too short: it must hold one sync "
                 f"window ({min_duration():.2f} s)"
@@ -208,7 +208,7 @@ def condition_frame_count(duration: float) -> int:
 
 
 def _content_frames(seconds: float) -> int:
-    return max(0, math.floor(seconds * SYNC_FPS + _EPS))
+    return max(0, math.floor(seconds * SYNC_FPS + EPS_S))
 
 
 # --- extraction of one window -----------------------------------------------------------------
