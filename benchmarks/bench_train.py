@@ -43,13 +43,13 @@ if str(ROOT) not in sys.path:
 
 from selva_core.data import scan_dataset  # noqa: E402
 from selva_core.data.synthetic import make_synthetic_dataset  # noqa: E402
-from selva_core.pipeline import SelvaPipeline  # noqa: E402
-from selva_core.training.config import TrainConfig  # noqa: E402
-from selva_core.training.demo import prepare_demo  # noqa: E402
-from selva_core.training.feature_cache import (  # noqa: E402
+from selva_core.feature_cache import (  # noqa: E402
     FeatureCacheSettings,
     build_feature_cache,
 )
+from selva_core.pipeline import SelvaPipeline  # noqa: E402
+from selva_core.training.config import TrainConfig  # noqa: E402
+from selva_core.training.demo import prepare_demo  # noqa: E402
 from selva_core.training.trainer import LoRATrainer  # noqa: E402
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}

@@ -30,8 +30,11 @@ SelvaFeaturesType = io.Custom(FEATURES_TYPE)
 _CACHE = None
 
 
-def feature_cache():
-    """The process-wide content cache of extracted features (a few entries, on the CPU)."""
+def content_cache():
+    """The process-wide in-memory cache of extracted features, keyed by the frames' content
+    (a few entries, on the CPU). Features of clip files on disk live in the package's one
+    feature cache (:mod:`selva_core.feature_cache`, training and evaluation); a node's frames
+    may come from no file, so they are keyed here by what they hold."""
     global _CACHE
     if _CACHE is None:
         from selva_core.frames import ContentCache
@@ -90,7 +93,7 @@ class SelvaFeatureExtractor(io.ComfyNode):
 
         prepared = _prepare(video, images, fps, duration, mask, mask_strength)
         key = content_key(model.uid, prepared.frames, prompt, prepared.duration)
-        cache = feature_cache()
+        cache = content_cache()
         features = cache.get(key)
         info = prepared.summary
         if features is None:

@@ -44,9 +44,10 @@ from .atomic import (
 )
 from .audio.sync import MOTION_PREFIX, motion_energy, motion_energy_sync
 from .console import say
+from .data.clips import group_files, read_prompts
 from .data.errors import BadClipError
-from .data.prompts import PROMPTS_FILENAME, parse_prompts
-from .data.video import VIDEO_EXTENSIONS, decode_frames, probe_video
+from .data.prompts import PROMPTS_FILENAME
+from .data.video import VIDEO_EXTENSIONS, probe_video
 from .flow_matching import DEFAULT_CONFIG
 from .media import mux_audio, write_wav
 from .model.lora import AdapterLoadError, resolve_adapter_path
@@ -60,6 +61,7 @@ from .pipeline import (
 )
 from .variants import DEFAULT_VARIANT, SYNC_FPS, TRAIN_DURATION_S, VARIANTS, min_duration
 from .weights import WeightsError
+from .window_features import encoder_frames
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +197,11 @@ def check_overlap(overlap_s: float) -> None:
 
 
 def find_videos(path: Path) -> list[Path]:
-    """The video at ``path``, or the videos in the folder ``path`` (sorted by name)."""
+    """The video at ``path``, or the videos in the folder ``path`` (sorted by name; the
+    folder is read by the package's clip grouping, :func:`~selva_core.data.clips.group_files`,
+    keeping every video: two that share a stem are told apart by :func:`output_names`)."""
     if path.is_dir():
-        videos = sorted(p for p in path.iterdir()
-                        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+        videos = sorted(v for files in group_files(path).values() for v in files.videos)
         if not videos:
             raise UsageError(f"{path} holds no videos ({', '.join(VIDEO_EXTENSIONS)})")
         return videos
@@ -220,22 +223,12 @@ def folder_prompts(folder: Path, videos: Sequence[Path]) -> tuple[dict[str, str]
                                                                   dict[str, str]]:
     """Prompts by clip stem from ``folder/prompts.txt`` and the error of each clip whose
     line cannot be used (both empty without the file)."""
-    path = folder / PROMPTS_FILENAME
-    if not path.is_file():
-        return {}, {}
-    entries, errors = parse_prompts(path, VIDEO_EXTENSIONS, {v.stem for v in videos})
+    entries, errors = read_prompts(folder, {v.stem for v in videos})
     bad = {e.key: str(e) for e in errors if e.key is not None}
     for e in errors:
         if e.key is None:
             logger.warning("%s", e)
     return {k: e.prompt for k, e in entries.items()}, bad
-
-
-def _resize_to_encoder(pipe: SelvaPipeline):
-    """Chunk transform for decode_frames: frames at the encoder's size as float in [0, 1], so
-    a long high-resolution clip never sits in memory at full size."""
-    return lambda chunk: ((pipe.prepare_sync_frames(chunk).float().cpu() + 1.0) * 0.5).clamp_(
-        0.0, 1.0)
 
 
 def render_clip(pipe: SelvaPipeline, video: Path, prompt: str, args, progress=None
@@ -251,9 +244,7 @@ def render_clip(pipe: SelvaPipeline, video: Path, prompt: str, args, progress=No
         logger.warning("%s lasts %.2f s, shorter than --duration %g s: its sound is %.2f s "
                        "long (all of the clip)", video, info.duration, args.duration,
                        info.duration)
-    frames = decode_frames(video, fps=SYNC_FPS, num_frames=int(math.floor(duration * SYNC_FPS
-                                                                            + 1e-6)),
-                           transform=_resize_to_encoder(pipe))
+    frames = encoder_frames(pipe, video, int(math.floor(duration * SYNC_FPS + 1e-6)))
     if frames.shape[0] == 0:
         raise BadClipError(video, "no picture could be decoded", "re-encode or remove it")
     try:

@@ -258,3 +258,21 @@ def test_skip_report_formats_one_line_per_clip(folder):
     text = report.format()
     assert text.splitlines()[0] == "2 clip(s) skipped:"
     assert "x.mp4" in text.splitlines()[1] and "y.mp4" in text.splitlines()[2]
+
+
+def test_evaluations_reading_keeps_a_silent_clip_and_a_badly_prompted_one_training_skips(
+        folder, caplog):
+    write_tone_clip(folder / "quiet.mp4", duration=1.0, with_audio=False)
+    write_tone_clip(folder / "loud.mp4", duration=1.0)
+    (folder / "prompts.txt").write_text("loud no colon here\n")
+    report = SkipReport()
+    with pytest.raises(EmptyDatasetError):  # training: no sound, unusable prompt line
+        scan_dataset(folder, on_bad_clip="skip", report=report)
+    assert len(report) == 2
+    with caplog.at_level(logging.WARNING):
+        clips = scan_dataset(folder, need_audio=False, strict_prompts=False, role="eval")
+    assert [(c.name, c.has_audio, c.role) for c in clips] == [("loud", True, "eval"),
+                                                              ("quiet", False, "eval")]
+    assert clips[0].prompt == "barking dogs" and clips[0].prompt_source == "folder"
+    assert abs(clips[0].seconds - 1.0) < 0.05
+    assert any("has no ':'" in r.getMessage() for r in caplog.records)

@@ -327,7 +327,7 @@ def test_features_come_from_the_training_runs_cache_when_they_match(tmp_path, se
 
     from selva_core.data import scan_dataset
     from selva_core.evaluation.runner import default_model_tag
-    from selva_core.training.feature_cache import FeatureCacheSettings, build_feature_cache
+    from selva_core.feature_cache import FeatureCacheSettings, build_feature_cache
 
     _, clips, _, pipe, _, _ = setup
     run = tmp_path / "run"
@@ -345,7 +345,7 @@ def test_features_come_from_the_training_runs_cache_when_they_match(tmp_path, se
     saved = next((tmp_path / "out" / "features").glob("hum_000.*.safetensors"))
     with safe_open(str(saved), framework="pt") as f:
         assert json.loads(f.metadata()["extra"])["from"] == "run cache"
-        ours = f.get_tensor("sync_f")[0]
+        ours = f.get_tensor("sync_f")  # (tokens, width): the feature cache's window format
     entry = next(e for e in cached if e.name == "hum_000#w0")
     np.testing.assert_array_equal(ours.numpy(), entry.load()["sync_f"][: ours.shape[0]].numpy())
     assert result.summary["reference_clips"][0]["duration"] == 1.0  # the run's window

@@ -21,7 +21,7 @@ import torch
 
 from selva_core.data import BadClipError, EmptyDatasetError, SkipReport, scan_dataset
 from selva_core.data.synthetic import write_tone_clip
-from selva_core.training.feature_cache import (
+from selva_core.feature_cache import (
     TENSOR_KEYS,
     CacheStats,
     FeatureCacheSettings,
@@ -145,7 +145,7 @@ def test_all_windows_cut_the_clip_and_carry_each_windows_frames_and_audio(data, 
 
 def test_first_window_policy_keeps_only_the_start_and_says_so(data, tmp_path, caplog):
     write_tone_clip(data / "long.mp4", duration=5.0)
-    with caplog.at_level(logging.INFO, logger="selva_core.training.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="selva_core.feature_cache"):
         examples, _ = build(data, tmp_path / "cache", window_policy="first")
     assert [e.name for e in examples] == ["long#w0"]
     assert any("cover 1.92 s of 5.0" in r.getMessage() for r in caplog.records)
@@ -218,7 +218,7 @@ def test_rerun_reuses_every_file_without_extracting(data, tmp_path):
 
 
 def test_warm_rerun_decides_reuse_before_decoding_anything(data, tmp_path, monkeypatch):
-    import selva_core.training.feature_cache as fc
+    import selva_core.window_features as fc  # where the media are decoded
 
     write_tone_clip(data / "a.mp4", duration=4.0)
     write_tone_clip(data / "b.mp4", duration=2.0, with_audio=False)
@@ -397,3 +397,38 @@ def test_tiny_pipeline_end_to_end_matches_direct_extraction(data, tmp_path):
     torch.testing.assert_close(w1["latent_std"], moments.std[0].float())
     again = build_feature_cache(clips, pipe, tmp_path / "cache", cfg, progress=False)
     assert all(e.reused for e in again)
+
+
+def test_a_conditions_window_reads_no_sound_is_reused_and_keyed_apart_from_training(
+        data, tmp_path, monkeypatch):
+    import json
+
+    from safetensors import safe_open
+
+    import selva_core.window_features as wf
+    from selva_core.feature_cache import CONDITION_KEYS, MOTION_KEY, clip_conditions
+
+    write_tone_clip(data / "dog.mp4", duration=2.2)
+    (clip,) = scan_dataset(data, on_bad_clip="stop")
+
+    def no_sound(*args, **kwargs):
+        raise AssertionError("a conditions window decoded the sound")
+
+    monkeypatch.setattr(wf, "load_mono", no_sound)
+    ext, v = RecordingExtractor(), get_variant("tiny_16k")
+    feats = clip_conditions(ext, clip, settings(latents=False), tmp_path / "feats")
+    assert feats.sync_f.shape == (1, SEQ.sync, v.generator.sync_dim)
+    assert feats.text_clip_f.shape == (1, 77, v.generator.text_dim)
+    assert feats.duration == D and feats.prompts == [clip.prompt]
+    assert len(json.loads(feats.extra[MOTION_KEY])) == wf.condition_frame_count(D)
+    (path,) = (tmp_path / "feats").glob("*.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(CONDITION_KEYS)
+    again_ext = RecordingExtractor()
+    again = clip_conditions(again_ext, clip, settings(latents=False), tmp_path / "feats")
+    assert sum(again_ext.calls.values()) == 0 and torch.equal(again.sync_f, feats.sync_f)
+    monkeypatch.undo()
+    (example,) = build_feature_cache([clip], RecordingExtractor(), tmp_path / "feats",
+                                     settings(window_policy="first"), progress=False)
+    assert example.path != path and not example.reused  # its own key, its own file
+    torch.testing.assert_close(example.load()["sync_f"], feats.sync_f[0])  # the same frames

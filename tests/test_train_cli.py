@@ -209,7 +209,7 @@ def test_a_rejected_resume_leaves_the_folder_as_it_was(cli, clips, tmp_path, cap
 
 def test_ctrl_c_during_feature_extraction_exits_130_and_keeps_the_features_so_far(
         cli, clips, tmp_path, capsys, monkeypatch):
-    import selva_core.training.feature_cache as fc
+    import selva_core.feature_cache as fc
 
     real, calls = fc._extract_window, []
 

@@ -26,11 +26,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from selva_core.model.generator import SelvaGenerator
-from selva_core.training.config import TrainConfig
-from selva_core.training.feature_cache import (
+from selva_core.feature_cache import (
     CachedExample,
 )
+from selva_core.model.generator import SelvaGenerator
+from selva_core.training.config import TrainConfig
 from selva_core.training.objective import ExampleStore
 from selva_core.training.trainer import LoRATrainer
 from selva_core.training.validation import Validator

@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from selva_core.feature_cache import read_feature_cache
 from selva_core.model.lora import load_adapter, trainable_parameters
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
-from selva_core.training.feature_cache import read_feature_cache
 from selva_core.training.report import format_summary
 from selva_core.training.run import run_training
 from selva_core.training.schedule import LRSchedule

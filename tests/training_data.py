@@ -8,12 +8,12 @@ from typing import NamedTuple
 
 from selva_core.data import scan_dataset
 from selva_core.data.synthetic import make_synthetic_dataset
-from selva_core.pipeline import SelvaPipeline
-from selva_core.training.feature_cache import (
+from selva_core.feature_cache import (
     CachedExample,
     FeatureCacheSettings,
     build_feature_cache,
 )
+from selva_core.pipeline import SelvaPipeline
 
 
 class TinyTrainingSet(NamedTuple):

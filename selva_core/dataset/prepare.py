@@ -46,6 +46,7 @@ from selva_core.atomic import (
     write_text_atomic,
 )
 from selva_core.data.audio import align_to_picture, decode_audio, resample, to_mono
+from selva_core.data.clips import read_prompts
 from selva_core.data.errors import BadClipError
 from selva_core.data.prompts import PROMPTS_FILENAME, folder_prompt, parse_prompts
 from selva_core.data.video import (
@@ -142,11 +143,9 @@ def source_prompt(source: Path, settings: PrepareSettings) -> str:
     """``--prompt``, else the source's line in a ``prompts.txt`` beside it, else its folder."""
     if settings.prompt:
         return settings.prompt
-    file = source.parent / PROMPTS_FILENAME
-    if file.is_file():
-        entries, _ = parse_prompts(file, VIDEO_EXTENSIONS, {source.stem})
-        if source.stem in entries:
-            return entries[source.stem].prompt
+    entries, _ = read_prompts(source.parent, {source.stem})
+    if source.stem in entries:
+        return entries[source.stem].prompt
     return folder_prompt(source.parent)
 
 

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,15 +45,19 @@ import torch
 from selva_core.atomic import json_safe, write_json_atomic
 from selva_core.audio import metrics as M
 from selva_core.checksums import file_sha256
+from selva_core.data.clips import ClipSource
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation.clips import (
-    EvalClip,
     cat_features,
+    clip_key,
     clip_motion,
-    discover_clips,
     extract_clip_features,
+    select_clips,
+    selection_note,
 )
+from selva_core.evaluation.references import Scorers, fad, save_embedding, write_references
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
+from selva_core.feature_cache import default_model_tag
 from selva_core.media import write_wav
 from selva_core.run_folder import RunFolder, RunInfo
 from selva_core.variants import TRAIN_DURATION_S
@@ -91,7 +94,7 @@ class EvalResult:
 
 @dataclass
 class _Job:
-    clip: EvalClip
+    clip: ClipSource
     adapter: AdapterEntry
     strength: float
     seed: int
@@ -198,14 +201,6 @@ class _State:
         write_json_atomic(self.out / SUMMARY_FILE, json_safe(self.summary))
 
 
-def default_model_tag(variant: str) -> str:
-    """The feature-cache tag a training run of ``variant`` uses (so its cache can be reused)."""
-    from selva_core.training.config import TrainConfig
-    from selva_core.training.run import default_model_tag as train_tag
-
-    return train_tag(TrainConfig(variant=variant))
-
-
 def build_eval_pipeline(spec: EvalSpec, variant: str):
     """The pipeline the evaluation renders with (tiny_16k: the shipped trained tiny model, no
     download; other variants from the models folder, never downloaded here)."""
@@ -254,23 +249,23 @@ def _prepare_clips(spec, pipeline, clips, run, state, skipped, model_tag, should
     feature_dir = state.out / "features"
     durations: dict[str, float] = {}
     features: dict[str, Any] = {}
-    usable: list[EvalClip] = []
+    usable: list[ClipSource] = []
     for clip in tqdm(clips, desc="features", unit="clip", disable=not progress):
         if should_stop is not None and should_stop():
             raise EvalInterrupted("stopped")
         duration = default_duration(clip.seconds, spec,
                                     run.duration if run is not None else TRAIN_DURATION_S)
         try:
-            features[_ckey(clip)] = extract_clip_features(pipeline, clip, duration,
+            features[clip_key(clip)] = extract_clip_features(pipeline, clip, duration,
                                                           feature_dir, model_tag, run)
         except BadClipError as exc:
             skipped.append({"clip": clip.name, "role": clip.role, "reason": str(exc)})
             log.warning("skipping clip %s: %s", clip.name, exc)
             continue
-        durations[_ckey(clip)] = duration
-        motion = clip_motion(pipeline, clip, duration, features[_ckey(clip)])
+        durations[clip_key(clip)] = duration
+        motion = clip_motion(pipeline, clip, duration, features[clip_key(clip)])
         if motion is not None:
-            state.motions[_ckey(clip)] = motion
+            state.motions[clip_key(clip)] = motion
         usable.append(clip)
     return usable, features, durations
 
@@ -283,7 +278,7 @@ def _render_phase(state, pipeline, adapters, clips, durations, features, referen
     from tqdm.auto import tqdm
 
     adapters.sort(key=lambda a: not a.is_baseline)  # baseline first: drift compares with it
-    jobs = [_Job(c, a, s, seed, durations[_ckey(c)]) for a in adapters
+    jobs = [_Job(c, a, s, seed, durations[clip_key(c)]) for a in adapters
             for s in state.spec.strengths_of(a) for seed in state.spec.seed_list for c in clips]
     keys = {j.key for j in jobs}
     state.records = {k: r for k, r in state.records.items() if k in keys}
@@ -335,7 +330,7 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     run = RunFolder(spec.data_dir).info()
     clips_dir = run.clips_dir if run else Path(spec.data_dir)
-    clips, skipped = _select_clips(spec, run, clips_dir)
+    clips, skipped = select_clips(spec, run, clips_dir)
 
     infos = {a.id: _adapter_variant(a) for a in spec.adapters if not a.is_baseline}
     if pipeline is None:
@@ -360,7 +355,7 @@ def run_evaluation(
         "variant": variant, "sample_rate": sr, "hf_cut_hz": M.hf_cut_hz(sr),
         "settings": settings, "status": "running", "completed_at": None,
         "metrics_info": [dataclasses.asdict(m) for m in M.METRICS],
-        "clip_selection": _selection_note(spec, run),
+        "clip_selection": selection_note(spec, run),
     })
 
     adapters, summary_adapters = _check_adapters(spec, infos, variant)
@@ -380,8 +375,8 @@ def run_evaluation(
         summary["n_clips"] = len([c for c in clips if c.role == "eval"])
         summary["n_drift_clips"] = len([c for c in clips if c.role == "drift"])
 
-        scorers = _Scorers.create(spec, pipeline, summary)
-        references = _write_references(clips, durations, out, sr, scorers, summary,
+        scorers = Scorers.create(spec, pipeline, summary)
+        references = write_references(clips, durations, out, sr, scorers, summary,
                                        state.motions)
     except (KeyboardInterrupt, EvalInterrupted):
         log.warning("evaluation interrupted while preparing the clips; the features extracted "
@@ -394,49 +389,6 @@ def run_evaluation(
     return _render_phase(state, pipeline, adapters, clips, durations, features, references,
                          scorers, progress=progress, on_render=on_render,
                          should_stop=should_stop)
-
-
-def _ckey(clip: EvalClip) -> str:
-    return f"{clip.role}/{clip.name}"
-
-
-def _selection_note(spec: EvalSpec, run: RunInfo | None) -> str:
-    if spec.clips:
-        return "the spec's 'clips'"
-    if run is not None and run.held_out:
-        return f"the held-out (validation) clips of the training run {run.run_dir}"
-    if run is not None:
-        return ("every clip of the training run's data folder (the run lists no held-out "
-                "clips: these are training clips)")
-    return "every clip of data_dir"
-
-
-def _select_clips(spec: EvalSpec, run: RunInfo | None, clips_dir: Path
-                  ) -> tuple[list[EvalClip], list[dict[str, str]]]:
-    found, skipped = discover_clips(clips_dir)
-    by_name = {c.name: c for c in found}
-    wanted = spec.clips or (list(run.held_out) if run is not None and run.held_out else None)
-    if wanted is None:
-        clips = found
-    else:
-        clips = []
-        for name in wanted:
-            if name in by_name:
-                clips.append(by_name[name])
-            elif not any(s["clip"] == name for s in skipped):
-                skipped.append({"clip": name, "role": "eval",
-                                "reason": f"no clip named {name!r} in {clips_dir}"})
-        skipped = [s for s in skipped if s["clip"] in wanted]
-    if spec.drift_dir:
-        drift, drift_skipped = discover_clips(spec.drift_dir, role="drift")
-        clips += drift
-        skipped += drift_skipped
-    if not clips:
-        reasons = "; ".join(f"{s['clip']}: {s['reason']}" for s in skipped[:5])
-        raise FileNotFoundError(f"no clip to evaluate in {clips_dir}"
-                                + (f" ({reasons})" if reasons else "")
-                                + "; check 'data_dir' and 'clips' in the spec")
-    return clips, skipped
 
 
 def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]
@@ -461,133 +413,6 @@ def _load_or_start(spec: EvalSpec, out: Path, settings: dict[str, Any]
             return old, [r for r in records if (out / r.get("wav", "\0")).is_file()]
     return {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "started_at": _now(),
             "progress": {"done": 0, "total": 0}}, []
-
-
-# --- scorers: DeSync and CLAP ----------------------------------------------------------------
-@dataclass
-class _Scorers:
-    desync: Any = None
-    clap: Any = None
-    video_feats: dict[str, Any] = field(default_factory=dict)
-    text_embs: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def create(cls, spec: EvalSpec, pipeline, summary: dict[str, Any]) -> _Scorers:
-        from selva_core.evaluation import desync as D
-        from selva_core.evaluation import embeddings as E
-
-        scorers = cls()
-        if spec.desync:
-            scorers.desync, summary["desync"] = D.create_scorer(
-                pipeline.variant, path=spec.synchformer, models_dir=spec.models_dir,
-                device=pipeline.device)
-        else:
-            summary["desync"] = {"status": "off", "reason": "'desync': false in the spec"}
-        scorers.clap, summary["clap"] = E.create_clap(spec.clap_model, device=pipeline.device)
-        return scorers
-
-    def desync_of(self, clip: EvalClip, duration: float, wave: np.ndarray, sr: int
-                  ) -> float | None:
-        if self.desync is None or clip.video_path is None:
-            return None
-        key = _ckey(clip)
-        if key not in self.video_feats:
-            self.video_feats[key] = self.desync.video_features_from_file(clip.video_path,
-                                                                         duration)
-        return self.desync.score(self.video_feats[key], wave, sr)
-
-    def clap_of(self, clip: EvalClip, wave: np.ndarray, sr: int) -> tuple[float | None, Any]:
-        if self.clap is None:
-            return None, None
-        audio = self.clap.audio_embedding(wave, sr)
-        if clip.prompt not in self.text_embs:
-            self.text_embs[clip.prompt] = self.clap.text_embedding(clip.prompt)
-        return self.clap.score(self.text_embs[clip.prompt], audio), audio
-
-
-# --- references --------------------------------------------------------------------------------
-def _write_references(clips: list[EvalClip], durations: dict[str, float], out: Path, sr: int,
-                      scorers: _Scorers, summary: dict[str, Any],
-                      motions: dict[str, tuple[np.ndarray, float]]) -> dict[str, np.ndarray]:
-    """Copy each eval clip's reference sound and video; measure the reference (as a 16-bit
-    WAV holds it, like the renders: :func:`~selva_core.audio.metrics.pcm16`); its
-    onset-vs-motion figures show what the true sound scores on the clip's picture."""
-    from selva_core.data.audio import load_mono
-
-    ref_dir = out / "reference"
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    waves: dict[str, np.ndarray] = {}
-    rows = []
-    for clip in clips:
-        row: dict[str, Any] = {"clip": clip.name, "role": clip.role, "prompt": clip.prompt,
-                               "duration": durations[_ckey(clip)], "has_audio": clip.has_audio,
-                               "audio": None, "video": None, "metrics": {}}
-        sub = "drift/" if clip.role == "drift" else ""
-        if clip.video_path is not None:
-            row["video"], row["poster"] = _page_video(clip, out, f"reference/{sub}")
-        if clip.role == "eval" and clip.has_audio:
-            try:
-                src = clip.audio_path or clip.video_path
-                wave = load_mono(src, sr, from_video=clip.audio_path is None)
-            except BadClipError as exc:
-                row["has_audio"] = False
-                row["reason"] = str(exc)
-                log.warning("%s: reference sound unusable (%s); rendered without reference",
-                            clip.name, exc)
-            else:
-                if clip.audio_path is not None:
-                    rel = f"reference/{clip.name}{clip.audio_path.suffix.lower()}"
-                    if not (out / rel).is_file():
-                        shutil.copy2(clip.audio_path, out / rel)
-                else:
-                    rel = f"reference/{clip.name}.wav"
-                    if not (out / rel).is_file():
-                        write_wav(out / rel, wave, sr)
-                row["audio"] = rel
-                n = int(round(durations[_ckey(clip)] * sr))
-                wave = M.pcm16(wave[:n])
-                waves[_ckey(clip)] = wave
-                row["metrics"] = M.spectral_metrics(wave, sr)
-                if _ckey(clip) in motions:
-                    row["metrics"].update(M.motion_metrics(wave, sr, motions[_ckey(clip)]))
-                ds = scorers.desync_of(clip, durations[_ckey(clip)], wave, sr)
-                if ds is not None:
-                    row["metrics"]["desync_s"] = ds
-                clap, emb = scorers.clap_of(clip, wave, sr)
-                if clap is not None:
-                    row["metrics"]["clap_score"] = clap
-                    row["clap_embedding"] = _save_embedding(out, rel, emb)
-        elif clip.role == "eval":
-            row["reason"] = "the clip has no sound (no audio track, no same-stem audio file)"
-        rows.append(row)
-    summary["reference_clips"] = rows
-    summary["reference_avg"] = M.mean_metrics([r["metrics"] for r in rows if r["metrics"]])
-    return waves
-
-
-def _page_video(clip: EvalClip, out: Path, folder: str) -> tuple[str, str | None]:
-    """The clip's video as the page shows it (an MP4 browsers play) and its poster frame."""
-    from selva_core.media import browser_video, write_poster
-
-    rel = f"{folder}{clip.name}.mp4"
-    poster: str | None = f"{folder}posters/{clip.name}.jpg"
-    (out / poster).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if not (out / rel).is_file():
-            browser_video(clip.video_path, out / rel)
-    except Exception as exc:  # a picture the page cannot show must not stop the evaluation
-        log.warning("%s: no browser-playable copy (%s); the page links the original", clip.name,
-                    exc)
-        rel = f"{folder}{clip.name}{clip.video_path.suffix.lower()}"
-        if not (out / rel).is_file():
-            shutil.copy2(clip.video_path, out / rel)
-    try:
-        if not (out / poster).is_file():
-            write_poster(clip.video_path, out / poster)
-    except Exception as exc:
-        log.warning("%s: no poster frame (%s)", clip.name, exc)
-        poster = None
-    return rel, poster
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -685,7 +510,7 @@ def _render_all(state: _State, pipeline, jobs: list[_Job], features, references,
             if should_stop is not None and should_stop():
                 raise EvalInterrupted("stopped")
             chunk = group[start: start + spec.batch_size]
-            feats = cat_features([features[_ckey(j.clip)] for j in chunk])
+            feats = cat_features([features[clip_key(j.clip)] for j in chunk])
             if adapter.is_embedding:
                 feats = _token_features(pipe, feats)
             t0 = time.perf_counter()
@@ -718,7 +543,7 @@ def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, referenc
     if state.spec.mp4 and job.clip.video_path is not None:
         rec["mp4"] = _mux(job, wave, sr, out)
     t0 = time.perf_counter()
-    reference = references.get(_ckey(job.clip))
+    reference = references.get(clip_key(job.clip))
     baseline = None
     if not job.adapter.is_baseline:
         base_rel = render_relpath(job.clip, state.spec.baseline, 0.0, job.seed)
@@ -727,35 +552,20 @@ def _finish_render(state: _State, job: _Job, wave: np.ndarray, sr: int, referenc
 
             baseline = sf.read(str(out / base_rel), dtype="float32")[0]
     metrics = M.render_metrics(wave, sr, reference=reference, baseline=baseline,
-                               motion=state.motions.get(_ckey(job.clip)))
+                               motion=state.motions.get(clip_key(job.clip)))
     ds = scorers.desync_of(job.clip, job.duration, wave, sr)
     if ds is not None:
         metrics["desync_s"] = ds
     clap, emb = scorers.clap_of(job.clip, wave, sr)
     if clap is not None:
         metrics["clap_score"] = clap
-        rec["clap_embedding"] = _save_embedding(out, rel, emb)
+        rec["clap_embedding"] = save_embedding(out, rel, emb)
     rec["metrics"] = metrics
     rec["metrics_s"] = round(time.perf_counter() - t0, 4)
     state.records[job.key] = rec
     state.rendered += 1
     _sync_summary(state)
     state.write()
-
-
-def _save_embedding(out: Path, audio_rel: str, emb: Any) -> str:
-    """A render's (or reference's) CLAP embedding beside it as ``<name>.clap.safetensors``."""
-    from selva_core.atomic import save_safetensors_atomic
-
-    rel = str(Path(audio_rel).with_suffix(".clap.safetensors"))
-    save_safetensors_atomic(out / rel, {"clap": torch.from_numpy(np.asarray(emb, np.float32))})
-    return rel
-
-
-def _load_embeddings(out: Path, rels: list[str]) -> np.ndarray:
-    from safetensors.torch import load_file
-
-    return np.stack([load_file(str(out / r))["clap"].numpy() for r in rels])
 
 
 _MUX_NOTE: dict[str, str] = {}
@@ -824,7 +634,7 @@ def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResu
     summary = state.summary
     _sync_summary(state)
     if scorers.clap is not None:
-        _fad(summary, clips)
+        fad(summary, clips)
     summary["rank_by"] = state.spec.rank_by
     summary["verdict"] = best_choice(summary, state.spec.rank_by)
     summary["status"] = status
@@ -837,23 +647,6 @@ def _finish(state: _State, adapters, clips, scorers, *, status: str) -> EvalResu
     return EvalResult(status, state.out, summary, state.out / SUMMARY_FILE,
                       chart_path=paths.get("chart"), html_path=paths.get("html"),
                       csv_path=paths.get("csv"), rendered=state.rendered, reused=state.reused)
-
-
-def _fad(summary: dict[str, Any], clips) -> None:
-    """FAD-style distance of every adapter x strength's renders to the references (CLAP)."""
-    from selva_core.evaluation.embeddings import frechet_distance
-
-    out = Path(summary["output_dir"])
-    refs = [r["clap_embedding"] for r in summary.get("reference_clips", [])
-            if r.get("clap_embedding") and (out / r["clap_embedding"]).is_file()]
-    for row in summary["adapters"]:
-        for group in row.get("by_strength", []):
-            embs = [r["clap_embedding"] for r in row.get("clips", [])
-                    if r["role"] == "eval" and r["strength"] == group["strength"]
-                    and r.get("clap_embedding") and (out / r["clap_embedding"]).is_file()]
-            if len(embs) >= 2 and len(refs) >= 2:
-                group["fad_clap"] = frechet_distance(_load_embeddings(out, embs),
-                                                     _load_embeddings(out, refs))
 
 
 __all__ = ["run_evaluation", "EvalResult", "EvalInterrupted", "render_key", "render_relpath",

@@ -1,6 +1,6 @@
-"""LoRA training for SelVA: the on-disk feature cache (``feature_cache``), the trainer loop,
-checkpoints/resume, schedules and reports used by ``train_lora.py``.
+"""LoRA training for SelVA: the trainer loop, checkpoints/resume, schedules and reports used by
+``train_lora.py`` (the features it trains on come from :mod:`selva_core.feature_cache`).
 
-Submodules are imported explicitly (``from selva_core.training.feature_cache import ...``) so
-importing this package stays cheap.
+Submodules are imported explicitly (``from selva_core.training.run import ...``) so importing
+this package stays cheap.
 """

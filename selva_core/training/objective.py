@@ -1,7 +1,8 @@
 """The training objective on cached features: batches, per-example draws, the loss.
 
-A cached example (``feature_cache.CachedExample``) holds the RAW VAE posterior moments of its
-audio, the TextSynch features with a validity mask and the CLIP-text features of its prompt.
+A cached example (``selva_core.feature_cache.CachedExample``) holds the RAW VAE posterior
+moments of its audio, the TextSynch features with a validity mask and the CLIP-text features
+of its prompt.
 For one optimiser step the trainer
 
 1. stacks the examples of a micro-batch (:class:`FeatureBatch`), putting the generator's

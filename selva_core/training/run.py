@@ -11,7 +11,7 @@
    kept for the audio targets), or a fork of the caller's pipeline (its generator structure is
    the trainer's own, its encoders stay loaded, no adapter is left on the caller's generator);
 5. extract or reuse the clips' features
-   (:func:`selva_core.training.feature_cache.build_feature_cache`); under DDP process 0
+   (:func:`selva_core.feature_cache.build_feature_cache`); under DDP process 0
    extracts first and the others then read the same cache. Ctrl-C or ``should_stop`` here
    ends the job with status ``interrupted`` (the features extracted so far stay cached);
 6. free the feature encoders, split train/validation by clip, train (:class:`LoRATrainer`).
@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -34,17 +33,19 @@ from selva_core.atomic import UnusableFolderError, check_writable_folder
 from selva_core.data import SkipReport, scan_dataset
 from selva_core.data.split import split_examples
 from selva_core.dataset.report import keep_duplicates_together, warn_flagged
-from selva_core.model.precision import reset_peak_memory
-from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RunFolder
-from selva_core.training import checkpoint as ckpt
-from selva_core.training.config import TrainConfig
-from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
-from selva_core.training.feature_cache import (
+from selva_core.feature_cache import (
+    TINY_PIPELINE_SEED,
     CacheStats,
     ExtractionStopped,
     FeatureCacheSettings,
     build_feature_cache,
 )
+from selva_core.feature_cache import default_model_tag as model_tag_of
+from selva_core.model.precision import reset_peak_memory
+from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RunFolder
+from selva_core.training import checkpoint as ckpt
+from selva_core.training.config import TrainConfig
+from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
 from selva_core.training.record import adapter_identity
 from selva_core.training.report import read_jsonl
 from selva_core.training.trainer import (
@@ -54,11 +55,9 @@ from selva_core.training.trainer import (
     check_rank,
     resolve_run_dtypes,
 )
-from selva_core.variants import get_variant
 
 log = logging.getLogger(__name__)
 
-TINY_PIPELINE_SEED = 0  # the tiny random model every tiny run (and its feature cache) uses
 PADDING_WARN_SHARE = 0.5  # warn when less than this share of the windows is real audio
 
 
@@ -76,21 +75,8 @@ def build_pipeline(cfg: TrainConfig, device: torch.device):
 
 
 def default_model_tag(cfg: TrainConfig) -> str:
-    """Names the encoder weights in the feature-cache key when they are not a variant's
-    official ones: the shipped tiny weights by their files' sha256 (retrained weights get a
-    fresh cache), a tiny model without shipped weights by its random seed."""
-    if not get_variant(cfg.variant).is_tiny:
-        return ""
-    from selva_core.weights.bundled import bundled_files
-
-    files = bundled_files(cfg.variant)
-    if not files:
-        return f"tiny seed {TINY_PIPELINE_SEED}"
-    from selva_core.variants import TINY_TRAINED_TEXT_SEED
-
-    material = "".join(sorted(f.sha256 for f in files.values())) + str(TINY_TRAINED_TEXT_SEED)
-    digest = hashlib.sha256(material.encode())
-    return f"tiny trained {digest.hexdigest()[:16]}"
+    """The feature-cache tag of ``cfg``'s encoder weights (see the feature cache's)."""
+    return model_tag_of(cfg.variant)
 
 
 # --- folders ----------------------------------------------------------------------------------
@@ -255,7 +241,7 @@ def prepare_examples(cfg: TrainConfig, pipeline, dist: DistContext, model_tag: s
                      ) -> tuple[list, dict[str, Any]]:
     """Build (or reuse) the feature cache of the scanned clips (``found``, default: scan
     now); returns the examples and what the summary says about the data. ``should_stop`` is
-    polled before each clip (:class:`~.feature_cache.ExtractionStopped`)."""
+    polled before each clip (:class:`~selva_core.feature_cache.ExtractionStopped`)."""
     clips, report = found if found is not None else scan(cfg)
     settings = FeatureCacheSettings(variant=cfg.variant, duration=cfg.duration,
                                     window_policy=cfg.window, model_tag=model_tag)
