@@ -59,8 +59,10 @@ FEATURE_CACHE_DIR = "feature_cache"
 #: What a run writes in its folder (--overwrite removes these but train.log; the feature cache
 #: is kept). The first six are the names that mark a folder as holding run-like files.
 RUN_ARTEFACTS = (CHECKPOINTS_DIR, SAMPLES_DIR, LOG_FILE, CURVE_FILE, SUMMARY_FILE,
-                 FINAL_ADAPTER_FILE, INTRUDERS_JSON, INTRUDERS_PNG, SURGERY_FILE, CONFIG_FILE,
-                 CONSOLE_LOG_FILE, LISTEN_DIR)
+                 FINAL_ADAPTER_FILE, FINAL_EMBEDDING_FILE, INTRUDERS_JSON, INTRUDERS_PNG,
+                 SURGERY_FILE, CONFIG_FILE, CONSOLE_LOG_FILE, LISTEN_DIR)
+# What a run leaves that marks a folder as a run's even when no run of ours started there.
+RUN_MARKERS = RUN_ARTEFACTS[:7]
 
 
 def step_folder_name(step: int) -> str:
@@ -168,9 +170,11 @@ class RunFolder:
         return self.log_path.is_file() or self.config_path.is_file()
 
     def is_run(self) -> bool:
-        """The folder holds a training run: its config, log, checkpoints or final adapter."""
+        """The folder holds a training run: its config, log, checkpoints or final adapter (or
+        a textual-inversion run's final embedding)."""
         return self.path.is_dir() and (self.started or self.manifest_path.is_file()
                                        or self.final_adapter.is_file()
+                                       or self.final_embedding.is_file()
                                        or bool(self.checkpoint_adapters()))
 
     @classmethod
@@ -269,7 +273,8 @@ def _read_object(path: Path, fallback: str = "") -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-__all__ = ["RunFolder", "RunInfo", "NotARunFolderError", "RUN_ARTEFACTS", "step_folder_name",
+__all__ = ["RunFolder", "RunInfo", "NotARunFolderError", "RUN_ARTEFACTS", "RUN_MARKERS",
+           "step_folder_name",
            "CONFIG_FILE", "LOG_FILE", "CURVE_FILE", "SUMMARY_FILE", "FINAL_ADAPTER_FILE",
            "FINAL_EMBEDDING_FILE",
            "CHECKPOINT_ADAPTER_FILE", "CHECKPOINT_STATE_FILE", "MANIFEST_FILE", "STEP_FOLDER"]

@@ -33,8 +33,8 @@ def test_every_artefact_lies_in_the_run_folder_under_its_documented_name(tmp_pat
     assert run.sample_wav("final") == tmp_path / "samples" / "final.wav"
     assert run.default_cache_dir == tmp_path / "feature_cache"
     named = {p.relative_to(tmp_path).parts[0] for p in (
-        run.final_adapter, run.summary_path, run.config_path, run.log_path, run.curve_path,
-        run.samples_dir, run.checkpoints_dir, run.surgery_path, run.intruders_json,
+        run.final_adapter, run.final_embedding, run.summary_path, run.config_path, run.log_path,
+        run.curve_path, run.samples_dir, run.checkpoints_dir, run.surgery_path, run.intruders_json,
         run.intruders_png, run.console_log_path, run.listen_dir)}
     assert named == set(RUN_ARTEFACTS)  # --overwrite removes exactly what a run writes
     assert run.default_cache_dir.name not in RUN_ARTEFACTS  # the features outlive a run
@@ -137,3 +137,25 @@ def test_info_of_a_plain_clip_folder_or_an_unreadable_config_is_none(tmp_path, c
     assert "treating it as a clip folder" in caplog.text
     RunFolder(tmp_path).config_path.write_text(json.dumps({"variant": "tiny_16k"}))
     assert RunFolder(tmp_path).info() is None  # names no clips folder
+
+
+def test_a_textual_inversion_run_is_refused_without_overwrite_and_cleared_with_it(tmp_path):
+    """Its final embedding marks the folder as a run's: a new run neither trains over it
+    silently nor leaves the old embedding beside its own files after --overwrite."""
+    from selva_core.training.config import TrainConfig
+    from selva_core.training.run import check_folders, holds_a_run
+
+    out = tmp_path / "ti_run"
+    out.mkdir()
+    RunFolder(out).final_embedding.write_bytes(b"previous embedding")
+    assert RunFolder(out).is_run()
+    assert holds_a_run(out) == ["embedding_final.safetensors"]
+    data = tmp_path / "clips"
+    data.mkdir()
+    cfg = TrainConfig(data_dir=str(data), output_dir=str(out), variant="tiny_16k")
+    with pytest.raises(FileExistsError, match="embedding_final.safetensors.*--overwrite"):
+        check_folders(cfg)
+    assert RunFolder(out).final_embedding.is_file()  # refused: nothing removed
+    check_folders(TrainConfig(data_dir=str(data), output_dir=str(out), variant="tiny_16k",
+                              overwrite=True))
+    assert not RunFolder(out).final_embedding.exists()

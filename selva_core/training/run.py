@@ -42,7 +42,7 @@ from selva_core.feature_cache import (
 )
 from selva_core.feature_cache import default_model_tag as model_tag_of
 from selva_core.model.precision import reset_peak_memory
-from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RunFolder
+from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RUN_MARKERS, RunFolder
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -92,14 +92,13 @@ def holds_a_run(out: Path) -> list[str]:
                 found.append(run.checkpoints_dir.name)
         except (ckpt.CheckpointError, ValueError, OSError):
             found.append(run.checkpoints_dir.name)  # damaged: never cleared silently
-    if run.final_adapter.exists():
-        found.append(run.final_adapter.name)
+    found += [f.name for f in (run.final_adapter, run.final_embedding) if f.exists()]
     if run.log_path.is_file() and any(r.get("kind") == "train"
                                       for r in read_jsonl(run.log_path)):
         found.append(run.log_path.name)
     if not found and not run.started:
         # Run-like names without a run of ours having started here: not ours to clear.
-        found = [name for name in RUN_ARTEFACTS[:6] if (out / name).exists()]
+        found = [name for name in RUN_MARKERS if (out / name).exists()]
     return found
 
 
