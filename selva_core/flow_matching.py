@@ -55,7 +55,10 @@ class FlowMatchingConfig:
             raise ValueError(f"t_std must be > 0, got {self.t_std}")
 
 
+#: The sampling defaults every front end shows (``num_steps`` Euler steps, ``cfg_strength``)
+#: and the negative prompt's default (empty: the model's learned empty text condition).
 DEFAULT_CONFIG = FlowMatchingConfig()
+DEFAULT_NEGATIVE_PROMPT = ""
 
 
 def _draw_device(rng: torch.Generator | None, device) -> torch.device:
@@ -315,6 +318,8 @@ def euler_sample_two_pass(model: SelvaGenerator, x0: torch.Tensor, *args, **kwar
 
 __all__ = [
     "FlowMatchingConfig",
+    "DEFAULT_CONFIG",
+    "DEFAULT_NEGATIVE_PROMPT",
     "DroppedConditions",
     "FlowMatchingLoss",
     "sample_t",

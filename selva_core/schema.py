@@ -194,11 +194,10 @@ class Schema:
 
     def bad(self, name: str, value: Any, allowed: str) -> str:
         """The one line for a bad value of field ``name``."""
-        field_ = self.by_name.get(name)
         who = self.name_of(name)
         if self.style == "is_not":
             return f"{who}={_shown(value)} is not {allowed}"
-        if field_ is not None and field_.choices is not None and allowed == field_.allowed():
+        if allowed.startswith("one of "):
             return f"{who} is {_shown(value)}; choose {allowed}"
         return f"{who} must be {allowed}, got {_shown(value)}"
 
@@ -299,6 +298,17 @@ class Schema:
             target.add_argument(*names, **kwargs)
 
 
+#: Devices every front end accepts (``cuda:N`` too: :func:`device_problem`).
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def device_problem(value: str) -> str | None:
+    """``Field.check`` of a device setting: auto, cpu, cuda or cuda:N."""
+    if value in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", value):
+        return None
+    return "one of " + ", ".join(DEVICE_CHOICES) + ", cuda:N (a GPU's index)"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -366,5 +376,5 @@ def markers(key: str) -> tuple[str, str]:
     return _BEGIN.format(key=key), _END.format(key=key)
 
 
-__all__ = ["Field", "REQUIRED", "Schema", "dataclass_schema", "generated_block", "markers",
-           "option", "replace_generated"]
+__all__ = ["DEVICE_CHOICES", "Field", "REQUIRED", "Schema", "dataclass_schema", "device_problem",
+           "generated_block", "markers", "option", "replace_generated"]

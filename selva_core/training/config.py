@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from selva_core.flow_matching import DEFAULT_CONFIG as SAMPLING
 from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.lora.kind import kind_names
 from selva_core.model.precision import AUTOCAST_CHOICES, BASE_DTYPE_CHOICES
-from selva_core.schema import Schema, dataclass_schema, option
+from selva_core.schema import Schema, dataclass_schema, device_problem, option
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
 
@@ -52,12 +51,6 @@ def _check_targets(value: list) -> str | None:
     if value and all(isinstance(v, str) and v for v in value):
         return None
     return "at least one module pattern or preset"
-
-
-def _check_device(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
-        return None
-    return "auto, cpu, cuda or cuda:N"
 
 
 @dataclass
@@ -216,7 +209,7 @@ class TrainConfig:
         "data give the same adapter."))
     device: str = field(default="auto", metadata=_opt(
         "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'. Under torchrun each process "
-        "uses its LOCAL_RANK GPU.", check=_check_device))
+        "uses its LOCAL_RANK GPU.", check=device_problem))
 
     # --- checkpoints, validation, samples -----------------------------------------------------
     save_every: int = field(default=500, metadata=_opt(
