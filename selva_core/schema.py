@@ -186,6 +186,8 @@ class Schema:
 
     def default(self, name: str) -> Any:
         value = self.by_name[name].default
+        if isinstance(value, dict):
+            return dict(value)
         return list(value) if isinstance(value, (list, tuple)) else value
 
     # -- messages --------------------------------------------------------------------------------
