@@ -312,14 +312,8 @@ class TrainingState:
         )
 
 
-#: Identity fields added after checkpoints were first written, with the value such an older
-#: checkpoint implies (every adapter trained before ``lora_kind`` existed was plain LoRA).
-IDENTITY_DEFAULTS: dict[str, Any] = {"lora_kind": "lora"}
-
-
 def check_identity(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:
     """Raise one CheckpointError listing every field where the checkpoint differs from the run."""
-    saved = {**IDENTITY_DEFAULTS, **saved}
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs this run {current.get(k)!r}"
              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if diffs:
