@@ -266,7 +266,8 @@ class Schema:
         """The docs' table: one row per field (name, default, allowed values, meaning)."""
         rows = [f"| {heading} | default | allowed | meaning |", "|---|---|---|---|"]
         for f in self.fields:
-            cells = (f"`{prefix}{f.name}`", _cell(f.default_text()), _cell(f.allowed()),
+            names = ", ".join(f"`{n}`" for n in [f"{prefix}{f.name}", *(f.flags if prefix else ())])
+            cells = (names, _cell(f.default_text()), _cell(f.allowed()),
                      _cell(f.help))
             rows.append("| " + " | ".join(cells) + " |")
         return "\n".join(rows) + "\n"
@@ -350,7 +351,7 @@ def _annotation_type(annotation: str, name: str) -> str:
 
 
 # -- docs tables generated from declarations -------------------------------------------------------
-_BEGIN = "<!-- generated: {key} (python -m selva_core.schema_docs) -->"
+_BEGIN = "<!-- generated: {key} (python scripts/schema_tables.py) -->"
 _END = "<!-- /generated: {key} -->"
 
 

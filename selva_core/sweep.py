@@ -75,7 +75,7 @@ def _eval_problem(value: Any) -> str | None:
 
 #: The sweep file's fields (its checks and the docs' table).
 SWEEP_SCHEMA = Schema([
-    Field("name", "str", "sweep", check=_id_problem,
+    Field("name", "str", "sweep", check=_id_problem, want="1-64 letters, digits or . _ + -",
           help="name of the sweep (default output folder)"),
     Field("output_dir", "str", None, nullable=True, shown_default="sweeps/NAME", help=(
         "where each experiment trains (OUTPUT_DIR/<id>/), the shared feature cache, "

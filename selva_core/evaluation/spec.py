@@ -86,6 +86,7 @@ SPEC_SCHEMA = Schema([
         "where renders, references, eval_summary.json, metrics.csv, charts and index.html go "
         "(relative paths: from the spec's folder)")),
     Field("name", "str", "eval", nullable=True, check=_name_problem,
+          want="1-80 letters, digits or . _ @ + - (it names files)",
           help="name of the evaluation (page title; default output folder)"),
     Field("adapters", "any", None, nullable=True, shown_default="[]",
           want='a list of {"id", "path"[, "strengths"]} objects', help=(

@@ -47,10 +47,11 @@ def _opt(help_text: str, *flags: str, **declared: Any) -> dict[str, Any]:
     return option(help_text, *flags, **{"group": "training", **declared})
 
 
+_TARGETS = "one or more module patterns or presets"
+
+
 def _check_targets(value: list) -> str | None:
-    if value and all(isinstance(v, str) and v for v in value):
-        return None
-    return "at least one module pattern or preset"
+    return None if value and all(isinstance(v, str) and v for v in value) else _TARGETS
 
 
 @dataclass
@@ -108,7 +109,8 @@ class TrainConfig:
         "Layers to adapt: presets of the LoRA library (qkv, attn = qkv + linear1, ffn, "
         "attn+ffn, all) or module-name patterns (a dotted suffix such as attn.qkv, a glob, or "
         "re:REGEX); several allowed, e.g. --target attn ffn.", metavar="PATTERN",
-        group="model", check=_check_targets, nargs="+"))
+        group="model", check=_check_targets, want=_TARGETS,
+        nargs="+"))
     init: str = field(default="standard", metadata=_opt(
         "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "
         "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
