@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from selva_core.model.generator import SelvaGenerator
+from selva_core.variants import CFG_STRENGTH, SAMPLING_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class FlowMatchingConfig:
     """Flow-matching settings; defaults are those of MMAudio / SelVA."""
 
     min_sigma: float = 0.0
-    num_steps: int = 25
-    cfg_strength: float = 4.5
+    num_steps: int = SAMPLING_STEPS
+    cfg_strength: float = CFG_STRENGTH
     null_condition_probability: float = 0.1
     t_mean: float = 0.0  # logit-normal location
     t_std: float = 1.0  # logit-normal scale
@@ -55,10 +56,7 @@ class FlowMatchingConfig:
             raise ValueError(f"t_std must be > 0, got {self.t_std}")
 
 
-#: The sampling defaults every front end shows (``num_steps`` Euler steps, ``cfg_strength``)
-#: and the negative prompt's default (empty: the model's learned empty text condition).
 DEFAULT_CONFIG = FlowMatchingConfig()
-DEFAULT_NEGATIVE_PROMPT = ""
 
 
 def _draw_device(rng: torch.Generator | None, device) -> torch.device:
@@ -319,7 +317,6 @@ def euler_sample_two_pass(model: SelvaGenerator, x0: torch.Tensor, *args, **kwar
 __all__ = [
     "FlowMatchingConfig",
     "DEFAULT_CONFIG",
-    "DEFAULT_NEGATIVE_PROMPT",
     "DroppedConditions",
     "FlowMatchingLoss",
     "sample_t",

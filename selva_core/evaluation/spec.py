@@ -14,7 +14,7 @@ a training run's folder stands for every checkpoint of the run (``checkpoints/st
 its final adapter, with ids ``<id>@step_000500`` ... ``<id>@final``. Further fields:
 ``variant`` (default: the adapters' own, from their metadata), ``models_dir``, ``strengths``
 (default ``[1.0]``; an adapter entry may give its own), ``seeds`` (default ``[seed]``),
-``cfg`` (4.5), ``negative_prompt``, ``duration`` (seconds per render; default each clip's
+``cfg``, ``negative_prompt``, ``duration`` (seconds per render; default each clip's
 length up to 8 s), ``clips`` (names; default: the held-out clips when ``data_dir`` is a
 training run's folder, else every clip), ``batch_size`` (clips per sampler batch),
 ``drift_dir`` (a folder of clips unlike the training set, rendered with and without each
@@ -42,12 +42,17 @@ from typing import Any
 
 from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
-from selva_core.flow_matching import DEFAULT_CONFIG as SAMPLING
-from selva_core.flow_matching import DEFAULT_NEGATIVE_PROMPT
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
 from selva_core.schema import REQUIRED, Field, Schema, device_problem
-from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
+from selva_core.variants import (
+    CFG_STRENGTH,
+    NEGATIVE_PROMPT,
+    SAMPLING_STEPS,
+    TRAIN_DURATION_S,
+    VARIANTS,
+    min_duration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +110,10 @@ SPEC_SCHEMA = Schema([
     Field("seeds", "list", None, nullable=True, check=_seeds_problem, shown_default="[seed]",
           want="a non-empty list of distinct integers >= 0",
           help="several seeds: every clip is rendered once per seed"),
-    Field("steps", "int", SAMPLING.num_steps, low=1, help="Euler steps per render"),
-    Field("cfg", "float", SAMPLING.cfg_strength, low=0,
+    Field("steps", "int", SAMPLING_STEPS, low=1, help="Euler steps per render"),
+    Field("cfg", "float", CFG_STRENGTH, low=0,
           help="classifier-free guidance strength"),
-    Field("negative_prompt", "str", DEFAULT_NEGATIVE_PROMPT, nullable=True,
+    Field("negative_prompt", "str", NEGATIVE_PROMPT, nullable=True,
           help="text for the unconditional CFG branch"),
     Field("duration", "float", None, nullable=True, low=min_duration(),
           shown_default="clip length up to 8 s", help=(
@@ -186,15 +191,15 @@ class EvalSpec:
     data_dir: str
     output_dir: str
     name: str = "eval"
-    steps: int = SAMPLING.num_steps
+    steps: int = SAMPLING_STEPS
     seed: int = 42
     seeds: list[int] | None = None
     adapters: list[AdapterEntry] = field(default_factory=list)
     variant: str | None = None
     models_dir: str | None = None
     strengths: list[float] = field(default_factory=lambda: [1.0])
-    cfg: float = SAMPLING.cfg_strength
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    cfg: float = CFG_STRENGTH
+    negative_prompt: str = NEGATIVE_PROMPT
     duration: float | None = None
     clips: list[str] | None = None
     batch_size: int = 4

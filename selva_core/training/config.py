@@ -25,13 +25,19 @@ from typing import Any
 
 from selva_core.data.errors import ON_BAD_CLIP_CHOICES as BAD_CLIP_POLICIES
 from selva_core.data.windows import WINDOW_POLICIES
-from selva_core.flow_matching import DEFAULT_CONFIG as SAMPLING
 from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.lora.kind import kind_names
 from selva_core.model.precision import AUTOCAST_CHOICES, BASE_DTYPE_CHOICES
 from selva_core.schema import Schema, dataclass_schema, device_problem, option
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
-from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
+from selva_core.variants import (
+    CFG_STRENGTH,
+    DEFAULT_VARIANT,
+    SAMPLING_STEPS,
+    TRAIN_DURATION_S,
+    VARIANTS,
+    min_duration,
+)
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
 METHODS = ("lora", "textual_inversion")
@@ -232,9 +238,9 @@ class TrainConfig:
     val_every: int = field(default=250, metadata=_opt(
         "Compute the deterministic validation loss every N optimiser steps (and at every "
         "checkpoint).", "--val-every", group="checkpoints", low=1))
-    sample_steps: int = field(default=SAMPLING.num_steps, metadata=_opt(
+    sample_steps: int = field(default=SAMPLING_STEPS, metadata=_opt(
         "Euler steps of the audio samples written at each checkpoint.", group="checkpoints", low=1))
-    cfg_strength: float = field(default=SAMPLING.cfg_strength, metadata=_opt(
+    cfg_strength: float = field(default=CFG_STRENGTH, metadata=_opt(
         "Classifier-free guidance of the checkpoint samples (SelVA's default).",
         group="checkpoints", low=0.0))
     samples: bool = field(default=True, metadata=_opt(
