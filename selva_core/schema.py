@@ -109,8 +109,8 @@ class Field:
             return None if self.nullable else self.allowed()
         ok = {
             "str": lambda v: isinstance(v, str),
-            "int": _is_int,
-            "float": _is_number,
+            "int": is_int,
+            "float": is_number,
             "bool": lambda v: isinstance(v, bool),
             "list": lambda v: isinstance(v, list),
             "dict": lambda v: isinstance(v, dict),
@@ -125,11 +125,13 @@ class Field:
         return self.check(value) if self.check is not None else None
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer that is not a bool (JSON's true is not a count)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -380,4 +382,4 @@ def markers(key: str) -> tuple[str, str]:
 
 
 __all__ = ["DEVICE_CHOICES", "Field", "REQUIRED", "Schema", "dataclass_schema", "device_problem",
-           "generated_block", "markers", "option", "replace_generated"]
+           "generated_block", "is_int", "is_number", "markers", "option", "replace_generated"]

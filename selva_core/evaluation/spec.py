@@ -33,7 +33,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -44,7 +43,7 @@ from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
-from selva_core.schema import REQUIRED, Field, Schema, device_problem
+from selva_core.schema import REQUIRED, Field, Schema, device_problem, is_number
 from selva_core.variants import (
     CFG_STRENGTH,
     NEGATIVE_PROMPT,
@@ -282,10 +281,6 @@ def _read_spec_text(path: Path) -> str:
 
 
 # --- parsing -----------------------------------------------------------------------------------
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _resolve(path: str, base: Path | None) -> str:
     p = Path(path).expanduser()
     if not p.is_absolute() and base is not None:
@@ -331,7 +326,7 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
 
 
 def _strengths(value: Any, where: str, problems: list[str]) -> list[float]:
-    if not (isinstance(value, list) and value and all(_is_num(s) for s in value)):
+    if not (isinstance(value, list) and value and all(is_number(s) for s in value)):
         problems.append(f"{where} must be a non-empty list of finite numbers, got {value!r}")
         return [1.0]
     if len(set(value)) != len(value):

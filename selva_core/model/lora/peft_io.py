@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ...atomic import save_safetensors_atomic, write_json_atomic
-from ...schema import REQUIRED, Field, Schema
+from ...schema import REQUIRED, Field, Schema, is_int, is_number
 from .config import LoRAConfig
 from .errors import AdapterLoadError, AdapterNotFoundError
 from .io import _model_device, adapter_state_dict, check_finite
@@ -163,15 +163,6 @@ def _pattern_value(patterns: dict, path: str, default):
     return default
 
 
-def _is_pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _is_pos_number(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0)
-
-
 def _pattern_map(check, want: str):
     """``Field.check`` of a ``rank_pattern`` / ``alpha_pattern``: regex keys, checked values."""
     def problem(v: dict) -> str | None:
@@ -205,10 +196,10 @@ PEFT_CONFIG_SCHEMA = Schema([
     Field("lora_dropout", "float", 0.0, nullable=True, low=0, high=1, high_open=True,
           help="dropout on the adapter's input while training"),
     Field("rank_pattern", "dict", {}, nullable=True, want=_RANKS,
-          check=_pattern_map(_is_pos_int, _RANKS),
+          check=_pattern_map(lambda v: is_int(v) and v >= 1, _RANKS),
           help="per-layer ranks (keys matched as (.*\\.)?(key)$)"),
     Field("alpha_pattern", "dict", {}, nullable=True, want=_ALPHAS,
-          check=_pattern_map(_is_pos_number, _ALPHAS), help="per-layer alphas"),
+          check=_pattern_map(lambda v: is_number(v) and v > 0, _ALPHAS), help="per-layer alphas"),
     Field("lora_bias", "any", False, nullable=True, check=_unsupported,
           want="supported (only false / null is)", help="trained biases: not supported"),
     Field("fan_in_fan_out", "any", False, nullable=True, check=_unsupported,
