@@ -5,8 +5,8 @@ choices and a help text. :meth:`Schema.parse` reads a mapping (a JSON spec, adap
 a config) and collects EVERY bad field into a list of problems, each naming the field, the bad
 value and what is allowed; the caller raises its own one error from the list.
 :meth:`Schema.markdown_table` renders the docs' table and :meth:`Schema.add_arguments` the
-command line from the same declaration, so the docs, ``--help`` and the checks cannot drift
-apart.
+command line (``--help``) from the same declaration, so the docs, ``--help`` and the checks
+cannot drift apart.
 
 Two wordings, one per kind of artefact (``style``):
 
@@ -273,10 +273,6 @@ class Schema:
                      _cell(f.help))
             rows.append("| " + " | ".join(cells) + " |")
         return "\n".join(rows) + "\n"
-
-    def help_lines(self, width: int = 26) -> list[str]:
-        """``name (default): help`` per field, for a CLI's epilog."""
-        return [f"  {f.name:<{width}} ({f.default_text()}) {f.help}" for f in self.fields]
 
     def add_arguments(self, parser: argparse.ArgumentParser, *,
                       groups: Mapping[str, str] | None = None, defaults: Any = None) -> None:

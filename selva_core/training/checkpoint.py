@@ -274,8 +274,7 @@ class TrainingState:
         if metadata.get("version") != str(STATE_VERSION):
             raise CheckpointError(f"{path} has training-state version {metadata.get('version')}"
                                   f"; this trainer reads version {STATE_VERSION}")
-        want = metadata.get("tensors_sha256")
-        if want is not None and want != tensors_sha256(tensors):
+        if metadata.get("tensors_sha256") != tensors_sha256(tensors):
             raise CheckpointError(f"training state {path} is damaged: its tensors do not match "
                                   "the checksum written with them")
         bad = _non_finite({k: v for k, v in tensors.items()
@@ -335,8 +334,8 @@ def _is_number_or_none(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """One row of ``manifest.json``. ``sha256``: file name -> sha256 of that file (absent in
-    manifests written before checksums existed)."""
+    """One row of ``manifest.json``. ``sha256``: file name -> sha256 of each of its two
+    files."""
 
     step: int
     folder: str
@@ -375,10 +374,11 @@ class CheckpointEntry:
             if not isinstance(d.get(key, ""), str):
                 raise ValueError(f"{key} {d.get(key)!r} of step {step} is not text")
         sums = d.get("sha256") or {}
-        if not (isinstance(sums, dict) and set(sums) <= {ADAPTER_FILE, STATE_FILE}
+        if not (isinstance(sums, dict) and set(sums) == {ADAPTER_FILE, STATE_FILE}
                 and all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
                         for v in sums.values())):
-            raise ValueError(f"sha256 of step {step} is not a map of its files to checksums")
+            raise ValueError(f"sha256 of step {step} is not a map of its two files to "
+                             "checksums")
         return cls(step=step, folder=folder, train_loss=d.get("train_loss"),
                    val_loss=d.get("val_loss"), time=d.get("time", ""),
                    elapsed_s=float(d.get("elapsed_s") or 0.0), reason=d.get("reason", ""),
