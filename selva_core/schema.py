@@ -39,8 +39,9 @@ class Field:
     ``type``: ``str``, ``int``, ``float`` (finite), ``bool``, ``list`` / ``dict`` (a JSON list /
     object) or ``any``; ``nullable``: ``None`` is accepted (and means the default's absence);
     ``low`` / ``high`` (with ``low_open`` / ``high_open``) bound numbers; ``choices`` lists the
-    allowed strings; ``check(value)`` returns a problem text (what is allowed) or ``None`` for
-    anything the type and bounds cannot say; ``want`` replaces the generated description of what
+    allowed strings; ``check(value)`` says what the type and bounds cannot: True / None when the
+    value is allowed, False when it is not (the error then says ``want``), or a text of what is
+    allowed that fits this value better; ``want`` replaces the generated description of what
     is allowed; ``shown_default`` replaces the default in docs and help. The CLI part (``flags``,
     ``metavar``, ``group``, ``primary``, ``nargs``) is used by :meth:`Schema.add_arguments`.
     """
@@ -122,7 +123,10 @@ class Field:
             ok = value in self.choices
         if not ok:
             return self.allowed()
-        return self.check(value) if self.check is not None else None
+        verdict = self.check(value) if self.check is not None else None
+        if verdict is None or verdict is True:
+            return None
+        return self.allowed() if verdict is False else verdict
 
 
 def is_int(v: Any) -> bool:

@@ -62,20 +62,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _MANAGED = {"output_dir", "resume", "resume_from", "overwrite", "demo"}
 
 
-def _id_problem(value: str) -> str | None:
-    return None if _ID_RE.match(value) else "1-64 letters, digits or . _ + -"
-
-
-_EXPERIMENTS = 'a non-empty list of {"id", "overrides"} objects'
-
-
-def _eval_problem(value: Any) -> str | None:
-    return None if isinstance(value, (dict, str)) else "an evaluation spec object or its file path"
-
-
 #: The sweep file's fields (its checks and the docs' table).
 SWEEP_SCHEMA = Schema([
-    Field("name", "str", "sweep", check=_id_problem, want="1-64 letters, digits or . _ + -",
+    Field("name", "str", "sweep", check=lambda v: bool(_ID_RE.match(v)),
+          want="1-64 letters, digits or . _ + -",
           help="name of the sweep (default output folder)"),
     Field("output_dir", "str", None, nullable=True, shown_default="sweeps/NAME", help=(
         "where each experiment trains (OUTPUT_DIR/<id>/), the shared feature cache, "
@@ -86,11 +76,11 @@ SWEEP_SCHEMA = Schema([
               "training settings every experiment starts from: TrainConfig's fields as in "
               "config.json (output_dir, resume, resume_from, overwrite and demo are set by the "
               "sweep)")),
-    Field("experiments", "list", REQUIRED, check=lambda v: None if v else _EXPERIMENTS,
-          want=_EXPERIMENTS, help=(
+    Field("experiments", "list", REQUIRED, check=bool,
+          want='a non-empty list of {"id", "overrides"} objects', help=(
               'list of {"id", "overrides": {...}} (settings may also sit beside the id); the id '
               "names the experiment's folder")),
-    Field("eval", "any", None, nullable=True, check=_eval_problem,
+    Field("eval", "any", None, nullable=True, check=lambda v: isinstance(v, (dict, str)),
           want="an evaluation spec object or its file path", help=(
               "evaluate every finished experiment's checkpoints and final adapter in one grid "
               "(OUTPUT_DIR/eval): an evaluation spec object or file; data_dir, output_dir and "

@@ -43,7 +43,7 @@ from selva_core.audio.metrics import RANKABLE_KEYS
 from selva_core.evaluation.verdict import RANKING_METRIC
 from selva_core.model.lora.io import FINAL_ADAPTER_FILE, STRENGTH_RANGE
 from selva_core.model.precision import BASE_DTYPE_CHOICES
-from selva_core.schema import REQUIRED, Field, Schema, device_problem, is_number
+from selva_core.schema import REQUIRED, Field, Schema, device_problem, is_int, is_number
 from selva_core.variants import (
     CFG_STRENGTH,
     NEGATIVE_PROMPT,
@@ -61,21 +61,9 @@ CHECKPOINT_ADAPTER = "adapter.safetensors"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
 
 
-def _name_problem(value: str) -> str | None:
-    return None if _ID_RE.match(value) else "1-80 letters, digits or . _ @ + - (it names files)"
-
-
-def _seeds_problem(value: list) -> str | None:
-    if value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value) \
-            and len(set(value)) == len(value):
-        return None
-    return "a non-empty list of distinct integers >= 0"
-
-
-def _clips_problem(value: list) -> str | None:
-    if value and all(isinstance(c, str) and c for c in value):
-        return None
-    return "a non-empty list of clip names (file stems)"
+def _distinct_seeds(value: list) -> bool:
+    return bool(value) and all(is_int(s) and s >= 0 for s in value) \
+        and len(set(value)) == len(value)
 
 
 #: Every spec field: type, default, what is allowed and its meaning (the checks, the CLI's
@@ -89,7 +77,7 @@ SPEC_SCHEMA = Schema([
     Field("output_dir", "str", None, nullable=True, shown_default="eval_output/NAME", help=(
         "where renders, references, eval_summary.json, metrics.csv, charts and index.html go "
         "(relative paths: from the spec's folder)")),
-    Field("name", "str", "eval", nullable=True, check=_name_problem,
+    Field("name", "str", "eval", nullable=True, check=lambda v: bool(_ID_RE.match(v)),
           want="1-80 letters, digits or . _ @ + - (it names files)",
           help="name of the evaluation (page title; default output folder)"),
     Field("adapters", "any", None, nullable=True, shown_default="[]",
@@ -106,7 +94,7 @@ SPEC_SCHEMA = Schema([
                f"{STRENGTH_RANGE[1]:g}]",
           help="adapter strengths rendered for every adapter"),
     Field("seed", "int", 42, low=0, help="noise seed (used when 'seeds' is not given)"),
-    Field("seeds", "list", None, nullable=True, check=_seeds_problem, shown_default="[seed]",
+    Field("seeds", "list", None, nullable=True, check=_distinct_seeds, shown_default="[seed]",
           want="a non-empty list of distinct integers >= 0",
           help="several seeds: every clip is rendered once per seed"),
     Field("steps", "int", SAMPLING_STEPS, low=1, help="Euler steps per render"),
@@ -118,7 +106,8 @@ SPEC_SCHEMA = Schema([
           shown_default="clip length up to 8 s", help=(
               "seconds rendered per clip (a training run's folder as data_dir: up to its "
               "training window)")),
-    Field("clips", "list", None, nullable=True, check=_clips_problem,
+    Field("clips", "list", None, nullable=True,
+          check=lambda v: bool(v) and all(isinstance(c, str) and c for c in v),
           shown_default="held-out clips of a run, else all",
           want="a non-empty list of clip names (file stems)",
           help="clip names (file stems) to evaluate"),

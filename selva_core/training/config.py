@@ -53,13 +53,6 @@ def _opt(help_text: str, *flags: str, **declared: Any) -> dict[str, Any]:
     return option(help_text, *flags, **{"group": "training", **declared})
 
 
-_TARGETS = "one or more module patterns or presets"
-
-
-def _check_targets(value: list) -> str | None:
-    return None if value and all(isinstance(v, str) and v for v in value) else _TARGETS
-
-
 @dataclass
 class TrainConfig:
     """Everything one training run needs; saved as ``config.json`` next to the adapter."""
@@ -115,7 +108,8 @@ class TrainConfig:
         "Layers to adapt: presets of the LoRA library (qkv, attn = qkv + linear1, ffn, "
         "attn+ffn, all) or module-name patterns (a dotted suffix such as attn.qkv, a glob, or "
         "re:REGEX); several allowed, e.g. --target attn ffn.", metavar="PATTERN",
-        group="model", check=_check_targets, want=_TARGETS,
+        group="model", check=lambda v: bool(v) and all(isinstance(x, str) and x for x in v),
+        want="one or more module patterns or presets",
         nargs="+"))
     init: str = field(default="standard", metadata=_opt(
         "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "

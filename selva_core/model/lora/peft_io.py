@@ -163,26 +163,21 @@ def _pattern_value(patterns: dict, path: str, default):
     return default
 
 
-def _pattern_map(check, want: str):
+def _pattern_map(check):
     """``Field.check`` of a ``rank_pattern`` / ``alpha_pattern``: regex keys, checked values."""
-    def problem(v: dict) -> str | None:
+    def ok(v: dict) -> bool:
         if not all(isinstance(k, str) and check(x) for k, x in v.items()):
-            return want
+            return False
         try:
             for k in v:
                 re.compile(k)
         except re.error:
-            return want
-        return None
-    return problem
+            return False
+        return True
+    return ok
 
 
-def _unsupported(v) -> str | None:
-    return "supported (only false / null is)" if v else None
-
-
-_RANKS = "an object of regex -> positive integer"
-_ALPHAS = "an object of regex -> positive number"
+_UNSUPPORTED = "supported (only false / null is)"
 #: The ``adapter_config.json`` fields the import reads (others are peft's and ignored).
 PEFT_CONFIG_SCHEMA = Schema([
     Field("peft_type", "str", REQUIRED, choices=("LORA",),
@@ -195,17 +190,19 @@ PEFT_CONFIG_SCHEMA = Schema([
           help="DoRA: lora_magnitude_vector tensors present"),
     Field("lora_dropout", "float", 0.0, nullable=True, low=0, high=1, high_open=True,
           help="dropout on the adapter's input while training"),
-    Field("rank_pattern", "dict", {}, nullable=True, want=_RANKS,
-          check=_pattern_map(lambda v: is_int(v) and v >= 1, _RANKS),
+    Field("rank_pattern", "dict", {}, nullable=True,
+          want="an object of regex -> positive integer",
+          check=_pattern_map(lambda v: is_int(v) and v >= 1),
           help="per-layer ranks (keys matched as (.*\\.)?(key)$)"),
-    Field("alpha_pattern", "dict", {}, nullable=True, want=_ALPHAS,
-          check=_pattern_map(lambda v: is_number(v) and v > 0, _ALPHAS), help="per-layer alphas"),
-    Field("lora_bias", "any", False, nullable=True, check=_unsupported,
-          want="supported (only false / null is)", help="trained biases: not supported"),
-    Field("fan_in_fan_out", "any", False, nullable=True, check=_unsupported,
-          want="supported (only false / null is)", help="transposed weights: not supported"),
-    Field("modules_to_save", "any", None, nullable=True, check=_unsupported,
-          want="supported (only false / null is)",
+    Field("alpha_pattern", "dict", {}, nullable=True,
+          want="an object of regex -> positive number",
+          check=_pattern_map(lambda v: is_number(v) and v > 0), help="per-layer alphas"),
+    Field("lora_bias", "any", False, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED, help="trained biases: not supported"),
+    Field("fan_in_fan_out", "any", False, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED, help="transposed weights: not supported"),
+    Field("modules_to_save", "any", None, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED,
           help="full-weight modules: not supported"),
 ], label="{name}", style="is_not")
 
