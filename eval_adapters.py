@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from selva_core.evaluation.spec import FIELD_HELP, EvalSpecError, load_spec  # noqa: E402
+from selva_core.variants import CFG_STRENGTH, SAMPLING_STEPS  # noqa: E402
 
 log = logging.getLogger("eval_adapters")
 
@@ -39,8 +40,8 @@ EXAMPLE_SPEC = {
     ],
     "strengths": [0.5, 1.0],
     "seeds": [1, 2],
-    "steps": 25,
-    "cfg": 4.5,
+    "steps": SAMPLING_STEPS,
+    "cfg": CFG_STRENGTH,
 }
 
 METRICS_HELP = """\

@@ -20,6 +20,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from selva_core.variants import CFG_STRENGTH, SAMPLING_STEPS
+
 from .common import (
     CATEGORY,
     MODEL_TYPE,
@@ -41,7 +43,8 @@ EXAMPLE_EVAL = json.dumps({
     "output_dir": "selva_eval/my_lora",
     "adapters": [{"id": "base", "path": ""},
                  {"id": "final", "path": "selva_lora/my_adapter/adapter_final.safetensors"}],
-    "strengths": [0.5, 1.0], "seeds": [1, 2], "steps": 25, "cfg": 4.5}, indent=1)
+    "strengths": [0.5, 1.0], "seeds": [1, 2], "steps": SAMPLING_STEPS, "cfg": CFG_STRENGTH},
+    indent=1)
 EXAMPLE_SWEEP = json.dumps({
     "name": "ranks", "output_dir": "selva_sweeps/ranks",
     "base": {"data_dir": "selva_training_clips", "steps": 2000},

@@ -6,6 +6,8 @@ import math
 
 from comfy_api.latest import io
 
+from selva_core.variants import CFG_STRENGTH, NEGATIVE_PROMPT, SAMPLING_STEPS
+
 from .common import (
     CATEGORY,
     FEATURES_TYPE,
@@ -45,15 +47,15 @@ class SelvaSampler(io.ComfyNode):
                                         "Otherwise replaces the generator's text condition "
                                         "(the video features keep their extraction prompt; "
                                         "re-extract for a full change)."),
-                io.String.Input("negative_prompt", multiline=True, default="",
+                io.String.Input("negative_prompt", multiline=True, default=NEGATIVE_PROMPT,
                                 tooltip="Sounds to steer away from (replaces the empty text "
                                         "in the unconditional branch)."),
                 io.Float.Input("duration", default=0.0, min=0.0, max=3600.0, step=0.01,
                                tooltip="Seconds of audio (0: the features' duration; at most "
                                        "that)."),
-                io.Int.Input("steps", default=25, min=1, max=500,
+                io.Int.Input("steps", default=SAMPLING_STEPS, min=1, max=500,
                              tooltip="Euler steps per window."),
-                io.Float.Input("cfg", default=4.5, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("cfg", default=CFG_STRENGTH, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance strength."),
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1,
                              control_after_generate=True,
@@ -66,8 +68,9 @@ class SelvaSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: SelvaModel, features, prompt: str = "", negative_prompt: str = "",
-                duration: float = 0.0, steps: int = 25, cfg: float = 4.5, seed: int = 0,
+    def execute(cls, model: SelvaModel, features, prompt: str = "",
+                negative_prompt: str = NEGATIVE_PROMPT, duration: float = 0.0,
+                steps: int = SAMPLING_STEPS, cfg: float = CFG_STRENGTH, seed: int = 0,
                 window_s: float = 8.0) -> io.NodeOutput:
         from selva_core.prompting import with_prompt
 

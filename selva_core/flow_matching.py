@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from selva_core.model.generator import SelvaGenerator
+from selva_core.variants import CFG_STRENGTH, SAMPLING_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class FlowMatchingConfig:
     """Flow-matching settings; defaults are those of MMAudio / SelVA."""
 
     min_sigma: float = 0.0
-    num_steps: int = 25
-    cfg_strength: float = 4.5
+    num_steps: int = SAMPLING_STEPS
+    cfg_strength: float = CFG_STRENGTH
     null_condition_probability: float = 0.1
     t_mean: float = 0.0  # logit-normal location
     t_std: float = 1.0  # logit-normal scale
@@ -315,6 +316,7 @@ def euler_sample_two_pass(model: SelvaGenerator, x0: torch.Tensor, *args, **kwar
 
 __all__ = [
     "FlowMatchingConfig",
+    "DEFAULT_CONFIG",
     "DroppedConditions",
     "FlowMatchingLoss",
     "sample_t",

@@ -59,7 +59,14 @@ from .pipeline import (
     SelvaPipeline,
     plan_windows,
 )
-from .variants import DEFAULT_VARIANT, SYNC_FPS, TRAIN_DURATION_S, VARIANTS, min_duration
+from .variants import (
+    DEFAULT_VARIANT,
+    NEGATIVE_PROMPT,
+    SYNC_FPS,
+    TRAIN_DURATION_S,
+    VARIANTS,
+    min_duration,
+)
 from .weights import WeightsError
 from .window_features import encoder_frames
 
@@ -139,7 +146,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None,
                    help="what the sound should be, e.g. 'a dog barking' (default: the clip's "
                         f"line in the folder's {PROMPTS_FILENAME}, else empty)")
-    p.add_argument("--negative_prompt", default="",
+    p.add_argument("--negative_prompt", default=NEGATIVE_PROMPT,
                    help="what to steer away from, e.g. 'music, speech' (default: none)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed; the same seed gives the same sound (default: 0)")

@@ -47,6 +47,7 @@ from typing import Any
 from selva_core.atomic import savefig_atomic, write_json_atomic, write_text_atomic
 from selva_core.console import say
 from selva_core.run_folder import CHECKPOINTS_DIR, RunFolder
+from selva_core.schema import REQUIRED, Field, Schema
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,34 @@ CHART_FILE = "val_curves.png"
 SKIP_FLAG = "skip_current.flag"
 EVAL_DIR = "eval"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_TOP_FIELDS = {"name", "output_dir", "base", "experiments", "eval"}
 # Per-experiment fields the sweep sets itself.
 _MANAGED = {"output_dir", "resume", "resume_from", "overwrite", "demo"}
+
+
+#: The sweep file's fields (its checks and the docs' table).
+SWEEP_SCHEMA = Schema([
+    Field("name", "str", "sweep", check=lambda v: bool(_ID_RE.match(v)),
+          want="1-64 letters, digits or . _ + -",
+          help="name of the sweep (default output folder)"),
+    Field("output_dir", "str", None, nullable=True, shown_default="sweeps/NAME", help=(
+        "where each experiment trains (OUTPUT_DIR/<id>/), the shared feature cache, "
+        "sweep_summary.json, val_curves.png and leaderboard.csv go (relative paths: from the "
+        "sweep file's folder)")),
+    Field("base", "dict", {}, shown_default="{}",
+          want="an object of training settings (the flags of train_lora.py --help)", help=(
+              "training settings every experiment starts from: TrainConfig's fields as in "
+              "config.json (output_dir, resume, resume_from, overwrite and demo are set by the "
+              "sweep)")),
+    Field("experiments", "list", REQUIRED, check=bool,
+          want='a non-empty list of {"id", "overrides"} objects', help=(
+              'list of {"id", "overrides": {...}} (settings may also sit beside the id); the id '
+              "names the experiment's folder")),
+    Field("eval", "any", None, nullable=True, check=lambda v: isinstance(v, (dict, str)),
+          want="an evaluation spec object or its file path", help=(
+              "evaluate every finished experiment's checkpoints and final adapter in one grid "
+              "(OUTPUT_DIR/eval): an evaluation spec object or file; data_dir, output_dir and "
+              "adapters may be left out")),
+])
 
 
 class SweepError(ValueError):
@@ -122,21 +148,12 @@ def parse_sweep(data: Any, source: str = "(sweep)", base_dir: Path | None = None
     if not isinstance(data, dict):
         raise SweepError(source, ["the sweep must be a JSON object with 'base' and "
                                   "'experiments'"])
-    problems = [f"field {k!r} is unknown; known: {', '.join(sorted(_TOP_FIELDS))}"
-                for k in sorted(set(data) - _TOP_FIELDS)]
-    name = data.get("name", "sweep")
-    if not isinstance(name, str) or not _ID_RE.match(name):
-        problems.append(f"field 'name' {name!r} must be letters, digits or . _ + -")
-        name = "sweep"
-    out = data.get("output_dir") or f"sweeps/{name}"
-    if not isinstance(out, str):
-        problems.append(f"field 'output_dir' must be a string, got {out!r}")
-        out = f"sweeps/{name}"
+    problems: list[str] = []
+    top = SWEEP_SCHEMA.parse(data, problems)
+    name = top["name"]
+    out = top["output_dir"] or f"sweeps/{name}"
     output_dir = Path(_resolve(out, base_dir))
-    base = data.get("base", {})
-    if not isinstance(base, dict):
-        problems.append(f"field 'base' must be an object of training settings, got {base!r}")
-        base = {}
+    base = top["base"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in sorted(set(base) - known):
         problems.append(f"base.{key} is not a training setting (see train_lora.py --help)")
@@ -148,11 +165,7 @@ def parse_sweep(data: Any, source: str = "(sweep)", base_dir: Path | None = None
             base[key] = _resolve(base[key], base_dir)
     base.setdefault("cache_dir", str(output_dir / "feature_cache"))
     experiments: list[Experiment] = []
-    raw_exps = data.get("experiments")
-    if not isinstance(raw_exps, list) or not raw_exps:
-        problems.append("field 'experiments' must be a non-empty list of {\"id\", "
-                        "\"overrides\"} objects")
-        raw_exps = []
+    raw_exps = top["experiments"] or []
     seen: set[str] = set()
     for i, item in enumerate(raw_exps):
         where = f"experiments[{i}]"
@@ -187,7 +200,7 @@ def parse_sweep(data: Any, source: str = "(sweep)", base_dir: Path | None = None
             problems.append(f"{where} ({ident}): {exc}")
             continue
         experiments.append(Experiment(ident, overrides, cfg))
-    evaluation = data.get("eval")
+    evaluation = top["eval"]
     if isinstance(evaluation, str):
         path = Path(_resolve(evaluation, base_dir))
         try:
@@ -201,7 +214,7 @@ def parse_sweep(data: Any, source: str = "(sweep)", base_dir: Path | None = None
             problems.append(f"field 'eval': cannot read the evaluation spec {path} ({exc})")
             evaluation = None
     if evaluation is not None and not isinstance(evaluation, dict):
-        problems.append("field 'eval' must be an evaluation spec object or its file path")
+        problems.append(SWEEP_SCHEMA.bad("eval", evaluation, SWEEP_SCHEMA["eval"].allowed()))
         evaluation = None
     if problems:
         raise SweepError(source, problems)

@@ -28,6 +28,12 @@ NUM_SUP_TOKENS = 5  # SelVA's supplementary [SUP] text tokens
 # node pack reads it at import time).
 STRENGTH_RANGE = (-2.0, 2.0)
 TRAIN_DURATION_S = 8.0  # duration the official generators were trained at
+# Sampling defaults every front end offers (SelVA's and MMAudio's): Euler steps, classifier-free
+# guidance strength and the negative prompt (empty: the model's learned empty text condition).
+# Light to import for the nodes; flow_matching.DEFAULT_CONFIG is built from them.
+SAMPLING_STEPS = 25
+CFG_STRENGTH = 4.5
+NEGATIVE_PROMPT = ""
 
 # Official hub repositories.
 SELVA_REPO = "jnwnlee/SelVA"

@@ -114,22 +114,23 @@ def test_unreadable_missing_or_malformed_states_are_damaged_not_tracebacks(tmp_p
 
         tensors = load_file(str(path))
         meta = {"format": ckpt.STATE_FORMAT, "version": str(ckpt.STATE_VERSION),
-                "state": json.dumps([1, 2])}
+                "state": json.dumps([1, 2]), "tensors_sha256": ckpt.tensors_sha256(tensors)}
         save_file(tensors, str(path), metadata=meta)
         rows = _manifest(tmp_path)
-        for row in rows["checkpoints"]:
-            row.pop("sha256")
+        rows["checkpoints"][-1]["sha256"][ckpt.STATE_FILE] = ckpt.file_sha256(path)
         (tmp_path / ckpt.MANIFEST_FILE).write_text(json.dumps(rows))
     with pytest.raises(ckpt.DamagedCheckpointError, match=r"step 4 .* damaged.*--resume-from 2"):
         mgr.load_state(mgr.find())
 
 
-def test_checkpoints_written_before_checksums_existed_still_load(tmp_path):
+def test_a_manifest_row_without_the_checksums_of_both_files_is_a_damaged_manifest(tmp_path):
     mgr = _saved(tmp_path, steps=(2,))
     rows = _manifest(tmp_path)
-    del rows["checkpoints"][0]["sha256"]
+    del rows["checkpoints"][0]["sha256"][ckpt.ADAPTER_FILE]
     (tmp_path / ckpt.MANIFEST_FILE).write_text(json.dumps(rows))
-    assert mgr.load_state(mgr.find()).step == 2
+    with pytest.raises(ckpt.DamagedCheckpointError, match=r"manifest .* is damaged.*sha256 of "
+                                                          r"step 2 is not a map of its two files"):
+        mgr.entries()
 
 
 def test_resume_names_a_damaged_checkpoint_before_anything_is_trained(tmp_path):

@@ -220,6 +220,24 @@ def test_peft_config_fields_are_validated_by_type(tmp_path, field, value, match)
     _assert_import_fails_and_model_unchanged(folder, r"adapter_config\.json: " + match)
 
 
+def test_every_bad_peft_config_field_is_named_in_one_error(tmp_path):
+    folder = _exported(tmp_path)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(r=0, use_dora="yes", fan_in_fan_out=True, peft_type="IA3")
+    del cfg["lora_alpha"]
+    cfg_path.write_text(json.dumps(cfg))
+    from selva_core.model.lora import AdapterLoadError
+
+    with pytest.raises(AdapterLoadError) as err:
+        import_peft(make_model(), folder)
+    text = str(err.value)
+    for needle in ("lacks the required fields ['lora_alpha']", "peft_type='IA3' is not one of",
+                   "r=0 is not a positive integer", "use_dora='yes' is not true or false",
+                   "fan_in_fan_out=True is not supported"):
+        assert needle in text, needle
+
+
 def test_peft_config_that_is_not_an_object_is_refused(tmp_path):
     folder = _exported(tmp_path)
     (folder / "adapter_config.json").write_text("[1, 2]")

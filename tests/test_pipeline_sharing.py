@@ -173,7 +173,7 @@ def test_a_bad_adapter_raises_one_error_naming_it_and_changes_nothing(
     other = SelvaPipeline.build("tiny_16k", device="cpu", seed=1)
     other_file = _make_adapter(other, tmp_path / "other.safetensors", 3)
     tensors, metadata = read_adapter_file(other_file)
-    meta = {**metadata, "model_variant": "small_16k", "base_variant": "small_16k"}
+    meta = {**metadata, "model_variant": "small_16k"}
     with pytest.raises(AdapterLoadError, match="small_16k"):
         pipe.with_adapters([((tensors, meta), 1.0)])
     with pytest.raises(ValueError, match="finite"):

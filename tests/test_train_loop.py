@@ -242,13 +242,6 @@ def test_lora_kinds_ia3_and_hra_train_end_to_end_and_resume(tiny, tmp_path, kind
     assert resumed.completed
 
 
-def test_checkpoints_written_before_lora_kind_existed_resume_as_plain_lora(tmp_path):
-    identity = {"variant": "tiny_16k", "rank": 4}
-    ckpt.check_identity(identity, {**identity, "lora_kind": "lora"}, tmp_path)
-    with pytest.raises(ckpt.CheckpointError, match="lora_kind"):
-        ckpt.check_identity(identity, {**identity, "lora_kind": "dora"}, tmp_path)
-
-
 def test_validation_loss_is_deterministic_and_logged_per_t(straight):
     out, _ = straight
     vals = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

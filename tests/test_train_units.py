@@ -81,7 +81,7 @@ def test_warmup_defaults_to_a_fraction_of_the_steps_so_short_runs_just_work():
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--lora_dropout", "1.0"], "--lora_dropout must be in [0, 1)"),
+    (["--lora_dropout", "1.0"], "--lora_dropout must be a number in [0, 1)"),
     (["--base_dtype", "fp8"], "--base_dtype"),
 ])
 def test_new_flag_values_are_checked(flags, fragment, capsys):

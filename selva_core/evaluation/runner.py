@@ -150,7 +150,7 @@ def _adapter_variant(entry: AdapterEntry) -> tuple[str | None, dict[str, str], s
         _, meta = read_adapter_file(entry.path)
     except AdapterLoadError as exc:
         return None, {}, str(exc)
-    variant = meta.get("model_variant") or meta.get("base_variant") or None
+    variant = meta.get("model_variant") or None
     return variant, dict(meta), None
 
 

@@ -14,7 +14,7 @@ a training run's folder stands for every checkpoint of the run (``checkpoints/st
 its final adapter, with ids ``<id>@step_000500`` ... ``<id>@final``. Further fields:
 ``variant`` (default: the adapters' own, from their metadata), ``models_dir``, ``strengths``
 (default ``[1.0]``; an adapter entry may give its own), ``seeds`` (default ``[seed]``),
-``cfg`` (4.5), ``negative_prompt``, ``duration`` (seconds per render; default each clip's
+``cfg``, ``negative_prompt``, ``duration`` (seconds per render; default each clip's
 length up to 8 s), ``clips`` (names; default: the held-out clips when ``data_dir`` is a
 training run's folder, else every clip), ``batch_size`` (clips per sampler batch),
 ``drift_dir`` (a folder of clips unlike the training set, rendered with and without each
@@ -33,7 +33,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -50,56 +49,102 @@ from selva_core.run_folder import (
     FINAL_ADAPTER_FILE,
     RunFolder,
 )
-from selva_core.variants import TRAIN_DURATION_S, VARIANTS, min_duration
+from selva_core.schema import REQUIRED, Field, Schema, device_problem, is_int, is_number
+from selva_core.variants import (
+    CFG_STRENGTH,
+    NEGATIVE_PROMPT,
+    SAMPLING_STEPS,
+    TRAIN_DURATION_S,
+    VARIANTS,
+    min_duration,
+)
 
 log = logging.getLogger(__name__)
 
 BASELINE_ID = "baseline"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,79}$")
-DEVICES = ("auto", "cpu", "cuda")
 
 
-#: Every spec field with its default and meaning (the CLI's --help and the node's tooltip).
-FIELD_HELP: tuple[tuple[str, str, str], ...] = (
-    ("data_dir", "none, required", "folder of clips (videos with their sound, optional same-stem "
-     "audio files and prompts.txt), or a training run's output folder (its clips folder and "
-     "held-out clips are used)"),
-    ("output_dir", "eval_output/NAME", "where renders, references, eval_summary.json, "
-     "metrics.csv, charts and index.html go (relative paths: from the spec's folder)"),
-    ("name", "eval", "name of the evaluation (page title; default output folder)"),
-    ("adapters", "[]", "list of {\"id\", \"path\"[, \"strengths\"]}: path = adapter "
-     ".safetensors, a training run's folder (= every checkpoints/step_* and the final "
-     "adapter), or \"\" for the baseline (added as 'baseline' when missing)"),
-    ("embeddings", "[]", "textual-inversion columns beside the adapters: list of {\"id\", "
-     "\"path\"}: path = an embedding .safetensors or a training run's folder (its "
-     "embedding_final.safetensors); each clip's prompt gets the token in place of the init "
-     "word (appended without it)"),
-    ("strengths", "[1.0]", "adapter strengths rendered for every adapter"),
-    ("seed", "42", "noise seed (used when 'seeds' is not given)"),
-    ("seeds", "[seed]", "several seeds: every clip is rendered once per seed"),
-    ("steps", "25", "Euler steps per render"),
-    ("cfg", "4.5", "classifier-free guidance strength"),
-    ("negative_prompt", "\"\"", "text for the unconditional CFG branch"),
-    ("duration", "clip length up to 8 s", "seconds rendered per clip (a training run's "
-     "folder as data_dir: up to its training window)"),
-    ("clips", "held-out clips of a run, else all", "clip names (file stems) to evaluate"),
-    ("variant", "the adapters' own", "model variant (tiny_16k runs without any download)"),
-    ("models_dir", "the pipeline's default", "folder of the model weight files"),
-    ("batch_size", "4", "clips rendered together through the sampler"),
-    ("drift_dir", "none", "folder of clips unlike the training set, rendered with and "
-     "without each adapter to measure drift"),
-    ("desync", "true", "measure DeSync with Synchformer (no download)"),
-    ("synchformer", "MODELS_DIR/[ext_weights/]synchformer_state_dict.pth",
-     "the Synchformer weight file for DeSync"),
-    ("clap_model", "none", "local folder of a CLAP model: enables the CLAP score and the "
-     "FAD-style distance (skipped otherwise)"),
-    ("mp4", "true", "also write each render muxed onto the clip's video"),
-    ("rank_by", "lsd_db", "the metric the verdict ranks adapters, checkpoints and strengths by "
-     "(its direction from the metric registry); default the log-spectral distance to the "
-     "reference clips"),
-    ("device", "auto", "auto, cpu, cuda or cuda:N"),
-    ("precision", "auto", "auto, bf16, fp16 or fp32"),
-)
+def _distinct_seeds(value: list) -> bool:
+    return bool(value) and all(is_int(s) and s >= 0 for s in value) \
+        and len(set(value)) == len(value)
+
+
+#: Every spec field: type, default, what is allowed and its meaning (the checks, the CLI's
+#: --help, the node's tooltip and the docs' table). The list-valued fields ``adapters``,
+#: ``embeddings`` and ``strengths`` are read by their own functions below.
+SPEC_SCHEMA = Schema([
+    Field("data_dir", "str", REQUIRED, shown_default="none, required", help=(
+        "folder of clips (videos with their sound, optional same-stem audio files and "
+        "prompts.txt), or a training run's output folder (its clips folder and held-out clips "
+        "are used)")),
+    Field("output_dir", "str", None, nullable=True, shown_default="eval_output/NAME", help=(
+        "where renders, references, eval_summary.json, metrics.csv, charts and index.html go "
+        "(relative paths: from the spec's folder)")),
+    Field("name", "str", "eval", nullable=True, check=lambda v: bool(_ID_RE.match(v)),
+          want="1-80 letters, digits or . _ @ + - (it names files)",
+          help="name of the evaluation (page title; default output folder)"),
+    Field("adapters", "any", None, nullable=True, shown_default="[]",
+          want='a list of {"id", "path"[, "strengths"]} objects', help=(
+              'list of {"id", "path"[, "strengths"]}: path = adapter .safetensors, a training '
+              "run's folder (= every checkpoints/step_* and the final adapter), or \"\" for "
+              "the baseline (added as 'baseline' when missing)")),
+    Field("embeddings", "any", [], want='a list of {"id", "path"} objects', help=(
+        'textual-inversion columns beside the adapters: list of {"id", "path"}: path = an '
+        "embedding .safetensors or a training run's folder (its embedding_final.safetensors); "
+        "each clip's prompt gets the token in place of the init word (appended without it)")),
+    Field("strengths", "any", [1.0], shown_default="[1.0]",
+          want=f"a non-empty list of distinct numbers in [{STRENGTH_RANGE[0]:g}, "
+               f"{STRENGTH_RANGE[1]:g}]",
+          help="adapter strengths rendered for every adapter"),
+    Field("seed", "int", 42, low=0, help="noise seed (used when 'seeds' is not given)"),
+    Field("seeds", "list", None, nullable=True, check=_distinct_seeds, shown_default="[seed]",
+          want="a non-empty list of distinct integers >= 0",
+          help="several seeds: every clip is rendered once per seed"),
+    Field("steps", "int", SAMPLING_STEPS, low=1, help="Euler steps per render"),
+    Field("cfg", "float", CFG_STRENGTH, low=0,
+          help="classifier-free guidance strength"),
+    Field("negative_prompt", "str", NEGATIVE_PROMPT, nullable=True,
+          help="text for the unconditional CFG branch"),
+    Field("duration", "float", None, nullable=True, low=min_duration(),
+          shown_default="clip length up to 8 s", help=(
+              "seconds rendered per clip (a training run's folder as data_dir: up to its "
+              "training window)")),
+    Field("clips", "list", None, nullable=True,
+          check=lambda v: bool(v) and all(isinstance(c, str) and c for c in v),
+          shown_default="held-out clips of a run, else all",
+          want="a non-empty list of clip names (file stems)",
+          help="clip names (file stems) to evaluate"),
+    Field("variant", "str", None, nullable=True, choices=tuple(VARIANTS),
+          shown_default="the adapters' own",
+          help="model variant (tiny_16k runs without any download); leave it out to use the "
+               "adapters' own"),
+    Field("models_dir", "str", None, nullable=True, shown_default="the pipeline's default",
+          help="folder of the model weight files"),
+    Field("batch_size", "int", 4, low=1, help="clips rendered together through the sampler"),
+    Field("drift_dir", "str", None, nullable=True, help=(
+        "folder of clips unlike the training set, rendered with and without each adapter to "
+        "measure drift")),
+    Field("desync", "bool", True, help="measure DeSync with Synchformer (no download)"),
+    Field("synchformer", "str", None, nullable=True,
+          shown_default="MODELS_DIR/[ext_weights/]synchformer_state_dict.pth",
+          help="the Synchformer weight file for DeSync"),
+    Field("clap_model", "str", None, nullable=True, help=(
+        "local folder of a CLAP model: enables the CLAP score and the FAD-style distance "
+        "(skipped otherwise)")),
+    Field("mp4", "bool", True, help="also write each render muxed onto the clip's video"),
+    Field("rank_by", "str", RANKING_METRIC, choices=tuple(RANKABLE_KEYS), help=(
+        "the metric the verdict ranks adapters, checkpoints and strengths by (its direction "
+        "from the metric registry); default the log-spectral distance to the reference clips")),
+    Field("device", "str", "auto", check=device_problem, want="one of auto, cpu, cuda, cuda:N",
+          help="auto, cpu, cuda or cuda:N"),
+    Field("precision", "str", "auto", choices=tuple(BASE_DTYPE_CHOICES),
+          help="auto, bf16, fp16 or fp32"),
+])
+
+#: (name, default, meaning) of every spec field, from :data:`SPEC_SCHEMA`.
+FIELD_HELP: tuple[tuple[str, str, str], ...] = tuple(
+    (f.name, f.default_text(), f.help) for f in SPEC_SCHEMA.fields)
 
 
 class EvalSpecError(ValueError):
@@ -138,15 +183,15 @@ class EvalSpec:
     data_dir: str
     output_dir: str
     name: str = "eval"
-    steps: int = 25
+    steps: int = SAMPLING_STEPS
     seed: int = 42
     seeds: list[int] | None = None
     adapters: list[AdapterEntry] = field(default_factory=list)
     variant: str | None = None
     models_dir: str | None = None
     strengths: list[float] = field(default_factory=lambda: [1.0])
-    cfg: float = 4.5
-    negative_prompt: str = ""
+    cfg: float = CFG_STRENGTH
+    negative_prompt: str = NEGATIVE_PROMPT
     duration: float | None = None
     clips: list[str] | None = None
     batch_size: int = 4
@@ -229,24 +274,6 @@ def _read_spec_text(path: Path) -> str:
 
 
 # --- parsing -----------------------------------------------------------------------------------
-_FIELDS = {
-    "name", "data_dir", "output_dir", "steps", "seed", "seeds", "adapters", "embeddings",
-    "variant",
-    "models_dir", "strengths", "cfg", "negative_prompt", "duration", "clips", "batch_size",
-    "drift_dir", "desync", "synchformer", "clap_model", "mp4", "device", "precision",
-    "rank_by",
-}
-assert _FIELDS == {f for f, _, _ in FIELD_HELP}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _resolve(path: str, base: Path | None) -> str:
     p = Path(path).expanduser()
     if not p.is_absolute() and base is not None:
@@ -254,53 +281,9 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(p)
 
 
-class _Fields:
-    """Typed readers of a spec's fields; every bad value adds one line to ``problems``."""
-
-    def __init__(self, data: dict, problems: list[str]) -> None:
-        self.data, self.problems = data, problems
-
-    def text(self, key: str, default: str | None, required: bool = False) -> str | None:
-        value = self.data.get(key, default)
-        if value is None:
-            if required:
-                self.problems.append(f"field {key!r} is required: {_HELP[key]}")
-            return None
-        if not isinstance(value, str):
-            self.problems.append(f"field {key!r} must be a string, got {value!r}")
-            return default
-        return value
-
-    def number(self, key: str, default, *, integer: bool = False, low: float | None = None,
-               low_open: bool = False):
-        value = self.data.get(key, default)
-        if value is None:
-            return None
-        ok = _is_int(value) if integer else _is_num(value)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
-            self.problems.append(f"field {key!r} must be {kind}{bound}, got {value!r}")
-            return default
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            self.problems.append(f"field {key!r} must be true or false, got {value!r}")
-            return default
-        return value
-
-    def choice(self, key: str, default: str | None, allowed) -> str | None:
-        value = self.text(key, default)
-        if value is not None and value not in allowed and not (
-                key == "device" and value.startswith("cuda:")):
-            listed = ", ".join(allowed) + (", cuda:N (a GPU's index)" if key == "device" else "")
-            self.problems.append(f"field {key!r} is {value!r}; choose one of {listed}")
-            return default
-        return value
+_SCALARS = [f.name for f in SPEC_SCHEMA.fields
+            if f.name not in ("adapters", "embeddings", "strengths")]
+_PATHS = ("models_dir", "synchformer", "clap_model")
 
 
 def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
@@ -308,87 +291,35 @@ def _parse(data: Any, source: str, base: Path | None) -> EvalSpec:
         raise EvalSpecError(source, [f"the spec must be a JSON object, got "
                                      f"{type(data).__name__}"])
     problems: list[str] = []
-    unknown = sorted(set(data) - _FIELDS)
-    for key in unknown:
-        problems.append(f"field {key!r} is unknown; known fields: {', '.join(sorted(_FIELDS))}")
-
-    fields = _Fields(data, problems)
-    text, number, flag, choice = fields.text, fields.number, fields.flag, fields.choice
-
-    name = text("name", "eval") or "eval"
-    if not _ID_RE.match(name):
-        problems.append(f"field 'name' {name!r} must be 1-80 letters, digits or . _ @ + - "
-                        "(it names files)")
-    data_dir = text("data_dir", None, required=True)
-    if data_dir is not None:
-        data_dir = _resolve(data_dir, base)
-        if not Path(data_dir).is_dir():
-            problems.append(f"field 'data_dir': {data_dir} is not a folder; give a folder of "
-                            "clips or a training run's output folder")
-    output_dir = text("output_dir", None)
-    output_dir = _resolve(output_dir, base) if output_dir else str(
-        (base or Path.cwd()) / "eval_output" / name)
-    steps = number("steps", 25, integer=True, low=1)
-    seed = number("seed", 42, integer=True, low=0)
-    seeds = data.get("seeds")
-    if seeds is not None and not (isinstance(seeds, list) and seeds
-                                  and all(_is_int(s) and s >= 0 for s in seeds)
-                                  and len(set(seeds)) == len(seeds)):
-        problems.append(f"field 'seeds' must be a non-empty list of distinct integers >= 0, "
-                        f"got {seeds!r}")
-        seeds = None
-    strengths = _strengths(data.get("strengths", [1.0]), "field 'strengths'", problems)
-    variant = text("variant", None)
-    if variant is not None and variant not in VARIANTS:
-        problems.append(f"field 'variant' {variant!r} is unknown; choose one of "
-                        f"{', '.join(VARIANTS)} or leave it out to use the adapters' own")
-        variant = None
-    models_dir = text("models_dir", None)
-    cfg = number("cfg", 4.5, low=0.0)
-    negative_prompt = text("negative_prompt", "") or ""
-    duration = number("duration", None, low=min_duration())
-    clips = data.get("clips")
-    if clips is not None and not (isinstance(clips, list) and clips
-                                  and all(isinstance(c, str) and c for c in clips)):
-        problems.append(f"field 'clips' must be a non-empty list of clip names (file stems), "
-                        f"got {clips!r}")
-        clips = None
-    batch_size = number("batch_size", 4, integer=True, low=1)
-    drift_dir = text("drift_dir", None)
-    if drift_dir is not None:
-        drift_dir = _resolve(drift_dir, base)
-        if not Path(drift_dir).is_dir():
-            problems.append(f"field 'drift_dir': {drift_dir} is not a folder of clips")
-    synchformer = text("synchformer", None)
-    synchformer = _resolve(synchformer, base) if synchformer else None
-    clap_model = text("clap_model", None)
-    clap_model = _resolve(clap_model, base) if clap_model else None
+    problems.extend(SPEC_SCHEMA.unknown(sorted(set(data) - set(SPEC_SCHEMA.names))))
+    values = SPEC_SCHEMA.parse(data, problems, only=_SCALARS, allow_unknown=True)
+    values["name"] = values["name"] or "eval"
+    values["negative_prompt"] = values["negative_prompt"] or ""
+    for key, what in (("data_dir", "give a folder of clips or a training run's output folder"),
+                      ("drift_dir", "give a folder of clips")):
+        if values[key] is not None:
+            values[key] = _resolve(values[key], base)
+            if not Path(values[key]).is_dir():
+                problems.append(f"field {key!r}: {values[key]} is not a folder; {what}")
+    values["data_dir"] = values["data_dir"] or ""
+    output_dir = values["output_dir"]
+    values["output_dir"] = _resolve(output_dir, base) if output_dir else str(
+        (base or Path.cwd()) / "eval_output" / values["name"])
+    for key in _PATHS:
+        values[key] = _resolve(values[key], base) if values[key] else None
+    values["strengths"] = _strengths(data.get("strengths", [1.0]), "field 'strengths'",
+                                     problems)
     adapters = _adapters(data.get("adapters"), base, problems)
     adapters += _embeddings(data.get("embeddings", []), base, {a.id.lower() for a in adapters},
                             problems)
-    spec = EvalSpec(
-        data_dir=data_dir or "", output_dir=output_dir, name=name, steps=steps, seed=seed,
-        seeds=seeds, adapters=adapters, variant=variant,
-        models_dir=_resolve(models_dir, base) if models_dir else None, strengths=strengths,
-        cfg=cfg, negative_prompt=negative_prompt, duration=duration, clips=clips,
-        batch_size=batch_size, drift_dir=drift_dir, desync=flag("desync", True),
-        synchformer=synchformer, clap_model=clap_model, mp4=flag("mp4", True),
-        device=choice("device", "auto", DEVICES), precision=choice("precision", "auto",
-                                                                    BASE_DTYPE_CHOICES),
-        rank_by=choice("rank_by", RANKING_METRIC, RANKABLE_KEYS),
-    )
+    spec = EvalSpec(adapters=adapters, **values)
     if problems:
         raise EvalSpecError(source, problems)
     return spec
 
 
-_HELP = {
-    "data_dir": "a folder of clips (videos with sound) or a training run's output folder",
-}
-
-
 def _strengths(value: Any, where: str, problems: list[str]) -> list[float]:
-    if not (isinstance(value, list) and value and all(_is_num(s) for s in value)):
+    if not (isinstance(value, list) and value and all(is_number(s) for s in value)):
         problems.append(f"{where} must be a non-empty list of finite numbers, got {value!r}")
         return [1.0]
     if len(set(value)) != len(value):
@@ -516,5 +447,5 @@ def default_duration(clip_seconds: float | None, spec: EvalSpec,
     return max(min_duration(), min(longest, float(clip_seconds)))
 
 
-__all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "FIELD_HELP", "load_spec",
-           "default_duration"]
+__all__ = ["AdapterEntry", "EvalSpec", "EvalSpecError", "BASELINE_ID", "FIELD_HELP", "SPEC_SCHEMA",
+           "load_spec", "default_duration"]

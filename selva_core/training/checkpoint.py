@@ -273,8 +273,7 @@ class TrainingState:
         if metadata.get("version") != str(STATE_VERSION):
             raise CheckpointError(f"{path} has training-state version {metadata.get('version')}"
                                   f"; this trainer reads version {STATE_VERSION}")
-        want = metadata.get("tensors_sha256")
-        if want is not None and want != tensors_sha256(tensors):
+        if metadata.get("tensors_sha256") != tensors_sha256(tensors):
             raise CheckpointError(f"training state {path} is damaged: its tensors do not match "
                                   "the checksum written with them")
         bad = _non_finite({k: v for k, v in tensors.items()
@@ -311,14 +310,8 @@ class TrainingState:
         )
 
 
-#: Identity fields added after checkpoints were first written, with the value such an older
-#: checkpoint implies (every adapter trained before ``lora_kind`` existed was plain LoRA).
-IDENTITY_DEFAULTS: dict[str, Any] = {"lora_kind": "lora"}
-
-
 def check_identity(saved: dict[str, Any], current: dict[str, Any], source: Path) -> None:
     """Raise one CheckpointError listing every field where the checkpoint differs from the run."""
-    saved = {**IDENTITY_DEFAULTS, **saved}
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs this run {current.get(k)!r}"
              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if diffs:
@@ -340,8 +333,8 @@ def _is_number_or_none(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """One row of ``manifest.json``. ``sha256``: file name -> sha256 of that file (absent in
-    manifests written before checksums existed)."""
+    """One row of ``manifest.json``. ``sha256``: file name -> sha256 of each of its two
+    files."""
 
     step: int
     folder: str
@@ -380,10 +373,11 @@ class CheckpointEntry:
             if not isinstance(d.get(key, ""), str):
                 raise ValueError(f"{key} {d.get(key)!r} of step {step} is not text")
         sums = d.get("sha256") or {}
-        if not (isinstance(sums, dict) and set(sums) <= {ADAPTER_FILE, STATE_FILE}
+        if not (isinstance(sums, dict) and set(sums) == {ADAPTER_FILE, STATE_FILE}
                 and all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
                         for v in sums.values())):
-            raise ValueError(f"sha256 of step {step} is not a map of its files to checksums")
+            raise ValueError(f"sha256 of step {step} is not a map of its two files to "
+                             "checksums")
         return cls(step=step, folder=folder, train_loss=d.get("train_loss"),
                    val_loss=d.get("val_loss"), time=d.get("time", ""),
                    elapsed_s=float(d.get("elapsed_s") or 0.0), reason=d.get("reason", ""),

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,16 @@ from selva_core.model.lora.config import INIT_MODES
 from selva_core.model.lora.kind import kind_names
 from selva_core.model.precision import AUTOCAST_CHOICES, BASE_DTYPE_CHOICES
 from selva_core.run_folder import RunFolder
+from selva_core.schema import Schema, dataclass_schema, device_problem, option
 from selva_core.training.schedule import SCHEDULE_KINDS as LR_SCHEDULES
-from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, VARIANTS, min_duration
+from selva_core.variants import (
+    CFG_STRENGTH,
+    DEFAULT_VARIANT,
+    SAMPLING_STEPS,
+    TRAIN_DURATION_S,
+    VARIANTS,
+    min_duration,
+)
 
 TIMESTEP_MODES = ("logit_normal", "uniform")
 METHODS = ("lora", "textual_inversion")
@@ -39,16 +47,11 @@ DEFAULT_TARGETS = ("attn",)
 WARMUP_FRACTION = 0.05  # default --warmup_steps: this share of --steps
 
 
-def _opt(help_text: str, *flags: str, choices: Sequence[str] | None = None,
-         metavar: str | None = None, group: str = "training",
-         primary: bool = False) -> dict[str, Any]:
-    """Field metadata read by :func:`build_arg_parser` (help, extra option strings, choices).
-
-    ``primary``: the extra spelling (e.g. ``--resume-from``) is the one usage
-    shows; ``--field_name`` stays accepted.
-    """
-    return {"help": help_text, "flags": flags, "choices": choices, "metavar": metavar,
-            "group": group, "primary": primary}
+def _opt(help_text: str, *flags: str, **declared: Any) -> dict[str, Any]:
+    """A field's declaration (:func:`selva_core.schema.option`): help, extra option strings,
+    choices, bounds; its CLI group defaults to ``training``. ``primary``: the extra spelling
+    (e.g. ``--resume-from``) is the one usage shows; ``--field_name`` stays accepted."""
+    return option(help_text, *flags, **{"group": "training", **declared})
 
 
 @dataclass
@@ -69,7 +72,8 @@ class TrainConfig:
     duration: float = field(default=TRAIN_DURATION_S, metadata=_opt(
         f"Training window in seconds (the official generators were trained at "
         f"{TRAIN_DURATION_S:g} s; minimum {min_duration():.2f} s). Shorter clips are padded "
-        "with the model's empty sync tokens.", group="data"))
+        "with the model's empty sync tokens.", group="data", low=min_duration(),
+        want=f"a number of seconds >= {min_duration():.2f} (one sync window)"))
     window: str = field(default="first", metadata=_opt(
         "Which windows of a clip longer than --duration to train on: 'first' (one window per "
         "clip) or 'all' (consecutive windows, each its own example).",
@@ -81,10 +85,10 @@ class TrainConfig:
     val_fraction: float = field(default=0.1, metadata=_opt(
         "Share of the clips held out for validation (split by clip, never by window; at least "
         "one clip once the dataset has 4 or more). Ignored when --val_clips is given.",
-        "--val-fraction", group="data"))
+        "--val-fraction", group="data", low=0.0, high=1.0, high_open=True))
     val_clips: int | None = field(default=None, metadata=_opt(
         "Exact number of clips held out for validation (0 disables validation, and with it "
-        "the surgery decision).", "--val-clips", metavar="N", group="data"))
+        "the surgery decision).", "--val-clips", metavar="N", group="data", low=0))
 
     # --- model and adapter -------------------------------------------------------------------
     variant: str = field(default=DEFAULT_VARIANT, metadata=_opt(
@@ -95,16 +99,19 @@ class TrainConfig:
         "folder, e.g. ComfyUI's models/selva).", group="model"))
     rank: int = field(default=16, metadata=_opt(
         "LoRA rank r (16 is the common default; higher ranks help only with larger datasets).",
-        group="model"))
+        group="model", low=1))
     alpha: float | None = field(default=None, metadata=_opt(
         "LoRA alpha; the update is scaled by alpha/rank (alpha/sqrt(rank) with --rsLoRA). "
         "Default: the LoRA library's fixed alpha, 32 (scale 2 at rank 16; the learning rate "
-        "then carries over between ranks), or 8 with --rsLoRA.", group="model"))
+        "then carries over between ranks), or 8 with --rsLoRA.", group="model", low=0.0,
+        low_open=True))
     target: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata=_opt(
         "Layers to adapt: presets of the LoRA library (qkv, attn = qkv + linear1, ffn, "
         "attn+ffn, all) or module-name patterns (a dotted suffix such as attn.qkv, a glob, or "
         "re:REGEX); several allowed, e.g. --target attn ffn.", metavar="PATTERN",
-        group="model"))
+        group="model", check=lambda v: bool(v) and all(isinstance(x, str) and x for x in v),
+        want="one or more module patterns or presets",
+        nargs="+"))
     init: str = field(default="standard", metadata=_opt(
         "Adapter initialisation: 'standard' (A Kaiming-uniform, B = 0), 'gaussian' "
         "(A ~ N(0, 1/r), B = 0) or 'pissa' (principal singular directions of W; use a lower "
@@ -132,7 +139,8 @@ class TrainConfig:
         choices=ADAPTER_DTYPES, group="model"))
     lora_dropout: float = field(default=0.0, metadata=_opt(
         "Dropout on the adapter's input while training (0 = off); a regulariser for small "
-        "datasets. Generation never drops.", "--lora-dropout", group="model"))
+        "datasets. Generation never drops.", "--lora-dropout", group="model", low=0.0, high=1.0,
+        high_open=True))
     method: str = field(default="lora", metadata=_opt(
         "What to train: 'lora' (an adapter on the generator) or 'textual_inversion' (every "
         "network frozen; new vectors for --token in the CLIP-text and FLAN-T5 tables, written "
@@ -146,38 +154,39 @@ class TrainConfig:
         "Textual inversion: the vectors start as this word's embeddings (default: the "
         "token's own text pieces).", group="model"))
     num_vectors: int = field(default=1, metadata=_opt(
-        "Textual inversion: vectors per tower the token stands for.", group="model"))
+        "Textual inversion: vectors per tower the token stands for.", group="model", low=1))
 
     # --- optimisation -------------------------------------------------------------------------
-    lr: float = field(default=1e-4, metadata=_opt("Peak learning rate of AdamW."))
+    lr: float = field(default=1e-4, metadata=_opt("Peak learning rate of AdamW.", low=0.0,
+                                                  low_open=True))
     lora_plus_ratio: float = field(default=1.0, metadata=_opt(
         "LoRA+: learning rate of the B matrices = lr * ratio (1 = plain LoRA; the LoRA+ paper "
-        "uses 4-16)."))
+        "uses 4-16).", low=0.0, low_open=True))
     weight_decay: float = field(default=0.0, metadata=_opt(
         "AdamW weight decay (0: decay would pull PiSSA adapters toward zero and with them "
-        "the pre-trained principal components)."))
+        "the pre-trained principal components).", low=0.0))
     steps: int = field(default=2000, metadata=_opt(
-        "Number of OPTIMISER steps (each consumes batch_size x grad_accum x GPUs clips)."))
+        "Number of OPTIMISER steps (each consumes batch_size x grad_accum x GPUs clips).", low=1))
     warmup_steps: int | None = field(default=None, metadata=_opt(
         f"Linear warm-up length in optimiser steps (default: {WARMUP_FRACTION:.0%}% of "
-        "--steps, rounded)."))
+        "--steps, rounded).", low=0))
     lr_schedule: str = field(default="cosine", metadata=_opt(
         "After warm-up: 'cosine' decay to 0 at --steps, or 'constant'.",
         "--lr-schedule", choices=LR_SCHEDULES))
     batch_size: int = field(default=4, metadata=_opt(
-        "Clips per forward pass on each GPU/process."))
+        "Clips per forward pass on each GPU/process.", low=1))
     grad_accum: int = field(default=1, metadata=_opt(
         "Micro-batches accumulated per optimiser step (effective batch = batch_size x "
-        "grad_accum x processes)."))
+        "grad_accum x processes).", low=1))
     grad_clip: float = field(default=1.0, metadata=_opt(
-        "Clip the global gradient norm of the adapter to this value (0 disables)."))
+        "Clip the global gradient norm of the adapter to this value (0 disables).", low=0.0))
     timestep_mode: str = field(default="logit_normal", metadata=_opt(
         "Distribution of the flow time t: 'logit_normal' (sigmoid of N(0, 1), as SelVA was "
         "trained) or 'uniform'.", choices=TIMESTEP_MODES))
     cond_dropout: float = field(default=0.1, metadata=_opt(
         "Probability of replacing the video (and, independently, the text) condition by the "
         "model's empty condition; keeps classifier-free guidance working (pre-training used "
-        "0.1)."))
+        "0.1).", low=0.0, high=1.0, high_open=True))
     precision: str = field(default="auto", metadata=_opt(
         "'auto' = bf16 autocast on a GPU that supports it, fp32 on CPU (with a half "
         "--base_dtype: autocast in that dtype); 'bf16' or 'fp32' to force. Adapter weights are "
@@ -203,14 +212,14 @@ class TrainConfig:
         "data give the same adapter."))
     device: str = field(default="auto", metadata=_opt(
         "'auto' (cuda if available, else cpu), 'cpu' or 'cuda'. Under torchrun each process "
-        "uses its LOCAL_RANK GPU."))
+        "uses its LOCAL_RANK GPU.", check=device_problem))
 
     # --- checkpoints, validation, samples -----------------------------------------------------
     save_every: int = field(default=500, metadata=_opt(
         "Save a resumable checkpoint (adapter + training state) every N optimiser steps.",
-        group="checkpoints"))
+        group="checkpoints", low=1))
     keep_checkpoints: int = field(default=0, metadata=_opt(
-        "Keep only the newest N step checkpoints (0 keeps all).", group="checkpoints"))
+        "Keep only the newest N step checkpoints (0 keeps all).", group="checkpoints", low=0))
     keep_best: bool = field(default=False, metadata=_opt(
         "With --keep_checkpoints: also keep the checkpoint with the lowest validation loss "
         "(manifest.json lists each checkpoint's).", group="checkpoints"))
@@ -220,15 +229,15 @@ class TrainConfig:
     resume_from: int | None = field(default=None, metadata=_opt(
         "Continue from the checkpoint of this optimiser step (listed in "
         "OUTPUT_DIR/checkpoints/manifest.json); later ones are replaced as it trains on.",
-        "--resume-from", metavar="STEP", group="checkpoints", primary=True))
+        "--resume-from", metavar="STEP", group="checkpoints", primary=True, low=0))
     val_every: int = field(default=250, metadata=_opt(
         "Compute the deterministic validation loss every N optimiser steps (and at every "
-        "checkpoint).", "--val-every", group="checkpoints"))
-    sample_steps: int = field(default=25, metadata=_opt(
-        "Euler steps of the audio samples written at each checkpoint.", group="checkpoints"))
-    cfg_strength: float = field(default=4.5, metadata=_opt(
-        "Classifier-free guidance of the checkpoint samples (SelVA's default 4.5).",
-        group="checkpoints"))
+        "checkpoint).", "--val-every", group="checkpoints", low=1))
+    sample_steps: int = field(default=SAMPLING_STEPS, metadata=_opt(
+        "Euler steps of the audio samples written at each checkpoint.", group="checkpoints", low=1))
+    cfg_strength: float = field(default=CFG_STRENGTH, metadata=_opt(
+        "Classifier-free guidance of the checkpoint samples (SelVA's default).",
+        group="checkpoints", low=0.0))
     samples: bool = field(default=True, metadata=_opt(
         "Write a generated validation clip (WAV + spectrogram PNG) at every checkpoint and at "
         "the end (--no-samples to save the time).", group="checkpoints"))
@@ -283,60 +292,15 @@ class TrainConfig:
         problems: list[str] = []
         if require_data and not self.demo and not self.data_dir:
             problems.append("--data_dir is required (or use --demo for the synthetic demo)")
-        if self.variant not in VARIANTS:
-            problems.append(f"--variant {self.variant!r} is unknown; choose one of "
-                            f"{', '.join(VARIANTS)}")
-        positive_ints = ("rank", "steps", "batch_size", "grad_accum", "save_every",
-                         "val_every", "sample_steps")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"--{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "keep_checkpoints"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                problems.append(f"--{name} must be >= 0, got {value!r}")
+        train_config_schema().check_object(self, problems)
         if (isinstance(self.steps, int) and self.warmup_steps is not None
                 and self.warmup_steps >= self.steps > 0):
             problems.append(f"--warmup_steps ({self.warmup_steps}) must be smaller than "
                             f"--steps ({self.steps})")
-        for name in ("lr", "lora_plus_ratio"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                problems.append(f"--{name} must be a positive number, got {value!r}")
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            problems.append(f"--alpha must be a positive number, got {self.alpha!r}")
-        for name in ("weight_decay", "grad_clip", "cfg_strength"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                problems.append(f"--{name} must be >= 0, got {value!r}")
-        if not 0.0 <= self.cond_dropout < 1.0:
-            problems.append(f"--cond_dropout must be in [0, 1), got {self.cond_dropout!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            problems.append(f"--lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            problems.append(f"--val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.val_clips is not None and self.val_clips < 0:
-            problems.append(f"--val_clips must be >= 0, got {self.val_clips!r}")
-        if not (math.isfinite(self.duration) and self.duration >= min_duration()):
-            problems.append(f"--duration must be at least {min_duration():.2f} s (one sync "
-                            f"window), got {self.duration!r}")
-        if self.resume_from is not None and self.resume_from < 0:
-            problems.append(f"--resume-from must be a step >= 0, got {self.resume_from!r}")
-        if not self.target:
-            problems.append("--target needs at least one module pattern or preset")
-        for name, allowed in (("timestep_mode", TIMESTEP_MODES), ("lr_schedule", LR_SCHEDULES),
-                              ("init", INIT_MODES), ("window", WINDOW_POLICIES),
-                              ("on_bad_clip", BAD_CLIP_POLICIES), ("precision", AUTOCAST_CHOICES),
-                              ("base_dtype", BASE_DTYPE_CHOICES),
-                              ("lora_kind", tuple(kind_names()))):
-            if getattr(self, name) not in allowed:
-                problems.append(f"--{name} {getattr(self, name)!r} is not one of "
-                                f"{', '.join(allowed)}")
-        if self.lora_kind in ("loraxs", "ia3", "hra") and self.init.startswith("pissa"):
+        if self.lora_kind in ("loraxs", "ia3", "hra") and str(self.init).startswith("pissa"):
             problems.append(f"--lora_kind {self.lora_kind} makes its own start; use --init "
                             "standard with it")
-        if self.lora_kind == "hra" and self.rank % 2:
+        if self.lora_kind == "hra" and isinstance(self.rank, int) and self.rank % 2:
             problems.append(f"--lora_kind hra needs an even --rank (reflections in equal pairs "
                             f"start as the identity), got {self.rank}")
         if (self.base_dtype in ("bf16", "fp16") and self.precision != "auto"
@@ -345,17 +309,8 @@ class TrainConfig:
                             f"{self.base_dtype} autocast, but --precision is {self.precision}; "
                             "use --precision auto with it (or --base_dtype fp32 to keep the "
                             "frozen weights in fp32)")
-        if self.method not in METHODS:
-            problems.append(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.method == "textual_inversion":
-            if not self.token:
-                problems.append("--method textual_inversion needs --token (e.g. "
-                                "'<metal-scrape>')")
-            if not isinstance(self.num_vectors, int) or self.num_vectors < 1:
-                problems.append(f"--num_vectors must be a positive integer, got "
-                                f"{self.num_vectors!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            problems.append(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.method == "textual_inversion" and not self.token:
+            problems.append("--method textual_inversion needs --token (e.g. '<metal-scrape>')")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
         return self
@@ -404,42 +359,15 @@ def build_arg_parser(prog: str = "train_lora.py") -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    groups = {key: parser.add_argument_group(title) for key, title in _GROUP_TITLES.items()}
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        flags = ([*meta["flags"], f"--{f.name}"] if meta["primary"]
-                 else [f"--{f.name}", *meta["flags"]])
-        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
-        default = getattr(defaults, f.name)
-        if f.type in ("bool", bool):
-            if f.name in ("surgery", "samples"):
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                kwargs["action"] = "store_true"
-            kwargs["default"] = default
-        else:
-            kwargs["default"] = default
-            kwargs["type"] = _arg_type(f)
-            if meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-            if meta["metavar"]:
-                kwargs["metavar"] = meta["metavar"]
-            if f.name == "target":
-                kwargs["nargs"] = "+"
-        groups[meta["group"]].add_argument(*flags, **kwargs)
+    train_config_schema().add_arguments(parser, groups=_GROUP_TITLES)
     return parser
 
 
-def _arg_type(f: dataclasses.Field):
-    text = str(f.type)
-    if "list[str]" in text or text.startswith("str"):
-        return str
-    if text.startswith("int"):
-        return int
-    if text.startswith("float"):
-        return float
-    raise TypeError(f"no CLI type for field {f.name} ({text})")
+@functools.cache
+def train_config_schema() -> Schema:
+    """The declaration of every :class:`TrainConfig` field (from its ``_opt`` metadata): the
+    checks of :meth:`TrainConfig.validate`, the CLI and the docs' flag table."""
+    return dataclass_schema(TrainConfig, label="--{name}")
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:

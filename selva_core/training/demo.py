@@ -46,7 +46,7 @@ REPORT_NAME = "demo_report.json"
 LISTEN_GAP_S = 0.5  # silence between the parts of a side-by-side file
 IN_SYNC_CORR = 0.6  # envelope correlation at lag 0 that counts as following the picture
 DEMO_CLIP_SECONDS = 2.0
-# Sized for about a minute on a 2-core CPU; the tiny model needs a larger lr than 1e-4.
+# Sized for a short CPU run; the tiny model needs a larger lr than 1e-4.
 DEMO_SETTINGS = {
     "variant": "tiny_16k",
     "duration": 2.0,

@@ -64,9 +64,9 @@ PADDING_WARN_SHARE = 0.5  # warn when less than this share of the windows is rea
 def build_pipeline(cfg: TrainConfig, device: torch.device):
     """The pipeline of ``cfg.variant`` on ``device`` (fp32 weights; autocast does bf16).
 
-    ``offload="auto"``: on a GPU too small to hold every network at once (large_44k's are
-    ~8 GB in fp32) they rest in host memory and move to the GPU for each use; the trainer
-    moves the generator there for good and stores its frozen weights in ``--base_dtype``."""
+    ``offload="auto"``: on a GPU too small to hold every network at once they rest in host
+    memory and move to the GPU for each use; the trainer moves the generator there for good
+    and stores its frozen weights in ``--base_dtype``."""
     from selva_core.pipeline import SelvaPipeline
 
     return SelvaPipeline.build(cfg.variant, models_dir=cfg.models_dir, device=device,

@@ -267,7 +267,7 @@ class LoRATrainer:
         self.handle.spec.base_fingerprint = base_fingerprint(self.gen, self.handle.layers)
         cast_frozen_weights(self.gen, self.base_dtype)  # new parameters: shared tensors untouched
         # After the cast: a generator resting in host memory reaches the GPU already in
-        # --base_dtype (large_44k: 2 GB in bf16 instead of 4 GB in fp32).
+        # --base_dtype (half the bytes of fp32 for bf16 / fp16).
         self.gen.to(self.device)
         self.params = trainable_parameters(self.gen, ADAPTER_NAME)
         self.adapted_layers = len(self.handle.layers)

@@ -12,17 +12,8 @@ base with no SVD. How the factors are stored (``storage_dtype``: exact float32, 
 with ``lora_A_qscale``/``lora_B_qscale`` steps, float16, bfloat16) is ``storage.py``'s job; by
 default plain adapters are float32 and PiSSA's rank-2r deltas q16.
 
-Format versions: 1 holds floats only; 2 adds q16; 3 (written now) names the LoRA kind
-``lora_kind`` and the model variant ``model_variant``. Versions 1 and 2 called them ``variant``
-(lora/dora) and ``base_variant``; they still load.
-
-Metadata (all strings): ``format``, ``format_version``, ``library_version``, ``lora_kind``
-(lora/dora/loraxs/ia3/hra), ``init``, ``converted``, ``rank`` (trained rank), ``file_rank``,
-``alpha``, ``scale``, ``use_rslora``, ``dropout``, ``storage_dtype`` (plus ``storage_rel_error`` for
-the lossy storages), ``targets``/``exclude``/``layers`` (JSON lists), ``model_variant`` (e.g.
-small_16k) and ``base_fingerprint`` (statistics of the adapted base weights, compared with a
-tolerance; a mismatch on load is a warning, the model variant a hard check), ``user`` (JSON object
-of caller metadata such as training steps).
+The metadata's fields, their checks and the base's fingerprint are ``metadata.py``'s; the
+pre-attach check of each layer's change is ``precheck.py``'s.
 
 Loading checks everything before touching the model, and every refusal is one
 :class:`AdapterLoadError` naming the file and the field or tensor: a folder or pickle where a
@@ -35,13 +26,11 @@ not lie inside another adapter's wrapper) and their shapes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +43,20 @@ from ...atomic import save_safetensors_atomic
 from ...run_folder import RunFolder
 from ...variants import STRENGTH_RANGE  # noqa: F401  (re-exported with the LoRA library)
 from .config import LoRAConfig
-from .kind import get_kind, kind_names
-from .layers import AdapterState, LoRALayer
+from .errors import AdapterLoadError, AdapterNotFoundError
+from .kind import get_kind
+from .layers import AdapterState
+from .metadata import (
+    BASE_STATS_RTOL,
+    FORMAT,
+    FORMAT_VERSION,
+    AdapterFileInfo,
+    base_fingerprint,
+    check_format_version,
+    parse_adapter_metadata,
+    same_base,
+)
+from .precheck import check_layer_changes
 from .runtime import (
     AdapterHandle,
     AdapterSpec,
@@ -65,7 +66,6 @@ from .runtime import (
     get_spec,
 )
 from .storage import (
-    STORAGES,
     change_error,
     check_layer_tensors,
     decode,
@@ -75,84 +75,6 @@ from .storage import (
 )
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "selva-lora"
-# 2 added the q16 storage; 3 renamed variant -> lora_kind and base_variant -> model_variant
-FORMAT_VERSION = 3
-
-
-class AdapterLoadError(ValueError):
-    """An adapter file or folder that cannot be loaded; the message names it and what is wrong.
-
-    The one exception front ends catch for bad adapters (a ``ValueError``, so older callers
-    that catch ``ValueError`` keep working). The model is unchanged when it is raised.
-    """
-
-
-class AdapterNotFoundError(AdapterLoadError, FileNotFoundError):
-    """The adapter path does not exist (also a ``FileNotFoundError``)."""
-
-
-# -- identity of the base model ----------------------------------------------------------------
-#: Prefix of fingerprints that carry the statistics themselves (older files hold a 16-hex hash).
-_STATS_PREFIX = "stats1:"
-#: Relative difference of a layer's statistics still taken as the same base weights: far above
-#: what a bf16 / fp16 copy of a checkpoint changes (rounding errors average out over a layer),
-#: far below what fine-tuning or another checkpoint changes.
-BASE_STATS_RTOL = 1e-3
-
-
-def _layer_stats(model: nn.Module, layers: list[str]) -> list[tuple[str, float, float]]:
-    """(path, sum |W|, sum W^2) of each adapted layer's base weight, in sorted path order."""
-    stats = []
-    for path in sorted(layers):
-        module = model.get_submodule(path)
-        w = module.original_weight2d() if isinstance(module, LoRALayer) else module.weight
-        w = w.detach().double()
-        stats.append((path, w.abs().sum().item(), w.pow(2).sum().item()))
-    return stats
-
-
-def base_fingerprint(model: nn.Module, layers: list[str]) -> str:
-    """Statistics of the adapted base weights (sum |W| and sum W^2 per layer) as a string.
-
-    Compared with a relative tolerance by :func:`same_base`, so the same checkpoint is
-    recognised whether the model holds it in fp32, bf16 or fp16 (a bf16 ComfyUI pipeline loads
-    adapters trained on the fp32 weights without a false warning), while another checkpoint
-    differs. No base weight is stored.
-    """
-    return _STATS_PREFIX + ",".join(f"{a:.6e}/{b:.6e}" for _, a, b in
-                                    _layer_stats(model, layers))
-
-
-def _legacy_fingerprint(model: nn.Module, layers: list[str]) -> str:
-    """The 16-hex hash of rounded statistics that files written before the stats form hold."""
-    h = hashlib.sha256()
-    for path, a, b in _layer_stats(model, layers):
-        module = model.get_submodule(path)
-        w = module.original_weight2d() if isinstance(module, LoRALayer) else module.weight
-        h.update(f"{path}|{tuple(w.shape)}|{a:.4e}|{b:.4e}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def same_base(recorded: str, model: nn.Module, layers: list[str]) -> bool:
-    """Whether ``model``'s adapted layers hold the base weights a file's fingerprint describes."""
-    if not recorded.startswith(_STATS_PREFIX):
-        return recorded == _legacy_fingerprint(model, layers)
-    try:
-        saved = [tuple(float(v) for v in item.split("/"))
-                 for item in recorded[len(_STATS_PREFIX):].split(",")]
-    except ValueError:
-        return False
-    now = _layer_stats(model, layers)
-    if len(saved) != len(now):
-        return False
-    return all(
-        len(pair) == 2 and all(abs(x - y) <= BASE_STATS_RTOL * max(abs(x), abs(y), 1e-12)
-                               for x, y in zip(pair, (a, b)))
-        for pair, (_, a, b) in zip(saved, now)
-    )
-
 
 def model_variant_name(model: nn.Module) -> str | None:
     """The model variant of ``model``: its ``variant_name`` attribute, else the one registered
@@ -406,158 +328,8 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             f"{path} is not a {FORMAT} adapter (metadata format={meta.get('format')!r}); "
             "PEFT folders load with import_peft"
         )
-    _format_version(meta, path)
+    check_format_version(meta, path)
     return tensors, meta
-
-
-def _format_version(meta: Mapping[str, str], path) -> int:
-    try:
-        version = int(meta.get("format_version", "0"))
-    except ValueError:
-        raise AdapterLoadError(
-            f"{path}: metadata format_version {meta.get('format_version')!r} is not an integer"
-        ) from None
-    if not 1 <= version <= FORMAT_VERSION:
-        raise AdapterLoadError(
-            f"{path} has adapter format version {version}; this library reads "
-            f"1..{FORMAT_VERSION} (update selva_core)"
-        )
-    return version
-
-
-@dataclass(frozen=True)
-class AdapterFileInfo:
-    """The validated metadata of an adapter file (see the module docstring for the fields)."""
-
-    kind: str
-    scale: float
-    alpha: float
-    rank: int | None
-    file_rank: int | None
-    layers: tuple[str, ...]
-    targets: tuple[str, ...]
-    exclude: tuple[str, ...]
-    dropout: float
-    use_rslora: bool
-    storage: str
-    model_variant: str | None
-    init: str
-    fingerprint: str | None
-    version: int
-    user: dict[str, Any] = field(default_factory=dict)
-
-
-def _bad(path, key: str, value: Any, want: str) -> AdapterLoadError:
-    shown = value if len(str(value)) <= 80 else str(value)[:77] + "..."
-    return AdapterLoadError(f"{path}: metadata {key}={shown!r} is not {want}")
-
-
-def _meta_json(meta: Mapping[str, str], key: str, path, want: str):
-    try:
-        return json.loads(meta[key])
-    except (json.JSONDecodeError, TypeError):
-        raise _bad(path, key, meta[key], want) from None
-
-
-def _meta_number(meta: Mapping[str, str], key: str, path) -> float:
-    """A positive finite number from the metadata, or one error naming the file and field."""
-    try:
-        value = float(meta[key])
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise _bad(path, key, meta[key], "a positive number")
-    return value
-
-
-def _meta_int(meta: Mapping[str, str], key: str, path) -> int:
-    value = meta[key]
-    if not (isinstance(value, str) and value.strip().isdigit() and int(value) >= 1):
-        raise _bad(path, key, value, "a positive integer")
-    return int(value)
-
-
-def _meta_names(meta: Mapping[str, str], key: str, path, *, allow_empty: bool) -> tuple[str, ...]:
-    want = "a JSON list of non-empty strings" + ("" if allow_empty else " (at least one)")
-    value = _meta_json(meta, key, path, want)
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _bad(path, key, meta[key], want)
-    if not value and not allow_empty:
-        raise _bad(path, key, meta[key], want)
-    return tuple(value)
-
-
-def parse_adapter_metadata(
-    meta: Mapping[str, str], path: str | os.PathLike = "adapter"
-) -> AdapterFileInfo:
-    """Validate an adapter file's metadata field by field; one :class:`AdapterLoadError` naming
-    the file and the first bad field. Old files (format 1 and 2: ``variant`` = lora/dora,
-    ``base_variant``) are read too."""
-    if not isinstance(meta, Mapping) or not all(isinstance(v, str) for v in meta.values()):
-        raise AdapterLoadError(f"{path}: metadata must map names to strings")
-    version = _format_version(meta, path)
-    kind_key = "lora_kind" if version >= 3 else "variant"
-    missing = [k for k in (kind_key, "scale", "alpha", "layers") if k not in meta]
-    if missing:
-        raise AdapterLoadError(f"{path}: metadata lacks the required fields {missing}")
-    kind = meta[kind_key]
-    if kind not in kind_names():
-        raise _bad(path, kind_key, kind, f"a known LoRA kind ({', '.join(kind_names())})")
-    layers = _meta_names(meta, "layers", path, allow_empty=False)
-    bad = [p for p in layers if p.startswith(".") or p.endswith(".") or ".." in p]
-    if bad:
-        raise _bad(path, "layers", bad[0], "a dotted module path")
-    if len(set(layers)) != len(layers):
-        dup = next(p for p in layers if layers.count(p) > 1)
-        raise AdapterLoadError(f"{path}: metadata layers lists {dup!r} twice")
-    storage = meta.get("storage_dtype", "float32")
-    if storage not in STORAGES:
-        raise AdapterLoadError(
-            f"{path}: metadata storage_dtype {storage!r} is not one of {list(STORAGES)}"
-        )
-    if storage == "q16" and version < 2:
-        raise AdapterLoadError(f"{path}: storage_dtype q16 needs format_version >= 2")
-    file_rank = None
-    if meta.get("file_rank", "mixed") != "mixed":
-        file_rank = _meta_int(meta, "file_rank", path)
-    dropout = 0.0
-    if "dropout" in meta:
-        try:
-            dropout = float(meta["dropout"])
-        except ValueError:
-            dropout = float("nan")
-        if not 0.0 <= dropout < 1.0:
-            raise _bad(path, "dropout", meta["dropout"], "a number in [0, 1)")
-    use_rslora = False
-    if "use_rslora" in meta:
-        use_rslora = _meta_json(meta, "use_rslora", path, "JSON true or false")
-        if not isinstance(use_rslora, bool):
-            raise _bad(path, "use_rslora", meta["use_rslora"], "JSON true or false")
-    user: dict[str, Any] = {}
-    if "user" in meta:
-        user = _meta_json(meta, "user", path, "a JSON object")
-        if not isinstance(user, dict):
-            raise _bad(path, "user", meta["user"], "a JSON object")
-    variant_key = "model_variant" if "model_variant" in meta else "base_variant"
-    return AdapterFileInfo(
-        kind=kind,
-        scale=_meta_number(meta, "scale", path),
-        alpha=_meta_number(meta, "alpha", path),
-        rank=_meta_int(meta, "rank", path) if "rank" in meta else None,
-        file_rank=file_rank,
-        layers=layers,
-        targets=(_meta_names(meta, "targets", path, allow_empty=True) if "targets" in meta
-                 else ()) or layers,
-        exclude=_meta_names(meta, "exclude", path, allow_empty=True) if "exclude" in meta else (),
-        dropout=dropout,
-        use_rslora=use_rslora,
-        storage=storage,
-        model_variant=meta.get(variant_key) or None,
-        init=meta.get("init") or "loaded",
-        fingerprint=meta.get("base_fingerprint") or None,
-        version=version,
-        user=user,
-    )
 
 
 def _check_keys(found: set[str], expected: set[str], what: str, error=ValueError) -> None:
@@ -659,95 +431,6 @@ def _factor_free_states(tensors, info, path, device, strength, impl) -> dict[str
             setattr(st, key, nn.Parameter(tensors[f"{p}.{key}"].to(device, torch.float32)))
         states[p] = st
     return states
-
-
-# A change this many times the size of the weight it adds to is no trained adapter: it only
-# overflows the activations downstream (a scale or factors far out of range).
-MAX_CHANGE_RATIO = 1e3
-
-
-def _base_weight2d(module: nn.Module) -> torch.Tensor:
-    """The (out, in*k) base weight of a layer, wrapped or not, as fp32."""
-    if isinstance(module, LoRALayer):
-        return module.weight2d().detach().float()
-    w = module.weight.detach()
-    return w.reshape(w.shape[0], -1).float()
-
-
-def _change_norm(st: AdapterState) -> float:
-    """Frobenius norm of a factor kind's change ``s B A`` without forming it:
-    ``||B A||^2 = sum((B^T B) * (A A^T))``, in float64 (inf when the factors overflow)."""
-    B, A = st.factors2d()
-    B64, A64 = B.detach().double(), A.detach().double()
-    sq = float(((B64.T @ B64) * (A64 @ A64.T)).sum().clamp_min(0.0))
-    return abs(st.scale) * math.sqrt(sq) if math.isfinite(sq) else math.inf
-
-
-def check_layer_changes(model: nn.Module, states: Mapping[str, AdapterState], path) -> None:
-    """Refuse (one :class:`AdapterLoadError` naming the layer) an adapter whose finite
-    factors still give an unusable change: ``s B A`` overflowing float32, a change more than
-    :data:`MAX_CHANGE_RATIO` times the size of the weight (a weight of norm below 1 counts as
-    1), or (DoRA) an output row of ``W + s B A`` with norm 0, which the magnitude would divide
-    by. Nothing is attached. Plain factor kinds are checked through their factors' Gram
-    matrices (no dense change is formed); the others through their dense change."""
-    f32_max = torch.finfo(torch.float32).max
-    for p, st in states.items():
-        try:
-            module = get_layer(model, p)
-        except ValueError as e:
-            raise AdapterLoadError(f"cannot load {path}: {e}") from None
-        what = f"scale {st.scale:g} x B A" if st.impl.has_factors else st.kind
-        dense = (not st.impl.has_factors
-                 or "lora_magnitude" in get_kind(st.kind).extra_keys)
-        if st.impl.has_factors:
-            W = _base_weight2d(module)
-            B, A = st.factors2d()
-            if tuple(W.shape) != (B.shape[0], A.shape[1]):
-                continue  # attach_adapter_states names the shape mismatch
-        else:
-            w = getattr(module, "weight", None)
-            if w is None or st.impl.check_tensors(tuple(w.shape), st):
-                continue  # attach_adapter_states names the problem
-            W = _base_weight2d(module)
-        delta = None
-        if dense:
-            with torch.no_grad():
-                if st.impl.has_factors:
-                    B, A = st.factors2d()
-                    delta = torch.mm(B.float(), A.float().to(B.device)).mul_(st.scale)
-                else:
-                    W = W.to(getattr(st, st.impl.extra_keys[0]).device)
-                    delta = st.impl.weight_delta(W, st)
-            finite = bool(torch.isfinite(delta).all())
-            delta_norm = float(torch.linalg.vector_norm(delta, dtype=torch.float64)) \
-                if finite else math.inf
-        else:
-            delta_norm = _change_norm(st)
-            finite = delta_norm <= f32_max
-        if not finite:
-            raise AdapterLoadError(
-                f"{path}: layer {p}: its change to the weight ({what}) overflows to NaN or "
-                "infinity; the adapter is damaged (it would make every output NaN). Use an "
-                "earlier file or retrain.")
-        # A weight smaller than 1 (a zero-initialised layer) counts as 1: a usable change to
-        # it is still small in absolute terms.
-        weight_norm = float(torch.linalg.vector_norm(W, dtype=torch.float64))
-        ratio = delta_norm / max(weight_norm, 1.0)
-        if not ratio <= MAX_CHANGE_RATIO:
-            raise AdapterLoadError(
-                f"{path}: layer {p}: its change to the weight is {ratio:.3g} times the size of "
-                f"the weight (norm {delta_norm:.3g} against {weight_norm:.3g}, counted as at "
-                f"least 1; at most {MAX_CHANGE_RATIO:g} times is usable); the adapter is "
-                "damaged or its scale is wrong (it would overflow the output). Use an earlier "
-                "file or retrain.")
-        if delta is not None and "lora_magnitude" in get_kind(st.kind).extra_keys:
-            norms = (W.to(delta.device) + delta).double().pow(2).sum(1).sqrt()
-            zero = torch.nonzero(~(norms > 0)).flatten().tolist()
-            if zero:
-                raise AdapterLoadError(
-                    f"{path}: layer {p}: DoRA row {zero[0]} of W + s B A has norm 0 "
-                    f"({len(zero)} row(s)), which the magnitude divides by; the adapter is "
-                    "damaged. Use an earlier file or retrain.")
 
 
 def load_adapter(

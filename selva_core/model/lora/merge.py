@@ -41,16 +41,10 @@ from pathlib import Path
 import torch
 
 from ... import __version__
-from .io import (
-    FORMAT,
-    FORMAT_VERSION,
-    AdapterFileInfo,
-    _adapter_states,
-    parse_adapter_metadata,
-    read_adapter_file,
-)
+from .io import _adapter_states, read_adapter_file
 from .kind import get_kind
 from .lowrank import lowrank_svd, refactor
+from .metadata import FORMAT, FORMAT_VERSION, AdapterFileInfo, parse_adapter_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -37,16 +37,12 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ...atomic import save_safetensors_atomic, write_json_atomic
+from ...schema import REQUIRED, Field, Schema, is_int, is_number
 from .config import LoRAConfig
-from .io import (
-    FORMAT,
-    AdapterLoadError,
-    AdapterNotFoundError,
-    _model_device,
-    adapter_state_dict,
-    check_finite,
-)
+from .errors import AdapterLoadError, AdapterNotFoundError
+from .io import _model_device, adapter_state_dict, check_finite
 from .layers import AdapterState
+from .metadata import FORMAT
 from .runtime import AdapterHandle, AdapterSpec, adapter_layers, attach_adapter_states, get_spec
 
 logger = logging.getLogger(__name__)
@@ -167,29 +163,9 @@ def _pattern_value(patterns: dict, path: str, default):
     return default
 
 
-def _config_field(cfg: dict, key: str, cfg_path: Path, check, want: str, default=None):
-    """``cfg[key]`` (or ``default`` when absent / null) if ``check`` accepts it; else one error."""
-    value = cfg.get(key)
-    if value is None:
-        return default
-    if not check(value):
-        raise AdapterLoadError(f"{cfg_path}: {key}={value!r} is not {want}")
-    return value
-
-
-def _is_pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _is_pos_number(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0)
-
-
-def _is_pattern_map(check):
-    def ok(v) -> bool:
-        if not isinstance(v, dict):
-            return False
+def _pattern_map(check):
+    """``Field.check`` of a ``rank_pattern`` / ``alpha_pattern``: regex keys, checked values."""
+    def ok(v: dict) -> bool:
         if not all(isinstance(k, str) and check(x) for k, x in v.items()):
             return False
         try:
@@ -199,6 +175,36 @@ def _is_pattern_map(check):
             return False
         return True
     return ok
+
+
+_UNSUPPORTED = "supported (only false / null is)"
+#: The ``adapter_config.json`` fields the import reads (others are peft's and ignored).
+PEFT_CONFIG_SCHEMA = Schema([
+    Field("peft_type", "str", REQUIRED, choices=("LORA",),
+          help="peft's adapter type; import reads LoRA folders"),
+    Field("r", "int", REQUIRED, low=1, help="rank of the layers not in rank_pattern"),
+    Field("lora_alpha", "float", REQUIRED, low=0, low_open=True,
+          help="alpha of the layers not in alpha_pattern (scale = alpha/r)"),
+    Field("use_rslora", "bool", False, nullable=True, help="scale = alpha/sqrt(r)"),
+    Field("use_dora", "bool", False, nullable=True,
+          help="DoRA: lora_magnitude_vector tensors present"),
+    Field("lora_dropout", "float", 0.0, nullable=True, low=0, high=1, high_open=True,
+          help="dropout on the adapter's input while training"),
+    Field("rank_pattern", "dict", {}, nullable=True,
+          want="an object of regex -> positive integer",
+          check=_pattern_map(lambda v: is_int(v) and v >= 1),
+          help="per-layer ranks (keys matched as (.*\\.)?(key)$)"),
+    Field("alpha_pattern", "dict", {}, nullable=True,
+          want="an object of regex -> positive number",
+          check=_pattern_map(lambda v: is_number(v) and v > 0), help="per-layer alphas"),
+    Field("lora_bias", "any", False, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED, help="trained biases: not supported"),
+    Field("fan_in_fan_out", "any", False, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED, help="transposed weights: not supported"),
+    Field("modules_to_save", "any", None, nullable=True, check=lambda v: not v,
+          want=_UNSUPPORTED,
+          help="full-weight modules: not supported"),
+], label="{name}", style="is_not")
 
 
 def read_peft_folder(
@@ -230,28 +236,10 @@ def read_peft_folder(
         raise AdapterLoadError(f"{cfg_path} is not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise AdapterLoadError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterLoadError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
-    for key in ("lora_bias", "fan_in_fan_out"):
-        if cfg.get(key):
-            raise AdapterLoadError(f"{cfg_path}: {key}=true is not supported")
-    if cfg.get("modules_to_save"):
-        raise AdapterLoadError(
-            f"{cfg_path}: modules_to_save (full-weight modules) is not supported"
-        )
-    if "r" not in cfg or "lora_alpha" not in cfg:
-        raise AdapterLoadError(f"{cfg_path}: r and lora_alpha are required")
-    _config_field(cfg, "r", cfg_path, _is_pos_int, "a positive integer")
-    _config_field(cfg, "lora_alpha", cfg_path, _is_pos_number, "a positive number")
-    for key in ("use_rslora", "use_dora"):
-        _config_field(cfg, key, cfg_path, lambda v: isinstance(v, bool), "true or false")
-    _config_field(cfg, "lora_dropout", cfg_path,
-                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                  and 0 <= v < 1, "a number in [0, 1)")
-    _config_field(cfg, "rank_pattern", cfg_path, _is_pattern_map(_is_pos_int),
-                  "an object of regex -> positive integer")
-    _config_field(cfg, "alpha_pattern", cfg_path, _is_pattern_map(_is_pos_number),
-                  "an object of regex -> positive number")
+    problems: list[str] = []
+    PEFT_CONFIG_SCHEMA.parse(cfg, problems, allow_unknown=True)
+    if problems:
+        raise AdapterLoadError(f"{cfg_path}: " + "; ".join(problems))
     try:
         with safe_open(str(w_path), framework="pt") as f:
             raw = {k: f.get_tensor(k) for k in f.keys()}
