@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from selva_core.atomic import save_safetensors_atomic
 from selva_core.training import checkpoint as ckpt
 
 
@@ -28,7 +29,7 @@ def _state(step: int, value: float = 1.0) -> ckpt.TrainingState:
 
 
 def _write_adapter(path: Path) -> None:
-    ckpt.write_safetensors_atomic({"w": torch.ones(4)}, path)
+    save_safetensors_atomic(path, {"w": torch.ones(4)})
 
 
 def _saved(root: Path, steps=(2, 4), keep_last: int = 0) -> ckpt.CheckpointManager:

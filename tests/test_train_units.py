@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from selva_core.atomic import save_safetensors_atomic
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig, build_arg_parser, config_from_args
 from selva_core.training.data_order import DataOrder, example_seed
@@ -208,7 +209,7 @@ def _state(step: int, value: float = 0.0) -> ckpt.TrainingState:
 
 
 def _write_adapter(path):
-    ckpt.write_safetensors_atomic({"w": torch.ones(1)}, path)
+    save_safetensors_atomic(path, {"w": torch.ones(1)})
 
 
 def test_training_state_file_round_trips_through_safetensors(tmp_path):
@@ -272,7 +273,7 @@ def test_corrupt_state_file_gives_a_clear_error(tmp_path):
     bad.write_bytes(b"not a safetensors file at all")
     with pytest.raises(ckpt.CheckpointError, match="unreadable"):
         ckpt.TrainingState.load(bad)
-    ckpt.write_safetensors_atomic({"x": torch.zeros(1)}, bad, {"format": "other"})
+    save_safetensors_atomic(bad, {"x": torch.zeros(1)}, {"format": "other"})
     with pytest.raises(ckpt.CheckpointError, match="not a SelVA LoRA training state"):
         ckpt.TrainingState.load(bad)
 

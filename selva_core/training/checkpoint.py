@@ -50,12 +50,11 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open
 
 from selva_core.atomic import (
-    atomic_path,
     is_out_of_space,
     remove_stale_temporaries,
-    save_safetensors_file,
+    save_safetensors_atomic,
     space_problem,
-    write_text_atomic,
+    write_json_atomic,
 )
 from selva_core.checksums import file_sha256
 from selva_core.run_folder import CHECKPOINT_ADAPTER_FILE as ADAPTER_FILE
@@ -93,22 +92,9 @@ class CheckpointWriteError(RuntimeError):
     """Writing a checkpoint failed; the previous checkpoint is intact (named in the message)."""
 
 
-# --- low-level writers (the single place that touches the disk; tests patch _save_file) -----
+# --- the one seam where a checkpoint's tensors reach the disk (tests patch it to fail) -------
 def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    save_safetensors_file(tensors, path, metadata)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (sorted keys) to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
-
-
-def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path,
-                             metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically (through :func:`_save_file`)."""
-    with atomic_path(path) as tmp:
-        _save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                   metadata or {})
+    save_safetensors_atomic(path, tensors, metadata)
 
 
 # --- RNG state -------------------------------------------------------------------------------
@@ -248,7 +234,7 @@ class TrainingState:
         metadata = {"format": STATE_FORMAT, "version": str(STATE_VERSION),
                     "state": json.dumps(body, sort_keys=True),
                     "tensors_sha256": tensors_sha256(tensors)}
-        write_safetensors_atomic(tensors, path, metadata)
+        _save_file(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: Path) -> TrainingState:
@@ -593,7 +579,7 @@ class CheckpointManager:
         write_json_atomic(self.manifest_path, {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
             "checkpoints": [e.to_dict() for e in rows],
-        })
+        }, sort_keys=True)
 
     def best(self) -> CheckpointEntry | None:
         """The listed checkpoint with the lowest validation loss (the earliest on a tie), or

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from selva_core.atomic import write_json_atomic
 from selva_core.model.lora import (
     SurgeryConfig,
     adapter_storage,
@@ -30,7 +31,6 @@ from selva_core.model.lora import (
     surgery_with_validation,
 )
 from selva_core.run_folder import RunFolder
-from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig
 from selva_core.training.data_order import mix_seed
 from selva_core.training.objective import ExampleStore, draw_examples, training_loss
@@ -83,8 +83,8 @@ def surgery_decision(gen: torch.nn.Module, adapter_name: str, cfg: TrainConfig,
             "reason": "(validation loss not worse)" if outcome.kept
             else "(validation loss got worse)"}
     if out is not None:
-        ckpt.write_json_atomic(RunFolder(out).surgery_path,
-                               {**info, "layers": outcome.result.summary()["layers"]})
+        write_json_atomic(RunFolder(out).surgery_path,
+                          {**info, "layers": outcome.result.summary()["layers"]}, sort_keys=True)
     return info
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from selva_core.atomic import write_json_atomic
 from selva_core.model.generator import SelvaGenerator
 from selva_core.model.lora import (
     attach_lora,
@@ -341,7 +342,7 @@ class LoRATrainer:
             self._boundary_rng = ckpt.capture_rng_state()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.write_json_atomic(self.run_folder.config_path, json.loads(cfg.to_json()))
+            write_json_atomic(self.run_folder.config_path, json.loads(cfg.to_json()))
         self.log.write({**self.record.start_line(self.progress), "time": time.time()})
         if self.step == 0 and self.val_base is None:
             base = self.validate()
@@ -552,7 +553,7 @@ class LoRATrainer:
                                       peak_memory_method=method,
                                       sample_sync=sample_sync(records), **end)
         if self.is_main:
-            ckpt.write_json_atomic(self.run_folder.summary_path, summary)
+            write_json_atomic(self.run_folder.summary_path, summary, sort_keys=True)
         adapter = summary.get("adapter_path")
         return TrainResult(status, self.step, self.out, Path(adapter) if adapter else None,
                            summary)
