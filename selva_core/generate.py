@@ -59,6 +59,7 @@ from .pipeline import (
     SelvaPipeline,
     plan_windows,
 )
+from .schema import cli_number
 from .variants import (
     DEFAULT_VARIANT,
     NEGATIVE_PROMPT,
@@ -98,27 +99,6 @@ def parse_adapter(text: str) -> tuple[Path, float]:
     return Path(text), 1.0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def _overlap(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
-    return value
-
-
 def _duration(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < min_duration():
@@ -150,9 +130,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="what to steer away from, e.g. 'music, speech' (default: none)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed; the same seed gives the same sound (default: 0)")
-    p.add_argument("--steps", type=_positive_int, default=DEFAULT_CONFIG.num_steps,
+    p.add_argument("--steps", type=cli_number(integer=True, low=1),
+                   default=DEFAULT_CONFIG.num_steps,
                    help=f"sampling steps (default: {DEFAULT_CONFIG.num_steps})")
-    p.add_argument("--cfg", type=_finite, default=DEFAULT_CONFIG.cfg_strength,
+    p.add_argument("--cfg", type=cli_number(), default=DEFAULT_CONFIG.cfg_strength,
                    help="classifier-free guidance strength; below 1 turns guidance off "
                         f"(default: {DEFAULT_CONFIG.cfg_strength})")
     p.add_argument("--duration", type=_duration, default=None,
@@ -186,7 +167,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "fp32 otherwise)")
     p.add_argument("--offload", default="auto", choices=OFFLOAD_CHOICES,
                    help="where the networks rest between clips (default: auto)")
-    p.add_argument("--overlap", type=_overlap, default=DEFAULT_OVERLAP_S,
+    p.add_argument("--overlap", type=cli_number(low=0), default=DEFAULT_OVERLAP_S,
                    help="seconds of overlap between the windows of a long clip "
                         f"(default: {DEFAULT_OVERLAP_S:g})")
     p.add_argument("--no_mp4", action="store_true", help="write only the WAV files")

@@ -13,20 +13,7 @@ from collections.abc import Sequence
 
 from .console import say
 from .model.lora.merge import DEFAULT_DENSITY, METHODS
-
-
-def _density(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _rank(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from .schema import cli_number
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -50,9 +37,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="the merged adapter file to write (.safetensors)")
     p.add_argument("--method", choices=METHODS, default="linear",
                    help="how to combine the changes (default: linear, exact)")
-    p.add_argument("--rank", type=_rank, default=None,
+    p.add_argument("--rank", type=cli_number(integer=True, low=1), default=None,
                    help="rank of svd / ties / dare (default: the largest rank among the files)")
-    p.add_argument("--density", type=_density, default=DEFAULT_DENSITY,
+    p.add_argument("--density", type=cli_number(low=0, low_open=True, high=1),
+                   default=DEFAULT_DENSITY,
                    help=f"fraction of each change ties / dare keep (default {DEFAULT_DENSITY})")
     p.add_argument("--seed", type=int, default=0, help="seed of dare's random masks (default 0)")
     return p

@@ -161,6 +161,26 @@ def _number_words(integer: bool, low, low_open, high, high_open) -> str:
     return noun if integer else "a finite number"
 
 
+def cli_number(*, integer: bool = False, low: float | None = None, low_open: bool = False,
+               high: float | None = None, high_open: bool = False) -> Callable[[str], Any]:
+    """An argparse ``type`` for a command's own number flag: a finite int or float within the
+    bounds, refused in a field's words (``must be a positive integer, got 0``)."""
+    words = _number_words(integer, low, low_open, high, high_open)
+
+    def read(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) \
+                or not _within(value, low, low_open, high, high_open):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    read.__name__ = "integer" if integer else "number"
+    return read
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -381,5 +401,6 @@ def markers(key: str) -> tuple[str, str]:
     return _BEGIN.format(key=key), _END.format(key=key)
 
 
-__all__ = ["DEVICE_CHOICES", "Field", "REQUIRED", "Schema", "dataclass_schema", "device_problem",
-           "generated_block", "is_int", "is_number", "markers", "option", "replace_generated"]
+__all__ = ["DEVICE_CHOICES", "Field", "REQUIRED", "Schema", "cli_number", "dataclass_schema",
+           "device_problem", "generated_block", "is_int", "is_number", "markers", "option",
+           "replace_generated"]

@@ -175,7 +175,7 @@ def test_prompts_txt_gives_each_clip_its_prompt_and_a_bad_line_names_its_clip(cl
 # --- issue 20: flags, adapter folders, output folder, clip length, full disk ----------------
 @pytest.mark.parametrize("flags, needle", [
     (["--cfg", "nan"], "--cfg: must be a finite number"),
-    (["--overlap", "-1"], "--overlap: must be >= 0"),
+    (["--overlap", "-1"], "--overlap: must be a number >= 0"),
     (["--overlap", "8"], "--overlap 8"),
 ])
 def test_a_non_finite_cfg_or_an_impossible_overlap_is_refused(clips, tmp_path, capsys, flags,

@@ -15,6 +15,7 @@ from selva_core.schema import (
     REQUIRED,
     Field,
     Schema,
+    cli_number,
     dataclass_schema,
     device_problem,
     generated_block,
@@ -148,3 +149,19 @@ def test_the_docs_tables_are_those_the_declarations_give():
 def test_every_declared_spec_has_a_docs_table():
     keys = set(_tables_script().TABLES)
     assert keys == {"eval-spec", "sweep-file", "train-flags", "adapter-metadata", "peft-config"}
+
+
+@pytest.mark.parametrize("kwargs, good, bad, words", [
+    ({"integer": True, "low": 1}, ("3", 3), ["0", "2.5", "x"], "must be a positive integer"),
+    ({}, ("-1.5", -1.5), ["nan", "inf", "x"], "must be a finite number"),
+    ({"low": 0, "low_open": True, "high": 1}, ("1", 1.0), ["0", "1.01"],
+     "must be a number in (0, 1]"),
+])
+def test_a_commands_number_flag_reads_in_bounds_values_and_refuses_others_in_a_fields_words(
+        kwargs, good, bad, words):
+    read = cli_number(**kwargs)
+    assert read(good[0]) == good[1] and type(read(good[0])) is type(good[1])
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            read(text)
+        assert str(info.value) == f"{words}, got {text}"
