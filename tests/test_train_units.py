@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from selva_core.atomic import save_safetensors_atomic
+from selva_core.media import write_wav
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig, build_arg_parser, config_from_args
 from selva_core.training.data_order import DataOrder, example_seed
@@ -21,7 +22,6 @@ from selva_core.training.report import (
     plot_curves,
     read_jsonl,
     save_spectrogram_png,
-    write_wav,
 )
 from selva_core.training.schedule import LRSchedule
 
@@ -303,7 +303,7 @@ def test_curve_spectrogram_and_wav_files_are_written(tmp_path):
     plot_curves(records, tmp_path / "loss_curve.png")
     wav = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32)
     save_spectrogram_png(wav, 16000, tmp_path / "s.png")
-    write_wav(wav * 3, 16000, tmp_path / "s.wav")
+    write_wav(tmp_path / "s.wav", wav * 3, 16000)
     for name in ("loss_curve.png", "s.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import soundfile as sf

@@ -163,13 +163,6 @@ def save_spectrogram_png(waveform: torch.Tensor | np.ndarray, sample_rate: int, 
     _save_figure(fig, path)
 
 
-def write_wav(waveform: torch.Tensor | np.ndarray, sample_rate: int, path: Path) -> None:
-    """Mono 16-bit PCM WAV (clipped to [-1, 1]); atomic."""
-    from selva_core.media import write_wav as write_media_wav
-
-    write_media_wav(path, np.asarray(waveform, dtype=np.float32).reshape(-1), sample_rate)
-
-
 # --- the one-screen summary -----------------------------------------------------------------
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable end-of-run summary (the CLI prints it; it is also saved as JSON)."""

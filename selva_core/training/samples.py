@@ -23,10 +23,11 @@ import torch
 from selva_core.atomic import json_safe
 from selva_core.audio.sync import ENVELOPE_PREFIX, envelope_sync
 from selva_core.features import ConditionFeatures
+from selva_core.media import write_wav
 from selva_core.run_folder import RunFolder
 from selva_core.training.config import TrainConfig
 from selva_core.training.objective import ExampleStore, conditions
-from selva_core.training.report import JsonlLog, save_spectrogram_png, write_wav
+from selva_core.training.report import JsonlLog, save_spectrogram_png
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def write_sample(clip: SampleClip, tag: str, step: int, *, pipeline, generator: 
         generator.train(was_training)
         generator.update_seq_lengths(train_lengths)  # a no-op when they did not change
     wav_path = run.sample_wav(tag)
-    write_wav(wave.numpy(), sample_rate, wav_path)
+    write_wav(wav_path, wave.reshape(-1), sample_rate)
     save_spectrogram_png(wave.numpy(), sample_rate, wav_path.with_suffix(".png"),
                          title=f"{name}: {tag} (cfg {cfg.cfg_strength:g}, seed {cfg.seed})")
     figures = envelope_sync(wave, reference, sample_rate)
