@@ -127,3 +127,39 @@ def test_in_memory_clip_is_the_audio_the_dataset_writes(tmp_path):
     assert frames.shape == (25, 64, 64, 3) and frames.dtype == np.uint8
     written = load_mono(path.with_suffix(".wav"), SR)
     np.testing.assert_allclose(written, audio, atol=1.0 / 32767 + 1e-6)  # PCM_16 rounding
+
+
+def _frame_energy(audio, n_frames):
+    return np.array([np.sum(audio[round(k / 25 * SR):round((k + 1) / 25 * SR)] ** 2)
+                     for k in range(n_frames)])
+
+
+def test_beep_sounds_a_steady_tone_exactly_while_the_square_is_lit(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("beep",), clips_per_class=1,
+                                     duration=3.0, seed=3, write_wav=True)
+    brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
+    lit = brightness > (brightness.max() + brightness.min()) / 2
+    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 5  # a few separate beeps
+    audio = load_mono(path.with_suffix(".wav"), SR)
+    energy = _frame_energy(audio, len(lit))
+    near = lit | np.r_[lit[1:], False] | np.r_[False, lit[:-1]]  # ramps straddle frame edges
+    assert np.all(energy[~near] < 1e-6 * energy.max())  # dark: silence
+    inner = lit & np.r_[False, lit[:-1]] & np.r_[lit[1:], False]
+    assert inner.sum() >= 8 and energy[inner].min() > 0.9 * energy[inner].max()  # steady
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    assert 1500 <= freqs[np.argmax(spectrum)] <= 2500  # the tone, its octave weaker
+
+
+def test_swell_whistle_grows_louder_as_the_circle_grows(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("swell",), clips_per_class=1,
+                                     duration=3.0, seed=2, write_wav=True)
+    grey = decode_frames(path).float().mean(dim=1).numpy()
+    area = np.array([(f > (f.max() + f.min()) / 2).mean() for f in grey])
+    audio = load_mono(path.with_suffix(".wav"), SR)
+    loudness = np.sqrt(_frame_energy(audio, len(area)))
+    assert np.corrcoef(area, loudness)[0, 1] > 0.9
+    assert loudness.max() > 10 * loudness.min()
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    assert 2500 <= freqs[np.argmax(spectrum)] <= 3500
