@@ -134,7 +134,7 @@ def _frame_energy(audio, n_frames):
                      for k in range(n_frames)])
 
 
-def test_beep_sounds_a_steady_tone_exactly_while_the_square_is_lit(tmp_path):
+def test_beep_buzzes_exactly_while_the_square_is_lit(tmp_path):
     (path,) = make_synthetic_dataset(tmp_path, classes=("beep",), clips_per_class=1,
                                      duration=3.0, seed=3, write_wav=True)
     brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
@@ -145,13 +145,13 @@ def test_beep_sounds_a_steady_tone_exactly_while_the_square_is_lit(tmp_path):
     near = lit | np.r_[lit[1:], False] | np.r_[False, lit[:-1]]  # ramps straddle frame edges
     assert np.all(energy[~near] < 1e-6 * energy.max())  # dark: silence
     inner = lit & np.r_[False, lit[:-1]] & np.r_[lit[1:], False]
-    assert inner.sum() >= 8 and energy[inner].min() > 0.9 * energy[inner].max()  # steady
+    assert inner.sum() >= 8 and energy[inner].min() > 0.5 * energy[inner].max()  # steady
     spectrum = np.abs(np.fft.rfft(audio)) ** 2
     freqs = np.fft.rfftfreq(len(audio), 1 / SR)
-    assert 1500 <= freqs[np.argmax(spectrum)] <= 2500  # the tone, its octave weaker
+    assert spectrum[(freqs >= 2000) & (freqs <= 4000)].sum() > 0.99 * spectrum.sum()
 
 
-def test_swell_whistle_grows_louder_as_the_circle_grows(tmp_path):
+def test_swell_rush_grows_louder_as_the_circle_grows(tmp_path):
     (path,) = make_synthetic_dataset(tmp_path, classes=("swell",), clips_per_class=1,
                                      duration=3.0, seed=2, write_wav=True)
     grey = decode_frames(path).float().mean(dim=1).numpy()
@@ -162,4 +162,4 @@ def test_swell_whistle_grows_louder_as_the_circle_grows(tmp_path):
     assert loudness.max() > 10 * loudness.min()
     spectrum = np.abs(np.fft.rfft(audio)) ** 2
     freqs = np.fft.rfftfreq(len(audio), 1 / SR)
-    assert 2500 <= freqs[np.argmax(spectrum)] <= 3500
+    assert spectrum[(freqs >= 3000) & (freqs <= 6000)].sum() > 0.99 * spectrum.sum()
