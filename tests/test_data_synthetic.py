@@ -94,15 +94,19 @@ def test_unknown_class_is_rejected(tmp_path):
         make_synthetic_dataset(tmp_path, classes=("bounce", "roar"), clips_per_class=1)
 
 
-def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
-    (path,) = make_synthetic_dataset(tmp_path, classes=("burst",), clips_per_class=1,
-                                     duration=3.0, seed=3, write_wav=True)
+def lit_frames_and_energy(tmp_path, name, seed):
+    """A 3 s clip of ``name``: (lit per frame, the exact audio, its energy per frame)."""
+    (path,) = make_synthetic_dataset(tmp_path, classes=(name,), clips_per_class=1,
+                                     duration=3.0, seed=seed, write_wav=True)
     brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
     lit = brightness > (brightness.max() + brightness.min()) / 2
-    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
     audio = load_mono(path.with_suffix(".wav"), SR)
-    frame_energy = np.array([np.sum(audio[round(k / 25 * SR):round((k + 1) / 25 * SR)] ** 2)
-                             for k in range(len(lit))])
+    return lit, audio, _frame_energy(audio, len(lit))
+
+
+def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
+    lit, audio, frame_energy = lit_frames_and_energy(tmp_path, "burst", 3)
+    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
     near = lit | np.r_[lit[1:], False]  # a flash starts inside the frame before it is drawn
     assert np.all(frame_energy[~near] < 0.02 * frame_energy.max())  # dark: silence
     assert np.mean(frame_energy[lit] > 0.02 * frame_energy.max()) > 0.8  # lit: hiss
@@ -135,13 +139,8 @@ def _frame_energy(audio, n_frames):
 
 
 def test_beep_buzzes_exactly_while_the_square_is_lit(tmp_path):
-    (path,) = make_synthetic_dataset(tmp_path, classes=("beep",), clips_per_class=1,
-                                     duration=3.0, seed=3, write_wav=True)
-    brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
-    lit = brightness > (brightness.max() + brightness.min()) / 2
+    lit, audio, energy = lit_frames_and_energy(tmp_path, "beep", 3)
     assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 5  # a few separate beeps
-    audio = load_mono(path.with_suffix(".wav"), SR)
-    energy = _frame_energy(audio, len(lit))
     near = lit | np.r_[lit[1:], False] | np.r_[False, lit[:-1]]  # ramps straddle frame edges
     assert np.all(energy[~near] < 1e-6 * energy.max())  # dark: silence
     inner = lit & np.r_[False, lit[:-1]] & np.r_[lit[1:], False]

@@ -33,13 +33,13 @@ import soundfile as sf
 
 from selva_core.atomic import atomic_path, write_text_atomic
 from selva_core.audio.sync import envelope_sync
-from selva_core.data.synthetic import make_synthetic_dataset
+from selva_core.data.synthetic import HELD_OUT_CLASS, make_synthetic_dataset
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 DEMO_DATA = "demo_data"
-DEMO_CLASSES = ("burst",)  # held out of the base training: the adapter teaches it
+DEMO_CLASSES = (HELD_OUT_CLASS,)  # held out of the base training: the adapter teaches it
 DEMO_CLIPS_PER_CLASS = 10
 LISTEN_DIR = "listen"
 REPORT_NAME = "demo_report.json"
