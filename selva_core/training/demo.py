@@ -1,12 +1,12 @@
 """``train_lora.py --demo``: the whole job on a synthetic dataset, no downloads, a CPU is enough.
 
 The demo teaches the ``tiny_16k`` model (the real model classes at toy width, trained by
-``scripts/train_tiny_base.py`` on synthetic clicks and hums and shipped with the package) a
-sound it has never heard: it writes clips of the held-out ``burst`` class (a disc flashes, a
-hiss plays while it is lit; :mod:`selva_core.data.synthetic`) into ``OUTPUT_DIR/demo_data``
-and trains a LoRA on them with settings sized for a few minutes on two CPU cores. Every
-artefact of a real run is produced: checkpoints, validation curve, samples, surgery decision,
-intruder report, ``adapter_final.safetensors`` and the summary.
+``scripts/train_tiny_base.py`` on the synthetic ``beep`` and ``swell`` clips and shipped with
+the package) a sound it has never heard: it writes clips of the held-out ``burst`` class (a
+disc flashes, a hiss plays while it is lit; :mod:`selva_core.data.synthetic`) into
+``OUTPUT_DIR/demo_data`` and trains a LoRA on them with settings sized for a few minutes on
+two CPU cores. Every artefact of a real run is produced: checkpoints, validation curve,
+samples, surgery decision, intruder report, ``adapter_final.safetensors`` and the summary.
 
 Then :func:`write_listening_comparison` renders every validation clip twice with the same
 seed and length, by the base model and with the adapter, into ``OUTPUT_DIR/listen``:
