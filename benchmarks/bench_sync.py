@@ -21,10 +21,19 @@ from (2 s clips; :func:`selva_core.model.generator.sync_token_times`). The ceili
 plays, at every moment, the true sound of the moment its token can report when blind to its
 window's index (``blind``), and is scored like a render (also for the held-out ``burst``).
 
+``--feature_probe`` trains no network either: it asks whether the shipped TextSynch's sync
+tokens carry each class's events at all. A ridge readout (one linear map per class, fitted on
+48 clips of the base's training seed) predicts from each token the 1-6 kHz band energy of
+the true audio over the two frames the token sees (``seen``) and over the span whose latent
+frames read it (``read``), scored by correlation on ``--clips`` unseen clips. High ``seen``
+with low ``read`` means the events are in the features but a generator has to undo the
+token layout to place them.
+
 Prints a table, then one JSON object as the last line.
 
     python benchmarks/bench_sync.py [--clips 4] [--steps 10] [--seed 1] [--data_seed 77]
     python benchmarks/bench_sync.py --layout_ceiling [--clips 12]
+    python benchmarks/bench_sync.py --feature_probe [--clips 16]
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TRAINED_CLASSES = ("bounce", "hum")
+from selva_core.data.synthetic import BASE_CLASSES as TRAINED_CLASSES  # noqa: E402
+
 DURATION = 2.0
 
 
@@ -102,6 +112,55 @@ def layout_ceiling(*, clips: int, data_seed: int, classes=(*TRAINED_CLASSES, "bu
     return rows
 
 
+PROBE_FIT_SEED = 1000  # the base training's data seed (scripts/train_tiny_base.py)
+PROBE_FIT_CLIPS = 48
+PROBE_RIDGE = 1e-2
+
+
+def _token_energies(true, sample_rate: int, starts, span: float):
+    """Mean 1-6 kHz envelope (20 ms frames) over ``[start, start + span)`` per token."""
+    import numpy as np
+
+    from selva_core.audio.sync import SYNC_FRAME_S, band_envelope
+
+    env = band_envelope(true, sample_rate)
+    centres = (np.arange(len(env)) + 0.5) * SYNC_FRAME_S
+    return np.array([env[(centres >= a) & (centres < a + span)].mean() for a in starts])
+
+
+def feature_probe(pipe, *, clips: int, data_seed: int,
+                  classes=(*TRAINED_CLASSES, "burst", "bounce", "hum")) -> dict:
+    """Per class, test correlation of a ridge readout from sync tokens to band energy."""
+    import numpy as np
+    import torch
+
+    from selva_core.data.synthetic import CLASS_PROMPTS, synthetic_clip
+    from selva_core.model.generator import SYNC_FPS, sync_token_times
+
+    tokens = pipe.variant.sequence_lengths(DURATION).sync
+    seen, read, _ = (t.numpy().astype(np.float64) for t in sync_token_times(DURATION, tokens))
+    spans = {"seen": (seen, 2 / SYNC_FPS), "read": (read, DURATION / tokens)}
+    out = {}
+    for name in classes:
+        sets = {}
+        for seed, count in ((PROBE_FIT_SEED, PROBE_FIT_CLIPS), (data_seed, clips)):
+            data = [synthetic_clip(name, i, duration=DURATION, seed=seed) for i in range(count)]
+            video = torch.stack([torch.from_numpy(f).permute(0, 3, 1, 2) for f, _ in data])
+            feats = pipe.extract_features(video, CLASS_PROMPTS[name], DURATION).sync_f
+            x = feats.float().reshape(-1, feats.shape[-1]).numpy().astype(np.float64)
+            x = np.c_[x, np.ones(len(x))]
+            y = {k: np.concatenate([_token_energies(a, pipe.sample_rate, t, w) for _, a in data])
+                 for k, (t, w) in spans.items()}
+            sets[seed] = (x, y)
+        (x_fit, y_fit), (x_test, y_test) = sets[PROBE_FIT_SEED], sets[data_seed]
+        gram = x_fit.T @ x_fit + PROBE_RIDGE * np.eye(x_fit.shape[1])
+        for key in spans:
+            w = np.linalg.solve(gram, x_fit.T @ y_fit[key])
+            out[f"{name}_probe_{key}"] = round(float(np.corrcoef(x_test @ w, y_test[key])[0, 1]),
+                                               4)
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
     import numpy as np
 
@@ -126,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout_ceiling", action="store_true",
                         help="score the window-blind ceiling of the sync-token layout instead "
                              "of the model (no model is run)")
+    parser.add_argument("--feature_probe", action="store_true",
+                        help="fit a linear readout of band energy from the shipped TextSynch's "
+                             "sync tokens instead (no render)")
     args = parser.parse_args(argv)
     if args.layout_ceiling:
         return _print_ceiling(layout_ceiling(clips=args.clips, data_seed=args.data_seed),
@@ -139,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     pipe = SelvaPipeline.tiny(duration=DURATION)
+    if args.feature_probe:
+        return _print_probe(feature_probe(pipe, clips=args.clips, data_seed=args.data_seed),
+                            args.data_seed)
     rows = measure(pipe, clips=args.clips, steps=args.steps, seed=args.seed,
                    data_seed=args.data_seed)
     print(f"{'clip':<12} {'video of':<12} {'corr own':>9} {'corr swapped':>13} {'codec':>7}")
@@ -150,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
           f"drop {result['drop']:.3f} (targets: own >= 0.6, drop >= 0.3)")
     print(json.dumps({"benchmark": "sync", "steps": args.steps, "seed": args.seed,
                       "data_seed": args.data_seed, **result}))
+    return 0
+
+
+def _print_probe(result: dict, data_seed: int) -> int:
+    print(f"{'class':<8} {'probe seen':>11} {'probe read':>11}")
+    for name in dict.fromkeys(k.split("_probe_")[0] for k in result):
+        print(f"{name:<8} {result[name + '_probe_seen']:>11.3f} "
+              f"{result[name + '_probe_read']:>11.3f}")
+    print(json.dumps({"benchmark": "sync_feature_probe", "data_seed": data_seed,
+                      "fit_seed": PROBE_FIT_SEED, "fit_clips": PROBE_FIT_CLIPS, **result}))
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's demo command: set up, then teach the tiny SelVA (trained on synthetic clicks and
-# hums, shipped in selva_core/assets) a sound it has never heard, with a LoRA, end to end (no
+# The README's demo command: set up, then teach the tiny SelVA (trained on synthetic buzzes and
+# rushes, shipped in selva_core/assets) a sound it has never heard, with a LoRA, end to end (no
 # downloads, a few minutes on a CPU). Listen to OUTPUT_DIR/listen/*_side_by_side.wav
 # (true | base | adapted); OUTPUT_DIR/listen/demo_report.json has the distances.
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the ``tiny_16k`` base model (mel VAE, BigVGAN vocoder, generator) from scratch.
 
-    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~20 min CPU, 1 thread
+    python scripts/train_tiny_base.py --out selva_core/assets/tiny_16k   # ~30 min CPU, 1 thread
     python scripts/train_tiny_base.py --out /tmp/tiny_smoke --scale 0.02   # smoke run, ~15 s
     python scripts/train_tiny_base.py --out D --stages vocoder --reuse D   # retrain one stage
 
@@ -21,12 +21,16 @@ sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
    scale. A data-dependent init starts every stage at unit RMS (:func:`data_dependent_init_`).
 3. **Generator** with the project's flow-matching objective
    (:func:`selva_core.training.objective.training_loss`: logit-normal t, condition dropout 0.1)
-   on VAE latents of the trained classes, conditioned on the features of the tiny random
-   encoders that ``SelvaPipeline.tiny(trained=False)`` builds at
-   :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED` (TextSynch, CLIP-text, T5 are not
-   trained; the generator learns to read their deterministic features). The TextSynch and
-   T5 weights are shipped too (float16), so the generator keeps the exact features it was
-   trained on; the CLIP-text encoder (mostly a 49k-token embedding) is rebuilt from its seed.
+   on VAE latents (of the VAE as shipped, float16) of the base classes
+   (:data:`~selva_core.data.synthetic.BASE_CLASSES`: ``beep`` and ``swell``, whose events are
+   large changes of the picture that last long enough to survive the sync-token layout),
+   conditioned on the features of the tiny random encoders that ``SelvaPipeline.tiny(
+   trained=False)`` builds at :data:`~selva_core.variants.TINY_TRAINED_TEXT_SEED`
+   (TextSynch, CLIP-text, T5 are not trained: the random TextSynch's tokens already carry these
+   classes' events, ``benchmarks/bench_sync.py --feature_probe``; the generator learns to read
+   them). The TextSynch and T5 weights are shipped too (float16), so the generator keeps the
+   exact features it was trained on; the CLIP-text encoder (mostly a 49k-token embedding) is
+   rebuilt from its seed.
 
 The codec (VAE + vocoder) hears every class, like the real SelVA codec trained on broad
 audio; the generator never sees the held-out class (``burst``), which the demo's LoRA
@@ -63,7 +67,12 @@ from safetensors.torch import save_file  # noqa: E402
 
 from selva_core.atomic import atomic_path, write_text_atomic  # noqa: E402
 from selva_core.audio.mel import MelConverter  # noqa: E402
-from selva_core.data.synthetic import CLASS_PROMPTS, synthetic_clip  # noqa: E402
+from selva_core.data.synthetic import (  # noqa: E402
+    BASE_CLASSES,
+    CLASS_PROMPTS,
+    HELD_OUT_CLASS,
+    synthetic_clip,
+)
 from selva_core.model.vae import MPConv1d  # noqa: E402
 from selva_core.training.objective import FeatureBatch, draw_examples, training_loss  # noqa: E402
 from selva_core.variants import TINY_TRAINED_TEXT_SEED, get_variant  # noqa: E402
@@ -72,7 +81,6 @@ from selva_core.weights import build_component  # noqa: E402
 log = logging.getLogger("train_tiny_base")
 
 VARIANT = "tiny_16k"
-HELD_OUT_CLASS = "burst"
 ENCODER_SEED = TINY_TRAINED_TEXT_SEED  # seed of the tiny random encoders the generator reads
 STAGES = ("vae", "vocoder", "generator")
 DATA_SEED = 1000  # base clips; the demo makes its clips with seed 0, so they stay unseen
@@ -95,7 +103,7 @@ class BaseTrainConfig:
     vocoder_batch: int = 4
     vocoder_crop_frames: int = 16
     vocoder_lr: float = 1e-3
-    generator_steps: int = 1300
+    generator_steps: int = 2400
     generator_batch: int = 8
     generator_lr: float = 1e-3
     warmup_steps: int = 50
@@ -323,7 +331,7 @@ def extract_generator_data(cfg: BaseTrainConfig, variant, vae, mel: MelConverter
     """Features from the tiny random encoders + VAE posterior moments of the trained classes."""
     from selva_core.pipeline import SelvaPipeline
 
-    classes = [c for c in CLASS_PROMPTS if c != HELD_OUT_CLASS]
+    classes = list(BASE_CLASSES)
     seq = variant.sequence_lengths(cfg.duration)
     frames, audio, prompts, names = make_clips(classes, cfg.generator_clips_per_class, cfg,
                                                seq.audio_samples)
@@ -512,13 +520,15 @@ def main(argv=None) -> int:
         seconds["vae"] = round(time.time() - start)
     else:
         vae = reused["vae"]
+    # later stages use the VAE as shipped (float16 raw weights), so a --reuse run equals a
+    # full one: the vocoder learns what the file decodes, the generator its latents
+    shipped_vae = copy.deepcopy(vae)
+    with torch.no_grad():
+        for name, p in shipped_vae.named_parameters():
+            if not name.endswith(KEEP_FP32):
+                p.copy_(p.half().float())
     if "vocoder" in stages:
         start = time.time()
-        shipped_vae = copy.deepcopy(vae)  # the vocoder learns what the float16 file decodes
-        with torch.no_grad():
-            for name, p in shipped_vae.named_parameters():
-                if not name.endswith(KEEP_FP32):
-                    p.copy_(p.half().float())
         with forced_weight_norm(), torch.no_grad():
             recon = shipped_vae.decode(shipped_vae.encode(mels).mean)
         vocoder, s = train_vocoder(recon, codec_audio, cfg, variant, mel)
@@ -528,7 +538,7 @@ def main(argv=None) -> int:
         vocoder = reused["vocoder"]
     if "generator" in stages:
         start = time.time()
-        encoders, data, seq = extract_generator_data(cfg, variant, vae, mel)
+        encoders, data, seq = extract_generator_data(cfg, variant, shipped_vae, mel)
         generator, s = train_generator(data, seq, cfg, variant)
         summary.update(s)
         seconds["generator"] = round(time.time() - start)

@@ -509,19 +509,19 @@ BUNDLED_WEIGHTS: dict[str, dict[str, BundledFile]] = {
     "tiny_16k": {
         "generator": BundledFile(
             "tiny_16k/generator.safetensors",
-            "9e161f24ae9c8c4355ac7a12b97ed9790e3443fba7adb367405858409bfecfc6"),
+            "27285cc48b0de3f7c720f0fb85f07aa7c27d1c734a4416a92862e53ab0977798"),
         "vae": BundledFile(
             "tiny_16k/vae.safetensors",
-            "fbbcc227fa4b9cec78d335110925c29831d823a7735195772bbf367cf6985372"),
+            "509159e98f9d84237f20b13c9eb9b233680316c24cb838d17b76d4bf296e49b2"),
         "vocoder": BundledFile(
             "tiny_16k/vocoder.safetensors",
-            "65c5a490df6f13c95501e9df583eda7b6c6972957481435b31ff17ed4875d34e"),
+            "21853746eec85f0db30300c38ac1390d59680220fb17f69fb7744c21e488fc67"),
         "video_encoder": BundledFile(
             "tiny_16k/video_encoder.safetensors",
-            "b644e7dc74a02f7b9894b2495e4c509cac7b8320d5af418c03bb622c0230cfba"),
+            "5708fc440932d8925965ace772db7e5b517c0c75b03ebc1be8969b9c0f8775ad"),
         "t5": BundledFile(
             "tiny_16k/t5.safetensors",
-            "10efa1ddab5f3d9c8f929b513072203b4ecdebe73bc014fc82ded34272bfae01"),
+            "b6158293840ca6b745d8d53343639efb8b9abe9b58b1dd38a752a8308780946d"),
     },
 }
 #: Seed of the tiny CLIP-text encoder whose features the bundled tiny generator was trained on

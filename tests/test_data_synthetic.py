@@ -94,15 +94,19 @@ def test_unknown_class_is_rejected(tmp_path):
         make_synthetic_dataset(tmp_path, classes=("bounce", "roar"), clips_per_class=1)
 
 
-def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
-    (path,) = make_synthetic_dataset(tmp_path, classes=("burst",), clips_per_class=1,
-                                     duration=3.0, seed=3, write_wav=True)
+def lit_frames_and_energy(tmp_path, name, seed):
+    """A 3 s clip of ``name``: (lit per frame, the exact audio, its energy per frame)."""
+    (path,) = make_synthetic_dataset(tmp_path, classes=(name,), clips_per_class=1,
+                                     duration=3.0, seed=seed, write_wav=True)
     brightness = decode_frames(path).float().mean(dim=(1, 2, 3)).numpy()
     lit = brightness > (brightness.max() + brightness.min()) / 2
-    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
     audio = load_mono(path.with_suffix(".wav"), SR)
-    frame_energy = np.array([np.sum(audio[round(k / 25 * SR):round((k + 1) / 25 * SR)] ** 2)
-                             for k in range(len(lit))])
+    return lit, audio, _frame_energy(audio, len(lit))
+
+
+def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
+    lit, audio, frame_energy = lit_frames_and_energy(tmp_path, "burst", 3)
+    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
     near = lit | np.r_[lit[1:], False]  # a flash starts inside the frame before it is drawn
     assert np.all(frame_energy[~near] < 0.02 * frame_energy.max())  # dark: silence
     assert np.mean(frame_energy[lit] > 0.02 * frame_energy.max()) > 0.8  # lit: hiss
@@ -127,3 +131,34 @@ def test_in_memory_clip_is_the_audio_the_dataset_writes(tmp_path):
     assert frames.shape == (25, 64, 64, 3) and frames.dtype == np.uint8
     written = load_mono(path.with_suffix(".wav"), SR)
     np.testing.assert_allclose(written, audio, atol=1.0 / 32767 + 1e-6)  # PCM_16 rounding
+
+
+def _frame_energy(audio, n_frames):
+    return np.array([np.sum(audio[round(k / 25 * SR):round((k + 1) / 25 * SR)] ** 2)
+                     for k in range(n_frames)])
+
+
+def test_beep_buzzes_exactly_while_the_square_is_lit(tmp_path):
+    lit, audio, energy = lit_frames_and_energy(tmp_path, "beep", 3)
+    assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 5  # a few separate beeps
+    near = lit | np.r_[lit[1:], False] | np.r_[False, lit[:-1]]  # ramps straddle frame edges
+    assert np.all(energy[~near] < 1e-6 * energy.max())  # dark: silence
+    inner = lit & np.r_[False, lit[:-1]] & np.r_[lit[1:], False]
+    assert inner.sum() >= 8 and energy[inner].min() > 0.5 * energy[inner].max()  # steady
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    assert spectrum[(freqs >= 2000) & (freqs <= 4000)].sum() > 0.99 * spectrum.sum()
+
+
+def test_swell_rush_grows_louder_as_the_circle_grows(tmp_path):
+    (path,) = make_synthetic_dataset(tmp_path, classes=("swell",), clips_per_class=1,
+                                     duration=3.0, seed=2, write_wav=True)
+    grey = decode_frames(path).float().mean(dim=1).numpy()
+    area = np.array([(f > (f.max() + f.min()) / 2).mean() for f in grey])
+    audio = load_mono(path.with_suffix(".wav"), SR)
+    loudness = np.sqrt(_frame_energy(audio, len(area)))
+    assert np.corrcoef(area, loudness)[0, 1] > 0.9
+    assert loudness.max() > 10 * loudness.min()
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / SR)
+    assert spectrum[(freqs >= 3000) & (freqs <= 6000)].sum() > 0.99 * spectrum.sum()

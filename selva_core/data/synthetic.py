@@ -1,6 +1,6 @@
 """A synthetic demo dataset of moving shapes with matching sounds, and a small clip writer.
 
-Three classes whose sound follows the picture, so a model can learn the link:
+Five classes whose sound follows the picture, so a model can learn the link:
 
 * ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
   (decaying 2 kHz burst) at the exact moment of every wall hit.
@@ -9,6 +9,17 @@ Three classes whose sound follows the picture, so a model can learn the link:
 * ``burst``: a disc flashes on a few times; while it is visible the audio is a hiss (band-passed
   noise, 1-6 kHz) that starts with the flash and fades until it goes dark. The tiny base model
   (``scripts/train_tiny_base.py``) never hears this class: the demo's LoRA teaches it.
+* ``beep``: a square lights up two or three times (0.25-0.55 s each); while it is lit the audio
+  is a steady buzz (noise band-passed to 2-4 kHz), switched on and off with 5 ms ramps.
+* ``swell``: a circle swells and shrinks (0.5-1.2 cycles a second); the audio is a rush (noise
+  band-passed to 3-6 kHz) whose amplitude follows the square of the circle's growth.
+
+``beep`` and ``swell`` are the classes the tiny base's generator learns
+(:data:`BASE_CLASSES`): their events are visible as large changes of the picture and last long
+enough to survive SelVA's sync-token layout (a click's 5 ms do not), their sound lies in the
+1-6 kHz band that :mod:`selva_core.audio.sync` scores, and it is noise, not a tone: the tiny
+codec plays noise bands (a tone of one or two mel bins comes back near-silent). ``bounce`` and
+``hum`` stay as general data (tests, the codec's training).
 
 Everything is drawn from ``numpy.random.default_rng((seed, class, clip))``, where ``class`` is
 the class's position in :data:`CLASS_PROMPTS` (so a class's clips do not depend on which other
@@ -39,7 +50,13 @@ CLASS_PROMPTS: dict[str, str] = {
     "bounce": "a ball bouncing off the walls, with a sharp click at every hit",
     "hum": "a square gliding up and down with a humming tone that rises as it climbs",
     "burst": "a disc flashing on and off, with a burst of hissing noise at every flash",
+    "beep": "a square lighting up now and then, with a steady buzz for as long as it is lit",
+    "swell": "a circle swelling and shrinking, with a rushing noise that grows louder as it grows",
 }
+#: The classes the shipped tiny base's generator is trained on, and the one held out of it (the
+#: demo's LoRA teaches it).
+BASE_CLASSES = ("beep", "swell")
+HELD_OUT_CLASS = "burst"
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 _INT_FORMATS = {"s16": np.int16, "s32": np.int32}
 _CONTAINER_AUDIO = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".avi": "pcm_s16le",
@@ -186,17 +203,22 @@ def _hum_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     return frames, audio
 
 
+def _band_noise(rng, n_samples, sample_rate, low_hz, high_hz):
+    """White noise band-passed to ``low_hz``-``high_hz`` (zeroed FFT bins), unit RMS."""
+    spectrum = np.fft.rfft(rng.standard_normal(n_samples))
+    freqs = np.fft.rfftfreq(n_samples, 1 / sample_rate)
+    spectrum[(freqs < low_hz) | (freqs > high_hz)] = 0
+    noise = np.fft.irfft(spectrum, n_samples)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
+
+
 def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     duration = n_samples / sample_rate
     count = max(1, int(rng.integers(2, 5) * duration / 2.0 + 0.5))
     slot = duration / count  # one flash per slot, placed at random inside it
     radius = size * rng.uniform(0.15, 0.25)
     centre = rng.uniform(radius, size - radius, size=2)
-    spectrum = np.fft.rfft(rng.standard_normal(n_samples))  # band-passed white noise
-    freqs = np.fft.rfftfreq(n_samples, 1 / sample_rate)
-    spectrum[(freqs < 1000) | (freqs > 6000)] = 0
-    noise = np.fft.irfft(spectrum, n_samples)
-    noise /= np.sqrt(np.mean(noise**2)) + 1e-12
+    noise = _band_noise(rng, n_samples, sample_rate, 1000, 6000)
     envelope = np.zeros(n_samples)
     visible = np.zeros(n_frames, bool)
     t_frames = np.arange(n_frames) / fps
@@ -217,7 +239,66 @@ def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     return frames, audio
 
 
-_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "burst": _burst_clip}
+def _on_spans(rng, duration: float, low: float, high: float) -> list[tuple[float, float]]:
+    """Two or three (start, end) spans of ``low``-``high`` s, one per equal slot of the clip
+    (a 2 s clip), placed at random inside it."""
+    count = max(1, int(rng.integers(2, 4) * duration / 2.0 + 0.5))
+    slot = duration / count
+    spans = []
+    for k in range(count):
+        length = rng.uniform(low, min(high, 0.85 * slot))
+        start = k * slot + rng.uniform(0, slot - length)
+        spans.append((start, start + length))
+    return spans
+
+
+def _beep_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    spans = _on_spans(rng, n_samples / sample_rate, 0.25, 0.55)
+    half = size * rng.uniform(0.15, 0.25)
+    centre = rng.uniform(half, size - half, size=2)
+    t = np.arange(n_samples) / sample_rate
+    envelope = np.zeros(n_samples)
+    for start, end in spans:  # flat while lit, 5 ms ramps at both ends
+        envelope = np.maximum(envelope, np.clip(np.minimum(t - start, end - t) / 0.005, 0, 1))
+    audio = (0.2 * envelope * _band_noise(rng, n_samples, sample_rate, 2000, 4000))
+    audio = audio.astype(np.float32)
+    t_frames = np.arange(n_frames) / fps
+    lit = np.zeros(n_frames, bool)
+    for start, end in spans:
+        lit |= (t_frames >= start) & (t_frames < end)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
+    mask = (np.abs(xx - centre[0]) <= half) & (np.abs(yy - centre[1]) <= half)
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    frames[:] = bg.astype(np.uint8)
+    frames[lit] = np.where(mask[..., None], fg, bg).astype(np.uint8)
+    return frames, audio
+
+
+def _swell_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    rate_hz = rng.uniform(0.5, 1.2)
+    phase = rng.uniform(0, 2 * np.pi)
+    low, high = size * 0.05, size * rng.uniform(0.3, 0.45)
+    centre = rng.uniform(high, size - high, size=2) if size > 2 * high else np.full(2, size / 2)
+
+    def grown(t):  # 0 (smallest) .. 1 (largest)
+        return 0.5 * (1 + np.sin(2 * np.pi * rate_hz * t + phase))
+
+    t = np.arange(n_samples) / sample_rate
+    noise = _band_noise(rng, n_samples, sample_rate, 3000, 6000)
+    audio = (0.25 * grown(t) ** 2 * noise).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    bg, fg = rng.integers(0, 60, size=3), rng.integers(160, 256, size=3)
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for i, g in enumerate(grown(np.arange(n_frames) / fps)):
+        radius = low + (high - low) * g
+        mask = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2
+        frames[i] = np.where(mask[..., None], fg, bg)
+    return frames, audio
+
+
+_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "burst": _burst_clip, "beep": _beep_clip,
+           "swell": _swell_clip}
 _CLASS_INDEX = {name: i for i, name in enumerate(CLASS_PROMPTS)}
 
 

@@ -1,12 +1,12 @@
 """``train_lora.py --demo``: the whole job on a synthetic dataset, no downloads, a CPU is enough.
 
 The demo teaches the ``tiny_16k`` model (the real model classes at toy width, trained by
-``scripts/train_tiny_base.py`` on synthetic clicks and hums and shipped with the package) a
-sound it has never heard: it writes clips of the held-out ``burst`` class (a disc flashes, a
-hiss plays while it is lit; :mod:`selva_core.data.synthetic`) into ``OUTPUT_DIR/demo_data``
-and trains a LoRA on them with settings sized for a few minutes on two CPU cores. Every
-artefact of a real run is produced: checkpoints, validation curve, samples, surgery decision,
-intruder report, ``adapter_final.safetensors`` and the summary.
+``scripts/train_tiny_base.py`` on the synthetic ``beep`` and ``swell`` clips and shipped with
+the package) a sound it has never heard: it writes clips of the held-out ``burst`` class (a
+disc flashes, a hiss plays while it is lit; :mod:`selva_core.data.synthetic`) into
+``OUTPUT_DIR/demo_data`` and trains a LoRA on them with settings sized for a few minutes on
+two CPU cores. Every artefact of a real run is produced: checkpoints, validation curve,
+samples, surgery decision, intruder report, ``adapter_final.safetensors`` and the summary.
 
 Then :func:`write_listening_comparison` renders every validation clip twice with the same
 seed and length, by the base model and with the adapter, into ``OUTPUT_DIR/listen``:
@@ -33,14 +33,14 @@ import soundfile as sf
 
 from selva_core.atomic import atomic_path, write_text_atomic
 from selva_core.audio.sync import envelope_sync
-from selva_core.data.synthetic import make_synthetic_dataset
+from selva_core.data.synthetic import HELD_OUT_CLASS, make_synthetic_dataset
 from selva_core.run_folder import LISTEN_DIR, RunFolder
 from selva_core.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 DEMO_DATA = "demo_data"
-DEMO_CLASSES = ("burst",)  # held out of the base training: the adapter teaches it
+DEMO_CLASSES = (HELD_OUT_CLASS,)  # held out of the base training: the adapter teaches it
 DEMO_CLIPS_PER_CLASS = 10
 REPORT_NAME = "demo_report.json"
 LISTEN_GAP_S = 0.5  # silence between the parts of a side-by-side file
