@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from selva_core.atomic import atomic_path, write_text_atomic
+from selva_core.atomic import write_text_atomic
 from selva_core.audio.sync import envelope_sync
 from selva_core.data.synthetic import HELD_OUT_CLASS, make_synthetic_dataset
+from selva_core.media import write_wav
 from selva_core.run_folder import LISTEN_DIR, RunFolder
 from selva_core.training.config import TrainConfig
 
@@ -88,11 +88,6 @@ def prepare_demo(cfg: TrainConfig) -> TrainConfig:
     else:
         log.info("reusing the demo dataset in %s", data_dir)
     return cfg
-
-
-def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
 
 def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
@@ -152,7 +147,7 @@ def write_listening_comparison(cfg: TrainConfig, adapter_path: str | Path,
         for suffix, wave in (("true", true), ("base", base_wave), ("adapted", adapted_wave),
                              ("side_by_side", np.concatenate(
                                  [true, gap, base_wave, gap, adapted_wave]))):
-            _write_wav(out / f"{name}_{suffix}.wav", wave, sr)
+            write_wav(out / f"{name}_{suffix}.wav", wave, sr)
         lsd_base = log_spectral_distance(base_wave, true)
         lsd_adapted = log_spectral_distance(adapted_wave, true)
         sync = {k: envelope_sync(w, true, sr) for k, w in (("base", base_wave),
