@@ -39,8 +39,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import soundfile as sf
 
-from selva_core import media
 from selva_core.atomic import atomic_path, write_text_atomic
 from selva_core.data.prompts import PROMPTS_FILENAME
 
@@ -349,7 +349,8 @@ def make_synthetic_dataset(
             path = out_dir / f"{name}_{clip:03d}.mp4"
             write_video(path, frames, fps=fps, audio=audio, sample_rate=sample_rate)
             if write_wav:
-                media.write_wav(path.with_suffix(".wav"), audio, sample_rate)
+                with atomic_path(path.with_suffix(".wav")) as tmp:
+                    sf.write(str(tmp), audio, sample_rate, subtype="PCM_16")
             lines.append(f"{path.name}: {CLASS_PROMPTS[name]}")
             paths.append(path)
     write_text_atomic(out_dir / PROMPTS_FILENAME, "\n".join(lines) + "\n")
