@@ -43,13 +43,14 @@ from .atomic import (
     write_json_atomic,
 )
 from .audio.sync import MOTION_PREFIX, motion_energy, motion_energy_sync
+from .audio.wav import write_wav
 from .console import say
 from .data.clips import group_files, read_prompts
 from .data.errors import BadClipError
 from .data.prompts import PROMPTS_FILENAME
 from .data.video import VIDEO_EXTENSIONS, probe_video
 from .flow_matching import DEFAULT_CONFIG
-from .media import mux_audio, write_wav
+from .media import mux_audio
 from .model.lora import AdapterLoadError, resolve_adapter_path
 from .model.textual_inversion import FINAL_EMBEDDING_FILE
 from .pipeline import (

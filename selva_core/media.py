@@ -1,6 +1,7 @@
-"""Writing generated sound: WAV files and MP4s with the sound muxed onto the source video.
+"""Writing generated sound onto video: MP4s with the sound muxed onto the source video (WAV files:
+:func:`selva_core.audio.wav.write_wav`).
 
-Both writers are atomic (:func:`selva_core.atomic.atomic_path`): a file either appears
+The writers are atomic (:func:`selva_core.atomic.atomic_path`): a file either appears
 complete or not at all, and an existing file is replaced only by a finished one.
 
 :func:`mux_audio` keeps the source picture as it is when it can: the video packets are copied
@@ -18,7 +19,6 @@ clip with its own sound, :func:`write_poster` a small JPEG of a clip's first fra
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from fractions import Fraction
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-import soundfile as sf
 import torch
 
 from .atomic import atomic_path
+from .audio.wav import channels_first
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +39,7 @@ _VIDEO_ENCODERS = ("libx264", "h264", "mpeg4")
 #: Picture codecs that Chromium and Firefox both play from an MP4 file.
 BROWSER_CODECS = frozenset({"h264", "vp9", "av1"})
 _BROWSER_ENCODERS = ("libx264", "h264", "libvpx-vp9", "libsvtav1")
-_LAYOUTS = {1: "mono", 2: "stereo"}
-
-
-def _channels_first(wave: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(samples,), (1, samples) or (channels, samples) float -> float32 (channels, samples)."""
-    if isinstance(wave, torch.Tensor):
-        wave = wave.detach().float().cpu().numpy()
-    audio = np.asarray(wave, dtype=np.float32)
-    if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim != 2 or audio.shape[0] not in _LAYOUTS or audio.shape[1] == 0:
-        raise ValueError(
-            f"a waveform must be (samples,) or (channels, samples) with 1 or 2 channels, got "
-            f"shape {tuple(audio.shape)}"
-        )
-    if not np.isfinite(audio).all():
-        raise ValueError("the waveform holds NaN or infinite samples")
-    return np.clip(audio, -1.0, 1.0)
-
-
-def write_wav(path: str | os.PathLike, wave: torch.Tensor | np.ndarray, sample_rate: int
-              ) -> Path:
-    """16-bit PCM WAV of ``wave`` ((samples,) or (channels, samples), clipped to [-1, 1])."""
-    audio = _channels_first(wave)
-    path = Path(path)
-    # Encoded in memory, then written as bytes: libsndfile reports a full disk without its
-    # errno, a plain write raises the OSError that names the space problem.
-    buffer = io.BytesIO()
-    sf.write(buffer, audio.T, int(sample_rate), subtype="PCM_16", format="WAV")
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    return path
+_LAYOUTS = {1: "mono", 2: "stereo"}  # the channel counts audio.wav.channels_first lets through
 
 
 def _video_encoder(browser: bool = False) -> str:
@@ -178,7 +147,7 @@ def mux_audio(
     from .data.video import REENCODE_HINT, probe_video
 
     video_path, out_path = Path(video_path), Path(out_path)
-    audio = _channels_first(wave)
+    audio = channels_first(wave)
     sound_s = audio.shape[1] / float(sample_rate)
     info = probe_video(video_path)  # an unreadable source: BadClipError naming it
     cut = trim and info.duration > sound_s + TRIM_TOLERANCE_S
@@ -261,4 +230,4 @@ def write_poster(video_path: str | os.PathLike, out_path: str | os.PathLike,
 
 
 __all__ = ["BROWSER_CODECS", "TRIM_TOLERANCE_S", "browser_video", "mux_audio",
-           "picture_codec", "write_poster", "write_wav"]
+           "picture_codec", "write_poster"]

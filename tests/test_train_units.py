@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from selva_core.atomic import save_safetensors_atomic
-from selva_core.media import write_wav
+from selva_core.audio.wav import write_wav
 from selva_core.training import checkpoint as ckpt
 from selva_core.training.config import TrainConfig, build_arg_parser, config_from_args
 from selva_core.training.data_order import DataOrder, example_seed

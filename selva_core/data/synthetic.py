@@ -39,9 +39,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-import soundfile as sf
 
 from selva_core.atomic import atomic_path, write_text_atomic
+from selva_core.audio import wav
 from selva_core.data.prompts import PROMPTS_FILENAME
 
 log = logging.getLogger(__name__)
@@ -349,8 +349,7 @@ def make_synthetic_dataset(
             path = out_dir / f"{name}_{clip:03d}.mp4"
             write_video(path, frames, fps=fps, audio=audio, sample_rate=sample_rate)
             if write_wav:
-                with atomic_path(path.with_suffix(".wav")) as tmp:
-                    sf.write(str(tmp), audio, sample_rate, subtype="PCM_16")
+                wav.write_wav(path.with_suffix(".wav"), audio, sample_rate)
             lines.append(f"{path.name}: {CLASS_PROMPTS[name]}")
             paths.append(path)
     write_text_atomic(out_dir / PROMPTS_FILENAME, "\n".join(lines) + "\n")

@@ -45,6 +45,7 @@ from selva_core.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
+from selva_core.audio.wav import write_wav
 from selva_core.data.audio import align_to_picture, decode_audio, resample, to_mono
 from selva_core.data.clips import read_prompts
 from selva_core.data.errors import BadClipError
@@ -66,7 +67,7 @@ from selva_core.dataset.cutting import (
 )
 from selva_core.dataset.defaults import DEFAULT_LUFS
 from selva_core.dataset.loudness import block_levels, normalize
-from selva_core.media import _audio_stream, _encode_audio, _video_encoder, write_wav
+from selva_core.media import _audio_stream, _encode_audio, _video_encoder
 from selva_core.variants import DEFAULT_VARIANT, TRAIN_DURATION_S, get_variant
 
 log = logging.getLogger(__name__)

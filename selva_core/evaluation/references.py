@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from selva_core.audio import metrics as M
+from selva_core.audio.wav import write_wav
 from selva_core.data.clips import ClipSource
 from selva_core.data.errors import BadClipError
 from selva_core.evaluation.clips import clip_key
 from selva_core.evaluation.spec import EvalSpec
-from selva_core.media import write_wav
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,7 @@ import torch
 
 from selva_core.atomic import json_safe, write_json_atomic
 from selva_core.audio import metrics as M
+from selva_core.audio.wav import write_wav
 from selva_core.checksums import file_sha256
 from selva_core.data.clips import ClipSource
 from selva_core.data.errors import BadClipError
@@ -58,7 +59,6 @@ from selva_core.evaluation.clips import (
 from selva_core.evaluation.references import Scorers, fad, save_embedding, write_references
 from selva_core.evaluation.spec import AdapterEntry, EvalSpec, default_duration
 from selva_core.feature_cache import default_model_tag
-from selva_core.media import write_wav
 from selva_core.run_folder import RunFolder, RunInfo
 from selva_core.variants import TRAIN_DURATION_S
 

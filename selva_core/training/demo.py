@@ -32,8 +32,8 @@ import numpy as np
 
 from selva_core.atomic import write_text_atomic
 from selva_core.audio.sync import envelope_sync
+from selva_core.audio.wav import write_wav
 from selva_core.data.synthetic import HELD_OUT_CLASS, make_synthetic_dataset
-from selva_core.media import write_wav
 from selva_core.run_folder import LISTEN_DIR, RunFolder
 from selva_core.training.config import TrainConfig
 

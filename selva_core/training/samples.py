@@ -22,8 +22,8 @@ import torch
 
 from selva_core.atomic import json_safe
 from selva_core.audio.sync import ENVELOPE_PREFIX, envelope_sync
+from selva_core.audio.wav import write_wav
 from selva_core.features import ConditionFeatures
-from selva_core.media import write_wav
 from selva_core.run_folder import RunFolder
 from selva_core.training.config import TrainConfig
 from selva_core.training.objective import ExampleStore, conditions
