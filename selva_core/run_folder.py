@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +67,6 @@ RUN_MARKERS = RUN_ARTEFACTS[:7]
 def step_folder_name(step: int) -> str:
     """``step_000500`` for step 500: the folder name of a checkpoint."""
     return f"step_{step:06d}"
-
-
-class NotARunFolderError(ValueError):
-    """A folder that holds no training run (the message names it and what to pass)."""
 
 
 @dataclass(frozen=True)
@@ -177,21 +172,6 @@ class RunFolder:
                                        or self.final_embedding.is_file()
                                        or bool(self.checkpoint_adapters()))
 
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> RunFolder:
-        """The run in ``path``; :class:`NotARunFolderError` (one line naming the folder) when
-        it is not a folder or holds no run."""
-        run = cls(Path(path))
-        if not run.path.is_dir():
-            raise NotARunFolderError(f"{run.path} is not a folder; pass a training run's "
-                                     "folder (the --output_dir of train_lora.py)")
-        if not run.is_run():
-            raise NotARunFolderError(
-                f"{run.path} holds no training run (no {CONFIG_FILE}, {LOG_FILE}, "
-                f"{CHECKPOINTS_DIR}/ or {FINAL_ADAPTER_FILE}); pass the --output_dir of a "
-                "train_lora.py run")
-        return run
-
     # --- checkpoints -----------------------------------------------------------------------
     def step_folder(self, step: int) -> Path:
         return self.checkpoints_dir / step_folder_name(step)
@@ -273,7 +253,7 @@ def _read_object(path: Path, fallback: str = "") -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-__all__ = ["RunFolder", "RunInfo", "NotARunFolderError", "RUN_ARTEFACTS", "RUN_MARKERS",
+__all__ = ["RunFolder", "RunInfo", "RUN_ARTEFACTS", "RUN_MARKERS",
            "step_folder_name",
            "CONFIG_FILE", "LOG_FILE", "CURVE_FILE", "SUMMARY_FILE", "FINAL_ADAPTER_FILE",
            "FINAL_EMBEDDING_FILE",

@@ -10,7 +10,6 @@ import pytest
 
 from selva_core.run_folder import (
     RUN_ARTEFACTS,
-    NotARunFolderError,
     RunFolder,
     step_folder_name,
 )
@@ -52,19 +51,6 @@ def test_a_folder_is_a_run_once_it_holds_a_config_log_checkpoint_or_final_adapte
         run.path.mkdir()
         make(run)
         assert run.is_run(), name
-        assert RunFolder.open(run.path) == run
-
-
-def test_open_refuses_a_folder_without_a_run_in_one_line_naming_it(tmp_path):
-    (tmp_path / "clips").mkdir()
-    (tmp_path / "clips" / "dog.mp4").write_bytes(b"")
-    with pytest.raises(NotARunFolderError) as caught:
-        RunFolder.open(tmp_path / "clips")
-    message = str(caught.value)
-    assert str(tmp_path / "clips") in message and "--output_dir" in message
-    assert "\n" not in message
-    with pytest.raises(NotARunFolderError, match="is not a folder"):
-        RunFolder.open(tmp_path / "missing")
 
 
 def test_checkpoints_are_listed_in_step_order_and_then_the_final_adapter(tmp_path):
