@@ -39,8 +39,8 @@ from selva_core.feature_cache import (
     ExtractionStopped,
     FeatureCacheSettings,
     build_feature_cache,
+    default_model_tag,
 )
-from selva_core.feature_cache import default_model_tag as model_tag_of
 from selva_core.model.precision import reset_peak_memory
 from selva_core.run_folder import CONSOLE_LOG_FILE, RUN_ARTEFACTS, RUN_MARKERS, RunFolder
 from selva_core.training import checkpoint as ckpt
@@ -72,11 +72,6 @@ def build_pipeline(cfg: TrainConfig, device: torch.device):
     return SelvaPipeline.build(cfg.variant, models_dir=cfg.models_dir, device=device,
                                precision="fp32", offload="auto", need_vae_encoder=True,
                                seed=TINY_PIPELINE_SEED)
-
-
-def default_model_tag(cfg: TrainConfig) -> str:
-    """The feature-cache tag of ``cfg``'s encoder weights (see the feature cache's)."""
-    return model_tag_of(cfg.variant)
 
 
 # --- folders ----------------------------------------------------------------------------------
@@ -327,7 +322,7 @@ def run_training(cfg: TrainConfig, *, pipeline=None, hooks: TrainHooks | None = 
                 pipeline.to(dist.device)
         if cfg.method == "lora":
             check_rank(pipeline.generator, cfg)
-        tag = default_model_tag(cfg) if model_tag is None else model_tag
+        tag = default_model_tag(cfg.variant) if model_tag is None else model_tag
         try:
             examples, info = prepare_examples(cfg, pipeline, dist, tag, found,
                                               hooks.should_stop if hooks else None)

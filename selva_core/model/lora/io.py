@@ -280,8 +280,9 @@ def resolve_adapter_path(path: str | os.PathLike) -> Path:
     link; :class:`AdapterNotFoundError` when nothing is there)."""
     path = Path(path)
     if path.is_dir():
-        if RunFolder(path).final_adapter.is_file():
-            return RunFolder(path).final_adapter
+        final = RunFolder(path).final_adapter
+        if final.is_file():
+            return final
         raise AdapterLoadError(f"{path} is a folder, not an adapter file; {_folder_hint(path)}")
     try:
         path.stat()
