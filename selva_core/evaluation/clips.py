@@ -44,7 +44,6 @@ from selva_core.window_features import condition_frame_count, encoder_frames
 log = logging.getLogger(__name__)
 
 
-
 def discover_clips(folder: str | Path, *, role: str = "eval"
                    ) -> tuple[list[ClipSource], list[dict[str, str]]]:
     """Every clip of ``folder`` (sorted by name) and the files that are not one (with why)."""
