@@ -63,6 +63,14 @@ def test_presets_pick_qkv_linear1_and_ffn_layers_of_the_blocks():
     assert resolve_targets(model, ["attn.qkv"], exclude=["re:fused.*"]) == qkv[:4]
 
 
+def test_a_target_pattern_that_matches_nothing_is_refused_by_name():
+    # adaLN_modulation is the Sequential; its Linear is adaLN_modulation.1
+    with pytest.raises(ValueError, match=r"LoRA target 'adaLN_modulation' matches no adaptable"):
+        resolve_targets(make_model(), ["attn", "adaLN_modulation"])
+    assert "joint_blocks.0.latent_block.adaLN_modulation.1" in resolve_targets(
+        make_model(), ["attn", "adaLN_modulation.1"])
+
+
 def test_attaching_to_nothing_lists_the_adaptable_modules():
     with pytest.raises(ValueError, match=r"joint_blocks\.\*\.latent_block\.attn\.qkv \(x2\)"):
         attach_lora(make_model(), LoRAConfig(targets=("to_q",)))

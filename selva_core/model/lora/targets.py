@@ -106,7 +106,10 @@ def resolve_targets(
 ) -> list[str]:
     """Qualified names of the adaptable modules matched by ``targets`` minus ``exclude``.
 
-    Raises ``ValueError`` listing the adaptable modules (shortened) when nothing matches.
+    Raises ``ValueError`` listing the adaptable modules (shortened) when nothing matches, or
+    when one of ``targets`` matches no adaptable module (a typo, or a container such as
+    ``adaLN_modulation`` whose Linear is ``adaLN_modulation.1``): a pattern that silently
+    adapts nothing would train a different adapter than the one asked for.
     """
     targets = tuple(targets)
     include = expand_patterns(targets)
@@ -117,9 +120,13 @@ def resolve_targets(
         for n in available
         if any(name_matches(n, p) for p in include) and not any(name_matches(n, p) for p in excl)
     ]
-    if not chosen:
+    unmatched = [t for t in targets
+                 if not any(name_matches(n, p) for n in available for p in expand_patterns([t]))]
+    if not chosen or unmatched:
+        what = (f"LoRA target {unmatched[0]!r} matches" if chosen else
+                f"LoRA targets {list(targets)} (exclude {list(exclude)}) match")
         raise ValueError(
-            f"LoRA targets {list(targets)} (exclude {list(exclude)}) match no adaptable module of "
+            f"{what} no adaptable module of "
             f"{type(model).__name__}. Adaptable modules (Linear/Conv1d; block indices shown as *): "
             f"{summarize_names(available) or 'none'}. Presets: {', '.join(PRESETS)}; or use "
             "'re:<regex>', a glob, or a name suffix such as 'attn.qkv'."
