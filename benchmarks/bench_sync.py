@@ -1,7 +1,7 @@
 """Does the shipped tiny SelVA hear the picture? Envelope sync of its renders on unseen clips.
 
-For ``--clips`` unseen synthetic clips of each class the tiny base was trained on (``bounce``,
-``hum``; drawn with ``--data_seed``, which neither the base training nor the demo uses), the
+For ``--clips`` unseen synthetic clips of each class the tiny base was trained on (``beep``,
+``swell``; drawn with ``--data_seed``, which neither the base training nor the demo uses), the
 tiny model renders each clip twice with the same prompt and seed: with its own video and with
 the next clip's video of the same class (the swap). Each render is compared with the clip's
 true audio by :func:`selva_core.audio.sync.envelope_sync` (1-6 kHz, 20 ms RMS envelopes,
@@ -19,7 +19,7 @@ sync tokens without knowing where the token sequence starts. A window of 16 fram
 alone, and the generator reads its tokens 0.08 s later per window than the frames they come
 from (2 s clips; :func:`selva_core.model.generator.sync_token_times`). The ceiling "render"
 plays, at every moment, the true sound of the moment its token can report when blind to its
-window's index (``blind``), and is scored like a render (also for the held-out ``burst``).
+window's index (``blind``), and is scored like a render (also for ``blip`` and the held-out ``burst``).
 
 ``--feature_probe`` trains no network either: it asks whether the shipped TextSynch's sync
 tokens carry each class's events at all. A ridge readout (one linear map per class, fitted on
@@ -87,7 +87,7 @@ def measure(pipe, *, clips: int, steps: int, seed: int, data_seed: int,
     return rows
 
 
-def layout_ceiling(*, clips: int, data_seed: int, classes=(*TRAINED_CLASSES, "burst"),
+def layout_ceiling(*, clips: int, data_seed: int, classes=(*TRAINED_CLASSES, "blip", "burst"),
                    sample_rate: int = 16000, latent_hop: int = 512) -> list[dict]:
     """One row per clip: correlation of the window-blind ceiling render with the true audio."""
     import numpy as np
@@ -129,7 +129,7 @@ def _token_energies(true, sample_rate: int, starts, span: float):
 
 
 def feature_probe(pipe, *, clips: int, data_seed: int,
-                  classes=(*TRAINED_CLASSES, "burst", "bounce", "hum")) -> dict:
+                  classes=(*TRAINED_CLASSES, "burst", "blip", "bounce", "hum")) -> dict:
     """Per class, test correlation of a ridge readout from sync tokens to band energy."""
     import numpy as np
     import torch

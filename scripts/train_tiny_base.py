@@ -32,9 +32,10 @@ sha256 into ``selva_core.variants.BUNDLED_WEIGHTS``. Three stages:
    exact features it was trained on; the CLIP-text encoder (mostly a 49k-token embedding) is
    rebuilt from its seed.
 
-The codec (VAE + vocoder) hears every class, like the real SelVA codec trained on broad
-audio; the generator never sees the held-out class (``burst``), which the demo's LoRA
-teaches. Output: ``generator.safetensors`` (float16), ``vae.safetensors`` (float16 raw MP
+The codec (VAE + vocoder) hears the five other classes
+(:data:`~selva_core.data.synthetic.CODEC_CLASSES`), like the real SelVA codec trained on broad
+audio; no stage hears the held-out class (``burst``), which the demo's LoRA teaches.
+Output: ``generator.safetensors`` (float16), ``vae.safetensors`` (float16 raw MP
 weights, float32 statistics), ``vocoder.safetensors`` (float32, weight-norm form),
 ``video_encoder.safetensors`` and ``t5.safetensors`` (float16), ``train_summary.json``
 (losses, seconds per stage, sha256 of each file).
@@ -70,6 +71,7 @@ from selva_core.audio.mel import MelConverter  # noqa: E402
 from selva_core.data.synthetic import (  # noqa: E402
     BASE_CLASSES,
     CLASS_PROMPTS,
+    CODEC_CLASSES,
     HELD_OUT_CLASS,
     synthetic_clip,
 )
@@ -508,7 +510,7 @@ def main(argv=None) -> int:
     seconds = {}
     t0 = time.time()
     seq = variant.sequence_lengths(cfg.duration)
-    _, codec_audio, _, _ = make_clips(list(CLASS_PROMPTS), cfg.codec_clips_per_class, cfg,
+    _, codec_audio, _, _ = make_clips(CODEC_CLASSES, cfg.codec_clips_per_class, cfg,
                                       seq.audio_samples)
     mels = mel(codec_audio)
     log.info("codec data: %d clips, mel %s (%.0f s)", len(mels), tuple(mels.shape),

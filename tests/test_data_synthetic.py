@@ -9,7 +9,14 @@ import pytest
 
 from selva_core.data import scan_dataset
 from selva_core.data.audio import load_mono
-from selva_core.data.synthetic import CLASS_PROMPTS, make_synthetic_dataset, synthetic_clip
+from selva_core.data.synthetic import (
+    BASE_CLASSES,
+    CLASS_PROMPTS,
+    CODEC_CLASSES,
+    HELD_OUT_CLASS,
+    make_synthetic_dataset,
+    synthetic_clip,
+)
 from selva_core.data.video import decode_frames, probe_video
 
 SR = 16000
@@ -104,8 +111,9 @@ def lit_frames_and_energy(tmp_path, name, seed):
     return lit, audio, _frame_energy(audio, len(lit))
 
 
-def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
-    lit, audio, frame_energy = lit_frames_and_energy(tmp_path, "burst", 3)
+@pytest.mark.parametrize("name", ["blip", "burst"])
+def test_flash_hiss_plays_exactly_while_the_disc_is_lit(tmp_path, name):
+    lit, audio, frame_energy = lit_frames_and_energy(tmp_path, name, 3)
     assert 2 <= (lit & ~np.r_[False, lit[:-1]]).sum() <= 6  # a few separate flashes
     near = lit | np.r_[lit[1:], False]  # a flash starts inside the frame before it is drawn
     assert np.all(frame_energy[~near] < 0.02 * frame_energy.max())  # dark: silence
@@ -114,6 +122,24 @@ def test_burst_hiss_plays_exactly_while_the_disc_is_lit(tmp_path):
     freqs = np.fft.rfftfreq(len(audio), 1 / SR)
     in_band = spectrum[(freqs >= 1000) & (freqs <= 6000)].sum() / spectrum.sum()
     assert in_band > 0.99  # band-passed noise, not a tone or a click
+
+
+@pytest.mark.parametrize("name, shortest, longest", [("blip", 0.12, 0.3), ("burst", 0.25, 0.5)])
+def test_flashes_last_as_long_as_their_class_says(tmp_path, name, shortest, longest):
+    flashes = []
+    for seed in range(4):
+        lit, _, _ = lit_frames_and_energy(tmp_path / str(seed), name, seed)
+        edges = np.flatnonzero(np.diff(np.r_[0, lit.astype(int), 0]))
+        flashes += list((edges[1::2] - edges[::2]) / 25)  # lit frames per flash, in s
+    assert len(flashes) >= 8
+    assert shortest - 0.04 <= min(flashes) and max(flashes) <= longest + 0.04  # 25 fps frames
+
+
+def test_the_held_out_class_is_in_no_stage_of_the_tiny_base():
+    assert HELD_OUT_CLASS == "burst"
+    assert HELD_OUT_CLASS not in CODEC_CLASSES and HELD_OUT_CLASS not in BASE_CLASSES
+    assert set(BASE_CLASSES) <= set(CODEC_CLASSES)
+    assert set(CODEC_CLASSES) | {HELD_OUT_CLASS} == set(CLASS_PROMPTS)
 
 
 def test_a_class_clips_do_not_depend_on_the_other_classes_asked_for(tmp_path):

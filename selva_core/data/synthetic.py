@@ -1,25 +1,34 @@
 """A synthetic demo dataset of moving shapes with matching sounds, and a small clip writer.
 
-Five classes whose sound follows the picture, so a model can learn the link:
+Six classes whose sound follows the picture, so a model can learn the link:
 
 * ``bounce``: a circle flies around and bounces off the walls; the audio is a short click
   (decaying 2 kHz burst) at the exact moment of every wall hit.
 * ``hum``: a square glides up and down; the audio is a tone whose pitch follows the shape's
   height (higher on screen = higher pitch), phase-continuous.
-* ``burst``: a disc flashes on a few times; while it is visible the audio is a hiss (band-passed
-  noise, 1-6 kHz) that starts with the flash and fades until it goes dark. The tiny base model
-  (``scripts/train_tiny_base.py``) never hears this class: the demo's LoRA teaches it.
+* ``blip``: a disc blinks on a few times (0.12-0.3 s each); while it is visible the audio is a
+  hiss (band-passed noise, 1-6 kHz) that starts with the blink and fades fast.
 * ``beep``: a square lights up two or three times (0.25-0.55 s each); while it is lit the audio
   is a steady buzz (noise band-passed to 2-4 kHz), switched on and off with 5 ms ramps.
 * ``swell``: a circle swells and shrinks (0.5-1.2 cycles a second); the audio is a rush (noise
   band-passed to 3-6 kHz) whose amplitude follows the square of the circle's growth.
 
+* ``burst``: a disc flashes on a few times (0.25-0.5 s each); while it is visible the audio is
+  a hiss (band-passed noise, 1-6 kHz) that starts with the flash and fades slowly (time
+  constant: the flash's length) until it goes dark. No part of the tiny base
+  (``scripts/train_tiny_base.py``) hears this class (:data:`HELD_OUT_CLASS`): the demo's LoRA
+  teaches it.
+
 ``beep`` and ``swell`` are the classes the tiny base's generator learns
 (:data:`BASE_CLASSES`): their events are visible as large changes of the picture and last long
 enough to survive SelVA's sync-token layout (a click's 5 ms do not), their sound lies in the
 1-6 kHz band that :mod:`selva_core.audio.sync` scores, and it is noise, not a tone: the tiny
-codec plays noise bands (a tone of one or two mel bins comes back near-silent). ``bounce`` and
-``hum`` stay as general data (tests, the codec's training).
+codec plays noise bands (a tone of one or two mel bins comes back near-silent). The codec
+learns every class but ``burst`` (:data:`CODEC_CLASSES`); ``bounce``, ``hum`` and ``blip`` are
+there for it and for tests. ``burst``'s events last as long as ``beep``'s, so an adapter can
+place them (``blip``'s are too short for SelVA's sync-token layout at this scale, see
+``benchmarks/bench_sync.py --layout_ceiling``), and its sound (a fading hiss from 1 kHz up) is
+one the base's generator does not make.
 
 Everything is drawn from ``numpy.random.default_rng((seed, class, clip))``, where ``class`` is
 the class's position in :data:`CLASS_PROMPTS` (so a class's clips do not depend on which other
@@ -49,14 +58,16 @@ log = logging.getLogger(__name__)
 CLASS_PROMPTS: dict[str, str] = {
     "bounce": "a ball bouncing off the walls, with a sharp click at every hit",
     "hum": "a square gliding up and down with a humming tone that rises as it climbs",
-    "burst": "a disc flashing on and off, with a burst of hissing noise at every flash",
+    "blip": "a disc blinking on and off, with a short blip of hiss at every blink",
     "beep": "a square lighting up now and then, with a steady buzz for as long as it is lit",
     "swell": "a circle swelling and shrinking, with a rushing noise that grows louder as it grows",
+    "burst": "a disc flashing on and off, with a burst of hissing noise at every flash",
 }
-#: The classes the shipped tiny base's generator is trained on, and the one held out of it (the
-#: demo's LoRA teaches it).
+#: The classes the shipped tiny base's generator is trained on, the one held out of every part
+#: of it (the demo's LoRA teaches it), and those its codec (VAE + vocoder) learns.
 BASE_CLASSES = ("beep", "swell")
 HELD_OUT_CLASS = "burst"
+CODEC_CLASSES = tuple(c for c in CLASS_PROMPTS if c != HELD_OUT_CLASS)
 _LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 _INT_FORMATS = {"s16": np.int16, "s32": np.int32}
 _CONTAINER_AUDIO = {".mp4": "aac", ".mov": "aac", ".mkv": "aac", ".avi": "pcm_s16le",
@@ -212,7 +223,10 @@ def _band_noise(rng, n_samples, sample_rate, low_hz, high_hz):
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
 
 
-def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+def _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate, *, shortest, longest, fade):
+    """A disc lit for a few spans (one per equal slot of the clip, ``shortest``-``longest`` s
+    each), a 1-6 kHz hiss while it is lit: 5 ms attack, then exponential decay with time
+    constant ``fade`` times the span's length."""
     duration = n_samples / sample_rate
     count = max(1, int(rng.integers(2, 5) * duration / 2.0 + 0.5))
     slot = duration / count  # one flash per slot, placed at random inside it
@@ -223,11 +237,11 @@ def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     visible = np.zeros(n_frames, bool)
     t_frames = np.arange(n_frames) / fps
     for k in range(count):
-        length = rng.uniform(0.12, min(0.3, 0.8 * slot))
+        length = rng.uniform(shortest, min(longest, 0.8 * slot))
         start = k * slot + rng.uniform(0, slot - length)
         i0, i1 = round(start * sample_rate), min(n_samples, round((start + length) * sample_rate))
         tt = np.arange(i1 - i0) / sample_rate
-        envelope[i0:i1] = np.minimum(1.0, tt / 0.005) * np.exp(-tt / (0.5 * length))
+        envelope[i0:i1] = np.minimum(1.0, tt / 0.005) * np.exp(-tt / (fade * length))
         visible |= (t_frames >= start) & (t_frames < start + length)
     audio = (0.25 * envelope * noise).astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -237,6 +251,16 @@ def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     frames[:] = bg.astype(np.uint8)
     frames[visible] = np.where(mask[..., None], fg, bg).astype(np.uint8)
     return frames, audio
+
+
+def _blip_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    return _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate,
+                       shortest=0.12, longest=0.3, fade=0.5)
+
+
+def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
+    return _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate,
+                       shortest=0.25, longest=0.5, fade=1.0)
 
 
 def _on_spans(rng, duration: float, low: float, high: float) -> list[tuple[float, float]]:
@@ -297,8 +321,8 @@ def _swell_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     return frames, audio
 
 
-_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "burst": _burst_clip, "beep": _beep_clip,
-           "swell": _swell_clip}
+_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "blip": _blip_clip, "beep": _beep_clip,
+           "swell": _swell_clip, "burst": _burst_clip}
 _CLASS_INDEX = {name: i for i, name in enumerate(CLASS_PROMPTS)}
 
 

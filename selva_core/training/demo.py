@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEMO_DATA = "demo_data"
 DEMO_CLASSES = (HELD_OUT_CLASS,)  # held out of the base training: the adapter teaches it
-DEMO_CLIPS_PER_CLASS = 10
+DEMO_CLIPS_PER_CLASS = 20
 REPORT_NAME = "demo_report.json"
 LISTEN_GAP_S = 0.5  # silence between the parts of a side-by-side file
 IN_SYNC_CORR = 0.6  # envelope correlation at lag 0 that counts as following the picture
