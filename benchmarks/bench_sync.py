@@ -19,7 +19,8 @@ sync tokens without knowing where the token sequence starts. A window of 16 fram
 alone, and the generator reads its tokens 0.08 s later per window than the frames they come
 from (2 s clips; :func:`selva_core.model.generator.sync_token_times`). The ceiling "render"
 plays, at every moment, the true sound of the moment its token can report when blind to its
-window's index (``blind``), and is scored like a render (also for ``blip`` and the held-out ``burst``).
+window's index (``blind``), and is scored like a render (also for ``blip`` and the held-out
+``burst``).
 
 ``--feature_probe`` trains no network either: it asks whether the shipped TextSynch's sync
 tokens carry each class's events at all. A ridge readout (one linear map per class, fitted on
