@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +108,18 @@ def test_frechet_distance_of_two_gaussians_by_hand():
     # (mu_a - mu_b)^2 + (s_a - s_b)^2 for 1-D Gaussians = 9 + 1
     assert frechet_distance(a, b) == pytest.approx(10.0, rel=1e-6)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_is_exact_and_quiet_with_fewer_clips_than_dimensions():
+    # 3 embeddings of 64 dims: singular covariances, the usual case of an evaluation. A shift
+    # of every row leaves the covariance as it is, so the distance is the shift's squared norm.
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 64))
+    shift = 0.1 * rng.standard_normal(64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's sqrtm warned "Matrix is singular" here
+        assert frechet_distance(a, a + shift) == pytest.approx((shift**2).sum(), rel=1e-9)
+        assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
 
 
 def _av_benchmark_frames(frames: torch.Tensor, size: int) -> torch.Tensor:

@@ -29,10 +29,21 @@ log = logging.getLogger(__name__)
 CLAP_RATE = 48000
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two sets of rows."""
-    from scipy import linalg
+def _nonnegative(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with rounding noise (tiny negatives, and positives at the
+    level of float64's precision where the matrix is singular) set to zero."""
+    tol = np.abs(eigenvalues).max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
+    return np.where(eigenvalues > tol, eigenvalues, 0.0)
 
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two sets of rows.
+
+    ``Tr((S_a S_b)^(1/2))`` is taken as ``Tr((R S_b R)^(1/2))`` with ``R = S_a^(1/2)``: the same
+    value (similar matrices), but of a symmetric positive semi-definite matrix, so two
+    eigendecompositions give it exactly even when the covariances are singular (fewer clips than
+    embedding dimensions, the usual case), where a general matrix square root is unstable.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim == 1:
         a = a[:, None]
@@ -41,12 +52,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mu_a, mu_b = a.mean(0), b.mean(0)
     sa = np.atleast_2d(np.cov(a, rowvar=False, bias=True))
     sb = np.atleast_2d(np.cov(b, rowvar=False, bias=True))
-    covmean = linalg.sqrtm(sa @ sb)
-    if not np.isfinite(covmean).all():  # singular product: regularise as pytorch-fid does
-        eps = 1e-6 * np.eye(sa.shape[0])
-        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean))
+    w, v = np.linalg.eigh(sa)
+    root_a = (v * np.sqrt(_nonnegative(w))) @ v.T
+    trace_covmean = np.sqrt(_nonnegative(np.linalg.eigvalsh(root_a @ sb @ root_a))).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * trace_covmean)
 
 
 class ClapScorer:
