@@ -12,7 +12,6 @@ Six classes whose sound follows the picture, so a model can learn the link:
   is a steady buzz (noise band-passed to 2-4 kHz), switched on and off with 5 ms ramps.
 * ``swell``: a circle swells and shrinks (0.5-1.2 cycles a second); the audio is a rush (noise
   band-passed to 3-6 kHz) whose amplitude follows the square of the circle's growth.
-
 * ``burst``: a disc flashes on a few times (0.25-0.5 s each); while it is visible the audio is
   a hiss (band-passed noise, 1-6 kHz) that starts with the flash and fades slowly (time
   constant: the flash's length) until it goes dark. No part of the tiny base
