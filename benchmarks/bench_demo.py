@@ -45,9 +45,9 @@ def run_demo(output_dir: Path, seed: int, train_args: list[str] = ()) -> dict:
     return json.loads((output_dir / "listen" / "demo_report.json").read_text())
 
 
-def _mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return round(sum(values) / len(values), 4) if values else float("nan")
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]  # None: a flat envelope, no figure
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _fmt(corr: float | None) -> str:

@@ -43,6 +43,7 @@ import logging
 import math
 from collections.abc import Sequence
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
@@ -252,16 +253,6 @@ def _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate, *, shortest, l
     return frames, audio
 
 
-def _blip_clip(rng, n_frames, fps, size, n_samples, sample_rate):
-    return _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate,
-                       shortest=0.12, longest=0.3, fade=0.5)
-
-
-def _burst_clip(rng, n_frames, fps, size, n_samples, sample_rate):
-    return _flash_clip(rng, n_frames, fps, size, n_samples, sample_rate,
-                       shortest=0.25, longest=0.5, fade=1.0)
-
-
 def _on_spans(rng, duration: float, low: float, high: float) -> list[tuple[float, float]]:
     """Two or three (start, end) spans of ``low``-``high`` s, one per equal slot of the clip
     (a 2 s clip), placed at random inside it."""
@@ -320,8 +311,10 @@ def _swell_clip(rng, n_frames, fps, size, n_samples, sample_rate):
     return frames, audio
 
 
-_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip, "blip": _blip_clip, "beep": _beep_clip,
-           "swell": _swell_clip, "burst": _burst_clip}
+_MAKERS = {"bounce": _bounce_clip, "hum": _hum_clip,
+           "blip": partial(_flash_clip, shortest=0.12, longest=0.3, fade=0.5),
+           "beep": _beep_clip, "swell": _swell_clip,
+           "burst": partial(_flash_clip, shortest=0.25, longest=0.5, fade=1.0)}
 _CLASS_INDEX = {name: i for i, name in enumerate(CLASS_PROMPTS)}
 
 

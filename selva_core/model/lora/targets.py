@@ -112,16 +112,16 @@ def resolve_targets(
     adapts nothing would train a different adapter than the one asked for.
     """
     targets = tuple(targets)
-    include = expand_patterns(targets)
     excl = expand_patterns(exclude)
     available = adaptable_modules(model)
+    hits = {t: {n for n in available if any(name_matches(n, p) for p in expand_patterns([t]))}
+            for t in targets}
     chosen = [
         n
         for n in available
-        if any(name_matches(n, p) for p in include) and not any(name_matches(n, p) for p in excl)
+        if any(n in hit for hit in hits.values()) and not any(name_matches(n, p) for p in excl)
     ]
-    unmatched = [t for t in targets
-                 if not any(name_matches(n, p) for n in available for p in expand_patterns([t]))]
+    unmatched = [t for t, hit in hits.items() if not hit]
     if not chosen or unmatched:
         what = (f"LoRA target {unmatched[0]!r} matches" if chosen else
                 f"LoRA targets {list(targets)} (exclude {list(exclude)}) match")
